@@ -1,0 +1,36 @@
+# The two commands a newcomer needs are in README.md: `make demo` and `make test`.
+GO        ?= go
+PYTHON    ?= python3
+BIN       := bin/runagent
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+
+.PHONY: build demo test test-go test-python vet bench clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
+
+# Create an agent from the default template and serve it on http://127.0.0.1:8450.
+demo: build
+	@test -d demo-agent || ./$(BIN) init demo-agent --template default
+	./$(BIN) serve demo-agent
+
+# The whole test suite: Go (unit + end-to-end through the built binary) and
+# the Python runner's own tests.
+test: vet test-python test-go
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	CGO_ENABLED=0 $(GO) vet ./...
+
+test-go:
+	CGO_ENABLED=0 $(GO) test -count=1 -timeout 20m ./...
+
+test-python:
+	$(PYTHON) -m pytest -q internal/runner/pyrunner
+
+bench: build
+	$(GO) run ./bench/cmd/bench $(BENCHFLAGS)
+
+clean:
+	rm -rf bin demo-agent

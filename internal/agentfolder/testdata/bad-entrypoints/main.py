@@ -1,0 +1,5 @@
+def run(m):
+    return m
+
+def run2(m):
+    return m

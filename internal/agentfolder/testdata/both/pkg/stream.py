@@ -1,0 +1,5 @@
+class App:
+    def stream(self, message):
+        yield message
+
+app = App()

@@ -1,0 +1,2 @@
+def run(message):
+    return {"answer": message}

@@ -1,0 +1,5 @@
+def mock_response(message):
+    return message
+
+def mock_response_stream(message):
+    yield message

@@ -1,0 +1,298 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/server"
+	"github.com/runagent-go/runagent/internal/store"
+)
+
+// FirstPort is where port auto-allocation starts, as in the original.
+const FirstPort = 8450
+
+type serveOptions struct {
+	host      string
+	port      int
+	python    string
+	timeout   time.Duration
+	maxBody   int64
+	threads   int
+	logFormat string
+	logLevel  string
+}
+
+func (a *app) serveCommand() *cobra.Command {
+	o := serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve [PATH]",
+		Short: "Serve an agent folder on a local port (REST + WebSocket)",
+		Long: `Serve the agent in PATH (default: the current folder) over the RunAgent wire
+protocol. Its requirements.txt, if any, is installed into a cached virtualenv
+first. Without --port the first free port from 8450 is used. The agent is
+registered in the local registry so that SDKs can find it by id alone.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := "."
+			if len(args) == 1 {
+				dir = args[0]
+			}
+			return a.serve(cmd.Context(), dir, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.host, "host", "127.0.0.1", "address to listen on")
+	f.IntVar(&o.port, "port", 0, "port to listen on (default: the first free port from 8450)")
+	f.StringVar(&o.python, "python", "", "Python interpreter (default: $RUNAGENT_PYTHON, then python3 on PATH)")
+	f.DurationVar(&o.timeout, "timeout", server.DefaultCallTimeout, "longest a call may run before it fails with TIMEOUT")
+	f.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBodyBytes, "largest request body in bytes (413 beyond)")
+	f.IntVar(&o.threads, "threads", 32, "worker threads for the agent's sync functions")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
+	log, err := a.logger(o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	folder, err := agentfolder.Load(dir)
+	if err != nil {
+		return err
+	}
+	cfg := folder.Config
+	if cfg.AgentArchitecture == nil || len(cfg.AgentArchitecture.Entrypoints) == 0 {
+		return fmt.Errorf("%s: agent_architecture.entrypoints: the agent has no entrypoints to serve; add at least one {\"file\", \"module\", \"tag\"}",
+			filepath.Join(folder.Dir, folder.ConfigFile))
+	}
+	for i, ep := range cfg.AgentArchitecture.Entrypoints {
+		if ep.WebhookURL != "" {
+			return fmt.Errorf("%s: agent_architecture.entrypoints[%d]: webhook entrypoints (framework n8n) are not supported by this server yet",
+				filepath.Join(folder.Dir, folder.ConfigFile), i)
+		}
+	}
+	cache := CacheDir()
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return fmt.Errorf("create cache directory %s (set $%s to use another): %w", cache, EnvCacheDir, err)
+	}
+
+	py, err := pyenv.Find(ctx, o.python)
+	if err != nil {
+		return err
+	}
+	env, err := pyenv.Prepare(ctx, py, folder.Dir, cache, a.stderr)
+	if err != nil {
+		return err
+	}
+	script, err := runner.WriteScript(cache)
+	if err != nil {
+		return err
+	}
+
+	ln, err := listen(o.host, o.port)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	db, err := store.Open(filepath.Join(cache, "runagent_invocations.db"), store.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	init := runner.Init{AgentDir: folder.Dir, Env: folder.Env, Threads: o.threads}
+	for _, ep := range cfg.AgentArchitecture.Entrypoints {
+		init.Entrypoints = append(init.Entrypoints, runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module, Extractor: ep.Extractor})
+	}
+	procEnv := runnerEnv(folder.Env, env)
+	agentLog := log.With("agent_id", cfg.AgentID)
+	start := func(ctx context.Context) (*runner.Process, error) {
+		p, err := runner.Start(ctx, runner.Spec{
+			Python: env.Python, Script: script, Env: procEnv, Init: init, Logger: agentLog,
+			OnLog: func(call uint32, stream, text string) {
+				agentLog.Info("agent print", "stream", stream, "call", call, "text", strings.TrimRight(text, "\n"))
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(p.Ready.Errors) > 0 {
+			p.Close()
+			return nil, loadErrors(folder, p.Ready.Errors)
+		}
+		return p, nil
+	}
+	inst := runner.NewInstance(start, agentLog)
+	defer inst.Close()
+	fmt.Fprintf(a.stderr, "Starting the agent runner (%s, Python %s)...\n", shortPath(env.Python), py.Version)
+	t0 := time.Now()
+	first, err := inst.Get(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("agent runner ready", "pid", first.PID(), "startup", time.Since(t0).Round(time.Millisecond))
+
+	agent := serverAgent(folder)
+	regPath := store.RegistryPath()
+	registry := store.NewRegistryRecorder(regPath, cfg.AgentID, log)
+	defer registry.Close()
+	srv := server.New(server.Config{
+		Agent: agent, Invoker: inst, Recorder: db, OnRun: registry.Record,
+		Host: o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
+		Logger: log, Version: a.version,
+		Health: func() map[string]any {
+			state := map[string]any{"runner": "starting"}
+			if p := inst.Current(); p != nil {
+				state = map[string]any{"runner": "ready", "runner_pid": p.PID(), "in_flight": p.InFlight()}
+			}
+			return state
+		},
+	})
+	if err := store.UpsertRegistryAgent(ctx, regPath, store.RegistryAgent{
+		AgentID: cfg.AgentID, AgentPath: folder.Dir, Host: o.host, Port: port, Framework: cfg.Framework,
+		AgentName: cfg.AgentName, Description: cfg.Description, Template: cfg.Template, Version: cfg.Version,
+	}); err != nil {
+		log.Warn("could not register the agent in the local registry; SDKs will need host and port", "path", regPath, "error", err)
+	}
+
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	a.banner(folder, o.host, port)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("server stopped: %w", err)
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(a.stderr, "Shutting down: finishing in-flight calls (up to 10s)...")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hs.Shutdown(sctx)
+	return nil
+}
+
+// listen binds host:port, or the first free port from FirstPort.
+func listen(host string, port int) (net.Listener, error) {
+	if port != 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return nil, fmt.Errorf("port %d on %s is already in use: stop what uses it, or omit --port to pick a free one", port, host)
+			}
+			return nil, fmt.Errorf("listen on %s:%d: %w", host, port, err)
+		}
+		return ln, nil
+	}
+	for p := FirstPort; p < FirstPort+100; p++ {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(p)))
+		if err == nil {
+			return ln, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("listen on %s:%d: %w", host, p, err)
+		}
+	}
+	return nil, fmt.Errorf("no free port from %d to %d on %s: choose one with --port", FirstPort, FirstPort+99, host)
+}
+
+// runnerEnv is the runner's environment: ours, the agent's variables, and
+// the virtualenv's activation.
+func runnerEnv(agentEnv map[string]string, env pyenv.Env) []string {
+	out := os.Environ()
+	if env.Venv != "" {
+		out = append(out, "VIRTUAL_ENV="+env.Venv, "PATH="+filepath.Join(env.Venv, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
+	out = append(out, "PYTHONUNBUFFERED=1", "PYTHONIOENCODING=utf-8")
+	keys := make([]string, 0, len(agentEnv))
+	for k := range agentEnv {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		out = append(out, k+"="+agentEnv[k])
+	}
+	return out
+}
+
+// loadErrors explains entrypoints that failed to import.
+func loadErrors(folder *agentfolder.Folder, errs map[string]string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "the agent in %s could not be loaded:", folder.Dir)
+	for _, ep := range folder.Config.AgentArchitecture.Entrypoints {
+		if msg, ok := errs[ep.Tag]; ok {
+			fmt.Fprintf(&b, "\n  entrypoint %q (%s: %s): %s", ep.Tag, ep.File, ep.Module, msg)
+		}
+	}
+	b.WriteString("\nFix the code or the entrypoint in " + folder.ConfigFile + "; a missing module usually belongs in requirements.txt.")
+	return errors.New(b.String())
+}
+
+func serverAgent(folder *agentfolder.Folder) server.Agent {
+	cfg := folder.Config
+	a := server.Agent{ID: cfg.AgentID, Name: cfg.AgentName, Version: cfg.Version, Framework: cfg.Framework}
+	for _, ep := range cfg.AgentArchitecture.Entrypoints {
+		extractor := ep.Extractor
+		if extractor == nil {
+			extractor = map[string]string{}
+		}
+		b, _ := json.Marshal(map[string]any{"file": ep.File, "module": ep.Module, "tag": ep.Tag, "extractor": extractor})
+		a.Entrypoints = append(a.Entrypoints, server.Entrypoint{Tag: ep.Tag, JSON: b})
+	}
+	a.Config = map[string]any{}
+	for k, v := range folder.RawConfig {
+		if k != "env_vars" {
+			a.Config[k] = v
+		}
+	}
+	return a
+}
+
+func (a *app) banner(folder *agentfolder.Folder, host string, port int) {
+	cfg := folder.Config
+	base := fmt.Sprintf("http://%s", net.JoinHostPort(host, fmt.Sprint(port)))
+	var tags []string
+	for _, ep := range cfg.AgentArchitecture.Entrypoints {
+		tags = append(tags, ep.Tag)
+	}
+	if a.json {
+		a.printJSON(map[string]any{"event": "serving", "agent_id": cfg.AgentID, "host": host, "port": port, "url": base, "entrypoints": tags})
+		return
+	}
+	fmt.Fprintf(a.stdout, `RunAgent is serving %q (framework %s)
+  agent id     %s
+  address      %s
+  run          POST %s/api/v1/agents/%s/run
+  stream       ws://%s/api/v1/agents/%s/run-stream
+  entrypoints  %s
+Call it: runagent run --id %s --tag %s --message=hello
+Press Ctrl+C to stop.
+`, cfg.AgentName, cfg.Framework, cfg.AgentID, base, base, cfg.AgentID, net.JoinHostPort(host, fmt.Sprint(port)), cfg.AgentID,
+		strings.Join(tags, ", "), cfg.AgentID, tags[0])
+}
+
+func shortPath(p string) string {
+	if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(p, home+"/") {
+		return "~" + p[len(home):]
+	}
+	return p
+}

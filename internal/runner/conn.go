@@ -1,0 +1,386 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// CallError is a call that the runner answered with an ERROR frame: the agent
+// function raised (code INTERNAL_ERROR) or the call itself was malformed.
+type CallError struct {
+	Code      string `json:"code"`
+	Type      string `json:"type"`
+	Message   string `json:"message"`
+	Traceback string `json:"traceback"`
+}
+
+func (e *CallError) Error() string {
+	if e.Type == "" {
+		return e.Message
+	}
+	return e.Type + ": " + e.Message
+}
+
+// Ready is the runner's answer to INIT.
+type Ready struct {
+	Protocol    int               `json:"protocol"`
+	Python      string            `json:"python"`
+	PID         int               `json:"pid"`
+	Entrypoints map[string]string `json:"entrypoints"`
+	// Errors maps the tag of every entrypoint that failed to load to why.
+	Errors map[string]string `json:"errors"`
+}
+
+// ErrClosed is returned for calls on a connection that was closed on purpose.
+var ErrClosed = errors.New("runner connection closed")
+
+// LogFunc receives what the agent printed: call is the call that printed it,
+// 0 outside calls; stream is "stdout" or "stderr".
+type LogFunc func(call uint32, stream, text string)
+
+// Conn multiplexes calls over one runner byte stream.
+type Conn struct {
+	rw    io.ReadWriteCloser
+	onLog LogFunc
+	// lost turns the read error that ended the stream into the error handed
+	// to in-flight and later calls (the Process adds the exit status).
+	lost func(error) error
+
+	wmu  sync.Mutex // guards wbuf and writes to rw
+	wbuf []byte
+
+	mu    sync.Mutex // guards calls, next, err
+	calls map[uint32]*pending
+	next  uint32
+	err   error
+
+	done  chan struct{}
+	ready chan Frame
+}
+
+type pending struct {
+	ch   chan Frame
+	gone chan struct{} // closed when the caller stops listening
+}
+
+// NewConn starts serving the runner protocol over rw.
+func NewConn(rw io.ReadWriteCloser, onLog LogFunc, lost func(error) error) *Conn {
+	c := &Conn{
+		rw:    rw,
+		onLog: onLog,
+		lost:  lost,
+		calls: make(map[uint32]*pending),
+		done:  make(chan struct{}),
+		ready: make(chan Frame, 1),
+	}
+	go c.readLoop()
+	return c
+}
+
+// Done is closed when the stream is gone.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the stream is gone, nil while it is up.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// InFlight is the number of calls waiting for an answer.
+func (c *Conn) InFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.calls)
+}
+
+// Close closes the stream; in-flight calls fail with ErrClosed.
+func (c *Conn) Close() error {
+	c.shutdown(ErrClosed)
+	return nil
+}
+
+func (c *Conn) readLoop() {
+	br := bufio.NewReaderSize(c.rw, 64<<10)
+	for {
+		f, err := readFrame(br)
+		if err != nil {
+			if c.lost != nil {
+				err = c.lost(err)
+			}
+			c.shutdown(err)
+			return
+		}
+		switch f.Kind {
+		case KindReady:
+			select {
+			case c.ready <- f:
+			default:
+			}
+		case KindLog:
+			if c.onLog != nil {
+				var l struct{ Stream, Text string }
+				if json.Unmarshal(f.Body, &l) == nil {
+					c.onLog(f.Call, l.Stream, l.Text)
+				}
+			}
+		default:
+			c.mu.Lock()
+			p := c.calls[f.Call]
+			if p != nil && f.Kind.final() {
+				delete(c.calls, f.Call)
+			}
+			c.mu.Unlock()
+			if p == nil {
+				continue // a call the host gave up on
+			}
+			select {
+			case p.ch <- f:
+			case <-p.gone:
+			}
+		}
+	}
+}
+
+func (c *Conn) shutdown(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	c.calls = map[uint32]*pending{}
+	c.mu.Unlock()
+	close(c.done)
+	c.rw.Close()
+}
+
+func (c *Conn) register(buffer int) (uint32, *pending, error) {
+	p := &pending{ch: make(chan Frame, buffer), gone: make(chan struct{})}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, nil, c.err
+	}
+	c.next++
+	if c.next == 0 {
+		c.next = 1
+	}
+	c.calls[c.next] = p
+	return c.next, p, nil
+}
+
+// abandon forgets a call the caller no longer listens to and tells the runner.
+func (c *Conn) abandon(id uint32, p *pending) {
+	close(p.gone)
+	c.mu.Lock()
+	_, live := c.calls[id]
+	delete(c.calls, id)
+	c.mu.Unlock()
+	if live {
+		c.send(KindCancel, id, nil)
+	}
+}
+
+// send writes one frame.
+func (c *Conn) send(kind Kind, call uint32, body []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf = appendHeader(c.wbuf[:0], kind, call, len(body))
+	c.wbuf = append(c.wbuf, body...)
+	_, err := c.rw.Write(c.wbuf)
+	return err
+}
+
+func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
+	if len(args) == 0 {
+		args = []byte("[]")
+	}
+	if len(kwargs) == 0 {
+		kwargs = []byte("{}")
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := append(c.wbuf[:0], 0, 0, 0, 0, byte(KindCall), 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[5:9], id)
+	b = append(b, `{"tag":`...)
+	b = wire.AppendString(b, tag)
+	b = append(b, `,"args":`...)
+	b = append(b, args...)
+	b = append(b, `,"kwargs":`...)
+	b = append(b, kwargs...)
+	b = append(b, '}')
+	binary.BigEndian.PutUint32(b[0:4], uint32(len(b)-4))
+	c.wbuf = b
+	_, err := c.rw.Write(b)
+	return err
+}
+
+// Init sends INIT and waits for READY.
+func (c *Conn) Init(ctx context.Context, init any) (*Ready, error) {
+	body, err := json.Marshal(init)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.send(KindInit, 0, body); err != nil {
+		return nil, c.errOr(err)
+	}
+	select {
+	case f := <-c.ready:
+		var r Ready
+		if err := json.Unmarshal(f.Body, &r); err != nil {
+			return nil, fmt.Errorf("runner protocol: bad READY frame: %w", err)
+		}
+		return &r, nil
+	case <-c.done:
+		return nil, c.Err()
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func (c *Conn) errOr(err error) error {
+	select {
+	case <-c.done:
+		return c.Err()
+	default:
+		return err
+	}
+}
+
+// Call runs a non-streaming entrypoint and returns its structured string.
+// A ctx that ends first cancels the call in the runner and returns
+// context.Cause(ctx).
+func (c *Conn) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
+	id, p, err := c.register(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.sendCall(id, tag, args, kwargs); err != nil {
+		c.abandon(id, p)
+		return nil, c.errOr(err)
+	}
+	select {
+	case f := <-p.ch:
+		return finalResult(f)
+	case <-ctx.Done():
+		c.abandon(id, p)
+		return nil, context.Cause(ctx)
+	case <-c.done:
+		select {
+		case f := <-p.ch:
+			return finalResult(f)
+		default:
+			return nil, c.Err()
+		}
+	}
+}
+
+func finalResult(f Frame) ([]byte, error) {
+	switch f.Kind {
+	case KindResult:
+		return f.Body, nil
+	case KindError:
+		return nil, callError(f.Body)
+	}
+	return nil, fmt.Errorf("runner protocol: unexpected %s frame for a call", f.Kind)
+}
+
+func callError(body []byte) error {
+	e := &CallError{}
+	if err := json.Unmarshal(body, e); err != nil || e.Code == "" {
+		return &CallError{Code: wire.CodeInternal, Message: string(body)}
+	}
+	return e
+}
+
+// ChunkFunc receives each CHUNK (a structured string) or CHUNK_ERROR (a JSON
+// {"message"}) frame of a stream. Returning an error stops the stream and
+// cancels the generator in the runner.
+type ChunkFunc func(kind Kind, body []byte) error
+
+// streamBuffer bounds the chunks queued between the runner and a slow
+// consumer; past it the runner connection waits (back-pressure).
+const streamBuffer = 256
+
+// Stream runs a streaming entrypoint, handing each chunk to fn in order, and
+// returns the number of chunks the runner reported at the end.
+func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, fn ChunkFunc) (int, error) {
+	id, p, err := c.register(streamBuffer)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.sendCall(id, tag, args, kwargs); err != nil {
+		c.abandon(id, p)
+		return 0, c.errOr(err)
+	}
+	handle := func(f Frame) (done bool, n int, err error) {
+		switch f.Kind {
+		case KindChunk, KindChunkError:
+			if err := fn(f.Kind, f.Body); err != nil {
+				c.abandon(id, p)
+				return true, 0, err
+			}
+			return false, 0, nil
+		case KindEnd:
+			var end struct{ Chunks int }
+			json.Unmarshal(f.Body, &end)
+			return true, end.Chunks, nil
+		case KindError:
+			return true, 0, callError(f.Body)
+		}
+		return true, 0, fmt.Errorf("runner protocol: unexpected %s frame in a stream", f.Kind)
+	}
+	for {
+		select {
+		case f := <-p.ch:
+			if done, n, err := handle(f); done {
+				return n, err
+			}
+		case <-ctx.Done():
+			c.abandon(id, p)
+			return 0, context.Cause(ctx)
+		case <-c.done:
+			// Drain what arrived before the stream went away.
+			for {
+				select {
+				case f := <-p.ch:
+					if done, n, err := handle(f); done {
+						return n, err
+					}
+				default:
+					return 0, c.Err()
+				}
+			}
+		}
+	}
+}
+
+// Ping round-trips a PING frame: a cheap liveness check of the runner's loop.
+func (c *Conn) Ping(ctx context.Context) error {
+	id, p, err := c.register(1)
+	if err != nil {
+		return err
+	}
+	if err := c.send(KindPing, id, nil); err != nil {
+		c.abandon(id, p)
+		return c.errOr(err)
+	}
+	select {
+	case <-p.ch:
+		return nil
+	case <-ctx.Done():
+		c.abandon(id, p)
+		return context.Cause(ctx)
+	case <-c.done:
+		return c.Err()
+	}
+}

@@ -1,0 +1,113 @@
+// Package runner is the Go side of the runner protocol (docs/runner-protocol.md):
+// it starts the embedded Python runner for an agent, multiplexes calls over its
+// one framed byte stream and turns a dying runner into AGENT_CRASHED errors.
+package runner
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Kind is a frame kind of the runner protocol.
+type Kind byte
+
+// Frame kinds, host → runner.
+const (
+	KindInit   Kind = 1
+	KindCall   Kind = 2
+	KindCancel Kind = 3
+	KindPing   Kind = 4
+)
+
+// Frame kinds, runner → host.
+const (
+	KindReady      Kind = 10
+	KindResult     Kind = 11
+	KindChunk      Kind = 12
+	KindEnd        Kind = 13
+	KindError      Kind = 14
+	KindChunkError Kind = 15
+	KindLog        Kind = 16
+	KindPong       Kind = 17
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindInit:
+		return "INIT"
+	case KindCall:
+		return "CALL"
+	case KindCancel:
+		return "CANCEL"
+	case KindPing:
+		return "PING"
+	case KindReady:
+		return "READY"
+	case KindResult:
+		return "RESULT"
+	case KindChunk:
+		return "CHUNK"
+	case KindEnd:
+		return "END"
+	case KindError:
+		return "ERROR"
+	case KindChunkError:
+		return "CHUNK_ERROR"
+	case KindLog:
+		return "LOG"
+	case KindPong:
+		return "PONG"
+	}
+	return fmt.Sprintf("Kind(%d)", byte(k))
+}
+
+// final reports whether a frame of this kind ends its call.
+func (k Kind) final() bool {
+	return k == KindResult || k == KindEnd || k == KindError || k == KindPong
+}
+
+const (
+	headerSize = 9
+	// MaxFrame bounds one frame; a larger length is a protocol error.
+	MaxFrame = 256 << 20
+)
+
+// Frame is one protocol frame.
+type Frame struct {
+	Kind Kind
+	Call uint32
+	Body []byte
+}
+
+// appendHeader appends the 9-byte header of a frame with a body of n bytes.
+func appendHeader(b []byte, kind Kind, call uint32, n int) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(n+5))
+	b = append(b, byte(kind))
+	return binary.BigEndian.AppendUint32(b, call)
+}
+
+// readFrame reads one frame. The body is freshly allocated: it is handed to
+// another goroutine.
+func readFrame(r *bufio.Reader) (Frame, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:4])
+	if n < 5 || n > MaxFrame {
+		return Frame{}, fmt.Errorf("runner protocol: bad frame length %d", n)
+	}
+	f := Frame{Kind: Kind(hdr[4]), Call: binary.BigEndian.Uint32(hdr[5:9])}
+	if n > 5 {
+		f.Body = make([]byte, n-5)
+		if _, err := io.ReadFull(r, f.Body); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
+	}
+	return f, nil
+}

@@ -1,0 +1,1582 @@
+"""RunAgent Python runner: serves one agent's entrypoints to the Go host.
+
+Standard library only, Python 3.9+. Embedded in the Go binary and started as
+``python3 -u -X utf8 runagent_runner.py --fd 3`` (or ``--connect unix:/path``).
+The protocol is described in docs/runner-protocol.md; values are encoded
+exactly like the original RunAgent 0.1.49 server (testdata/serializer/vectors.json).
+
+Threads:
+  * reader (a daemon thread): reads frames, parses CALL bodies, hands sync work
+    to the worker queue and async work to the event loop, answers PING;
+  * the main thread runs the one asyncio event loop all agent async code uses;
+  * workers (up to INIT.threads, started on demand) run sync functions and
+    iterate sync generators;
+  * writer: coalesces the frames every other thread queues into few sends.
+"""
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import io
+import json
+import math
+import os
+import platform
+import queue
+import socket
+import struct
+import sys
+import threading
+import traceback
+import types
+from datetime import date, datetime, time
+
+PROTOCOL = 1
+MAX_FRAME = 256 << 20
+
+# Frame kinds, host -> runner.
+K_INIT, K_CALL, K_CANCEL, K_PING = 1, 2, 3, 4
+# Frame kinds, runner -> host.
+K_READY, K_RESULT, K_CHUNK, K_END, K_ERROR, K_CHUNK_ERROR, K_LOG, K_PONG = (
+    10, 11, 12, 13, 14, 15, 16, 17)
+
+PACKAGE = "_runagent_agent"
+_THIS_FILE = os.path.abspath(__file__)
+
+_HEADER = struct.Struct(">IBI")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
+_json_loads = json.loads
+_json_dumps = json.dumps  # ASCII output: always encodable
+
+
+# ---------------------------------------------------------------------------
+# Value encoding, byte-compatible with runagent.utils.serializer.CoreSerializer
+# (serialize_object_to_structured) and AgentWebSocketHandler.
+# _convert_chunk_to_serializable of RunAgent 0.1.49.
+# ---------------------------------------------------------------------------
+
+def _json_fallback(obj):
+    """CoreSerializer._json_serializer_fallback."""
+    try:
+        if hasattr(obj, "__dataclass_fields__"):
+            return dataclasses.asdict(obj)
+        elif hasattr(obj, "model_dump"):
+            return obj.model_dump()
+        elif hasattr(obj, "dict"):
+            return obj.dict()
+        elif hasattr(obj, "__dict__"):
+            return obj.__dict__
+        else:
+            return str(obj)
+    except Exception:
+        return "<Unserializable %s>" % type(obj).__name__
+
+
+# json.dumps(x, ensure_ascii=False, allow_nan=False, default=fallback) builds
+# exactly this encoder for every call; building it once gives the same bytes.
+_encode_payload = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, default=_json_fallback).encode
+# What json.dumps(str, ensure_ascii=False) does to a str.
+_encode_str = json.encoder.encode_basestring
+_isnan = math.isnan
+_isinf = math.isinf
+
+
+def determine_type(obj):
+    """CoreSerializer._determine_type."""
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "boolean"
+    if isinstance(obj, int):
+        return "integer"
+    if isinstance(obj, float):
+        return "number"
+    if isinstance(obj, str):
+        return "string"
+    if isinstance(obj, (list, tuple, set)):
+        return "array"
+    if isinstance(obj, dict):
+        return "object"
+    if (hasattr(obj, "to_dict") or hasattr(obj, "model_dump")
+            or hasattr(obj, "dict") or hasattr(obj, "__dict__")):
+        return "object"
+    return "string"
+
+
+def prepare(obj):
+    """CoreSerializer._prepare_for_serialization."""
+    if obj is None:
+        return None
+    if isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        if _isnan(obj):
+            return None
+        elif _isinf(obj):
+            return str(obj)
+        return obj
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, time):
+        return obj.isoformat()
+    if isinstance(obj, set):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return obj.hex()
+    if hasattr(obj, "to_dict") and callable(getattr(obj, "to_dict")):
+        try:
+            return obj.to_dict()
+        except Exception:
+            pass
+    if hasattr(obj, "model_dump"):
+        try:
+            return obj.model_dump()
+        except Exception:
+            pass
+    if hasattr(obj, "dict"):
+        try:
+            return obj.dict()
+        except Exception:
+            pass
+    if isinstance(obj, (list, tuple)):
+        return [prepare(item) for item in obj]
+    if isinstance(obj, dict):
+        return {k: prepare(v) for k, v in obj.items()}
+    return obj
+
+
+def _prepare_list(obj):
+    # prepare() for an exact list: same result, without the attribute probes
+    # a list never passes.
+    out = []
+    append = out.append
+    for v in obj:
+        t = type(v)
+        if t is str or t is int or v is None or t is bool:
+            append(v)
+        elif t is float:
+            append(None if v != v else (str(v) if v in _INFS else v))
+        elif t is dict:
+            append(_prepare_dict(v))
+        elif t is list:
+            append(_prepare_list(v))
+        else:
+            append(prepare(v))
+    return out
+
+
+def _prepare_dict(obj):
+    out = {}
+    for k, v in obj.items():
+        t = type(v)
+        if t is str or t is int or v is None or t is bool:
+            out[k] = v
+        elif t is float:
+            out[k] = None if v != v else (str(v) if v in _INFS else v)
+        elif t is dict:
+            out[k] = _prepare_dict(v)
+        elif t is list:
+            out[k] = _prepare_list(v)
+        else:
+            out[k] = prepare(v)
+    return out
+
+
+_INFS = (float("inf"), float("-inf"))
+
+
+def _error_structured(exc, obj):
+    payload = _json_dumps({
+        "error": "Serialization Error: %s" % (exc,),
+        "original_type": str(type(obj)),
+    })
+    return '{"type": "object", "payload": ' + _encode_str(payload) + "}"
+
+
+def structured(obj):
+    """serialize_object_to_structured(obj) as a str."""
+    return structured_bytes(obj).decode("utf-8")
+
+
+def structured_bytes(obj):
+    """serialize_object_to_structured(obj), UTF-8 encoded.
+
+    The original checks the payload's size with payload.encode('utf-8'), which
+    raises for lone surrogates and so turns them into the error fallback; the
+    encode we need anyway for the frame reproduces that.
+    """
+    try:
+        t = type(obj)
+        # Fast paths for exact builtin types: same result as the general path.
+        if t is str:
+            kind = "string"
+            payload = _encode_str(obj)
+        elif t is dict:
+            kind = "object"
+            payload = _encode_payload(_prepare_dict(obj))
+        elif t is int:
+            kind = "integer"
+            payload = _encode_payload(obj)
+        elif t is list:
+            kind = "array"
+            payload = _encode_payload(_prepare_list(obj))
+        elif obj is None:
+            return b'{"type": "null", "payload": "null"}'
+        elif t is bool:
+            return (b'{"type": "boolean", "payload": "true"}' if obj
+                    else b'{"type": "boolean", "payload": "false"}')
+        else:
+            kind = determine_type(obj)
+            payload = _encode_payload(prepare(obj))
+        s = '{"type": "' + kind + '", "payload": ' + _encode_str(payload) + "}"
+        try:
+            return s.encode("utf-8")
+        except UnicodeEncodeError:
+            payload.encode("utf-8")  # raises the error the original reports
+            raise
+    except Exception as exc:
+        return _error_structured(exc, obj).encode("utf-8")
+
+
+def convert_chunk(chunk):
+    """AgentWebSocketHandler._convert_chunk_to_serializable."""
+    if isinstance(chunk, (str, int, float, bool, type(None))):
+        return chunk
+    if isinstance(chunk, (list, tuple)):
+        return [convert_chunk(item) for item in chunk]
+    if isinstance(chunk, dict):
+        return {k: convert_chunk(v) for k, v in chunk.items()}
+    if hasattr(chunk, "dict") and callable(chunk.dict):
+        try:
+            return chunk.dict()
+        except Exception:
+            pass
+    if hasattr(chunk, "model_dump") and callable(chunk.model_dump):
+        try:
+            return chunk.model_dump()
+        except Exception:
+            pass
+    if hasattr(chunk, "__dict__"):
+        try:
+            return {k: convert_chunk(v) for k, v in chunk.__dict__.items()
+                    if not k.startswith("_")}
+        except Exception:
+            pass
+    try:
+        chunk_str = str(chunk)
+        if chunk_str and chunk_str != "<%s object at 0x" % type(chunk).__name__:
+            return chunk_str
+    except Exception:
+        pass
+    return {"type": type(chunk).__name__, "repr": repr(chunk)[:200]}
+
+
+def chunk_bytes(chunk, number):
+    """What the original's stream loop sends for the number-th chunk."""
+    try:
+        conv = convert_chunk(chunk)
+    except Exception as conv_error:
+        conv = {
+            "chunk_number": number,
+            "conversion_error": str(conv_error),
+            "chunk_type": str(type(chunk)),
+            "chunk_str": str(chunk)[:200],
+        }
+    return structured_bytes(conv)
+
+
+def structured_chunk(chunk):
+    """The structured string of a stream chunk (chunk conversion first)."""
+    return chunk_bytes(chunk, 1).decode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Extractor: runagent.utils.response (to_dict + jsonpath_ng 1.7.0 first match),
+# with a small JSONPath subset compiled at INIT.
+# ---------------------------------------------------------------------------
+
+def to_dict(obj):
+    """runagent.utils.response.to_dict."""
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "model_dump"):
+        try:
+            return obj.model_dump()
+        except Exception:
+            return obj
+    if hasattr(obj, "dict"):
+        try:
+            return obj.dict()
+        except Exception:
+            return obj
+    if hasattr(obj, "__dataclass_fields__"):
+        try:
+            return dataclasses.asdict(obj)
+        except Exception:
+            return obj
+    if hasattr(obj, "_asdict"):
+        try:
+            return obj._asdict()
+        except Exception:
+            return obj
+    if hasattr(obj, "__dict__"):
+        try:
+            return obj.__dict__
+        except Exception:
+            return obj
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except Exception:
+        return obj
+
+
+class JSONPathError(ValueError):
+    pass
+
+
+_NOT_SET = object()
+_ID_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_@")
+_ID_CHARS = _ID_START | frozenset("0123456789-")
+_DIGITS = frozenset("0123456789")
+
+
+def _tokenize(expr):
+    """Tokens of jsonpath_ng's lexer: ('id', str), ('num', int), ('..',), or a
+    one-character literal."""
+    toks = []
+    i, n = 0, len(expr)
+    while i < n:
+        ch = expr[i]
+        if ch in " \t\n":
+            i += 1
+        elif expr.startswith("..", i):
+            toks.append(("..", None))
+            i += 2
+        elif ch in _ID_START:
+            j = i + 1
+            while j < n and expr[j] in _ID_CHARS:
+                j += 1
+            word = expr[i:j]
+            if word in ("where", "wherenot"):
+                raise JSONPathError("the `%s` operator is not supported" % word)
+            toks.append(("id", word))
+            i = j
+        elif ch in _DIGITS or (ch == "-" and i + 1 < n and expr[i + 1] in _DIGITS):
+            j = i + 1
+            while j < n and expr[j] in _DIGITS:
+                j += 1
+            toks.append(("num", int(expr[i:j])))
+            i = j
+        elif ch in "'\"":
+            j = i + 1
+            out = []
+            while True:
+                if j >= n:
+                    raise JSONPathError("unterminated quoted name at position %d" % i)
+                c = expr[j]
+                if c == "\\":
+                    if j + 1 >= n:
+                        raise JSONPathError("unterminated quoted name at position %d" % i)
+                    out.append(expr[j + 1])
+                    j += 2
+                elif c == ch:
+                    j += 1
+                    break
+                else:
+                    out.append(c)
+                    j += 1
+            toks.append(("id", "".join(out)))
+            i = j
+        elif ch in "$.[]*,:":
+            toks.append((ch, None))
+            i += 1
+        elif ch in "()|&~`":
+            raise JSONPathError("%r is not supported (only $, .name, ['name'], [n], "
+                                "[*], [a:b], .*, ..name, [a,b])" % ch)
+        else:
+            raise JSONPathError("unexpected character %r at position %d" % (ch, i))
+    return toks
+
+
+def compile_jsonpath(expr):
+    """Compile the supported subset of jsonpath_ng syntax into a list of steps.
+
+    Steps: ("fields", names), ("all",), ("index", n), ("slice", a, b, c),
+    ("desc", step). A path without a leading ``$`` starts at the root, as in
+    jsonpath_ng.
+    """
+    if not isinstance(expr, str):
+        raise JSONPathError("a JSONPath must be a string, not %s" % type(expr).__name__)
+    toks = _tokenize(expr)
+    if not toks:
+        raise JSONPathError("empty JSONPath")
+    steps = []
+    pos = 0
+
+    def peek(k=0):
+        return toks[pos + k][0] if pos + k < len(toks) else None
+
+    def bracket():
+        # after '[': idx | '*' | fields | slice, then ']'
+        nonlocal pos
+        kind = peek()
+        if kind == "*" and peek(1) == "]":
+            pos += 2
+            return ("slice", None, None, None)
+        if kind == "id":
+            names = [toks[pos][1]]
+            pos += 1
+            while peek() == ",":
+                if peek(1) != "id":
+                    raise JSONPathError("expected a name after ',' in %r" % expr)
+                names.append(toks[pos + 1][1])
+                pos += 2
+            if peek() != "]":
+                raise JSONPathError("expected ']' in %r" % expr)
+            pos += 1
+            return ("fields", tuple(names))
+        if kind == "num" and peek(1) == "]":
+            n = toks[pos][1]
+            pos += 2
+            return ("index", n)
+        # slice: maybe_int ':' maybe_int [':' maybe_int]
+        parts = [None]
+        while True:
+            k = peek()
+            if k == "num":
+                if parts[-1] is not None:
+                    raise JSONPathError("bad slice in %r" % expr)
+                parts[-1] = toks[pos][1]
+                pos += 1
+            elif k == ":":
+                if len(parts) == 3:
+                    raise JSONPathError("bad slice in %r" % expr)
+                parts.append(None)
+                pos += 1
+            elif k == "]":
+                pos += 1
+                break
+            else:
+                raise JSONPathError("unsupported bracket expression in %r" % expr)
+        if len(parts) == 1:
+            raise JSONPathError("empty brackets in %r" % expr)
+        return ("slice",) + tuple(parts) + (None,) * (3 - len(parts))
+
+    def simple():
+        # a name, a number used as a name, '*', or a bracket expression
+        nonlocal pos
+        kind = peek()
+        if kind == "id":
+            pos += 1
+            return ("fields", (toks[pos - 1][1],))
+        if kind == "num":
+            pos += 1
+            return ("fields", (str(toks[pos - 1][1]),))
+        if kind == "*":
+            pos += 1
+            return ("all",)
+        if kind == "[":
+            pos += 1
+            return bracket()
+        raise JSONPathError("expected a name, '*' or '[' in %r" % expr)
+
+    if peek() == "$":
+        pos = 1
+    else:
+        steps.append(simple())
+    while pos < len(toks):
+        kind = peek()
+        if kind == ".":
+            pos += 1
+            steps.append(simple())
+        elif kind == "..":
+            pos += 1
+            steps.append(("desc", simple()))
+        elif kind == "[":
+            pos += 1
+            steps.append(bracket())
+        else:
+            raise JSONPathError("unexpected %r in %r" % (toks[pos][1] if toks[pos][1] is not None
+                                                         else kind, expr))
+    return steps
+
+
+def _find_step(step, value, out):
+    """Append what jsonpath_ng's node for step finds in value to out."""
+    op = step[0]
+    if op == "fields":
+        for name in step[1]:
+            try:
+                v = value.get(name, _NOT_SET)
+            except (TypeError, AttributeError):
+                continue
+            if v is not _NOT_SET:
+                out.append(v)
+    elif op == "all":
+        try:
+            names = tuple(value.keys())
+        except AttributeError:
+            names = ()
+        for name in names:
+            try:
+                v = value.get(name, _NOT_SET)
+            except (TypeError, AttributeError):
+                continue
+            if v is not _NOT_SET:
+                out.append(v)
+    elif op == "index":
+        i = step[1]
+        if value and len(value) > i:
+            out.append(value[i])
+    elif op == "slice":
+        if not value:
+            return
+        if isinstance(value, (dict, int, str)):
+            value = [value]
+        _, a, b, c = step
+        if a is None and b is None and c is None:
+            idx = range(0, len(value))
+        else:
+            idx = range(0, len(value))[a:b:c]
+        for i in idx:
+            out.append(value[i])
+    else:  # desc
+        right = step[1]
+
+        def rec(v):
+            _find_step(right, v, out)
+            if isinstance(v, list):
+                for item in v:
+                    rec(item)
+            elif isinstance(v, dict):
+                for k in v.keys():
+                    rec(v[k])
+        rec(value)
+
+
+def jsonpath_find(steps, data):
+    """All matches of a compiled path, in jsonpath_ng's order."""
+    cur = [data]
+    for step in steps:
+        nxt = []
+        for v in cur:
+            _find_step(step, v, nxt)
+        cur = nxt
+    return cur
+
+
+def compile_extractor(extractor):
+    """A function applying an extractor ({key: jsonpath} or [[key, jsonpath]]),
+    or None when there is none."""
+    if not extractor:
+        return None
+    if isinstance(extractor, dict):
+        items = list(extractor.items())
+    elif isinstance(extractor, list):
+        items = []
+        for pair in extractor:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise JSONPathError("extractor pairs must be [key, jsonpath]")
+            items.append((pair[0], pair[1]))
+    else:
+        raise JSONPathError("extractor must be an object of key -> JSONPath")
+    compiled = []
+    for key, expr in items:
+        if not isinstance(key, str):
+            raise JSONPathError("extractor keys must be strings")
+        try:
+            compiled.append((key, compile_jsonpath(expr)))
+        except JSONPathError as e:
+            raise JSONPathError("extractor %r: invalid JSONPath %r: %s" % (key, expr, e))
+
+    def extract(data):
+        d = to_dict(data)
+        res = {}
+        for key, steps in compiled:
+            m = jsonpath_find(steps, d)
+            res[key] = m[0] if m else None
+        return res
+    return extract
+
+
+# ---------------------------------------------------------------------------
+# Frame output: any thread queues frames; the writer thread sends them.
+# ---------------------------------------------------------------------------
+
+class Writer:
+    HIGH_WATER = 4096  # queued frames past which producers flush themselves
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = []
+        self.wlock = threading.Lock()   # held while sending
+        self.wake = threading.Lock()    # released to wake the writer thread
+        self.wake.acquire()
+        t = threading.Thread(target=self._run, name="runagent-writer", daemon=True)
+        t.start()
+
+    def send(self, kind, call, body):
+        pending = self.pending
+        pending.append(_pack_header(len(body) + 5, kind, call) + body)
+        n = len(pending)
+        if n == 1:
+            try:
+                self.wake.release()
+            except RuntimeError:
+                pass
+        elif n > self.HIGH_WATER:
+            self.flush()  # back-pressure: wait for the socket ourselves
+
+    def flush(self):
+        with self.wlock:
+            self._drain()
+
+    def _drain(self):
+        pending = self.pending
+        sendall = self.sock.sendall
+        try:
+            while pending:
+                n = len(pending)
+                if n == 1:
+                    data = pending[0]
+                else:
+                    data = b"".join(pending[:n])
+                del pending[:n]
+                sendall(data)
+        except OSError:
+            os._exit(0)  # the host is gone
+
+    def _run(self):
+        wake = self.wake
+        wlock = self.wlock
+        while True:
+            wake.acquire()
+            with wlock:
+                self._drain()
+
+
+_writer = None
+
+
+def send(kind, call, body):
+    _writer.send(kind, call, body)
+
+
+def send_json(kind, call, obj):
+    _writer.send(kind, call, _json_dumps(obj).encode("ascii"))
+
+
+# ---------------------------------------------------------------------------
+# stdout / stderr capture
+# ---------------------------------------------------------------------------
+
+CUR = contextvars.ContextVar("runagent_call", default=0)
+_cur_get = CUR.get
+_cur_set = CUR.set
+_current_thread = threading.current_thread
+
+
+def current_call():
+    c = _cur_get()
+    if c:
+        return c
+    return getattr(_current_thread(), "_runagent_call", 0)
+
+
+class _BinaryCapture(io.RawIOBase):
+    def __init__(self, text):
+        self._text = text
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self._text.write(bytes(b).decode("utf-8", "replace"))
+        return len(b)
+
+    def flush(self):
+        self._text.flush()
+
+
+class Capture(io.TextIOBase):
+    """Replaces sys.stdout / sys.stderr: line-buffered per call, sent as LOG."""
+
+    MAX_LINE = 64 << 10
+
+    def __init__(self, stream, fd):
+        self._stream = stream
+        self._fd = fd
+        self._bufs = {}
+        self._lock = threading.Lock()
+        self._buffer = _BinaryCapture(self)
+
+    @property
+    def name(self):
+        return "<runagent %s>" % self._stream
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def errors(self):
+        return "strict"
+
+    @property
+    def buffer(self):
+        return self._buffer
+
+    @property
+    def line_buffering(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        return self._fd  # the real descriptor: a pipe the host reads
+
+    def close(self):
+        pass  # never let the agent close it
+
+    def reconfigure(self, *args, **kwargs):
+        pass
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        if not s:
+            return 0
+        cid = current_call()
+        with self._lock:
+            bufs = self._bufs
+            prev = bufs.get(cid)
+            text = prev + s if prev else s
+            i = text.rfind("\n")
+            if i < 0:
+                if len(text) < self.MAX_LINE:
+                    bufs[cid] = text
+                    return len(s)
+                out, rest = text, ""
+            else:
+                out, rest = text[:i + 1], text[i + 1:]
+            if rest:
+                bufs[cid] = rest
+            elif prev is not None:
+                del bufs[cid]
+        _emit_log(cid, self._stream, out)
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        self.flush_call(current_call())
+
+    def flush_call(self, cid):
+        if not self._bufs:
+            return
+        with self._lock:
+            out = self._bufs.pop(cid, None)
+        if out:
+            _emit_log(cid, self._stream, out)
+
+
+def _emit_log(cid, stream, text):
+    if _writer is None:
+        os.write(2, text.encode("utf-8", "replace"))
+        return
+    send_json(K_LOG, cid, {"stream": stream, "text": text})
+
+
+_stdout = None
+_stderr = None
+
+
+def flush_logs(cid):
+    if _stdout._bufs:
+        _stdout.flush_call(cid)
+    if _stderr._bufs:
+        _stderr.flush_call(cid)
+
+
+def _install_capture():
+    global _stdout, _stderr
+    _stdout = Capture("stdout", 1)
+    _stderr = Capture("stderr", 2)
+    sys.stdout = _stdout
+    sys.stderr = _stderr
+
+    # Threads the agent starts inside a call print on behalf of that call.
+    orig_start = threading.Thread.start
+
+    def start(self):
+        c = current_call()
+        if c:
+            self._runagent_call = c
+        return orig_start(self)
+    start.__doc__ = orig_start.__doc__
+    threading.Thread.start = start
+
+    # So does work the agent submits to a thread pool (run_in_executor too).
+    from concurrent.futures import thread as cf_thread
+    orig_submit = cf_thread.ThreadPoolExecutor.submit
+
+    def submit(self, fn, *args, **kwargs):
+        c = current_call()
+        if c:
+            inner = fn
+
+            def fn(*a, **k):
+                token = _cur_set(c)
+                try:
+                    return inner(*a, **k)
+                finally:
+                    CUR.reset(token)
+        return orig_submit(self, fn, *args, **kwargs)
+    submit.__doc__ = orig_submit.__doc__
+    cf_thread.ThreadPoolExecutor.submit = submit
+
+
+# ---------------------------------------------------------------------------
+# Entrypoints
+# ---------------------------------------------------------------------------
+
+SYNC_FUNCTION = "sync_function"
+ASYNC_FUNCTION = "async_function"
+SYNC_GENERATOR = "sync_generator"
+ASYNC_GENERATOR = "async_generator"
+
+
+def _describe(e):
+    try:
+        msg = str(e)
+    except Exception:
+        msg = "<unprintable %s>" % type(e).__name__
+    return "%s: %s" % (type(e).__name__, msg) if msg else type(e).__name__
+
+
+def classify(obj):
+    if not callable(obj):
+        raise TypeError("%s object is not callable" % type(obj).__name__)
+    for f in _candidates(obj):
+        if inspect.isasyncgenfunction(f):
+            return ASYNC_GENERATOR
+        if inspect.iscoroutinefunction(f):
+            return ASYNC_FUNCTION
+        if inspect.isgeneratorfunction(f):
+            return SYNC_GENERATOR
+    return SYNC_FUNCTION
+
+
+def _candidates(obj):
+    seen = 0
+    while obj is not None and seen < 8:
+        seen += 1
+        yield obj
+        if isinstance(obj, functools.partial):
+            obj = obj.func
+            continue
+        if inspect.ismethod(obj):
+            obj = obj.__func__
+            continue
+        if inspect.isfunction(obj) or inspect.isbuiltin(obj) or isinstance(obj, type):
+            return
+        # a callable instance: look at its __call__
+        call = getattr(type(obj), "__call__", None)
+        if call is None or isinstance(call, (types.WrapperDescriptorType,
+                                             types.MethodWrapperType)):
+            return
+        obj = call
+
+
+class Entrypoint:
+    __slots__ = ("tag", "fn", "kind", "stream", "extract", "on_loop", "run")
+
+    def __init__(self, tag, fn, kind, extract):
+        self.tag = tag
+        self.fn = fn
+        self.kind = kind
+        self.stream = tag.endswith("_stream")
+        self.extract = extract
+        self.on_loop = kind in (ASYNC_FUNCTION, ASYNC_GENERATOR) and (
+            self.stream or kind == ASYNC_FUNCTION)
+        if self.on_loop:
+            self.run = run_async_stream if self.stream else run_async_call
+        else:
+            self.run = run_sync_stream if self.stream else run_sync_call
+
+
+class Importer:
+    """Loads entrypoint files as modules of a synthetic package rooted at the
+    agent folder, so relative and absolute sibling imports both work."""
+
+    def __init__(self, agent_dir):
+        self.agent_dir = agent_dir
+        self.modules = {}   # path -> module or exception
+        self.outside = 0
+        pkg = types.ModuleType(PACKAGE)
+        pkg.__path__ = [agent_dir]
+        pkg.__package__ = PACKAGE
+        pkg.__file__ = None
+        pkg.__spec__ = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+        pkg.__spec__.submodule_search_locations = [agent_dir]
+        sys.modules[PACKAGE] = pkg
+
+    def load(self, file):
+        path = os.path.normpath(os.path.join(self.agent_dir, file))
+        got = self.modules.get(path)
+        if got is None:
+            try:
+                got = self._load(path)
+            except BaseException as e:  # noqa: a SystemExit at import is an error too
+                got = e
+            self.modules[path] = got
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def _load(self, path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError("Entry point file not found: %s" % path)
+        if not path.endswith(".py"):
+            raise ValueError("Entry point must be a Python file: %s" % path)
+        rel = os.path.relpath(path, self.agent_dir)
+        parts = rel[:-3].split(os.sep)
+        if parts[0] == os.pardir or any(not p or "." in p for p in parts):
+            # outside the agent folder, or not importable by name
+            self.outside += 1
+            return self._exec_file("_runagent_entry_%d" % self.outside, path, None)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if not parts:
+            # the agent folder's own __init__.py
+            return self._exec_file(PACKAGE, path, [self.agent_dir])
+        name = PACKAGE + "." + ".".join(parts)
+        if len(parts) > 1:
+            importlib.import_module(PACKAGE + "." + ".".join(parts[:-1]))
+        if name in sys.modules:
+            return sys.modules[name]
+        if os.path.basename(path) == "__init__.py":
+            return importlib.import_module(name)
+        return self._exec_file(name, path, None)
+
+    def _exec_file(self, name, path, search):
+        spec = importlib.util.spec_from_file_location(
+            name, path, submodule_search_locations=search)
+        if spec is None or spec.loader is None:
+            raise ImportError("Could not create a module spec for %s" % path)
+        module = importlib.util.module_from_spec(spec)
+        old = sys.modules.get(name)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            if old is not None:
+                sys.modules[name] = old
+            else:
+                sys.modules.pop(name, None)
+            raise
+        parent, _, child = name.rpartition(".")
+        if parent and parent in sys.modules:
+            setattr(sys.modules[parent], child, module)
+        return module
+
+
+def resolve(module, attr_path, file):
+    """generic.py _entrypoint_resolver: split at the first dot, then getattr."""
+    if not isinstance(attr_path, str) or not attr_path:
+        raise ValueError("entrypoint module must be a non-empty attribute path")
+    primary, _, secondary = attr_path.partition(".")
+    if not hasattr(module, primary):
+        available = [n for n in dir(module) if not n.startswith("_")]
+        raise AttributeError("Object '%s' not found in %s. Available objects: %s"
+                             % (primary, file, available))
+    obj = getattr(module, primary)
+    if secondary:
+        for attr in secondary.split("."):
+            obj = getattr(obj, attr)
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# Calls
+# ---------------------------------------------------------------------------
+
+class Call:
+    __slots__ = ("cid", "ep", "args", "kwargs", "cancelled", "task")
+
+    def __init__(self, cid, ep, args, kwargs):
+        self.cid = cid
+        self.ep = ep
+        self.args = args
+        self.kwargs = kwargs
+        self.cancelled = False
+        self.task = None
+
+
+ENTRYPOINTS = {}   # tag -> Entrypoint
+FAILED = {}        # tag -> error text
+active = {}        # call id -> Call
+loop = None
+_work = queue.SimpleQueue()
+
+
+def _traceback(e):
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == _THIS_FILE:
+        tb = tb.tb_next
+    try:
+        return "".join(traceback.format_exception(type(e), e, tb))
+    except Exception:
+        return ""
+
+
+def send_error(cid, e, code="INTERNAL_ERROR"):
+    try:
+        msg = str(e)
+    except Exception:
+        msg = "<unprintable %s>" % type(e).__name__
+    send_json(K_ERROR, cid, {"code": code, "type": type(e).__name__,
+                             "message": msg, "traceback": _traceback(e)})
+
+
+def send_fail(cid, code, type_name, message):
+    send_json(K_ERROR, cid, {"code": code, "type": type_name,
+                             "message": message, "traceback": ""})
+
+
+def _is_async_result(r):
+    t = type(r)
+    return hasattr(t, "__await__") or hasattr(t, "__aiter__")
+
+
+def run_sync_call(c):
+    """A non-stream call of a sync callable, in a worker thread."""
+    cid = c.cid
+    _cur_set(cid)
+    handed_off = False
+    try:
+        r = c.ep.fn(*c.args, **c.kwargs)
+        if hasattr(type(r), "__await__"):
+            # a sync callable returning an awaitable: finish it on the loop
+            handed_off = True
+            loop.call_soon_threadsafe(_start_task, c, run_async_call(c, r))
+            return
+        ext = c.ep.extract
+        if ext is not None:
+            r = ext(r)
+        data = structured_bytes(r)
+    except BaseException as e:
+        flush_logs(cid)
+        if not c.cancelled:
+            send_error(cid, e)
+    else:
+        flush_logs(cid)
+        if not c.cancelled:
+            send(K_RESULT, cid, data)
+    finally:
+        if not handed_off:
+            active.pop(cid, None)
+        _cur_set(0)
+
+
+def run_sync_stream(c):
+    """A stream call of a sync generator or sync callable returning an
+    iterable, iterated in a worker thread."""
+    cid = c.cid
+    ep = c.ep
+    ext = ep.extract
+    _cur_set(cid)
+    handed_off = False
+    it = None
+    ok = False
+    n = 0
+    try:
+        try:
+            r = ep.fn(*c.args, **c.kwargs)
+            if _is_async_result(r):
+                handed_off = True
+                loop.call_soon_threadsafe(_start_task, c, run_async_stream(c, r))
+                return
+            it = iter(r)
+            for chunk in it:
+                if c.cancelled:
+                    break
+                if ext is not None:
+                    chunk = ext(chunk)
+                n += 1
+                try:
+                    data = chunk_bytes(chunk, n)
+                except Exception as e:
+                    send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
+                else:
+                    send(K_CHUNK, cid, data)
+            else:
+                ok = True
+        finally:
+            if not ok and it is not None:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # runs the generator's finally
+    except BaseException as e:
+        if not handed_off:
+            flush_logs(cid)
+            if not c.cancelled:
+                send_error(cid, e)
+    else:
+        if not handed_off:
+            flush_logs(cid)
+            if ok and not c.cancelled:
+                send_json(K_END, cid, {"chunks": n})
+    finally:
+        if not handed_off:
+            active.pop(cid, None)
+        _cur_set(0)
+
+
+def _start_task(c, coro):
+    """On the loop: start a call's task unless it was cancelled already."""
+    if c.cancelled:
+        coro.close()
+        active.pop(c.cid, None)
+        return
+    c.task = loop.create_task(coro)
+
+
+def _loop_ops(ops):
+    """On the loop: start calls and cancel tasks, in the order they arrived."""
+    for op, c in ops:
+        if op:
+            t = c.task
+            if t is not None:
+                t.cancel()
+        else:
+            _start_task(c, c.ep.run(c))
+
+
+async def run_async_call(c, awaitable=None):
+    cid = c.cid
+    _cur_set(cid)
+    try:
+        if awaitable is None:
+            r = await c.ep.fn(*c.args, **c.kwargs)
+        else:
+            r = await awaitable
+        ext = c.ep.extract
+        if ext is not None:
+            r = ext(r)
+        data = structured_bytes(r)
+    except BaseException as e:
+        flush_logs(cid)
+        if not c.cancelled:
+            send_error(cid, e)
+    else:
+        flush_logs(cid)
+        if not c.cancelled:
+            send(K_RESULT, cid, data)
+    finally:
+        active.pop(cid, None)
+
+
+async def run_async_stream(c, source=None):
+    cid = c.cid
+    ep = c.ep
+    ext = ep.extract
+    _cur_set(cid)
+    it = None
+    ok = False
+    n = 0
+    sleep = asyncio.sleep
+    try:
+        try:
+            if source is None:
+                if ep.kind == ASYNC_GENERATOR:
+                    source = ep.fn(*c.args, **c.kwargs)
+                else:
+                    source = await ep.fn(*c.args, **c.kwargs)
+            elif hasattr(type(source), "__await__"):
+                source = await source
+            if hasattr(type(source), "__aiter__"):
+                it = source.__aiter__()
+                anext_ = type(it).__anext__
+                while True:
+                    try:
+                        chunk = await anext_(it)
+                    except StopAsyncIteration:
+                        break
+                    if ext is not None:
+                        chunk = ext(chunk)
+                    n += 1
+                    try:
+                        data = chunk_bytes(chunk, n)
+                    except Exception as e:
+                        send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
+                    else:
+                        send(K_CHUNK, cid, data)
+                    await sleep(0)
+            else:
+                # an async function returning a (sync) iterable: iterated on
+                # the loop, as the original does
+                it = iter(source)
+                for chunk in it:
+                    if ext is not None:
+                        chunk = ext(chunk)
+                    n += 1
+                    try:
+                        data = chunk_bytes(chunk, n)
+                    except Exception as e:
+                        send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
+                    else:
+                        send(K_CHUNK, cid, data)
+                    await sleep(0)
+            ok = True
+        finally:
+            if not ok and it is not None:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # runs the async generator's finally
+                else:
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
+    except BaseException as e:
+        flush_logs(cid)
+        if not c.cancelled:
+            send_error(cid, e)
+    else:
+        flush_logs(cid)
+        if not c.cancelled:
+            send_json(K_END, cid, {"chunks": n})
+    finally:
+        active.pop(cid, None)
+
+
+# ---------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------
+
+class Pool:
+    """Worker threads fed by a SimpleQueue; a new one starts whenever queued
+    calls outnumber the idle workers, up to INIT.threads."""
+
+    def __init__(self, size):
+        self.size = max(1, size)
+        self.threads = 0
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def start_one(self):
+        self.threads += 1
+        t = threading.Thread(target=self._work, name="runagent-worker-%d" % self.threads,
+                             daemon=True)
+        t.start()
+
+    def _work(self):
+        get = _work.get
+        lock = self.lock
+        while True:
+            with lock:
+                self.idle += 1
+            c = get()
+            with lock:
+                self.idle -= 1
+            try:
+                c.ep.run(c)
+            except BaseException:
+                pass
+
+    def submit(self, c):
+        _work.put(c)
+        if self.threads < self.size and _work.qsize() > self.idle:
+            self.start_one()
+
+
+_pool = None
+
+
+# ---------------------------------------------------------------------------
+# Reading frames
+# ---------------------------------------------------------------------------
+
+class Reader:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()  # an incomplete frame carried over
+
+    def frames(self):
+        """Yield lists of (kind, call, body) frames as they arrive."""
+        recv = self.sock.recv
+        buf = self.buf
+        unpack = _unpack_header
+        while True:
+            try:
+                data = recv(1 << 18)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if buf:
+                buf += data
+                src = buf
+            else:
+                src = data
+            out = []
+            pos = 0
+            size = len(src)
+            while size - pos >= 9:
+                n, kind, cid = unpack(src, pos)
+                if n < 5 or n > MAX_FRAME:
+                    os.write(2, ("runagent runner: bad frame length %d, exiting\n" % n).encode())
+                    os._exit(2)
+                end = pos + 4 + n
+                if end > size:
+                    break
+                out.append((kind, cid, src[pos + 9:end]))
+                pos = end
+            if src is buf:
+                del buf[:pos]
+            elif pos < size:
+                buf += data[pos:]
+            if out:
+                yield out
+
+
+def _bad_call(cid, message):
+    send_fail(cid, "VALIDATION_ERROR", "ValidationError", message)
+
+
+def serve(reader):
+    """The reader thread: dispatch frames until the stream ends, then exit."""
+    submit = _pool.submit
+    call_soon = loop.call_soon_threadsafe
+    eps = ENTRYPOINTS
+    loads = _json_loads
+    try:
+        for batch in reader.frames():
+            ops = None
+            for kind, cid, body in batch:
+                if kind == K_CALL:
+                    try:
+                        msg = loads(body.decode("utf-8"))
+                        tag = msg["tag"]
+                        args = msg.get("args")
+                        kwargs = msg.get("kwargs")
+                        if args is None:
+                            args = []
+                        if kwargs is None:
+                            kwargs = {}
+                        if type(tag) is not str or type(args) is not list or type(kwargs) is not dict:
+                            raise TypeError("tag must be a string, args a list and kwargs an object")
+                    except Exception as e:
+                        _bad_call(cid, "malformed CALL body: %s" % _describe(e))
+                        continue
+                    ep = eps.get(tag)
+                    if ep is None:
+                        if tag in FAILED:
+                            send_fail(cid, "NOT_FOUND", "LookupError",
+                                      "Entrypoint %s failed to load: %s" % (tag, FAILED[tag]))
+                        else:
+                            send_fail(cid, "NOT_FOUND", "LookupError",
+                                      "Entrypoint %s not found" % tag)
+                        continue
+                    c = Call(cid, ep, args, kwargs)
+                    active[cid] = c
+                    if ep.on_loop:
+                        if ops is None:
+                            ops = []
+                        ops.append((0, c))
+                    else:
+                        submit(c)
+                elif kind == K_CANCEL:
+                    c = active.get(cid)
+                    if c is not None:
+                        c.cancelled = True
+                        if ops is None:
+                            ops = []
+                        ops.append((1, c))
+                elif kind == K_PING:
+                    send(K_PONG, cid, b"")
+                elif kind == K_INIT:
+                    os.write(2, b"runagent runner: ignoring a second INIT frame\n")
+                else:
+                    os.write(2, ("runagent runner: ignoring a frame of kind %d\n" % kind).encode())
+            if ops is not None:
+                call_soon(_loop_ops, ops)
+    except BaseException:
+        os.write(2, ("runagent runner: reader failed:\n" + traceback.format_exc()).encode())
+        os._exit(1)
+    finally:
+        try:
+            _stdout.flush_call(0)
+            _stderr.flush_call(0)
+            _writer.flush()
+        finally:
+            os._exit(0)
+
+
+# ---------------------------------------------------------------------------
+# Start-up
+# ---------------------------------------------------------------------------
+
+def do_init(body):
+    init = _json_loads(body.decode("utf-8"))
+    if not isinstance(init, dict):
+        raise ValueError("INIT body must be a JSON object")
+    agent_dir = os.path.abspath(init.get("agent_dir") or os.getcwd())
+    env = init.get("env") or {}
+    for k, v in env.items():
+        os.environ[str(k)] = str(v)
+    os.chdir(agent_dir)
+    threads = init.get("threads") or 0
+    if not isinstance(threads, int) or threads <= 0:
+        threads = min(32, (os.cpu_count() or 1) + 4)
+
+    entries = init.get("entrypoints") or []
+    dirs = [agent_dir]
+    for e in entries:
+        f = e.get("file") if isinstance(e, dict) else None
+        if isinstance(f, str) and f:
+            dirs.append(os.path.dirname(os.path.normpath(os.path.join(agent_dir, f))))
+    for d in reversed(dirs):
+        if d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+
+    importer = Importer(agent_dir)
+    kinds = {}
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("tag"), str):
+            continue
+        tag = e["tag"]
+        try:
+            extract = compile_extractor(e.get("extractor"))
+            file = e.get("file")
+            if not isinstance(file, str) or not file:
+                raise ValueError("entrypoint %r has no file" % tag)
+            module = importer.load(file)
+            fn = resolve(module, e.get("module"), os.path.join(agent_dir, file))
+            kind = classify(fn)
+        except BaseException as exc:  # noqa: report, keep serving the others
+            FAILED[tag] = _describe(exc)
+            continue
+        ENTRYPOINTS[tag] = Entrypoint(tag, fn, kind, extract)
+        kinds[tag] = kind
+    _stdout.flush_call(0)
+    _stderr.flush_call(0)
+    return threads, {
+        "protocol": PROTOCOL,
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+        "entrypoints": kinds,
+        "errors": dict(FAILED),
+    }
+
+
+def _open_stream(argv):
+    fd = None
+    target = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--fd" and i + 1 < len(argv):
+            fd = int(argv[i + 1])
+            i += 2
+        elif a.startswith("--fd="):
+            fd = int(a[5:])
+            i += 1
+        elif a == "--connect" and i + 1 < len(argv):
+            target = argv[i + 1]
+            i += 2
+        elif a.startswith("--connect="):
+            target = a[10:]
+            i += 1
+        else:
+            raise SystemExit("runagent runner: unknown argument %r\n"
+                             "usage: runagent_runner.py --fd N | --connect unix:/path" % a)
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+    elif target is not None and target.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(target[5:])
+    elif target is not None and target.startswith("tcp:"):
+        host, _, port = target[4:].rpartition(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        raise SystemExit("usage: runagent_runner.py --fd N | --connect unix:/path")
+    sock.set_inheritable(False)  # agent subprocesses must not hold the stream
+    sock.setblocking(True)
+    return sock
+
+
+def main(argv=None):
+    global _writer, _pool, loop
+    sock = _open_stream(sys.argv[1:] if argv is None else argv)
+
+    # The runner's own folder is not the agent's.
+    here = os.path.dirname(_THIS_FILE)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+
+    _install_capture()
+    _writer = Writer(sock)
+    reader = Reader(sock)
+
+    frames = reader.frames()
+    first = None
+    for batch in frames:
+        first = batch[0]
+        reader.buf[:0] = b"".join(_pack_header(len(b) + 5, k, c) + bytes(b)
+                                  for k, c, b in batch[1:])
+        break
+    if first is None:
+        os._exit(0)
+    kind, _, body = first
+    if kind != K_INIT:
+        os.write(2, b"runagent runner: the first frame must be INIT\n")
+        os._exit(2)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        threads, ready = do_init(body)
+    except Exception as e:
+        os.write(2, ("runagent runner: bad INIT frame: %s\n" % _describe(e)).encode())
+        _writer.flush()
+        os._exit(2)
+    _pool = Pool(threads)
+    _pool.start_one()
+    send_json(K_READY, 0, ready)
+
+    t = threading.Thread(target=serve, args=(reader,), name="runagent-reader", daemon=True)
+    t.start()
+    try:
+        loop.run_forever()
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

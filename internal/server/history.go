@@ -1,0 +1,72 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+const maxListLimit = 10000
+
+func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 50
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxListLimit {
+			s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Field: "limit",
+				Message: fmt.Sprintf("expected a whole number from 1 to %d, got %q", maxListLimit, v)})
+			return
+		}
+		limit = n
+	}
+	status := q.Get("status")
+	switch status {
+	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
+	default:
+		s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Field: "status",
+			Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
+		return
+	}
+	invs, err := s.cfg.Recorder.List(r.Context(), s.cfg.Agent.ID, status, limit)
+	if err != nil {
+		s.storeFailure(w, err)
+		return
+	}
+	if invs == nil {
+		invs = []store.Invocation{}
+	}
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": s.cfg.Agent.ID, "invocations": invs, "total_count": len(invs)})
+}
+
+func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
+	st, err := s.cfg.Recorder.Stats(r.Context(), s.cfg.Agent.ID)
+	if err != nil {
+		s.storeFailure(w, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": s.cfg.Agent.ID, "stats": st})
+}
+
+func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("invocation_id")
+	inv, err := s.cfg.Recorder.Get(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)})
+		return
+	}
+	if err != nil {
+		s.storeFailure(w, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, inv)
+}
+
+func (s *Server) storeFailure(w http.ResponseWriter, err error) {
+	s.log.Error("invocation store", "error", err)
+	s.writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "reading invocation history failed: %v", err))
+}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// runRequest is the body of POST /run and the first WebSocket message.
+// Unknown fields (async_execution, user_id, persistent_memory, id) are
+// accepted and ignored, as the original does.
+type runRequest struct {
+	EntrypointTag  *string         `json:"entrypoint_tag"`
+	InputArgs      json.RawMessage `json:"input_args"`
+	InputKwargs    json.RawMessage `json:"input_kwargs"`
+	TimeoutSeconds *float64        `json:"timeout_seconds"`
+}
+
+// decodeRunRequest parses and checks a request body; the error names the
+// field at fault.
+func decodeRunRequest(body []byte) (runRequest, *wire.Error) {
+	var req runRequest
+	if len(bytes.TrimSpace(body)) == 0 {
+		return req, &wire.Error{Code: wire.CodeValidation,
+			Message: `request body is empty; send a JSON object like {"entrypoint_tag": "...", "input_args": [], "input_kwargs": {}}`}
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return req, jsonError(err)
+	}
+	if req.EntrypointTag == nil {
+		return req, &wire.Error{Code: wire.CodeValidation, Field: "entrypoint_tag", Message: "required: the tag of the entrypoint to run"}
+	}
+	var e *wire.Error
+	if req.InputArgs, e = checkKind(req.InputArgs, '[', "input_args", "a list", "[]"); e != nil {
+		return req, e
+	}
+	if req.InputKwargs, e = checkKind(req.InputKwargs, '{', "input_kwargs", "an object", "{}"); e != nil {
+		return req, e
+	}
+	if req.TimeoutSeconds != nil && *req.TimeoutSeconds < 0 {
+		return req, &wire.Error{Code: wire.CodeValidation, Field: "timeout_seconds", Message: "must not be negative"}
+	}
+	return req, nil
+}
+
+// checkKind checks that raw is a JSON value starting with open (or null/absent,
+// which become the default).
+func checkKind(raw json.RawMessage, open byte, field, want, def string) (json.RawMessage, *wire.Error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return json.RawMessage(def), nil
+	}
+	if raw[0] != open {
+		return nil, &wire.Error{Code: wire.CodeValidation, Field: field, Message: "expected " + want + ", got " + jsonKind(raw[0])}
+	}
+	return raw, nil
+}
+
+func jsonKind(c byte) string {
+	switch c {
+	case '{':
+		return "an object"
+	case '[':
+		return "a list"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+// jsonError explains an encoding/json error in the request's terms.
+func jsonError(err error) *wire.Error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf("request body is not valid JSON: %v (at byte %d)", se, se.Offset)}
+	case errors.As(err, &te):
+		if te.Field == "" {
+			return &wire.Error{Code: wire.CodeValidation, Message: "request body must be a JSON object, got " + articled(te.Value)}
+		}
+		want := map[string]string{"entrypoint_tag": "a string", "timeout_seconds": "a number"}[te.Field]
+		if want == "" {
+			want = te.Type.String()
+		}
+		return &wire.Error{Code: wire.CodeValidation, Field: te.Field, Message: "expected " + want + ", got " + articled(te.Value)}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: it ends too early"}
+	}
+	return &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: " + err.Error()}
+}
+
+func articled(kind string) string {
+	switch kind {
+	case "object", "array", "array of", "":
+		return "an " + kind
+	case "number", "string", "bool":
+		return "a " + kind
+	}
+	return kind
+}
+
+// readBody reads a request body up to the server's limit.
+// The status is 413 when the body is too large.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, *wire.Error) {
+	limit := s.cfg.MaxBodyBytes
+	tooLarge := &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf(
+		"request body is larger than the limit of %s; send less data or raise the limit (runagent serve --max-body)", byteSize(limit))}
+	if r.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, tooLarge
+	}
+	size := r.ContentLength
+	if size < 0 {
+		size = 512
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return nil, http.StatusRequestEntityTooLarge, tooLarge
+		}
+		return nil, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Message: "could not read the request body: " + err.Error()}
+	}
+	return buf.Bytes(), 0, nil
+}
+
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	body, status, e := s.readBody(w, r)
+	if e != nil {
+		s.writeError(w, status, e)
+		return
+	}
+	req, e := decodeRunRequest(body)
+	if e != nil {
+		s.writeError(w, http.StatusBadRequest, e)
+		return
+	}
+	tag := *req.EntrypointTag
+	streaming, ok := s.tags[tag]
+	if !ok {
+		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)})
+		return
+	}
+	if streaming {
+		s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation,
+			Message: fmt.Sprintf("Can't use Streaming Entrypoint `%s` through non-streaming endpoint.", tag)})
+		return
+	}
+
+	inv := store.Invocation{
+		ID: uuid.NewString(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "local_server",
+		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
+		RequestTime: start, ClientInfo: s.clientInfo,
+	}
+	s.cfg.Recorder.Start(inv)
+
+	ctx, cancel := s.callContext(r.Context(), deref(req.TimeoutSeconds))
+	result, err := s.cfg.Invoker.Call(ctx, tag, req.InputArgs, req.InputKwargs)
+	cancel()
+	inv.ResponseTime = time.Now()
+	inv.ExecutionMS = float64(inv.ResponseTime.Sub(start).Microseconds()) / 1000
+
+	if err == nil {
+		bp := s.bufs.Get().(*[]byte)
+		data := wire.AppendString((*bp)[:0], string(result))
+		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Success: true, Data: data, Message: wire.MessageRunOK})
+		*bp = data
+		s.bufs.Put(bp)
+		inv.Status = store.StatusCompleted
+		inv.Output = payloadOf(result)
+		s.cfg.Recorder.Finish(inv)
+		s.cfg.OnRun(true)
+		return
+	}
+
+	we, agentRaised := s.callFailure(err)
+	inv.Status = store.StatusFailed
+	if agentRaised {
+		detail := fmt.Sprintf("Server error running agent %s: %s", s.cfg.Agent.ID, we.Message)
+		inv.ErrorDetail = detail
+		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Error: &wire.Error{Code: wire.CodeInternal, Message: "Agent execution failed: " + detail}})
+	} else {
+		inv.ErrorDetail = we.Code + ": " + we.Message
+		if we.Code != wire.CodeCancelled {
+			s.writeError(w, wire.HTTPStatus(we.Code), we)
+		}
+		s.log.Warn("call failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
+	}
+	s.cfg.Recorder.Finish(inv)
+	s.cfg.OnRun(false)
+}
+
+func deref(f *float64) float64 {
+	if f == nil {
+		return 0
+	}
+	return *f
+}
+
+// payloadOf returns the JSON value inside a structured string, recorded as
+// the invocation's output_data.
+func payloadOf(structured []byte) json.RawMessage {
+	var v struct{ Payload string }
+	if json.Unmarshal(structured, &v) != nil || !json.Valid([]byte(v.Payload)) {
+		return nil
+	}
+	return json.RawMessage(v.Payload)
+}

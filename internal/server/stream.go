@@ -1,0 +1,217 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
+
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  4 << 10,
+	WriteBufferSize: 32 << 10,
+	// Any origin may connect, as the original's CORS policy allows.
+	CheckOrigin: func(*http.Request) bool { return true },
+}
+
+const (
+	firstMessageWait = time.Minute      // for the request frame
+	writeWait        = 30 * time.Second // for a client to take a frame
+	sampleChunks     = 10               // chunks kept in the invocation record
+)
+
+var (
+	errClientGone   = errors.New("the client closed the WebSocket")
+	wsStreamInfo, _ = json.Marshal(map[string]any{"connection_type": "websocket", "stream_mode": true})
+)
+
+// parseStreamRequest checks the first WebSocket message: all three keys are
+// required there, and the tag must be a streaming one.
+func (s *Server) parseStreamRequest(msg []byte) (runRequest, *wire.Error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(msg, &fields); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return runRequest{}, &wire.Error{Code: wire.CodeValidation, Message: "Invalid JSON format: the request must be a JSON object, got " + articled(te.Value)}
+		}
+		return runRequest{}, &wire.Error{Code: wire.CodeValidation, Message: "Invalid JSON format: " + err.Error()}
+	}
+	for _, f := range [...]string{"entrypoint_tag", "input_args", "input_kwargs"} {
+		if _, ok := fields[f]; !ok {
+			return runRequest{}, &wire.Error{Code: wire.CodeValidation, Field: f, Message: "Missing required field: " + f}
+		}
+	}
+	req, e := decodeRunRequest(msg)
+	if e != nil {
+		e.Message = e.Field + ": " + e.Message
+		return req, e
+	}
+	tag := *req.EntrypointTag
+	streaming, ok := s.tags[tag]
+	if !ok {
+		return req, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)}
+	}
+	if !streaming {
+		return req, &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf(
+			"Entrypoint `%s` is not a streaming entrypoint. Use a streaming entrypoint (ending with '_stream').", tag)}
+	}
+	return req, nil
+}
+
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	conn, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered the HTTP request
+	}
+	defer conn.Close()
+	conn.SetReadLimit(s.cfg.MaxBodyBytes)
+	conn.SetReadDeadline(time.Now().Add(firstMessageWait))
+	_, msg, err := conn.ReadMessage()
+	if err != nil {
+		return // closed, too large (gorilla sent 1009) or silent
+	}
+	conn.SetReadDeadline(time.Time{})
+	req, e := s.parseStreamRequest(msg)
+	if e != nil {
+		b := append([]byte(`{"type":"error","detail":`), wire.AppendString(nil, e.Message)...)
+		b = append(append(append(b, `,"code":`...), wire.AppendString(nil, e.Code)...), '}')
+		conn.WriteMessage(websocket.TextMessage, b)
+		closeWith(conn, websocket.CloseUnsupportedData, "")
+		return
+	}
+	tag := *req.EntrypointTag
+	start := time.Now()
+	inv := store.Invocation{
+		ID: uuid.NewString(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "websocket_stream",
+		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
+		RequestTime: start, ClientInfo: wsStreamInfo,
+	}
+	s.cfg.Recorder.Start(inv)
+
+	base, stop := context.WithCancelCause(r.Context())
+	defer stop(nil)
+	ctx, cancel := s.callContext(base, deref(req.TimeoutSeconds))
+	defer cancel()
+	// Reading is how a client's close (or a dropped connection) is noticed;
+	// it stops the generator in the runner.
+	go func() {
+		for {
+			if _, _, err := conn.NextReader(); err != nil {
+				stop(errClientGone)
+				return
+			}
+		}
+	}()
+
+	frame := make([]byte, 0, 1024)
+	frame = append(frame, `{"type":"status","status":"stream_started","invocation_id":`...)
+	frame = append(wire.AppendString(frame, inv.ID), '}')
+	if err := s.writeFrame(conn, frame); err != nil {
+		stop(errClientGone)
+	}
+
+	var samples []json.RawMessage
+	seen := 0
+	n, err := s.cfg.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, func(kind runner.Kind, body []byte) error {
+		seen++
+		if kind == runner.KindChunkError {
+			var ce struct{ Message string }
+			json.Unmarshal(body, &ce)
+			frame = append(frame[:0], `{"type":"error","error":`...)
+			frame = append(wire.AppendString(frame, "Chunk serialization failed: "+ce.Message), '}')
+		} else {
+			if len(samples) < sampleChunks {
+				samples = append(samples, payloadOf(body))
+			}
+			frame = append(frame[:0], `{"type":"data","content":`...)
+			frame = append(wire.AppendString(frame, string(body)), '}')
+		}
+		return s.writeFrame(conn, frame)
+	})
+	elapsed := time.Since(start)
+	inv.ResponseTime = time.Now()
+	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
+
+	if err == nil {
+		frame = append(frame[:0], `{"type":"status","status":"stream_completed","total_chunks":`...)
+		frame = strconv.AppendInt(frame, int64(n), 10)
+		frame = append(frame, `,"execution_time":`...)
+		frame = wire.AppendFloat(frame, elapsed.Seconds())
+		frame = append(frame, `,"invocation_id":`...)
+		frame = append(wire.AppendString(frame, inv.ID), '}')
+		s.writeFrame(conn, frame)
+		closeWith(conn, websocket.CloseNormalClosure, "")
+		inv.Status = store.StatusCompleted
+		inv.Output = streamOutput(n, elapsed, samples)
+		s.cfg.Recorder.Finish(inv)
+		s.cfg.OnRun(true)
+		return
+	}
+
+	inv.Status = store.StatusFailed
+	if errors.Is(err, errClientGone) || errors.Is(context.Cause(base), errClientGone) {
+		inv.ErrorDetail = "WebSocket disconnected"
+		s.log.Info("stream client went away", "tag", tag, "invocation_id", inv.ID, "chunks", seen)
+	} else {
+		we, agentRaised := s.callFailure(err)
+		inv.ErrorDetail = "Streaming error: " + we.Message
+		if !agentRaised {
+			inv.ErrorDetail = "Streaming error: " + we.Code + ": " + we.Message
+			s.log.Warn("stream failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
+		}
+		frame = append(frame[:0], `{"type":"error","error":`...)
+		frame = wire.AppendString(frame, "Streaming error: "+we.Message)
+		frame = append(frame, `,"code":`...)
+		frame = append(wire.AppendString(frame, we.Code), '}')
+		s.writeFrame(conn, frame)
+		closeWith(conn, websocket.CloseNormalClosure, "")
+	}
+	s.cfg.Recorder.Finish(inv)
+	s.cfg.OnRun(false)
+}
+
+func (s *Server) writeFrame(conn *websocket.Conn, frame []byte) error {
+	conn.SetWriteDeadline(time.Now().Add(writeWait))
+	if err := conn.WriteMessage(websocket.TextMessage, frame); err != nil {
+		return errClientGone
+	}
+	return nil
+}
+
+func closeWith(conn *websocket.Conn, code int, text string) {
+	conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+}
+
+// streamOutput is the output_data recorded for a finished stream, shaped like
+// the original's.
+func streamOutput(n int, elapsed time.Duration, samples []json.RawMessage) json.RawMessage {
+	for i, s := range samples {
+		if s == nil {
+			samples[i] = json.RawMessage("null")
+		}
+	}
+	if samples == nil {
+		samples = []json.RawMessage{}
+	}
+	b, _ := json.Marshal(map[string]any{
+		"stream_completed":       true,
+		"total_chunks":           n,
+		"execution_type":         "streaming",
+		"sample_chunks":          samples,
+		"execution_time_seconds": elapsed.Seconds(),
+		"chunk_summary": map[string]any{
+			"total_chunks": n, "stored_samples": len(samples), "stream_type": "websocket",
+		},
+	})
+	return b
+}

@@ -1,0 +1,460 @@
+// Package store keeps the local server's state in SQLite (pure Go, no cgo):
+//
+//   - the invocation history (DB), written off the request path by one
+//     batching writer goroutine, read back by the history endpoints;
+//   - the row of the shared local registry (runagent_local.db, table agents)
+//     through which the official SDKs find a locally served agent by id.
+//
+// # Invocation database
+//
+// One table, invocations (see migrations/), versioned with PRAGMA
+// user_version. Timestamps are INTEGER unix microseconds in UTC; inputs,
+// outputs and client info are JSON text. The file is opened in WAL mode with
+// synchronous=NORMAL and a busy timeout.
+//
+// Start and Finish only put the record on a buffered queue; one writer
+// goroutine commits everything queued in one transaction per batch, and a
+// Start and Finish of the same invocation in one batch become one INSERT.
+// When the queue is full Start and Finish wait: records are never dropped
+// while the DB is open. Reads first wait for everything queued before them
+// (read-your-writes), which costs two atomic loads when nothing is pending.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Invocation statuses.
+const (
+	StatusPending   = "pending"
+	StatusCompleted = "completed"
+	StatusFailed    = "failed"
+)
+
+var (
+	// ErrNotFound is returned for an invocation or registry agent that does
+	// not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrClosed is returned by Flush after Close.
+	ErrClosed = errors.New("store closed")
+)
+
+// Invocation is one call of an entrypoint, as the history endpoints show it.
+// Start and Finish keep the RawMessage slices: don't modify them afterwards.
+type Invocation struct {
+	ID, AgentID, EntrypointTag, SDKType string
+	InputArgs, InputKwargs              json.RawMessage // as received (nil: [] and {})
+	Output                              json.RawMessage // JSON value recorded as output_data, nil if none
+	ErrorDetail                         string          // "" if none
+	Status                              string          // StatusPending, StatusCompleted or StatusFailed
+	RequestTime, ResponseTime           time.Time       // ResponseTime is zero while pending
+	ExecutionMS                         float64         // meaningful once ResponseTime is set
+	ClientInfo                          json.RawMessage // nil if none
+}
+
+// Stats sums up the invocations of one agent (all agents for AgentID "").
+type Stats struct {
+	Total, Completed, Failed, Pending int
+	SuccessRate                       float64  // completed/total in percent, rounded to 2 decimals
+	AvgExecutionMS                    *float64 // over completed invocations, 2 decimals; nil if none
+	AgentID                           string
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	log         *slog.Logger
+	queue       int
+	maxBatch    int
+	linger      time.Duration
+	busyTimeout time.Duration
+}
+
+// WithLogger sets where write errors are logged (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithQueueSize sets how many Start/Finish calls may wait for the writer
+// before they block (default 4096).
+func WithQueueSize(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.queue = n
+		}
+	}
+}
+
+// WithBatch sets the most records committed in one transaction (default
+// 512) and how long the writer waits for more once it has some (default 0:
+// it commits whatever is queued at once; under load batches grow by
+// themselves while the previous one commits).
+func WithBatch(maxRecords int, linger time.Duration) Option {
+	return func(o *options) {
+		if maxRecords > 0 {
+			o.maxBatch = maxRecords
+		}
+		if linger >= 0 {
+			o.linger = linger
+		}
+	}
+}
+
+// WithBusyTimeout sets how long SQLite waits for a lock held by another
+// connection or process (default 5s).
+func WithBusyTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.busyTimeout = d
+		}
+	}
+}
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// DB is the invocation history. Its methods are safe for concurrent use.
+type DB struct {
+	sql  *sql.DB
+	log  *slog.Logger
+	opts options
+
+	queue chan op
+	done  chan struct{} // closed when the writer has exited
+
+	enqueued  atomic.Uint64 // Start/Finish calls accepted
+	processed atomic.Uint64 // of those, committed (or given up on)
+	errors    atomic.Uint64 // records that could not be written
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	w *writer
+}
+
+// Open opens (creating it and its directory if needed) the invocation
+// database at path and starts its writer. Path ":memory:" gives a private
+// in-memory database.
+func Open(path string, opts ...Option) (*DB, error) {
+	o := options{log: slog.Default(), queue: 4096, maxBatch: 512, busyTimeout: 5 * time.Second}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	params := fmt.Sprintf("_pragma=busy_timeout(%d)", o.busyTimeout.Milliseconds())
+	var dsn string
+	if path == ":memory:" {
+		// memdb is shared by the connections of this process, so the
+		// writer and the readers see one database.
+		dsn = "file:/runagent-" + uuid.NewString() + "?vfs=memdb&" + params
+	} else {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return nil, fmt.Errorf("create directory for invocation database: %w", err)
+		}
+		dsn = fileDSN(path) + "?" + params + "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+	}
+	sdb, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open invocation database %s: %w", path, err)
+	}
+	// One connection is the writer's for good; the rest serve reads.
+	sdb.SetMaxOpenConns(1 + max(2, runtime.GOMAXPROCS(0)))
+	sdb.SetMaxIdleConns(1 + max(2, runtime.GOMAXPROCS(0)))
+	sdb.SetConnMaxIdleTime(0)
+	sdb.SetConnMaxLifetime(0)
+
+	ctx := context.Background()
+	w, err := newWriter(ctx, sdb, o)
+	if err != nil {
+		sdb.Close()
+		return nil, fmt.Errorf("open invocation database %s: %w", path, err)
+	}
+	db := &DB{
+		sql: sdb, log: o.log, opts: o, w: w,
+		queue: make(chan op, o.queue),
+		done:  make(chan struct{}),
+	}
+	w.db = db
+	go w.run()
+	return db, nil
+}
+
+// fileDSN makes path a SQLite URI, so that '?' and '#' in it are not taken
+// for parameters.
+func fileDSN(path string) string {
+	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	return "file:" + r.Replace(filepath.ToSlash(path))
+}
+
+// migrate brings the schema up to date on conn, inside one write
+// transaction so that two processes opening one file don't race.
+func migrate(ctx context.Context, conn *sql.Conn) (err error) {
+	names, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+			return
+		}
+		if _, err = conn.ExecContext(ctx, "COMMIT"); err != nil {
+			conn.ExecContext(context.WithoutCancel(ctx), "ROLLBACK")
+			err = fmt.Errorf("migrate: %w", err)
+		}
+	}()
+	var version int
+	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("migrate: read schema version: %w", err)
+	}
+	if version > len(names) {
+		return fmt.Errorf("schema version %d is newer than this runagent understands (%d): upgrade runagent or use another cache directory", version, len(names))
+	}
+	for i := version; i < len(names); i++ {
+		body, err := migrationFS.ReadFile(names[i])
+		if err != nil {
+			return err
+		}
+		if _, err := conn.ExecContext(ctx, string(body)); err != nil {
+			return fmt.Errorf("migrate: %s: %w", names[i], err)
+		}
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
+			return fmt.Errorf("migrate: set schema version: %w", err)
+		}
+	}
+	return nil
+}
+
+// Start records a pending invocation. It returns once the record is queued;
+// it blocks only while the queue is full.
+func (db *DB) Start(inv Invocation) { db.enqueue(opStart, &inv) }
+
+// Finish records the outcome of an invocation started with Start (same ID):
+// status, output or error, response time and execution time.
+func (db *DB) Finish(inv Invocation) { db.enqueue(opFinish, &inv) }
+
+func (db *DB) enqueue(kind opKind, inv *Invocation) {
+	if db.closed.Load() {
+		db.lost(kind, inv)
+		return
+	}
+	db.enqueued.Add(1)
+	select {
+	case db.queue <- op{kind: kind, inv: *inv}:
+	case <-db.done:
+		db.lost(kind, inv)
+	}
+}
+
+func (db *DB) lost(kind opKind, inv *Invocation) {
+	db.errors.Add(1)
+	db.log.Error("invocation record arrived after the store was closed; not written", "invocation_id", inv.ID, "op", kind.String())
+}
+
+// WriteErrors is how many records could not be written so far.
+func (db *DB) WriteErrors() uint64 { return db.errors.Load() }
+
+// Flush waits until everything queued before the call is committed.
+func (db *DB) Flush(ctx context.Context) error {
+	want := db.enqueued.Load()
+	if db.processed.Load() >= want {
+		return nil
+	}
+	ack := make(chan struct{})
+	select {
+	case db.queue <- op{kind: opFlush, ack: ack}:
+	case <-db.done:
+		if db.processed.Load() >= want {
+			return nil
+		}
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-ack:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close writes everything queued, then closes the database.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		db.closed.Store(true)
+		db.queue <- op{kind: opStop}
+		<-db.done
+		db.closeErr = errors.Join(db.w.close(), db.sql.Close())
+	})
+	return db.closeErr
+}
+
+const invocationColumns = `invocation_id, agent_id, entrypoint_tag, sdk_type, input_args, input_kwargs,
+	output_data, error_detail, status, request_time, response_time, execution_time_ms, client_info`
+
+// Get returns one invocation, or ErrNotFound.
+func (db *DB) Get(ctx context.Context, id string) (Invocation, error) {
+	if err := db.Flush(ctx); err != nil {
+		return Invocation{}, err
+	}
+	row := db.sql.QueryRowContext(ctx, `SELECT `+invocationColumns+` FROM invocations WHERE invocation_id = ?`, id)
+	inv, err := scanInvocation(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Invocation{}, ErrNotFound
+	}
+	if err != nil {
+		return Invocation{}, fmt.Errorf("get invocation %s: %w", id, err)
+	}
+	return inv, nil
+}
+
+// listQueries are the List statements by filter: [agent set][status set].
+var listQueries = func() (q [2][2]string) {
+	for a := range 2 {
+		for s := range 2 {
+			var where []string
+			if a == 1 {
+				where = append(where, "agent_id = ?")
+			}
+			if s == 1 {
+				where = append(where, "status = ?")
+			}
+			w := ""
+			if len(where) > 0 {
+				w = " WHERE " + strings.Join(where, " AND ")
+			}
+			q[a][s] = `SELECT ` + invocationColumns + ` FROM invocations` + w +
+				` ORDER BY request_time DESC, rowid DESC LIMIT ?`
+		}
+	}
+	return q
+}()
+
+// List returns invocations newest first (by request time). agentID "" and
+// status "" mean all; limit <= 0 means no limit.
+func (db *DB) List(ctx context.Context, agentID, status string, limit int) ([]Invocation, error) {
+	if err := db.Flush(ctx); err != nil {
+		return nil, err
+	}
+	var args []any
+	a, s := 0, 0
+	if agentID != "" {
+		a = 1
+		args = append(args, agentID)
+	}
+	if status != "" {
+		s = 1
+		args = append(args, status)
+	}
+	if limit <= 0 {
+		limit = -1
+	}
+	args = append(args, limit)
+	rows, err := db.sql.QueryContext(ctx, listQueries[a][s], args...)
+	if err != nil {
+		return nil, fmt.Errorf("list invocations: %w", err)
+	}
+	defer rows.Close()
+	var out []Invocation
+	for rows.Next() {
+		inv, err := scanInvocation(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list invocations: %w", err)
+		}
+		out = append(out, inv)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list invocations: %w", err)
+	}
+	return out, nil
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanInvocation(r scanner) (Invocation, error) {
+	var (
+		inv          Invocation
+		errDetail    sql.NullString
+		reqUS        int64
+		respUS       sql.NullInt64
+		exec         sql.NullFloat64
+		args, kwargs []byte
+		out, client  []byte
+	)
+	err := r.Scan(&inv.ID, &inv.AgentID, &inv.EntrypointTag, &inv.SDKType, &args, &kwargs,
+		&out, &errDetail, &inv.Status, &reqUS, &respUS, &exec, &client)
+	if err != nil {
+		return Invocation{}, err
+	}
+	inv.InputArgs, inv.InputKwargs, inv.Output, inv.ClientInfo = args, kwargs, out, client
+	inv.ErrorDetail = errDetail.String
+	inv.RequestTime = time.UnixMicro(reqUS).UTC()
+	if respUS.Valid {
+		inv.ResponseTime = time.UnixMicro(respUS.Int64).UTC()
+	}
+	inv.ExecutionMS = exec.Float64
+	return inv, nil
+}
+
+// Stats sums up the invocations of agentID ("" for all agents).
+func (db *DB) Stats(ctx context.Context, agentID string) (Stats, error) {
+	if err := db.Flush(ctx); err != nil {
+		return Stats{}, err
+	}
+	q := `SELECT COUNT(*),
+		COALESCE(SUM(status = 'completed'), 0),
+		COALESCE(SUM(status = 'failed'), 0),
+		COALESCE(SUM(status = 'pending'), 0),
+		SUM(CASE WHEN status = 'completed' THEN execution_time_ms END),
+		COUNT(CASE WHEN status = 'completed' THEN execution_time_ms END)
+		FROM invocations`
+	var args []any
+	if agentID != "" {
+		q += ` WHERE agent_id = ?`
+		args = append(args, agentID)
+	}
+	var (
+		st      = Stats{AgentID: agentID}
+		sumExec sql.NullFloat64
+		nExec   int
+	)
+	err := db.sql.QueryRowContext(ctx, q, args...).Scan(&st.Total, &st.Completed, &st.Failed, &st.Pending, &sumExec, &nExec)
+	if err != nil {
+		return Stats{}, fmt.Errorf("invocation stats: %w", err)
+	}
+	if st.Total > 0 {
+		st.SuccessRate = round2(float64(st.Completed) / float64(st.Total) * 100)
+	}
+	if nExec > 0 {
+		avg := round2(sumExec.Float64 / float64(nExec))
+		st.AvgExecutionMS = &avg
+	}
+	return st, nil
+}

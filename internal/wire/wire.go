@@ -1,0 +1,166 @@
+// Package wire holds the RunAgent wire protocol v1 as the official SDKs see it:
+// error codes, the response envelope and the WebSocket frames. See
+// ../shared/docs/wire-v1.md (the contract) and docs/wire-extensions.md (what we
+// add beside it).
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Stable error codes carried in envelope.error.code and WebSocket error frames.
+const (
+	CodeValidation     = "VALIDATION_ERROR"
+	CodeAuthentication = "AUTHENTICATION_ERROR"
+	CodePermission     = "PERMISSION_ERROR"
+	CodeNotFound       = "NOT_FOUND"
+	CodeRateLimit      = "RATE_LIMIT_EXCEEDED"
+	CodeTimeout        = "TIMEOUT"
+	CodeConnection     = "CONNECTION_ERROR"
+	CodeAgentCrashed   = "AGENT_CRASHED"
+	CodeOverloaded     = "OVERLOADED"
+	CodeInternal       = "INTERNAL_ERROR"
+	CodeCancelled      = "CANCELLED"
+)
+
+// Error is a failure with a wire code and a user-safe message.
+type Error struct {
+	Code    string
+	Message string
+	Field   string // the request field at fault, when there is one
+	Err     error  // the cause, for logs; never sent to clients
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return e.Field + ": " + e.Message
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf builds an *Error with a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the wire code of err, INTERNAL_ERROR when it has none.
+func CodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// HTTPStatus maps a wire code to the HTTP status the server answers with.
+// An agent exception (INTERNAL_ERROR from the runner) is answered with 200 and
+// success:false, as the original does; the server decides that, not this table.
+func HTTPStatus(code string) int {
+	switch code {
+	case CodeValidation:
+		return http.StatusBadRequest
+	case CodeAuthentication:
+		return http.StatusUnauthorized
+	case CodePermission:
+		return http.StatusForbidden
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeRateLimit:
+		return http.StatusTooManyRequests
+	case CodeTimeout:
+		return http.StatusGatewayTimeout
+	case CodeAgentCrashed:
+		return http.StatusBadGateway
+	case CodeOverloaded:
+		return http.StatusServiceUnavailable
+	case CodeCancelled:
+		return 499
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// Timestamp formats t like Python's datetime.isoformat() on a naive local
+// datetime, which is what the original server puts in envelopes.
+func Timestamp(t time.Time) string {
+	return string(AppendTimestamp(make([]byte, 0, 26), t))
+}
+
+// AppendTimestamp appends Timestamp(t) to b.
+func AppendTimestamp(b []byte, t time.Time) []byte {
+	if t.Nanosecond()/1000 == 0 {
+		return t.AppendFormat(b, "2006-01-02T15:04:05")
+	}
+	return t.AppendFormat(b, "2006-01-02T15:04:05.000000")
+}
+
+// AppendString appends s as a JSON string. Non-ASCII text is kept as is, like
+// Python's json.dumps(..., ensure_ascii=False); invalid UTF-8 becomes U+FFFD.
+func AppendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"':
+				b = append(b, '\\', '"')
+			case '\\':
+				b = append(b, '\\', '\\')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// AppendFloat appends f the way Python's json.dumps prints a float (repr):
+// integral values keep a ".0", e.g. 12.0.
+func AppendFloat(b []byte, f float64) []byte {
+	n := len(b)
+	b = strconv.AppendFloat(b, f, 'g', -1, 64)
+	for _, c := range b[n:] {
+		if c == '.' || c == 'e' || c == 'n' || c == 'N' {
+			return b
+		}
+	}
+	return append(b, '.', '0')
+}

@@ -1,0 +1,74 @@
+package wire_test
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+func TestAppendStringMatchesJSON(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"hello", `"hello"`},
+		{"", `""`},
+		{`a"b\c`, `"a\"b\\c"`},
+		{"line\nnext\ttab\r", `"line\nnext\ttab\r"`},
+		{"\x00\x1f\b\f", `"\u0000\u001f\b\f"`},
+		{"héllo 世界 🎉", `"héllo 世界 🎉"`},
+		{"bad\xffutf8", `"bad\ufffdutf8"`},
+		{"<html>&", `"<html>&"`},
+	}
+	for _, tt := range tests {
+		got := string(wire.AppendString(nil, tt.in))
+		if got != tt.want {
+			t.Errorf("AppendString(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+		var back string
+		if err := json.Unmarshal([]byte(got), &back); err != nil {
+			t.Errorf("AppendString(%q) is not valid JSON: %v", tt.in, err)
+		}
+	}
+}
+
+func TestAppendFloatLikePython(t *testing.T) {
+	tests := []struct {
+		in   float64
+		want string
+	}{
+		{1, "1.0"}, {0.5, "0.5"}, {-3, "-3.0"}, {1e21, "1e+21"}, {123.456, "123.456"}, {math.MaxFloat64, "1.7976931348623157e+308"},
+	}
+	for _, tt := range tests {
+		if got := string(wire.AppendFloat(nil, tt.in)); got != tt.want {
+			t.Errorf("AppendFloat(%v) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestEnvelope(t *testing.T) {
+	ts := time.Date(2025, 6, 25, 13, 42, 3, 123456000, time.Local)
+	data := wire.AppendString(nil, `{"type": "string", "payload": "\"hi\""}`)
+	got := string(wire.AppendEnvelope(nil, &wire.Envelope{Success: true, Data: data, Message: wire.MessageRunOK, Timestamp: ts, RequestID: "rid"}))
+	want := `{"success":true,"data":"{\"type\": \"string\", \"payload\": \"\\\"hi\\\"\"}","message":"Agent execution completed successfully","error":null,"timestamp":"2025-06-25T13:42:03.123456","request_id":"rid"}`
+	if got != want {
+		t.Fatalf("success envelope\n got %s\nwant %s", got, want)
+	}
+	got = string(wire.AppendEnvelope(nil, &wire.Envelope{Error: &wire.Error{Code: wire.CodeNotFound, Message: "Entrypoint x not found"}, Timestamp: ts.Truncate(time.Second), RequestID: "r"}))
+	want = `{"success":false,"data":null,"message":null,"error":{"code":"NOT_FOUND","message":"Entrypoint x not found","details":null,"field":null},"timestamp":"2025-06-25T13:42:03","request_id":"r"}`
+	if got != want {
+		t.Fatalf("error envelope\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestHTTPStatus(t *testing.T) {
+	for code, want := range map[string]int{
+		wire.CodeValidation: 400, wire.CodeAuthentication: 401, wire.CodePermission: 403, wire.CodeNotFound: 404,
+		wire.CodeRateLimit: 429, wire.CodeTimeout: 504, wire.CodeAgentCrashed: 502, wire.CodeOverloaded: 503,
+		wire.CodeInternal: 500, "SOMETHING_NEW": 500,
+	} {
+		if got := wire.HTTPStatus(code); got != want {
+			t.Errorf("HTTPStatus(%s) = %d, want %d", code, got, want)
+		}
+	}
+}
