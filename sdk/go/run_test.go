@@ -429,14 +429,19 @@ func TestRunContext(t *testing.T) {
 	})
 	t.Run("Config.Timeout", func(t *testing.T) {
 		srv := newRESTServer(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body) // so that the server notices the client leaving
 			select {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
 		})
 		c := newClient(t, srv.URL, "minimal", nil, func(cfg *runagent.Config) { cfg.Timeout = 100 * time.Millisecond })
+		start := time.Now()
 		_, err := c.Run(context.Background(), runagent.Input{})
 		wantCode(t, err, runagent.CodeTimeout)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("Run took %v", d)
+		}
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("errors.Is(err, context.DeadlineExceeded) = false: %v", err)
 		}
