@@ -89,7 +89,7 @@ SDKs and this repository's SDKs can call it.
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON instead of text")
-	root.AddCommand(a.initCommand(), a.serveCommand(), a.dbCommand())
+	root.AddCommand(a.initCommand(), a.serveCommand(), a.runCommand(false), a.runCommand(true), a.dbCommand())
 	return root
 }
 

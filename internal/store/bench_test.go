@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/runagent-go/runagent/internal/store"
 )
 
@@ -72,7 +74,7 @@ func BenchmarkThroughput(b *testing.B) {
 			b.ResetTimer()
 			start := time.Now()
 			var wg sync.WaitGroup
-			for p := range producers {
+			for range producers {
 				wg.Go(func() {
 					var window []store.Invocation
 					for {
@@ -80,7 +82,7 @@ func BenchmarkThroughput(b *testing.B) {
 						if i >= int64(b.N) {
 							break
 						}
-						inv := store.Invocation{ID: fmt.Sprintf("p%d-%d", p, i), AgentID: "agent", EntrypointTag: "minimal",
+						inv := store.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
 							SDKType: "local_server", InputArgs: args, InputKwargs: kwargs, Status: store.StatusPending, RequestTime: time.Now()}
 						db.Start(inv)
 						window = append(window, inv)

@@ -173,7 +173,7 @@ func Open(path string, opts ...Option) (*DB, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return nil, fmt.Errorf("create directory for invocation database: %w", err)
 		}
-		dsn = fileDSN(path) + "?" + params + "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+		dsn = fileDSN(path) + "?" + params + "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-65536)"
 	}
 	sdb, err := sql.Open("sqlite", dsn)
 	if err != nil {

@@ -73,7 +73,7 @@ type Config struct {
 	// UserAgent replaces the default "runagent-go/<Version>".
 	UserAgent string
 
-	clk clock // time source of the retry loop (tests)
+	clk *clock // time source of the retry loop (tests); a pointer keeps Config comparable
 }
 
 // Client calls one entrypoint of one agent. It is safe for concurrent use;

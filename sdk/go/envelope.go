@@ -38,17 +38,23 @@ func parseEnvelope(status int, h http.Header, body []byte) (json.RawMessage, *Er
 	if status < 200 || status > 299 {
 		return nil, httpError(status, h, body)
 	}
-	var env envelope
-	if err := json.Unmarshal(body, &env); err != nil || env.Success == nil {
+	// The success path reads only what it needs.
+	var ok struct {
+		Success *bool           `json:"success"`
+		Data    json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(body, &ok); err != nil || ok.Success == nil {
 		msg := "malformed response: not a RunAgent envelope"
 		if err != nil {
 			msg += ": " + err.Error()
 		}
 		return nil, malformed(msg, status)
 	}
-	if *env.Success {
-		return env.Data, nil
+	if *ok.Success {
+		return ok.Data, nil
 	}
+	var env envelope
+	_ = json.Unmarshal(body, &env) // valid JSON object: read above
 	e := envelopeError(&env)
 	e.Status = status
 	if e.Code == "" {

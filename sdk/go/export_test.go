@@ -8,7 +8,7 @@ import (
 // SetClock replaces the time source of cfg's retry loop, so that tests can
 // check backoff delays without sleeping.
 func SetClock(cfg *Config, now func() time.Time, sleep func(context.Context, time.Duration) error) {
-	cfg.clk = clock{now: now, sleep: sleep}
+	cfg.clk = &clock{now: now, sleep: sleep}
 }
 
 // ParseRunResponse parses a POST /run response the way Run does.

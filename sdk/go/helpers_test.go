@@ -52,7 +52,7 @@ func (f *fakeClock) Sleeps() []time.Duration {
 }
 
 // clearEnv makes the RUNAGENT_* environment empty for the test.
-func clearEnv(t *testing.T) {
+func clearEnv(t testing.TB) {
 	t.Helper()
 	for _, k := range []string{"RUNAGENT_API_KEY", "RUNAGENT_BASE_URL", "RUNAGENT_LOCAL", "RUNAGENT_HOST", "RUNAGENT_PORT", "RUNAGENT_TIMEOUT", "RUNAGENT_CACHE_DIR"} {
 		t.Setenv(k, "")
@@ -101,7 +101,7 @@ type restServer struct {
 	hits atomic.Int32
 }
 
-func newRESTServer(t *testing.T, respond func(attempt int, w http.ResponseWriter, r *http.Request)) *restServer {
+func newRESTServer(t testing.TB, respond func(attempt int, w http.ResponseWriter, r *http.Request)) *restServer {
 	t.Helper()
 	s := &restServer{}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package runagent
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -76,7 +77,11 @@ type clock struct {
 	sleep func(ctx context.Context, d time.Duration) error
 }
 
-func (c clock) withDefaults() clock {
+func (p *clock) withDefaults() clock {
+	var c clock
+	if p != nil {
+		c = *p
+	}
 	if c.now == nil {
 		c.now = time.Now
 	}
@@ -141,6 +146,10 @@ func (r *retrier) wait(ctx context.Context, e *Error) *Error {
 func (r *retrier) backoff() time.Duration {
 	c := r.p.InitialBackoff
 	for i := 1; i < r.attempts && c < r.p.MaxBackoff; i++ {
+		if c > r.p.MaxBackoff/2 {
+			c = r.p.MaxBackoff
+			break
+		}
 		c *= 2
 	}
 	if c > r.p.MaxBackoff {
@@ -149,5 +158,9 @@ func (r *retrier) backoff() time.Duration {
 	if c <= 0 {
 		return 0
 	}
-	return time.Duration(rand.Int64N(int64(c) + 1))
+	n := int64(c)
+	if n < math.MaxInt64 {
+		n++
+	}
+	return time.Duration(rand.Int64N(n))
 }

@@ -55,7 +55,7 @@ func DecodeStructuredInto(s string, v any) error {
 
 // structuredOuter is the outer object of a structured string.
 type structuredOuter struct {
-	Type    *string         `json:"type"`
+	Type    string          `json:"type"`
 	Payload json.RawMessage `json:"payload"`
 }
 
@@ -66,7 +66,7 @@ func structuredPayload(s []byte) ([]byte, *Error) {
 	if err := json.Unmarshal(s, &o); err != nil {
 		return nil, &Error{Code: CodeInternal, Message: "malformed structured value: " + err.Error(), Err: ErrMalformed}
 	}
-	if o.Type == nil && o.Payload == nil {
+	if o.Type == "" && o.Payload == nil {
 		return nil, malformed(`malformed structured value: no "type" or "payload"`, 0)
 	}
 	p := o.Payload
@@ -85,7 +85,7 @@ func structuredPayload(s []byte) ([]byte, *Error) {
 		if fixed, ok := replaceNonFinite(b); ok && json.Valid(fixed) {
 			return fixed, nil
 		}
-		if o.Type != nil && *o.Type == "string" {
+		if o.Type == "string" {
 			// A string payload that was not JSON-encoded: the text itself.
 			return p, nil
 		}
@@ -122,7 +122,7 @@ func dataPayload(raw []byte) ([]byte, *Error) {
 		return structuredPayload([]byte(s))
 	case '{':
 		var o structuredOuter
-		if json.Unmarshal(raw, &o) == nil && o.Type != nil && o.Payload != nil {
+		if json.Unmarshal(raw, &o) == nil && o.Type != "" && o.Payload != nil {
 			return structuredPayload(raw)
 		}
 	}
@@ -135,6 +135,26 @@ func dataPayload(raw []byte) ([]byte, *Error) {
 // decodeJSON decodes valid JSON text into generic Go values (see
 // DecodeStructured for the mapping).
 func decodeJSON(b []byte) (any, *Error) {
+	// Fast paths for scalars, the most common results and chunks.
+	if t := bytes.TrimSpace(b); len(t) > 0 {
+		switch c := t[0]; {
+		case c == '"':
+			var s string
+			if json.Unmarshal(t, &s) == nil {
+				return s, nil
+			}
+		case c == 'n' && string(t) == "null":
+			return nil, nil
+		case c == 't' && string(t) == "true":
+			return true, nil
+		case c == 'f' && string(t) == "false":
+			return false, nil
+		case c == '-' || c >= '0' && c <= '9':
+			if json.Valid(t) {
+				return number(string(t)), nil
+			}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var v any
