@@ -38,3 +38,15 @@ func ParseFrame(b []byte) (string, error) {
 	}
 	return fr.Type, nil
 }
+
+// Backoff returns the wait drawn before retry n (n >= 1) under p.
+func Backoff(p RetryPolicy, n int) time.Duration {
+	r := retrier{p: p.normalized(), attempts: n}
+	return r.backoff()
+}
+
+// MaxBackoff returns p's effective MaxBackoff.
+func MaxBackoff(p RetryPolicy) time.Duration { return p.normalized().MaxBackoff }
+
+// ParseRetryAfter parses a Retry-After value.
+func ParseRetryAfter(v string, now time.Time) time.Duration { return parseRetryAfter(v, now) }
