@@ -56,6 +56,14 @@ func TestShowcaseFunctionShapes(t *testing.T) {
 			}
 		})
 	}
+	// The extractor's keys come out in the config's order (text, then lang).
+	st, env := s.run(t, "greet", nil, map[string]any{"name": "Ada"})
+	var greetData string
+	json.Unmarshal(env.Data, &greetData)
+	if want := `"payload": "{\"text\": \"Hello, Ada!\", \"lang\": \"en\"}"`; !strings.Contains(greetData, want) {
+		t.Errorf("greet structured string = %s, want the payload %s", greetData, want)
+	}
+
 	// A method of an object keeps its state between calls.
 	first := s.result(t, "method", nil, map[string]any{"message": "a"}).(map[string]any)
 	second := s.result(t, "method", nil, map[string]any{"message": "b"}).(map[string]any)
@@ -64,7 +72,7 @@ func TestShowcaseFunctionShapes(t *testing.T) {
 	}
 
 	// Rich values are encoded as the original does: NaN null, infinities strings.
-	st, env := s.run(t, "rich", nil, nil)
+	st, env = s.run(t, "rich", nil, nil)
 	var data string
 	json.Unmarshal(env.Data, &data)
 	typ, v := decodeStructured(t, data)

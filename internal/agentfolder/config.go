@@ -96,8 +96,11 @@ type Entrypoint struct {
 	Module string `json:"module,omitempty"`
 	Tag    string `json:"tag"`
 	// Extractor maps an output key to a JSONPath; never nil after Load.
-	Extractor  map[string]string `json:"extractor"`
-	WebhookURL string            `json:"webhook_url,omitempty"`
+	Extractor map[string]string `json:"extractor"`
+	// ExtractorKeys lists Extractor's keys in the order the file has them,
+	// which is the order of the extracted result's keys.
+	ExtractorKeys []string `json:"-"`
+	WebhookURL    string   `json:"webhook_url,omitempty"`
 	// Method is "post" or "get" in any case, as written.
 	Method string `json:"method,omitempty"`
 	// Timeout is in seconds, DefaultWebhookTimeout when not given; webhooks only.

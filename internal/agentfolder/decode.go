@@ -63,6 +63,7 @@ func decode(name string, data []byte, dir string) (cfg *Config, raw map[string]a
 	}
 	c := checker{file: name, dir: dir}
 	cfg = c.config(m)
+	orderExtractors(cfg, name, data)
 	return cfg, m, c.warnings, c.problems
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // only reachable through --debug-addr
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // FirstPort is where port auto-allocation starts, as in the original.
@@ -36,6 +38,7 @@ type serveOptions struct {
 	threads   int
 	logFormat string
 	logLevel  string
+	debugAddr string
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -65,6 +68,8 @@ registered in the local registry so that SDKs can find it by id alone.`,
 	f.IntVar(&o.threads, "threads", 32, "worker threads for the agent's sync functions")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060)")
+	f.MarkHidden("debug-addr")
 	return cmd
 }
 
@@ -121,7 +126,11 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 
 	init := runner.Init{AgentDir: folder.Dir, Env: folder.Env, Threads: o.threads}
 	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		init.Entrypoints = append(init.Entrypoints, runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module, Extractor: ep.Extractor})
+		ie := runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module}
+		for _, k := range ep.ExtractorKeys {
+			ie.Extractor = append(ie.Extractor, [2]string{k, ep.Extractor[k]})
+		}
+		init.Entrypoints = append(init.Entrypoints, ie)
 	}
 	procEnv := runnerEnv(folder.Env, env)
 	agentLog := log.With("agent_id", cfg.AgentID)
@@ -174,6 +183,12 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		log.Warn("could not register the agent in the local registry; SDKs will need host and port", "path", regPath, "error", err)
 	}
 
+	if o.debugAddr != "" {
+		go func() {
+			log.Info("pprof listening", "addr", o.debugAddr)
+			log.Warn("pprof stopped", "error", http.ListenAndServe(o.debugAddr, nil))
+		}()
+	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
@@ -251,12 +266,7 @@ func serverAgent(folder *agentfolder.Folder) server.Agent {
 	cfg := folder.Config
 	a := server.Agent{ID: cfg.AgentID, Name: cfg.AgentName, Version: cfg.Version, Framework: cfg.Framework}
 	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		extractor := ep.Extractor
-		if extractor == nil {
-			extractor = map[string]string{}
-		}
-		b, _ := json.Marshal(map[string]any{"file": ep.File, "module": ep.Module, "tag": ep.Tag, "extractor": extractor})
-		a.Entrypoints = append(a.Entrypoints, server.Entrypoint{Tag: ep.Tag, JSON: b})
+		a.Entrypoints = append(a.Entrypoints, server.Entrypoint{Tag: ep.Tag, JSON: entrypointJSON(ep)})
 	}
 	a.Config = map[string]any{}
 	for k, v := range folder.RawConfig {
@@ -295,4 +305,25 @@ func shortPath(p string) string {
 		return "~" + p[len(home):]
 	}
 	return p
+}
+
+// entrypointJSON is an entrypoint as /architecture lists it, the extractor's
+// keys in the config's order.
+func entrypointJSON(ep agentfolder.Entrypoint) json.RawMessage {
+	b := []byte(`{"file":`)
+	b = wire.AppendString(b, ep.File)
+	b = append(b, `,"module":`...)
+	b = wire.AppendString(b, ep.Module)
+	b = append(b, `,"tag":`...)
+	b = wire.AppendString(b, ep.Tag)
+	b = append(b, `,"extractor":{`...)
+	for i, k := range ep.ExtractorKeys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = wire.AppendString(b, k)
+		b = append(b, ':')
+		b = wire.AppendString(b, ep.Extractor[k])
+	}
+	return append(b, "}}"...)
 }

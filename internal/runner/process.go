@@ -28,10 +28,12 @@ type Init struct {
 
 // InitEntrypoint is one entrypoint the runner imports.
 type InitEntrypoint struct {
-	Tag       string            `json:"tag"`
-	File      string            `json:"file"`
-	Module    string            `json:"module"`
-	Extractor map[string]string `json:"extractor,omitempty"`
+	Tag    string `json:"tag"`
+	File   string `json:"file"`
+	Module string `json:"module"`
+	// Extractor is [key, JSONPath] pairs in the config's order: the
+	// extracted result's keys come out in this order, as in the original.
+	Extractor [][2]string `json:"extractor,omitempty"`
 }
 
 // Spec says how to start one runner process.

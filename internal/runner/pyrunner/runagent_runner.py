@@ -614,11 +614,15 @@ def compile_extractor(extractor):
 # ---------------------------------------------------------------------------
 
 class Writer:
-    HIGH_WATER = 4096  # queued frames past which producers flush themselves
+    """Frames from any thread go to a list; a writer thread sends whatever has
+    accumulated in one sendall, so a busy runner makes few, large writes."""
+
+    HIGH_WATER = 4096  # queued frames past which producers send themselves
 
     def __init__(self, sock):
         self.sock = sock
         self.pending = []
+        self.qlock = threading.Lock()   # guards pending
         self.wlock = threading.Lock()   # held while sending
         self.wake = threading.Lock()    # released to wake the writer thread
         self.wake.acquire()
@@ -626,14 +630,17 @@ class Writer:
         t.start()
 
     def send(self, kind, call, body):
-        pending = self.pending
-        pending.append(_pack_header(len(body) + 5, kind, call) + body)
-        n = len(pending)
+        frame = _pack_header(len(body) + 5, kind, call) + body
+        with self.qlock:
+            pending = self.pending
+            pending.append(frame)
+            n = len(pending)
         if n == 1:
+            # pending was empty: the writer may be asleep
             try:
                 self.wake.release()
             except RuntimeError:
-                pass
+                pass  # already awake
         elif n > self.HIGH_WATER:
             self.flush()  # back-pressure: wait for the socket ourselves
 
@@ -642,17 +649,16 @@ class Writer:
             self._drain()
 
     def _drain(self):
-        pending = self.pending
+        qlock = self.qlock
         sendall = self.sock.sendall
         try:
-            while pending:
-                n = len(pending)
-                if n == 1:
-                    data = pending[0]
-                else:
-                    data = b"".join(pending[:n])
-                del pending[:n]
-                sendall(data)
+            while True:
+                with qlock:
+                    batch = self.pending
+                    if not batch:
+                        return
+                    self.pending = []
+                sendall(batch[0] if len(batch) == 1 else b"".join(batch))
         except OSError:
             os._exit(0)  # the host is gone
 
@@ -1081,7 +1087,7 @@ def run_sync_call(c):
         if hasattr(type(r), "__await__"):
             # a sync callable returning an awaitable: finish it on the loop
             handed_off = True
-            loop.call_soon_threadsafe(_start_task, c, run_async_call(c, r))
+            loop.call_soon_threadsafe(_start_task, c, run_async_call(c, r), r)
             return
         ext = c.ep.extract
         if ext is not None:
@@ -1117,7 +1123,7 @@ def run_sync_stream(c):
             r = ep.fn(*c.args, **c.kwargs)
             if _is_async_result(r):
                 handed_off = True
-                loop.call_soon_threadsafe(_start_task, c, run_async_stream(c, r))
+                loop.call_soon_threadsafe(_start_task, c, run_async_stream(c, r), r)
                 return
             it = iter(r)
             for chunk in it:
@@ -1155,10 +1161,16 @@ def run_sync_stream(c):
         _cur_set(0)
 
 
-def _start_task(c, coro):
+def _start_task(c, coro, inner=None):
     """On the loop: start a call's task unless it was cancelled already."""
     if c.cancelled:
         coro.close()
+        close = getattr(inner, "close", None)  # the agent's coroutine, if any
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
         active.pop(c.cid, None)
         return
     c.task = loop.create_task(coro)
@@ -1301,6 +1313,9 @@ class Pool:
             c = get()
             with lock:
                 self.idle -= 1
+            if c.cancelled:  # cancelled while queued: never started
+                active.pop(c.cid, None)
+                continue
             try:
                 c.ep.run(c)
             except BaseException:
@@ -1319,16 +1334,39 @@ _pool = None
 # Reading frames
 # ---------------------------------------------------------------------------
 
+def _parse_frames(src, out):
+    """Append the complete frames at the start of src to out; return how many
+    bytes they took."""
+    pos = 0
+    size = len(src)
+    unpack = _unpack_header
+    while size - pos >= 9:
+        n, kind, cid = unpack(src, pos)
+        if n < 5 or n > MAX_FRAME:
+            os.write(2, ("runagent runner: bad frame length %d, exiting\n" % n).encode())
+            os._exit(2)
+        end = pos + 4 + n
+        if end > size:
+            break
+        out.append((kind, cid, src[pos + 9:end]))
+        pos = end
+    return pos
+
+
 class Reader:
     def __init__(self, sock):
         self.sock = sock
-        self.buf = bytearray()  # an incomplete frame carried over
+        self.buf = bytearray()  # bytes not yet handed out
 
     def frames(self):
         """Yield lists of (kind, call, body) frames as they arrive."""
         recv = self.sock.recv
         buf = self.buf
-        unpack = _unpack_header
+        if buf:
+            out = []
+            del buf[:_parse_frames(buf, out)]
+            if out:
+                yield out
         while True:
             try:
                 data = recv(1 << 18)
@@ -1338,28 +1376,14 @@ class Reader:
                 return
             if not data:
                 return
+            out = []
             if buf:
                 buf += data
-                src = buf
+                del buf[:_parse_frames(buf, out)]
             else:
-                src = data
-            out = []
-            pos = 0
-            size = len(src)
-            while size - pos >= 9:
-                n, kind, cid = unpack(src, pos)
-                if n < 5 or n > MAX_FRAME:
-                    os.write(2, ("runagent runner: bad frame length %d, exiting\n" % n).encode())
-                    os._exit(2)
-                end = pos + 4 + n
-                if end > size:
-                    break
-                out.append((kind, cid, src[pos + 9:end]))
-                pos = end
-            if src is buf:
-                del buf[:pos]
-            elif pos < size:
-                buf += data[pos:]
+                pos = _parse_frames(data, out)
+                if pos < len(data):
+                    buf += data[pos:]
             if out:
                 yield out
 
@@ -1455,11 +1479,16 @@ def do_init(body):
         threads = min(32, (os.cpu_count() or 1) + 4)
 
     entries = init.get("entrypoints") or []
-    dirs = [agent_dir]
+    # Entry files' folders first, then the agent folder (the original's order).
+    dirs = []
     for e in entries:
         f = e.get("file") if isinstance(e, dict) else None
         if isinstance(f, str) and f:
-            dirs.append(os.path.dirname(os.path.normpath(os.path.join(agent_dir, f))))
+            d = os.path.dirname(os.path.normpath(os.path.join(agent_dir, f)))
+            if d not in dirs:
+                dirs.append(d)
+    if agent_dir not in dirs:
+        dirs.append(agent_dir)
     for d in reversed(dirs):
         if d in sys.path:
             sys.path.remove(d)
@@ -1535,6 +1564,7 @@ def _open_stream(argv):
 def main(argv=None):
     global _writer, _pool, loop
     sock = _open_stream(sys.argv[1:] if argv is None else argv)
+    del sys.argv[1:]  # the agent sees no runner options
 
     # The runner's own folder is not the agent's.
     here = os.path.dirname(_THIS_FILE)
