@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -172,7 +170,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 	}
 
 	inv := store.Invocation{
-		ID: uuid.NewString(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "local_server",
+		ID: newInvocationID(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "local_server",
 		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
 		RequestTime: start, ClientInfo: s.clientInfo,
 	}

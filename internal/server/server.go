@@ -291,3 +291,13 @@ func (s *Server) callFailure(err error) (e *wire.Error, agentRaised bool) {
 	}
 	return &wire.Error{Code: wire.CodeInternal, Message: "the agent could not run: " + err.Error()}, false
 }
+
+// newInvocationID returns a time-ordered UUID (v7): the history's B-trees
+// then grow at their ends instead of at random pages.
+func newInvocationID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}

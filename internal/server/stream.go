@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/runner"
@@ -92,7 +91,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	tag := *req.EntrypointTag
 	start := time.Now()
 	inv := store.Invocation{
-		ID: uuid.NewString(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "websocket_stream",
+		ID: newInvocationID(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "websocket_stream",
 		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
 		RequestTime: start, ClientInfo: wsStreamInfo,
 	}

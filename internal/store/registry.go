@@ -95,16 +95,17 @@ func RegistryPath() string {
 
 func registryTime(t time.Time) string { return t.UTC().Format(RegistryTimeFormat) }
 
-// registryConn is one connection to the registry holding a write
-// transaction (BEGIN IMMEDIATE, so it never has to upgrade a read lock).
+// registryConn is one connection to the registry holding a transaction:
+// for writes BEGIN IMMEDIATE, so that it never has to upgrade a read lock.
 type registryConn struct {
 	db   *sql.DB
 	conn *sql.Conn
 }
 
-// openRegistry opens the registry file and begins a write transaction. With
-// create false a missing file is ErrNotFound (and is not created).
-func openRegistry(ctx context.Context, path string, create bool) (*registryConn, error) {
+// openRegistry opens the registry file and begins a transaction (a write
+// transaction if write). With create false a missing file is ErrNotFound
+// (and is not created).
+func openRegistry(ctx context.Context, path string, create, write bool) (*registryConn, error) {
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return nil, fmt.Errorf("local registry: create directory: %w", err)
@@ -119,7 +120,11 @@ func openRegistry(ctx context.Context, path string, create bool) (*registryConn,
 	db.SetMaxOpenConns(1)
 	conn, err := db.Conn(ctx)
 	if err == nil {
-		_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+		begin := "BEGIN"
+		if write {
+			begin = "BEGIN IMMEDIATE"
+		}
+		_, err = conn.ExecContext(ctx, begin)
 		if err != nil {
 			conn.Close()
 		}
@@ -178,7 +183,7 @@ func UpsertRegistryAgent(ctx context.Context, dbPath string, a RegistryAgent) (e
 	if a.AgentID == "" {
 		return errors.New("local registry: agent id is empty")
 	}
-	r, err := openRegistry(ctx, dbPath, true)
+	r, err := openRegistry(ctx, dbPath, true, true)
 	if err != nil {
 		return err
 	}
@@ -280,7 +285,7 @@ func RecordRegistryRun(ctx context.Context, dbPath, agentID string, success bool
 }
 
 func recordRegistryRuns(ctx context.Context, dbPath, agentID string, ok, failed int64, last time.Time) (err error) {
-	r, err := openRegistry(ctx, dbPath, false)
+	r, err := openRegistry(ctx, dbPath, false, true)
 	if err != nil {
 		return err
 	}
@@ -324,7 +329,7 @@ func recordRegistryRuns(ctx context.Context, dbPath, agentID string, ok, failed 
 // LookupRegistryAgent reads a registered agent (for `run --id`). It is
 // ErrNotFound when the registry, its table or the agent does not exist.
 func LookupRegistryAgent(ctx context.Context, dbPath, agentID string) (a RegistryAgent, err error) {
-	r, err := openRegistry(ctx, dbPath, false)
+	r, err := openRegistry(ctx, dbPath, false, false)
 	if err != nil {
 		return RegistryAgent{}, err
 	}

@@ -18,6 +18,13 @@
 // When the queue is full Start and Finish wait: records are never dropped
 // while the DB is open. Reads first wait for everything queued before them
 // (read-your-writes), which costs two atomic loads when nothing is pending.
+// A batch that fails is retried, then written record by record; records that
+// still fail are logged and counted (WriteErrors), never a panic.
+//
+// # Local registry
+//
+// See registry.go: UpsertRegistryAgent, RecordRegistryRun (batched by
+// RegistryRecorder) and LookupRegistryAgent.
 package store
 
 import (
@@ -99,7 +106,7 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithQueueSize sets how many Start/Finish calls may wait for the writer
-// before they block (default 4096).
+// before they block (default 8192).
 func WithQueueSize(n int) Option {
 	return func(o *options) {
 		if n > 0 {
@@ -109,7 +116,7 @@ func WithQueueSize(n int) Option {
 }
 
 // WithBatch sets the most records committed in one transaction (default
-// 512) and how long the writer waits for more once it has some (default 0:
+// 2048) and how long the writer waits for more once it has some (default 0:
 // it commits whatever is queued at once; under load batches grow by
 // themselves while the previous one commits).
 func WithBatch(maxRecords int, linger time.Duration) Option {
@@ -159,7 +166,7 @@ type DB struct {
 // database at path and starts its writer. Path ":memory:" gives a private
 // in-memory database.
 func Open(path string, opts ...Option) (*DB, error) {
-	o := options{log: slog.Default(), queue: 4096, maxBatch: 512, busyTimeout: 5 * time.Second}
+	o := options{log: slog.Default(), queue: 8192, maxBatch: 2048, busyTimeout: 5 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -173,7 +180,7 @@ func Open(path string, opts ...Option) (*DB, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return nil, fmt.Errorf("create directory for invocation database: %w", err)
 		}
-		dsn = fileDSN(path) + "?" + params + "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-65536)"
+		dsn = fileDSN(path) + "?" + params + "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
 	}
 	sdb, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -252,7 +259,8 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 }
 
 // Start records a pending invocation. It returns once the record is queued;
-// it blocks only while the queue is full.
+// it blocks only while the queue is full. A record that arrives after Close
+// is logged and counted in WriteErrors, not written.
 func (db *DB) Start(inv Invocation) { db.enqueue(opStart, &inv) }
 
 // Finish records the outcome of an invocation started with Start (same ID):
@@ -277,10 +285,13 @@ func (db *DB) lost(kind opKind, inv *Invocation) {
 	db.log.Error("invocation record arrived after the store was closed; not written", "invocation_id", inv.ID, "op", kind.String())
 }
 
-// WriteErrors is how many records could not be written so far.
+// WriteErrors is how many records could not be written so far (each is
+// logged too).
 func (db *DB) WriteErrors() uint64 { return db.errors.Load() }
 
-// Flush waits until everything queued before the call is committed.
+// Flush waits until everything queued before the call is committed (or
+// given up on after retries; see WriteErrors). It returns ctx's error if ctx
+// ends first, and ErrClosed if the store closed with records unwritten.
 func (db *DB) Flush(ctx context.Context) error {
 	want := db.enqueued.Load()
 	if db.processed.Load() >= want {
@@ -305,7 +316,8 @@ func (db *DB) Flush(ctx context.Context) error {
 	}
 }
 
-// Close writes everything queued, then closes the database.
+// Close writes everything queued, then closes the database. Calling it
+// again returns the first call's result.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
 		db.closed.Store(true)
@@ -319,7 +331,8 @@ func (db *DB) Close() error {
 const invocationColumns = `invocation_id, agent_id, entrypoint_tag, sdk_type, input_args, input_kwargs,
 	output_data, error_detail, status, request_time, response_time, execution_time_ms, client_info`
 
-// Get returns one invocation, or ErrNotFound.
+// Get returns one invocation, after everything queued before the call is
+// written. It returns ErrNotFound if there is no such invocation.
 func (db *DB) Get(ctx context.Context, id string) (Invocation, error) {
 	if err := db.Flush(ctx); err != nil {
 		return Invocation{}, err

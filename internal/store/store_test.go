@@ -590,7 +590,7 @@ func TestWriteErrorsAreLoggedAndCounted(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if !strings.Contains(logs.String(), "invocation record not written") || !strings.Contains(logs.String(), "invocation_id=after") {
+	if !strings.Contains(logs.String(), "invocation records not written") || !strings.Contains(logs.String(), "invocation_ids=[after]") {
 		t.Errorf("log does not name the lost record:\n%s", logs.String())
 	}
 }

@@ -87,6 +87,11 @@ func newWriter(ctx context.Context, sdb *sql.DB, o options) (_ *writer, err erro
 			conn.Close()
 		}
 	}()
+	// The writer's page cache holds the hot index pages of the batches it
+	// writes (readers keep SQLite's default).
+	if _, err := conn.ExecContext(ctx, "PRAGMA cache_size = -32768"); err != nil {
+		return nil, err
+	}
 	if err := migrate(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -257,11 +262,22 @@ func (w *writer) commit() {
 			w.db.log.Warn("writing invocation records failed; retrying", "records", len(w.recs), "attempt", attempt+1, "error", err)
 		}
 		if err != nil {
+			var (
+				lost     []string
+				firstErr error
+			)
 			for i := range w.recs {
 				if err := w.writeBatch(w.recs[i : i+1]); err != nil {
 					w.db.errors.Add(1)
-					w.db.log.Error("invocation record not written", "invocation_id", w.recs[i].inv.ID, "error", err)
+					lost = append(lost, w.recs[i].inv.ID)
+					if firstErr == nil {
+						firstErr = err
+					}
 				}
+			}
+			if len(lost) > 0 {
+				w.db.log.Error("invocation records not written", "count", len(lost),
+					"invocation_ids", lost[:min(len(lost), 10)], "error", firstErr)
 			}
 		}
 		clear(w.recs) // drop references to the records' memory

@@ -1,5 +1,7 @@
 -- Invocation history of the local server.
 -- Timestamps are INTEGER unix microseconds (UTC); JSON values are TEXT.
+-- Invocation ids are UUIDv7 (time-ordered), so inserts append to the B-trees;
+-- a status filter scans one agent's rows through idx_invocations_agent_time.
 CREATE TABLE IF NOT EXISTS invocations (
     invocation_id     TEXT    NOT NULL PRIMARY KEY,
     agent_id          TEXT    NOT NULL,
@@ -16,4 +18,3 @@ CREATE TABLE IF NOT EXISTS invocations (
     client_info       TEXT              -- JSON value
 );
 CREATE INDEX IF NOT EXISTS idx_invocations_agent_time ON invocations (agent_id, request_time);
-CREATE INDEX IF NOT EXISTS idx_invocations_status ON invocations (status);
