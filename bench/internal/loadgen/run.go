@@ -30,7 +30,7 @@ func Throughput(ctx context.Context, addr string, req []byte, conns int, warmup,
 	end := measureFrom.Add(window)
 	type counts struct {
 		ok, errs, wok, werr int64
-		firstErr           string
+		firstErr            string
 	}
 	results := make([]counts, conns)
 	var wg sync.WaitGroup
