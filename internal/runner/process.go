@@ -76,7 +76,6 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	}
 	hostEnd := os.NewFile(uintptr(fds[0]), "runner-host")
 	childEnd := os.NewFile(uintptr(fds[1]), "runner-child")
-	defer childEnd.Close()
 	sock, err := net.FileConn(hostEnd)
 	hostEnd.Close()
 	if err != nil {
@@ -91,14 +90,20 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		sock.Close()
+		childEnd.Close()
 		return nil, err
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		sock.Close()
+		childEnd.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// Our copy of the child's end must go now: while we hold it, a runner
+	// that dies would never show as the end of the stream.
+	childEnd.Close()
+	if err != nil {
 		sock.Close()
 		return nil, fmt.Errorf("start python runner %q: %w", spec.Python, err)
 	}

@@ -1,0 +1,263 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+func TestFrameRoundTrip(t *testing.T) {
+	tests := []struct {
+		kind Kind
+		call uint32
+		body string
+	}{
+		{KindCall, 1, `{"tag":"x"}`}, {KindCancel, 7, ""}, {KindResult, 1 << 31, strings.Repeat("é", 1000)},
+	}
+	for _, tt := range tests {
+		b := appendHeader(nil, tt.kind, tt.call, len(tt.body))
+		b = append(b, tt.body...)
+		f, err := readFrame(bufio.NewReader(strings.NewReader(string(b))))
+		if err != nil || f.Kind != tt.kind || f.Call != tt.call || string(f.Body) != tt.body {
+			t.Errorf("round trip of %s/%d: got %v %d %q, %v", tt.kind, tt.call, f.Kind, f.Call, f.Body, err)
+		}
+	}
+	for name, raw := range map[string][]byte{
+		"too short":  {0, 0, 0, 4, 1, 0, 0, 0},
+		"too long":   {0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0},
+		"cut body":   {0, 0, 0, 9, 11, 0, 0, 0, 1, 'a'},
+		"cut header": {0, 0},
+	} {
+		if _, err := readFrame(bufio.NewReader(strings.NewReader(string(raw)))); err == nil {
+			t.Errorf("%s: readFrame accepted %v", name, raw)
+		}
+	}
+}
+
+// fakeRunner is the runner end of a Conn, scripted by the test.
+type fakeRunner struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func newPair(t *testing.T, lost func(error) error) (*Conn, *fakeRunner) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toConn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	host, peer := toConn(fds[0]), toConn(fds[1])
+	conn := NewConn(host, nil, lost)
+	t.Cleanup(func() { conn.Close(); peer.Close() })
+	return conn, &fakeRunner{t: t, c: peer, br: bufio.NewReader(peer)}
+}
+
+func (r *fakeRunner) read() Frame {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := readFrame(r.br)
+	if err != nil {
+		r.t.Fatalf("fake runner read: %v", err)
+	}
+	return f
+}
+
+func (r *fakeRunner) send(kind Kind, call uint32, body string) {
+	r.t.Helper()
+	b := append(appendHeader(nil, kind, call, len(body)), body...)
+	if _, err := r.c.Write(b); err != nil {
+		r.t.Fatalf("fake runner write: %v", err)
+	}
+}
+
+func TestConnCallAnswers(t *testing.T) {
+	conn, r := newPair(t, nil)
+	type answer struct {
+		v   []byte
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		v, err := conn.Call(context.Background(), "echo", []byte(`[1]`), nil)
+		done <- answer{v, err}
+	}()
+	f := r.read()
+	var body struct {
+		Tag    string
+		Args   []int
+		Kwargs map[string]any
+	}
+	if err := json.Unmarshal(f.Body, &body); err != nil || f.Kind != KindCall || body.Tag != "echo" || len(body.Args) != 1 || body.Kwargs == nil {
+		t.Fatalf("CALL frame %s %s: %v", f.Kind, f.Body, err)
+	}
+	r.send(KindLog, f.Call, `{"stream":"stdout","text":"ignored without a LogFunc\n"}`)
+	r.send(KindResult, f.Call, `{"type": "integer", "payload": "1"}`)
+	if a := <-done; a.err != nil || string(a.v) != `{"type": "integer", "payload": "1"}` {
+		t.Fatalf("Call = %s, %v", a.v, a.err)
+	}
+
+	go func() {
+		_, err := conn.Call(context.Background(), "boom", nil, nil)
+		done <- answer{nil, err}
+	}()
+	f = r.read()
+	r.send(KindError, f.Call, `{"code":"INTERNAL_ERROR","type":"ValueError","message":"bad","traceback":"..."}`)
+	var ce *CallError
+	if a := <-done; !errors.As(a.err, &ce) || ce.Code != wire.CodeInternal || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
+		t.Fatalf("Call error = %v", a.err)
+	}
+}
+
+func TestConnCancelSendsCancel(t *testing.T) {
+	conn, r := newPair(t, nil)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Call(ctx, "slow", nil, nil)
+		done <- err
+	}()
+	f := r.read()
+	why := errors.New("deadline for test")
+	cancel(why)
+	if err := <-done; err != why {
+		t.Fatalf("cancelled Call = %v, want the context's cause", err)
+	}
+	c := r.read()
+	if c.Kind != KindCancel || c.Call != f.Call {
+		t.Fatalf("after cancel the runner got %s for call %d, want CANCEL for %d", c.Kind, c.Call, f.Call)
+	}
+	r.send(KindResult, f.Call, `late`) // ignored: nobody listens
+	if conn.InFlight() != 0 {
+		t.Fatalf("in flight = %d after cancel", conn.InFlight())
+	}
+}
+
+func TestConnStream(t *testing.T) {
+	conn, r := newPair(t, nil)
+	type result struct {
+		chunks []string
+		n      int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var got []string
+		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, func(k Kind, b []byte) error {
+			got = append(got, k.String()+":"+string(b))
+			return nil
+		})
+		done <- result{got, n, err}
+	}()
+	f := r.read()
+	for i := 0; i < 300; i++ { // more than the buffer: back-pressure, not loss
+		r.send(KindChunk, f.Call, "c")
+	}
+	r.send(KindChunkError, f.Call, `{"message":"x"}`)
+	r.send(KindEnd, f.Call, `{"chunks": 301}`)
+	res := <-done
+	if res.err != nil || res.n != 301 || len(res.chunks) != 301 || res.chunks[300] != `CHUNK_ERROR:{"message":"x"}` {
+		t.Fatalf("stream: n %d, %d chunks, err %v", res.n, len(res.chunks), res.err)
+	}
+
+	// A consumer that stops cancels the generator.
+	stop := errors.New("client gone")
+	go func() {
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, func(Kind, []byte) error { return stop })
+		done <- result{err: err}
+	}()
+	f = r.read()
+	r.send(KindChunk, f.Call, "c")
+	if res := <-done; res.err != stop {
+		t.Fatalf("stopped stream = %v", res.err)
+	}
+	if c := r.read(); c.Kind != KindCancel || c.Call != f.Call {
+		t.Fatalf("stopped stream sent %s, want CANCEL", c.Kind)
+	}
+}
+
+// When the stream dies every caller gets the error lost() builds, at once.
+func TestConnLostFailsEveryCall(t *testing.T) {
+	crashed := &wire.Error{Code: wire.CodeAgentCrashed, Message: "gone"}
+	conn, r := newPair(t, func(error) error { return crashed })
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		go func() {
+			_, err := conn.Call(context.Background(), "x", nil, nil)
+			errs <- err
+		}()
+		r.read()
+	}
+	go func() { errs <- conn.Ping(context.Background()) }()
+	r.read()
+	r.c.Close()
+	for i := 0; i < 4; i++ {
+		select {
+		case err := <-errs:
+			if err != crashed {
+				t.Fatalf("call %d: %v, want the crash error", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a call hangs after the runner died")
+		}
+	}
+	if _, err := conn.Call(context.Background(), "x", nil, nil); err != crashed {
+		t.Fatalf("call after death = %v", err)
+	}
+	<-conn.Done()
+}
+
+func TestConnInitAndPing(t *testing.T) {
+	conn, r := newPair(t, nil)
+	done := make(chan *Ready, 1)
+	go func() {
+		rd, err := conn.Init(context.Background(), Init{AgentDir: "/a"})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rd
+	}()
+	if f := r.read(); f.Kind != KindInit || !strings.Contains(string(f.Body), `"agent_dir":"/a"`) {
+		t.Fatalf("INIT frame %s %s", f.Kind, f.Body)
+	}
+	r.send(KindReady, 0, `{"protocol":1,"entrypoints":{"a":"sync_function"},"errors":{"b":"ImportError: no"}}`)
+	if rd := <-done; rd == nil || rd.Errors["b"] != "ImportError: no" || rd.Entrypoints["a"] != "sync_function" {
+		t.Fatalf("Ready = %+v", rd)
+	}
+	go func() { done <- nil; _ = conn.Ping(context.Background()) }()
+	<-done
+	f := r.read()
+	if f.Kind != KindPing {
+		t.Fatalf("got %s, want PING", f.Kind)
+	}
+	r.send(KindPong, f.Call, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go func() {
+		f := r.read()
+		r.send(KindPong, f.Call, "")
+	}()
+	if err := conn.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	var _ io.Closer = conn
+}
