@@ -49,7 +49,7 @@ func TestDecodeRunRequest(t *testing.T) {
 
 func TestPayloadOf(t *testing.T) {
 	tests := map[string]string{
-		`{"type": "string", "payload": "\"hi\""}`:    `"hi"`,
+		`{"type": "string", "payload": "\"hi\""}`:     `"hi"`,
 		`{"type": "object", "payload": "{\"a\": 1}"}`: `{"a": 1}`,
 		`{"type": "null", "payload": "null"}`:         `null`,
 		`not json`:                                    ``,
