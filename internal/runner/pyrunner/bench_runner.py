@@ -1,12 +1,15 @@
 """Throughput benchmark of runagent_runner.py over a socketpair.
 
     python3 bench_runner.py [--calls 200000] [--window 256] [--streams 4]
-                            [--chunks 10000] [--threads 32]
+                            [--chunks 10000] [--threads 32] [--latency 3000]
 
 Starts the runner as a subprocess (as the Go host does: fd 3 of a socketpair),
 then measures
   * calls/s: --calls calls of a trivial sync function, --window in flight;
-  * chunks/s: --streams concurrent calls of a sync generator of --chunks chunks.
+  * chunks/s: --streams concurrent calls of a sync generator of --chunks chunks;
+  * latency: --latency sequential calls (one in flight) of the trivial sync
+    function, and as many small sync-generator streams (time to the first
+    CHUNK and to END); p50/p99 in microseconds.
 The client is deliberately cheap (pre-built frames, header-only parsing) but
 shares the CPU with the runner, so the numbers are a lower bound.
 """
@@ -155,6 +158,55 @@ def bench_stream(host, frames, streams, chunks, first_id):
     return got / (time.perf_counter() - t0)
 
 
+def _pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] * 1e6
+
+
+def bench_latency(host, frames, n, first_id):
+    """Sequential round trips: one call (or one small stream) in flight."""
+    call = json.dumps({"tag": "echo", "args": ["hello"], "kwargs": {}}).encode()
+    stream = json.dumps({"tag": "numbers_stream", "args": [8], "kwargs": {}}).encode()
+    clock = time.perf_counter
+    rt, first, whole = [], [], []
+    cid = first_id
+    for i in range(n):
+        cid += 1
+        f = frame(2, cid, call)
+        t0 = clock()
+        host.sendall(f)
+        done = False
+        for batch in frames:
+            for kind, call_id, b in batch:
+                if call_id == cid and kind in (11, 14):
+                    assert kind == 11, b
+                    done = True
+            if done:
+                break
+        rt.append(clock() - t0)
+    for i in range(n):
+        cid += 1
+        f = frame(2, cid, stream)
+        t0 = clock()
+        host.sendall(f)
+        t1 = None
+        done = False
+        for batch in frames:
+            for kind, call_id, b in batch:
+                if call_id != cid:
+                    continue
+                if kind == 12 and t1 is None:
+                    t1 = clock()
+                elif kind in (13, 14):
+                    assert kind == 13, b
+                    done = True
+            if done:
+                break
+        first.append(t1 - t0)
+        whole.append(clock() - t0)
+    return rt, first, whole
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=200000)
@@ -163,6 +215,9 @@ def main():
     ap.add_argument("--chunks", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency", type=int, default=3000,
+                    help="sequential calls and small streams for the latency test (0: skip)")
+    ap.add_argument("--only-latency", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "main.py"), "w") as f:
@@ -170,6 +225,15 @@ def main():
         proc, host, frames = start(d, a.threads)
         try:
             bench_calls(host, frames, min(a.calls, 5000), a.window)  # warm-up
+            if a.latency > 0:
+                bench_latency(host, frames, 200, 30_000_000)  # warm-up
+                rt, first, whole = bench_latency(host, frames, a.latency, 40_000_000)
+                print("latency: call p50 %.0f us p99 %.0f us; stream first chunk p50 %.0f us "
+                      "p99 %.0f us, END p50 %.0f us  (%d sequential each)"
+                      % (_pct(rt, 50), _pct(rt, 99), _pct(first, 50), _pct(first, 99),
+                         _pct(whole, 50), a.latency))
+            if a.only_latency:
+                return
             for r in range(a.rounds):
                 c0 = cpu_seconds(proc.pid)
                 cps = bench_calls(host, frames, a.calls, a.window)

@@ -5,16 +5,22 @@ Standard library only, Python 3.9+. Embedded in the Go binary and started as
 The protocol is described in docs/runner-protocol.md; values are encoded
 exactly like the original RunAgent 0.1.49 server (testdata/serializer/vectors.json).
 
-Threads:
-  * reader (a daemon thread): reads frames, parses CALL bodies, hands sync work
-    to the worker queue and async work to the event loop, answers PING;
+Threads (see Pool and Writer):
+  * workers (up to INIT.threads + 1, started on demand) take turns holding
+    the reading role (leader/followers): the leader reads frames, parses CALL
+    bodies, answers PING, hands async work to the event loop, and runs a sync
+    call it read on its own thread, after handing the role on (or, for a lone
+    call, while a standby thread watches the stream to take the role over if
+    the host sends more before the call ends);
+  * standby: blocked on an epoll of the stream while a lone call runs;
   * the main thread runs the one asyncio event loop all agent async code uses;
-  * workers (up to INIT.threads, started on demand) run sync functions and
-    iterate sync generators;
-  * writer: coalesces the frames every other thread queues into few sends.
+  * writer: sends what producers queue (stream chunks, LOGs, and final frames
+    while another thread is writing) in few, large sends; a final frame is
+    otherwise written by the thread that produced it.
 """
 
 import asyncio
+import collections
 import contextvars
 import dataclasses
 import functools
@@ -27,7 +33,7 @@ import json
 import math
 import os
 import platform
-import queue
+import select
 import socket
 import struct
 import sys
@@ -614,8 +620,21 @@ def compile_extractor(extractor):
 # ---------------------------------------------------------------------------
 
 class Writer:
-    """Frames from any thread go to a list; a writer thread sends whatever has
-    accumulated in one sendall, so a busy runner makes few, large writes."""
+    """Frames from any thread reach the socket in one of two ways:
+
+    * send_now (final frames, PONG, a stream's first chunk): when no other
+      thread is writing, the producing thread writes itself, together with
+      anything queued, in one non-blocking send; no other thread is woken.
+      What the socket does not take at once goes to the front of the queue
+      for the writer thread, so a producer never blocks on a slow host.
+    * send (chunks after the first, LOGs) and send_now when another thread is
+      writing: the frame goes to a list and a writer thread sends whatever
+      has accumulated in one sendall, so a busy runner makes few, large
+      writes. (The module-level send_now also queues while sync calls wait
+      in the pool.)
+
+    Frames of one call keep their order: send_now writes only while holding
+    the write lock, and everything queued before it goes first."""
 
     HIGH_WATER = 4096  # queued frames past which producers send themselves
 
@@ -644,6 +663,52 @@ class Writer:
         elif n > self.HIGH_WATER:
             self.flush()  # back-pressure: wait for the socket ourselves
 
+    def send_now(self, kind, call, body):
+        frame = _pack_header(len(body) + 5, kind, call) + body
+        wlock = self.wlock
+        if not wlock.acquire(False):
+            # another thread is writing: it (or the writer thread) sends ours
+            self.send_frame(frame)
+            return
+        try:
+            with self.qlock:
+                batch = self.pending
+                if batch:
+                    self.pending = []
+                    batch.append(frame)
+                    data = b"".join(batch)
+                else:
+                    data = frame
+            try:
+                sent = _send_nowait(self.sock, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                os._exit(0)  # the host is gone
+            if sent < len(data):
+                # the socket is full: the writer thread sends the rest first
+                with self.qlock:
+                    self.pending.insert(0, data[sent:])
+                try:
+                    self.wake.release()
+                except RuntimeError:
+                    pass
+        finally:
+            wlock.release()
+
+    def send_frame(self, frame):
+        with self.qlock:
+            pending = self.pending
+            pending.append(frame)
+            n = len(pending)
+        if n == 1:
+            try:
+                self.wake.release()
+            except RuntimeError:
+                pass
+        elif n > self.HIGH_WATER:
+            self.flush()
+
     def flush(self):
         with self.wlock:
             self._drain()
@@ -671,6 +736,16 @@ class Writer:
                 self._drain()
 
 
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _send_nowait(sock, data):
+    if _MSG_DONTWAIT:
+        return sock.send(data, _MSG_DONTWAIT)
+    sock.sendall(data)  # no non-blocking flag on this platform
+    return len(data)
+
+
 _writer = None
 
 
@@ -678,8 +753,27 @@ def send(kind, call, body):
     _writer.send(kind, call, body)
 
 
+def send_now(kind, call, body):
+    """A frame someone waits for (final frame, PONG, first chunk): written at
+    once by this thread unless sync calls wait in the pool. Under such a
+    backlog the writer thread's batching is cheaper (per-call sends made the
+    runner alone about half as fast at 256 calls in flight: the GIL bounced between
+    the thread sending and the one reading)."""
+    if _backlog:
+        _writer.send(kind, call, body)
+    else:
+        _writer.send_now(kind, call, body)
+
+
 def send_json(kind, call, obj):
     _writer.send(kind, call, _json_dumps(obj).encode("ascii"))
+
+
+def send_json_now(kind, call, obj):
+    send_now(kind, call, _json_dumps(obj).encode("ascii"))
+
+
+_backlog = ()  # the pool's pending calls: while there are some, frames are queued
 
 
 # ---------------------------------------------------------------------------
@@ -1045,7 +1139,6 @@ ENTRYPOINTS = {}   # tag -> Entrypoint
 FAILED = {}        # tag -> error text
 active = {}        # call id -> Call
 loop = None
-_work = queue.SimpleQueue()
 
 
 def _traceback(e):
@@ -1063,12 +1156,12 @@ def send_error(cid, e, code="INTERNAL_ERROR"):
         msg = str(e)
     except Exception:
         msg = "<unprintable %s>" % type(e).__name__
-    send_json(K_ERROR, cid, {"code": code, "type": type(e).__name__,
+    send_json_now(K_ERROR, cid, {"code": code, "type": type(e).__name__,
                              "message": msg, "traceback": _traceback(e)})
 
 
 def send_fail(cid, code, type_name, message):
-    send_json(K_ERROR, cid, {"code": code, "type": type_name,
+    send_json_now(K_ERROR, cid, {"code": code, "type": type_name,
                              "message": message, "traceback": ""})
 
 
@@ -1100,7 +1193,7 @@ def run_sync_call(c):
     else:
         flush_logs(cid)
         if not c.cancelled:
-            send(K_RESULT, cid, data)
+            send_now(K_RESULT, cid, data)
     finally:
         if not handed_off:
             active.pop(cid, None)
@@ -1137,7 +1230,10 @@ def run_sync_stream(c):
                 except Exception as e:
                     send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
                 else:
-                    send(K_CHUNK, cid, data)
+                    if n == 1:
+                        send_now(K_CHUNK, cid, data)  # the first chunk at once
+                    else:
+                        send(K_CHUNK, cid, data)
             else:
                 ok = True
         finally:
@@ -1154,7 +1250,7 @@ def run_sync_stream(c):
         if not handed_off:
             flush_logs(cid)
             if ok and not c.cancelled:
-                send_json(K_END, cid, {"chunks": n})
+                send_json_now(K_END, cid, {"chunks": n})
     finally:
         if not handed_off:
             active.pop(cid, None)
@@ -1206,7 +1302,7 @@ async def run_async_call(c, awaitable=None):
     else:
         flush_logs(cid)
         if not c.cancelled:
-            send(K_RESULT, cid, data)
+            send_now(K_RESULT, cid, data)
     finally:
         active.pop(cid, None)
 
@@ -1245,7 +1341,10 @@ async def run_async_stream(c, source=None):
                     except Exception as e:
                         send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
                     else:
-                        send(K_CHUNK, cid, data)
+                        if n == 1:
+                            send_now(K_CHUNK, cid, data)  # the first chunk at once
+                        else:
+                            send(K_CHUNK, cid, data)
                     await sleep(0)
             else:
                 # an async function returning a (sync) iterable: iterated on
@@ -1260,7 +1359,10 @@ async def run_async_stream(c, source=None):
                     except Exception as e:
                         send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
                     else:
-                        send(K_CHUNK, cid, data)
+                        if n == 1:
+                            send_now(K_CHUNK, cid, data)  # the first chunk at once
+                        else:
+                            send(K_CHUNK, cid, data)
                     await sleep(0)
             ok = True
         finally:
@@ -1279,55 +1381,9 @@ async def run_async_stream(c, source=None):
     else:
         flush_logs(cid)
         if not c.cancelled:
-            send_json(K_END, cid, {"chunks": n})
+            send_json_now(K_END, cid, {"chunks": n})
     finally:
         active.pop(cid, None)
-
-
-# ---------------------------------------------------------------------------
-# Workers
-# ---------------------------------------------------------------------------
-
-class Pool:
-    """Worker threads fed by a SimpleQueue; a new one starts whenever queued
-    calls outnumber the idle workers, up to INIT.threads."""
-
-    def __init__(self, size):
-        self.size = max(1, size)
-        self.threads = 0
-        self.idle = 0
-        self.lock = threading.Lock()
-
-    def start_one(self):
-        self.threads += 1
-        t = threading.Thread(target=self._work, name="runagent-worker-%d" % self.threads,
-                             daemon=True)
-        t.start()
-
-    def _work(self):
-        get = _work.get
-        lock = self.lock
-        while True:
-            with lock:
-                self.idle += 1
-            c = get()
-            with lock:
-                self.idle -= 1
-            if c.cancelled:  # cancelled while queued: never started
-                active.pop(c.cid, None)
-                continue
-            try:
-                c.ep.run(c)
-            except BaseException:
-                pass
-
-    def submit(self, c):
-        _work.put(c)
-        if self.threads < self.size and _work.qsize() > self.idle:
-            self.start_one()
-
-
-_pool = None
 
 
 # ---------------------------------------------------------------------------
@@ -1357,25 +1413,40 @@ class Reader:
     def __init__(self, sock):
         self.sock = sock
         self.buf = bytearray()  # bytes not yet handed out
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            self._readable = poller.poll
+        else:
+            self._readable = lambda ms: select.select([sock], [], [], ms / 1000.0)[0]
 
-    def frames(self):
-        """Yield lists of (kind, call, body) frames as they arrive."""
-        recv = self.sock.recv
+    def read(self, timeout=None):
+        """The next frames as a list of (kind, call, body), waiting for at
+        least one; None at the end of the stream; [] when timeout (ms) passed
+        with nothing to read. Only the thread holding the reading role calls
+        it."""
         buf = self.buf
         if buf:
             out = []
             del buf[:_parse_frames(buf, out)]
             if out:
-                yield out
+                return out
+        recv = self.sock.recv
         while True:
+            if timeout is not None:
+                try:
+                    if not self._readable(timeout):
+                        return []
+                except InterruptedError:
+                    continue
             try:
                 data = recv(1 << 18)
             except InterruptedError:
                 continue
             except OSError:
-                return
+                return None
             if not data:
-                return
+                return None
             out = []
             if buf:
                 buf += data
@@ -1385,80 +1456,305 @@ class Reader:
                 if pos < len(data):
                     buf += data[pos:]
             if out:
-                yield out
+                return out
 
 
 def _bad_call(cid, message):
     send_fail(cid, "VALIDATION_ERROR", "ValidationError", message)
 
 
-def serve(reader):
-    """The reader thread: dispatch frames until the stream ends, then exit."""
-    submit = _pool.submit
-    call_soon = loop.call_soon_threadsafe
+def dispatch(batch):
+    """On the thread holding the reading role: handle a batch of frames.
+    Async calls and cancellations go to the loop, PING is answered; returns
+    the sync calls to start (a list, or None)."""
     eps = ENTRYPOINTS
     loads = _json_loads
-    try:
-        for batch in reader.frames():
-            ops = None
-            for kind, cid, body in batch:
-                if kind == K_CALL:
-                    try:
-                        msg = loads(body.decode("utf-8"))
-                        tag = msg["tag"]
-                        args = msg.get("args")
-                        kwargs = msg.get("kwargs")
-                        if args is None:
-                            args = []
-                        if kwargs is None:
-                            kwargs = {}
-                        if type(tag) is not str or type(args) is not list or type(kwargs) is not dict:
-                            raise TypeError("tag must be a string, args a list and kwargs an object")
-                    except Exception as e:
-                        _bad_call(cid, "malformed CALL body: %s" % _describe(e))
-                        continue
-                    ep = eps.get(tag)
-                    if ep is None:
-                        if tag in FAILED:
-                            send_fail(cid, "NOT_FOUND", "LookupError",
-                                      "Entrypoint %s failed to load: %s" % (tag, FAILED[tag]))
-                        else:
-                            send_fail(cid, "NOT_FOUND", "LookupError",
-                                      "Entrypoint %s not found" % tag)
-                        continue
-                    c = Call(cid, ep, args, kwargs)
-                    active[cid] = c
-                    if ep.on_loop:
-                        if ops is None:
-                            ops = []
-                        ops.append((0, c))
-                    else:
-                        submit(c)
-                elif kind == K_CANCEL:
-                    c = active.get(cid)
-                    if c is not None:
-                        c.cancelled = True
-                        if ops is None:
-                            ops = []
-                        ops.append((1, c))
-                elif kind == K_PING:
-                    send(K_PONG, cid, b"")
-                elif kind == K_INIT:
-                    os.write(2, b"runagent runner: ignoring a second INIT frame\n")
+    ops = None
+    sync = None
+    for kind, cid, body in batch:
+        if kind == K_CALL:
+            try:
+                msg = loads(body.decode("utf-8"))
+                tag = msg["tag"]
+                args = msg.get("args")
+                kwargs = msg.get("kwargs")
+                if args is None:
+                    args = []
+                if kwargs is None:
+                    kwargs = {}
+                if type(tag) is not str or type(args) is not list or type(kwargs) is not dict:
+                    raise TypeError("tag must be a string, args a list and kwargs an object")
+            except Exception as e:
+                _bad_call(cid, "malformed CALL body: %s" % _describe(e))
+                continue
+            ep = eps.get(tag)
+            if ep is None:
+                if tag in FAILED:
+                    send_fail(cid, "NOT_FOUND", "LookupError",
+                              "Entrypoint %s failed to load: %s" % (tag, FAILED[tag]))
                 else:
-                    os.write(2, ("runagent runner: ignoring a frame of kind %d\n" % kind).encode())
-            if ops is not None:
-                call_soon(_loop_ops, ops)
-    except BaseException:
-        os.write(2, ("runagent runner: reader failed:\n" + traceback.format_exc()).encode())
-        os._exit(1)
+                    send_fail(cid, "NOT_FOUND", "LookupError",
+                              "Entrypoint %s not found" % tag)
+                continue
+            c = Call(cid, ep, args, kwargs)
+            active[cid] = c
+            if ep.on_loop:
+                if ops is None:
+                    ops = []
+                ops.append((0, c))
+            elif sync is None:
+                sync = [c]
+            else:
+                sync.append(c)
+        elif kind == K_CANCEL:
+            c = active.get(cid)
+            if c is not None:
+                c.cancelled = True
+                if ops is None:
+                    ops = []
+                ops.append((1, c))
+        elif kind == K_PING:
+            send_now(K_PONG, cid, b"")
+        elif kind == K_INIT:
+            os.write(2, b"runagent runner: ignoring a second INIT frame\n")
+        else:
+            os.write(2, ("runagent runner: ignoring a frame of kind %d\n" % kind).encode())
+    if ops is not None:
+        loop.call_soon_threadsafe(_loop_ops, ops)
+    return sync
+
+
+def _end_of_stream():
+    try:
+        _stdout.flush_call(0)
+        _stderr.flush_call(0)
+        _writer.flush()
     finally:
+        os._exit(0)
+
+
+# ---------------------------------------------------------------------------
+# Workers: leader/followers
+# ---------------------------------------------------------------------------
+
+_LEAD = object()  # a worker's message: take the reading role
+
+
+class Pool:
+    """Worker threads that take turns reading the stream (leader/followers).
+
+    Exactly one thread, the leader, holds the reading role: it waits in
+    recv() and dispatches what arrives. Sync calls it reads go to `pending`;
+    if one may start, the leader runs it on its own thread, in one of two
+    ways:
+
+    * lending (the call is the only one pending, and select.epoll exists):
+      the leader arms a one-shot epoll watch of the stream and runs the call
+      while keeping the role. If the host sends anything before the call
+      ends, the standby thread (blocked on that epoll) wakes, takes the role
+      away and hands it to an idle worker, which reads on; the lender then
+      finishes its call as an ordinary worker. Otherwise the lender disarms
+      the watch and goes back to recv(). A lone call is so read, run and
+      answered by one thread with no other thread woken.
+    * hand-off (several calls pending): the leader first gives the role to
+      an idle worker (waking it, or starting a thread), then runs the call.
+
+    A worker that finishes a call takes the next pending one before going
+    idle (LIFO, so warm threads are reused). Pending calls must not wait
+    behind a slow call: while calls are pending and fewer than `size` run,
+    the leader waits for input at most HELP_MS; if in that time no pending
+    call was started (the running ones are slow or blocked), it hands each
+    pending call to a worker of its own. Fast calls thus run back to back on
+    few threads (few wake-ups), slow ones still get up to `size` threads.
+
+    At most `size` sync calls run at once. Besides the standby thread, the
+    pool holds up to size + 1 workers, so one is always left to read: a slow
+    or blocking function never stops PING, CANCEL or other calls from being
+    read."""
+
+    HELP_MS = 1
+
+    def __init__(self, size, reader):
+        self.size = max(1, size)    # sync calls running at most at once
+        self.threads = 0            # workers started, at most size + 1
+        self.running = 0            # sync calls started and not finished
+        self.started = 0            # calls started so far (progress)
+        self.idle = []              # [wake lock, message] of idle workers
+        self.pending = collections.deque()  # calls waiting for a worker
+        self.lock = threading.Lock()
+        self.reader = reader
+        self.lent = False           # the leader runs a call, keeping the role
+        self.ep = None
+        epoll = getattr(select, "epoll", None)
+        if epoll is not None:
+            try:
+                self.ep = epoll()
+                self.fd = reader.sock.fileno()
+                # Disarmed is EPOLLONESHOT alone: epoll reports a hang-up
+                # even then, but only once, never in a loop.
+                oneshot = select.EPOLLONESHOT
+                self.ep.register(self.fd, oneshot)
+                self._arm = functools.partial(
+                    self.ep.modify, self.fd, select.EPOLLIN | oneshot)
+                self._disarm = functools.partial(self.ep.modify, self.fd, oneshot)
+            except OSError:
+                self.ep = None
+
+    def start(self):
+        with self.lock:
+            self.threads = 1
+        self._spawn(_LEAD, 1)
+        if self.ep is not None:
+            threading.Thread(target=self._standby, name="runagent-standby",
+                             daemon=True).start()
+
+    def _spawn(self, msg, n):
+        t = threading.Thread(target=self._main, args=(msg,),
+                             name="runagent-worker-%d" % n, daemon=True)
+        t.start()
+
+    def _assign(self, msg):
+        """Under self.lock: pick a thread for msg; returns what _deliver
+        needs outside the lock."""
+        if self.idle:
+            slot = self.idle.pop()
+            slot[1] = msg
+            return slot, msg, 0
+        self.threads += 1
+        return None, msg, self.threads
+
+    def _deliver(self, to):
+        for slot, msg, n in to:
+            if slot is not None:
+                slot[0].release()
+            else:
+                self._spawn(msg, n)
+
+    def _main(self, msg):
+        wake = threading.Lock()
+        wake.acquire()
+        slot = [wake, None]
+        lock = self.lock
+        pending = self.pending
+        idle = self.idle
+        while True:
+            if msg is _LEAD:
+                msg = self._lead()
+            if msg is not None:
+                _run(msg)
+            # msg is None: the call was run by _lead, which lost the role
+            with lock:
+                if pending:
+                    msg = pending.popleft()
+                    self.started += 1
+                    continue
+                self.running -= 1
+                idle.append(slot)
+            wake.acquire()
+            msg = slot[1]
+            slot[1] = None
+
+    def _standby(self):
+        """Takes the reading role from a lender when the host sends while
+        the lender's call runs; gives it to an idle worker."""
+        poll = self.ep.poll
+        lock = self.lock
+        while True:
+            try:
+                if not poll():
+                    continue
+            except InterruptedError:
+                continue
+            with lock:
+                if not self.lent:
+                    continue  # the lender took the role back already
+                self.lent = False
+                to = self._assign(_LEAD)
+            self._deliver((to,))
+
+    def _lead(self):
+        """Hold the reading role until this thread is to run a sync call
+        without it: returns the call to run (the role handed on already), or
+        None when this thread lent the role, ran a call and lost the role."""
+        read = self.reader.read
+        pending = self.pending
+        lock = self.lock
+        lending = self.ep is not None
+        help_ms = self.HELP_MS
         try:
-            _stdout.flush_call(0)
-            _stderr.flush_call(0)
-            _writer.flush()
-        finally:
-            os._exit(0)
+            while True:
+                if pending and self.running < self.size:
+                    seen = self.started
+                    batch = read(help_ms)
+                    if not batch:
+                        if batch is None:
+                            break
+                        if self.started == seen:
+                            self._help()
+                        continue
+                else:
+                    batch = read()
+                    if batch is None:
+                        break
+                sync = dispatch(batch)
+                if sync is None:
+                    continue
+                with lock:
+                    for c in sync:
+                        if c.cancelled:
+                            active.pop(c.cid, None)
+                        else:
+                            pending.append(c)
+                    if not pending or self.running >= self.size:
+                        continue
+                    c = pending.popleft()
+                    self.running += 1
+                    self.started += 1
+                    if pending or not lending:
+                        to = self._assign(_LEAD)
+                    else:
+                        to = None
+                        self.lent = True
+                if to is not None:
+                    self._deliver((to,))
+                    return c
+                self._arm()
+                _run(c)
+                with lock:
+                    if not self.lent:
+                        return None  # the standby took the role meanwhile
+                    self.lent = False
+                    self.running -= 1
+                self._disarm()
+        except BaseException:
+            os.write(2, ("runagent runner: reader failed:\n" + traceback.format_exc()).encode())
+            os._exit(1)
+        _end_of_stream()
+
+    def _help(self):
+        """Pending calls made no progress: give each a worker of its own."""
+        to = []
+        with self.lock:
+            pending = self.pending
+            while pending and self.running < self.size:
+                self.running += 1
+                self.started += 1
+                to.append(self._assign(pending.popleft()))
+        if to:
+            self._deliver(to)
+
+
+def _run(c):
+    if c.cancelled:  # cancelled while it waited: never started
+        active.pop(c.cid, None)
+        return
+    try:
+        c.ep.run(c)
+    except BaseException:
+        pass
+
+
+_pool = None
 
 
 # ---------------------------------------------------------------------------
@@ -1562,7 +1858,7 @@ def _open_stream(argv):
 
 
 def main(argv=None):
-    global _writer, _pool, loop
+    global _writer, _pool, _backlog, loop
     sock = _open_stream(sys.argv[1:] if argv is None else argv)
     del sys.argv[1:]  # the agent sees no runner options
 
@@ -1574,16 +1870,13 @@ def main(argv=None):
     _writer = Writer(sock)
     reader = Reader(sock)
 
-    frames = reader.frames()
-    first = None
-    for batch in frames:
-        first = batch[0]
-        reader.buf[:0] = b"".join(_pack_header(len(b) + 5, k, c) + bytes(b)
-                                  for k, c, b in batch[1:])
-        break
+    first = reader.read()
     if first is None:
         os._exit(0)
-    kind, _, body = first
+    # frames after INIT stay for the reading worker
+    reader.buf[:0] = b"".join(_pack_header(len(b) + 5, k, c) + bytes(b)
+                              for k, c, b in first[1:])
+    kind, _, body = first[0]
     if kind != K_INIT:
         os.write(2, b"runagent runner: the first frame must be INIT\n")
         os._exit(2)
@@ -1596,12 +1889,10 @@ def main(argv=None):
         os.write(2, ("runagent runner: bad INIT frame: %s\n" % _describe(e)).encode())
         _writer.flush()
         os._exit(2)
-    _pool = Pool(threads)
-    _pool.start_one()
     send_json(K_READY, 0, ready)
-
-    t = threading.Thread(target=serve, args=(reader,), name="runagent-reader", daemon=True)
-    t.start()
+    _pool = Pool(threads, reader)
+    _backlog = _pool.pending
+    _pool.start()
     try:
         loop.run_forever()
     finally:

@@ -563,6 +563,47 @@ AGENT_FILES = {
             os._exit(3)
 
 
+        def block_until(name, tag="", limit=20):
+            # runs until the test creates marks/<name> (a blocking sync call)
+            print("waiting", tag)
+            path = os.path.join(MARK_DIR, name)
+            deadline = time.time() + limit
+            while not os.path.exists(path) and time.time() < deadline:
+                time.sleep(0.005)
+            print("released", tag)
+            return name
+
+
+        def spin(s):
+            # CPU-bound: holds the GIL except at the interpreter's switches
+            end = time.time() + s
+            n = 0
+            while time.time() < end:
+                n += 1
+            return s
+
+
+        def raise_base(kind, tag):
+            print("about to raise", tag)
+            if kind == "exit":
+                raise SystemExit(7)
+            if kind == "interrupt":
+                raise KeyboardInterrupt("agent")
+            raise ValueError(tag)
+
+
+        def block_gen_stream(name):
+            try:
+                yield "first"
+                path = os.path.join(MARK_DIR, name)
+                deadline = time.time() + 20
+                while not os.path.exists(path) and time.time() < deadline:
+                    time.sleep(0.005)
+                yield "second"
+            finally:
+                print("gen cleanup", name)
+
+
         class Bot:
             def __init__(self, name):
                 self.name = name
@@ -625,6 +666,10 @@ ENTRYPOINTS = [
     EP("returns_agen_stream", "returns_agen_stream"),
     EP("big", "big"),
     EP("die", "die"),
+    EP("block_until", "block_until"),
+    EP("spin", "spin"),
+    EP("raise_base", "raise_base"),
+    EP("block_gen_stream", "block_gen_stream"),
     EP("bot_reply", "bot.reply"),
     EP("bot_areply", "bot.areply"),
     EP("nested_reply", "agent.bot.reply"),
@@ -1194,3 +1239,248 @@ def test_bad_frame_length_exits(agent_dir):
     assert r.proc.wait(10) == 2
     r.sock.close()
     r.out.close()
+
+
+# ---------------------------------------------------------------------------
+# Threading: the reading role (leader/followers, lending) and direct writes
+# ---------------------------------------------------------------------------
+
+def _release(agent_dir, name):
+    with open(os.path.join(agent_dir, "marks", name), "w") as f:
+        f.write("go")
+
+
+def _send_batch(r, calls):
+    """Several CALL frames in one write, so the runner reads them together."""
+    ids = []
+    data = b""
+    for tag, args in calls:
+        cid = r.new_id()
+        ids.append(cid)
+        body = json.dumps({"tag": tag, "args": list(args), "kwargs": {}}).encode()
+        data += HDR.pack(len(body) + 5, CALL, cid) + body
+    with r.wlock:
+        r.sock.sendall(data)
+    return ids
+
+
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_lone_blocking_call_does_not_stop_reading(agent_dir, threads):
+    # A lone sync call runs on the thread that read it: the stream must
+    # still be read while it blocks (PING, other calls, async calls).
+    name = "lone-block-%d" % threads
+    r = Runner(agent_dir, ENTRYPOINTS, threads=threads)
+    try:
+        blocked = r.start("block_until", name, "B")
+        time.sleep(0.05)
+        t0 = time.time()
+        r.ping()
+        assert r.value("ahello", "x") == "async x"
+        if threads > 1:
+            assert r.value("hello", "during") == "hello during"
+        else:
+            waiting = r.start("hello", "queued")  # waits for the only worker
+            r.ping()
+        assert time.time() - t0 < 2
+        assert r._q(blocked).empty()
+        _release(agent_dir, name)
+        assert r.next(blocked) == (RESULT, b'{"type": "string", "payload": "\\"%s\\""}' % name.encode())
+        if threads == 1:
+            kind, body = r.next(waiting)
+            assert kind == RESULT and json.loads(json.loads(body)["payload"]) == "hello queued"
+        # and the runner keeps serving afterwards, sequentially and in parallel
+        for i in range(20):
+            assert r.value("hello", str(i)) == "hello %d" % i
+        r.ping()
+        assert r.logs_of(blocked) == [("stdout", "waiting B\n"), ("stdout", "released B\n")]
+    finally:
+        assert r.close() == 0
+
+
+def test_slow_call_does_not_delay_calls_read_with_it(agent_dir):
+    r = Runner(agent_dir, ENTRYPOINTS, threads=4)
+    try:
+        name = "batch-block"
+        slow, fast, afast = _send_batch(r, [("block_until", [name, "S"]), ("hello", ["fast"]),
+                                            ("ahello", ["afast"])])
+        t0 = time.time()
+        assert r.next(fast, timeout=5)[0] == RESULT
+        assert r.next(afast, timeout=5)[0] == RESULT
+        assert time.time() - t0 < 1
+        assert r._q(slow).empty()
+        _release(agent_dir, name)
+        assert r.next(slow)[0] == RESULT
+    finally:
+        assert r.close() == 0
+
+
+def test_slow_calls_read_together_run_in_parallel(agent_dir):
+    r = Runner(agent_dir, ENTRYPOINTS, threads=8)
+    try:
+        t0 = time.time()
+        ids = _send_batch(r, [("sleepy", [0.5, i]) for i in range(8)])
+        for i, cid in enumerate(ids):
+            kind, body = r.next(cid)
+            assert kind == RESULT and json.loads(json.loads(body)["payload"]) == i
+        assert time.time() - t0 < 2.0  # one after the other would take 4s
+        # more slow calls than threads: the extra ones wait, reading goes on
+        t0 = time.time()
+        ids = _send_batch(r, [("sleepy", [0.3, i]) for i in range(12)])
+        r.ping()
+        assert time.time() - t0 < 0.25
+        for cid in ids:
+            assert r.next(cid)[0] == RESULT
+        assert time.time() - t0 < 2.0
+    finally:
+        assert r.close() == 0
+
+
+def test_cpu_bound_call_does_not_stop_reading(agent_dir):
+    r = Runner(agent_dir, ENTRYPOINTS, threads=2)
+    try:
+        busy = r.start("spin", 1.0)
+        time.sleep(0.05)
+        t0 = time.time()
+        r.ping()
+        assert r.value("hello", "x") == "hello x"
+        assert time.time() - t0 < 0.8
+        assert r.next(busy)[0] == RESULT
+    finally:
+        assert r.close() == 0
+
+
+@pytest.mark.parametrize("kind", ["value", "exit", "interrupt"])
+def test_reading_role_survives_agent_exceptions(agent_dir, kind):
+    r = Runner(agent_dir, ENTRYPOINTS, threads=1)
+    try:
+        for i in range(5):
+            cid = r.start("raise_base", kind, "t%d" % i)
+            k, body = r.next(cid)
+            assert k == ERROR
+            err = json.loads(body)
+            assert err["code"] == "INTERNAL_ERROR"
+            assert err["type"] == {"value": "ValueError", "exit": "SystemExit",
+                                   "interrupt": "KeyboardInterrupt"}[kind]
+            assert r.logs_of(cid) == [("stdout", "about to raise t%d\n" % i)]
+            r.ping()
+            assert r.value("hello", str(i)) == "hello %d" % i
+        # raised while other frames arrive (the role was taken from it)
+        ids = _send_batch(r, [("raise_base", [kind, "batch"]), ("hello", ["after"])])
+        assert r.next(ids[0])[0] == ERROR
+        assert r.next(ids[1])[0] == RESULT
+        r.ping()
+        assert r.value("hello") == "hello world"
+    finally:
+        assert r.close() == 0
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_cancel_lone_sync_generator(agent_dir, threads):
+    name = "gen-block-%d" % threads
+    r = Runner(agent_dir, ENTRYPOINTS, threads=threads)
+    try:
+        cid = r.start("block_gen_stream", name)
+        kind, body = r.next(cid)
+        assert kind == CHUNK
+        r.send(CANCEL, cid)
+        r.ping()  # the CANCEL was read although the generator blocks
+        _release(agent_dir, name)
+        deadline = time.time() + 10
+        while ("stdout", "gen cleanup %s\n" % name) not in r.logs_of(cid):
+            assert time.time() < deadline, r.logs_of(cid)
+            time.sleep(0.01)
+        r.ping()
+        seen = []
+        q = r._q(cid)
+        while not q.empty():
+            seen.append(q.get()[0])
+        assert all(k == CHUNK for k in seen), seen
+        assert r.value("hello", "next") == "hello next"
+    finally:
+        assert r.close() == 0
+
+
+def test_prints_attributed_while_calls_overlap(agent_dir):
+    r = Runner(agent_dir, ENTRYPOINTS, threads=4)
+    try:
+        # sequential lone calls: LOGs first, then the RESULT of each
+        for i in range(10):
+            cid = r.start("printer", "L%d" % i)
+            assert r.next(cid)[0] == RESULT
+            assert _log_text(r, cid, "stdout") == "sync L%d\npartial L%d" % (i, i)
+            assert _log_text(r, cid, "stderr") == "to stderr L%d\n" % i
+        # a blocked call prints on both sides of other calls' prints
+        name = "print-block"
+        blocked = r.start("block_until", name, "outer")
+        time.sleep(0.05)
+        inner = [r.start("printer", "I%d" % i) for i in range(5)]
+        for i, cid in enumerate(inner):
+            assert r.next(cid)[0] == RESULT
+            assert _log_text(r, cid, "stdout") == "sync I%d\npartial I%d" % (i, i)
+        _release(agent_dir, name)
+        assert r.next(blocked)[0] == RESULT
+        assert _log_text(r, blocked, "stdout") == "waiting outer\nreleased outer\n"
+        order = [(k, c) for k, c, _ in r.frames if c in inner + [blocked]]
+        for cid in inner + [blocked]:
+            mine = [k for k, c in order if c == cid]
+            assert mine[-1] == RESULT and RESULT not in mine[:-1], mine
+    finally:
+        assert r.close() == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_thread_count_is_bounded(agent_dir):
+    r = Runner(agent_dir, [EP("sleepy", "sleepy"), EP("hello", "hello")], threads=3)
+    try:
+        ids = _send_batch(r, [("sleepy", [0.2, i]) for i in range(20)])
+        ids += [r.start("sleepy", 0.1, i) for i in range(20)]
+        time.sleep(0.3)
+        tasks = len(os.listdir("/proc/%d/task" % r.proc.pid))
+        for cid in ids:
+            assert r.next(cid)[0] == RESULT
+        # main (event loop), writer, standby, and threads + 1 workers
+        assert tasks <= 3 + 1 + 3, tasks
+    finally:
+        assert r.close() == 0
+
+
+def test_result_larger_than_the_socket_buffer_while_host_is_slow(agent_dir):
+    # A direct write that the socket only partly takes leaves the rest to the
+    # writer thread; frames queued meanwhile follow it intact.
+    host, child = socket.socketpair()
+    fd = child.fileno()
+    proc = subprocess.Popen([PYTHON, RUNNER, "--fd", str(fd)], pass_fds=(fd,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child.close()
+    try:
+        init = json.dumps({"agent_dir": agent_dir, "entrypoints": [EP("big", "big")],
+                           "threads": 2, "env": {"MARK_DIR": agent_dir}}).encode()
+        frames = HDR.pack(len(init) + 5, INIT, 0) + init
+        body = json.dumps({"tag": "big", "args": [3 << 20], "kwargs": {}}).encode()
+        frames += HDR.pack(len(body) + 5, CALL, 1) + body
+        host.sendall(frames)
+        time.sleep(0.3)
+        host.sendall(HDR.pack(5, PING, 2))
+        time.sleep(0.3)  # the host reads nothing meanwhile
+        host.settimeout(20)
+        got = []
+        buf = b""
+        while len(got) < 3:
+            data = host.recv(1 << 20)
+            assert data
+            buf += data
+            while len(buf) >= 9:
+                n, kind, cid = HDR.unpack_from(buf, 0)
+                if len(buf) < 4 + n:
+                    break
+                if kind != LOG:  # the agent prints at import
+                    got.append((kind, cid, buf[9:4 + n]))
+                buf = buf[4 + n:]
+        assert [(k, c) for k, c, _ in got] == [(READY, 0), (RESULT, 1), (PONG, 2)]
+        assert json.loads(json.loads(got[1][2].decode("utf-8"))["payload"]) == "é" * (3 << 20)
+        host.close()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        host.close()
