@@ -118,7 +118,10 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 
-	db, err := store.Open(filepath.Join(cache, "runagent_invocations.db"), store.WithLogger(log))
+	db, err := store.Open(filepath.Join(cache, "runagent_invocations.db"), store.WithLogger(log),
+		// Commit history at most every few ms: one transaction per batch,
+		// not per call, keeps SQLite off the cores the calls need.
+		store.WithBatch(0, 5*time.Millisecond))
 	if err != nil {
 		return err
 	}

@@ -312,8 +312,10 @@ type ChunkFunc func(kind Kind, body []byte) error
 const streamBuffer = 256
 
 // Stream runs a streaming entrypoint, handing each chunk to fn in order, and
-// returns the number of chunks the runner reported at the end.
-func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, fn ChunkFunc) (int, error) {
+// returns the number of chunks the runner reported at the end. started, when
+// not nil, is called once the call is on its way to the runner: the caller
+// announces the stream then, so the runner is not kept waiting for it.
+func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
 	id, p, err := c.register(streamBuffer)
 	if err != nil {
 		return 0, err
@@ -321,6 +323,9 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, fn C
 	if err := c.sendCall(id, tag, args, kwargs); err != nil {
 		c.abandon(id, p)
 		return 0, c.errOr(err)
+	}
+	if started != nil {
+		started()
 	}
 	handle := func(f Frame) (done bool, n int, err error) {
 		switch f.Kind {

@@ -162,7 +162,7 @@ func TestConnStream(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		var got []string
-		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, func(k Kind, b []byte) error {
+		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(k Kind, b []byte) error {
 			got = append(got, k.String()+":"+string(b))
 			return nil
 		})
@@ -182,7 +182,7 @@ func TestConnStream(t *testing.T) {
 	// A consumer that stops cancels the generator.
 	stop := errors.New("client gone")
 	go func() {
-		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, func(Kind, []byte) error { return stop })
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error { return stop })
 		done <- result{err: err}
 	}()
 	f = r.read()

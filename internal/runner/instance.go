@@ -154,10 +154,10 @@ func (in *Instance) Call(ctx context.Context, tag string, args, kwargs []byte) (
 }
 
 // Stream runs a streaming entrypoint on the live runner.
-func (in *Instance) Stream(ctx context.Context, tag string, args, kwargs []byte, fn ChunkFunc) (int, error) {
+func (in *Instance) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
 	p, err := in.Get(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return p.Stream(ctx, tag, args, kwargs, fn)
+	return p.Stream(ctx, tag, args, kwargs, started, fn)
 }

@@ -92,7 +92,7 @@ func TestProcessLifecycle(t *testing.T) {
 	if got := l.joined(); !strings.Contains(got, "stdout:imported") || !strings.Contains(got, "stdout:saying hello to go") {
 		t.Fatalf("agent prints = %q", got)
 	}
-	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, func(runner.Kind, []byte) error { return nil })
+	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(runner.Kind, []byte) error { return nil })
 	if err != nil || n != 3 {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}

@@ -23,7 +23,8 @@ import (
 // Invoker runs entrypoints: the runner instance in local mode.
 type Invoker interface {
 	Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error)
-	Stream(ctx context.Context, tag string, args, kwargs []byte, fn runner.ChunkFunc) (int, error)
+	// Stream calls started once the call is handed over, before any chunk.
+	Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn runner.ChunkFunc) (int, error)
 }
 
 // Recorder keeps invocation records.

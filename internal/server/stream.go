@@ -113,15 +113,19 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	frame := make([]byte, 0, 1024)
-	frame = append(frame, `{"type":"status","status":"stream_started","invocation_id":`...)
-	frame = append(wire.AppendString(frame, inv.ID), '}')
-	if err := s.writeFrame(conn, frame); err != nil {
-		stop(errClientGone)
+	// stream_started goes out once the call is on its way to the runner, so
+	// the client's wake-up overlaps the agent's work instead of preceding it.
+	announce := func() {
+		frame = append(frame[:0], `{"type":"status","status":"stream_started","invocation_id":`...)
+		frame = append(wire.AppendString(frame, inv.ID), '}')
+		if err := s.writeFrame(conn, frame); err != nil {
+			stop(errClientGone)
+		}
 	}
 
 	var samples []json.RawMessage
 	seen := 0
-	n, err := s.cfg.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, func(kind runner.Kind, body []byte) error {
+	n, err := s.cfg.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runner.Kind, body []byte) error {
 		seen++
 		if kind == runner.KindChunkError {
 			var ce struct{ Message string }

@@ -69,7 +69,6 @@ type writer struct {
 	idx    map[string]int
 	nOps   uint64
 	acks   []chan struct{}
-	linger *time.Timer
 }
 
 type rec struct {
@@ -152,12 +151,7 @@ func (w *writer) run() {
 // It reports whether a stop was seen.
 func (w *writer) gather() (stop bool) {
 	q := w.db.queue
-	lingering := false
-	defer func() {
-		if lingering {
-			w.linger.Stop()
-		}
-	}()
+	lingered := false
 	for len(w.recs) < w.opts.maxBatch && len(w.acks) == 0 {
 		select {
 		case o := <-q:
@@ -167,25 +161,14 @@ func (w *writer) gather() (stop bool) {
 			continue
 		default:
 		}
-		if w.opts.linger <= 0 {
+		if w.opts.linger <= 0 || lingered {
 			return false
 		}
-		if !lingering {
-			lingering = true
-			if w.linger == nil {
-				w.linger = time.NewTimer(w.opts.linger)
-			} else {
-				w.linger.Reset(w.opts.linger)
-			}
-		}
-		select {
-		case o := <-q:
-			if w.add(o) {
-				return true
-			}
-		case <-w.linger.C:
-			return false
-		}
+		// Sleep rather than wait on the queue: records arriving meanwhile
+		// then cost no wake-up each, and the batch commits once. A Flush
+		// waits at most this long.
+		lingered = true
+		time.Sleep(w.opts.linger)
 	}
 	return false
 }
