@@ -65,10 +65,10 @@ type writer struct {
 
 	// The batch being gathered: records in arrival order (one per id),
 	// where each id sits in recs, and the ops they came from.
-	recs   []rec
-	idx    map[string]int
-	nOps   uint64
-	acks   []chan struct{}
+	recs []rec
+	idx  map[string]int
+	nOps uint64
+	acks []chan struct{}
 }
 
 type rec struct {
