@@ -13,13 +13,14 @@ Threads (see Pool and Writer):
     call, while a standby thread watches the stream to take the role over if
     the host sends more before the call ends);
   * standby: blocked on an epoll of the stream while a lone call runs;
-  * the main thread runs the one asyncio event loop all agent async code uses;
+  * the main thread runs the one asyncio event loop all agent async code uses,
+    started only when needed (see _new_loop): an agent whose entrypoints are
+    all sync, and which does not import asyncio itself, never loads asyncio;
   * writer: sends what producers queue (stream chunks, LOGs, and final frames
     while another thread is writing) in few, large sends; a final frame is
     otherwise written by the thread that produced it.
 """
 
-import asyncio
 import collections
 import contextvars
 import dataclasses
@@ -1138,7 +1139,96 @@ class Call:
 ENTRYPOINTS = {}   # tag -> Entrypoint
 FAILED = {}        # tag -> error text
 active = {}        # call id -> Call
-loop = None
+
+
+# ---------------------------------------------------------------------------
+# The event loop, started when needed
+# ---------------------------------------------------------------------------
+
+loop = None        # the event loop, once there is one (never replaced)
+_aio = None        # the asyncio module, once the runner made the loop
+_loop_lock = threading.Lock()
+_loop_made = threading.Lock()  # released once the loop exists: main runs it
+_loop_made.acquire()
+_loop_set_in_main = False      # set_event_loop(loop) was done in the main thread
+
+
+def _new_loop():
+    """Make the loop once (any thread); the main thread then runs it.
+
+    `import asyncio` costs several MiB (it loads ssl), so an idle runner only
+    pays it when needed: at INIT if an entrypoint is async, or if the agent
+    imports asyncio itself (then the loop is made right after asyncio is
+    loaded, as if it had been set before the agent's import: see
+    _AsyncioHook), or else when a sync call first returns an awaitable or an
+    async iterable."""
+    global loop, _aio, _loop_set_in_main
+    with _loop_lock:
+        if loop is not None:
+            return loop
+        import asyncio
+        lp = asyncio.new_event_loop()
+        if threading.current_thread() is threading.main_thread():
+            asyncio.set_event_loop(lp)
+            _loop_set_in_main = True
+        _aio = asyncio
+        loop = lp
+        _loop_made.release()
+        return lp
+
+
+def _ensure_loop():
+    lp = loop
+    if lp is None:
+        lp = _new_loop()
+    return lp
+
+
+class _LoopAfterExec:
+    """The loader of asyncio while _AsyncioHook is active: loads it with the
+    loader found for it, then makes the loop."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):  # get_source, is_package, ...
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        try:
+            _new_loop()
+        except Exception:
+            os.write(2, ("runagent runner: could not make the event loop:\n"
+                         + traceback.format_exc()).encode())
+
+
+class _AsyncioHook:
+    """On sys.meta_path during INIT: when the agent imports asyncio, the
+    runner's loop is made and set as the main thread's event loop right after
+    asyncio is loaded, before the agent's code goes on, so an agent that calls
+    asyncio.get_event_loop() at import time gets the loop the runner runs
+    (as when the loop was made before the agent's import)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "asyncio":
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        loader = getattr(spec, "loader", None)
+        if getattr(loader, "exec_module", None) is None:
+            return spec
+        spec.loader = _LoopAfterExec(loader)
+        return spec
 
 
 def _traceback(e):
@@ -1180,7 +1270,7 @@ def run_sync_call(c):
         if hasattr(type(r), "__await__"):
             # a sync callable returning an awaitable: finish it on the loop
             handed_off = True
-            loop.call_soon_threadsafe(_start_task, c, run_async_call(c, r), r)
+            _ensure_loop().call_soon_threadsafe(_start_task, c, run_async_call(c, r), r)
             return
         ext = c.ep.extract
         if ext is not None:
@@ -1216,7 +1306,8 @@ def run_sync_stream(c):
             r = ep.fn(*c.args, **c.kwargs)
             if _is_async_result(r):
                 handed_off = True
-                loop.call_soon_threadsafe(_start_task, c, run_async_stream(c, r), r)
+                _ensure_loop().call_soon_threadsafe(
+                    _start_task, c, run_async_stream(c, r), r)
                 return
             it = iter(r)
             for chunk in it:
@@ -1315,7 +1406,7 @@ async def run_async_stream(c, source=None):
     it = None
     ok = False
     n = 0
-    sleep = asyncio.sleep
+    sleep = _aio.sleep  # on the loop: asyncio is loaded
     try:
         try:
             if source is None:
@@ -1520,7 +1611,13 @@ def dispatch(batch):
         else:
             os.write(2, ("runagent runner: ignoring a frame of kind %d\n" % kind).encode())
     if ops is not None:
-        loop.call_soon_threadsafe(_loop_ops, ops)
+        lp = loop
+        # No loop yet: ops are only cancellations (calls of async entrypoints
+        # exist only with a loop), and no task exists to cancel. A sync call
+        # that hands an awaitable to a loop started after this sees
+        # c.cancelled in _start_task.
+        if lp is not None:
+            lp.call_soon_threadsafe(_loop_ops, ops)
     return sync
 
 
@@ -1791,6 +1888,35 @@ def do_init(body):
         sys.path.insert(0, d)
 
     importer = Importer(agent_dir)
+    hook = None
+    if "asyncio" in sys.modules:
+        _new_loop()  # loaded already (sitecustomize?): the loop is set now
+    else:
+        hook = _AsyncioHook()
+        sys.meta_path.insert(0, hook)
+    try:
+        kinds = _load_entrypoints(entries, importer, agent_dir)
+    finally:
+        if hook is not None:
+            try:
+                sys.meta_path.remove(hook)
+            except ValueError:
+                pass
+    if loop is None and any(k in (ASYNC_FUNCTION, ASYNC_GENERATOR)
+                            for k in kinds.values()):
+        _new_loop()
+    _stdout.flush_call(0)
+    _stderr.flush_call(0)
+    return threads, {
+        "protocol": PROTOCOL,
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+        "entrypoints": kinds,
+        "errors": dict(FAILED),
+    }
+
+
+def _load_entrypoints(entries, importer, agent_dir):
     kinds = {}
     for e in entries:
         if not isinstance(e, dict) or not isinstance(e.get("tag"), str):
@@ -1809,15 +1935,7 @@ def do_init(body):
             continue
         ENTRYPOINTS[tag] = Entrypoint(tag, fn, kind, extract)
         kinds[tag] = kind
-    _stdout.flush_call(0)
-    _stderr.flush_call(0)
-    return threads, {
-        "protocol": PROTOCOL,
-        "python": platform.python_version(),
-        "pid": os.getpid(),
-        "entrypoints": kinds,
-        "errors": dict(FAILED),
-    }
+    return kinds
 
 
 def _open_stream(argv):
@@ -1858,7 +1976,7 @@ def _open_stream(argv):
 
 
 def main(argv=None):
-    global _writer, _pool, _backlog, loop
+    global _writer, _pool, _backlog
     sock = _open_stream(sys.argv[1:] if argv is None else argv)
     del sys.argv[1:]  # the agent sees no runner options
 
@@ -1881,8 +1999,6 @@ def main(argv=None):
         os.write(2, b"runagent runner: the first frame must be INIT\n")
         os._exit(2)
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
         threads, ready = do_init(body)
     except Exception as e:
@@ -1894,6 +2010,11 @@ def main(argv=None):
     _backlog = _pool.pending
     _pool.start()
     try:
+        # Wait until there is a loop (made at INIT, or by the first call that
+        # needs one), then run it here.
+        _loop_made.acquire()
+        if not _loop_set_in_main:
+            _aio.set_event_loop(loop)
         loop.run_forever()
     finally:
         os._exit(0)

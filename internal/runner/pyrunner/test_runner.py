@@ -1484,3 +1484,192 @@ def test_result_larger_than_the_socket_buffer_while_host_is_slow(agent_dir):
         if proc.poll() is None:
             proc.kill()
         host.close()
+
+
+# ---------------------------------------------------------------------------
+# The event loop is started only when needed: a sync-only agent that does not
+# import asyncio never loads it (nor ssl, which asyncio pulls in).
+# ---------------------------------------------------------------------------
+
+LAZY_FILES = {
+    "sync_agent.py": r'''
+        import os
+        import sys
+        import threading
+
+        def hello(name="world"):
+            return "hello " + name
+
+        def gen_stream(n):
+            for i in range(n):
+                yield i
+
+        def modules():
+            return ["asyncio" in sys.modules, "ssl" in sys.modules]
+
+        def returns_coroutine(x):
+            async def inner():
+                print("lazy", x)
+                t = threading.current_thread().name
+                return [x * 2, t, id(sys.modules["asyncio"].get_running_loop())]
+            return inner()
+
+        def returns_agen_stream(n):
+            async def agen():
+                for i in range(n):
+                    print("chunk", i)
+                    yield i
+            return agen()
+
+        def returns_slow_coroutine(name):
+            async def inner():
+                import asyncio
+                path = os.path.join(os.environ["MARK_DIR"], name)
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    with open(path, "w") as f:
+                        f.write("cancelled")
+                    raise
+                return "not cancelled"
+            return inner()
+    ''',
+    "async_agent.py": r'''
+        import sys
+        import threading
+
+        async def ahello(name):
+            print("async", name)
+            return ["async " + name, threading.current_thread().name]
+
+        def modules():
+            return ["asyncio" in sys.modules]
+    ''',
+    "import_time_loop.py": r'''
+        import asyncio
+
+        LOOP = asyncio.get_event_loop()  # the loop the runner runs
+
+        async def double(x):
+            return [x * 2, asyncio.get_running_loop() is LOOP]
+
+        def via_loop(x):
+            return asyncio.run_coroutine_threadsafe(double(x), LOOP).result(10)
+    ''',
+}
+
+SYNC_EPS = [EP("hello", "hello", file="sync_agent.py"),
+            EP("gen_stream", "gen_stream", file="sync_agent.py"),
+            EP("modules", "modules", file="sync_agent.py"),
+            EP("returns_coroutine", "returns_coroutine", file="sync_agent.py"),
+            EP("returns_agen_stream", "returns_agen_stream", file="sync_agent.py"),
+            EP("returns_slow_coroutine", "returns_slow_coroutine", file="sync_agent.py")]
+
+
+@pytest.fixture(scope="module")
+def lazy_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lazy")
+    for name, text in LAZY_FILES.items():
+        (d / name).write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    (d / "marks").mkdir()
+    return str(d)
+
+
+def test_runner_module_does_not_import_asyncio():
+    code = ("import sys; sys.path.insert(0, %r); import runagent_runner; "
+            "print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))" % HERE)
+    assert subprocess.check_output([PYTHON, "-c", code]).decode().strip() == "[]"
+
+
+def test_sync_only_agent_never_imports_asyncio(lazy_dir):
+    r = Runner(lazy_dir, SYNC_EPS, threads=4)
+    try:
+        assert r.value("modules") == [False, False]
+        assert r.value("hello", "x") == "hello x"
+        assert chunks_of(r.stream("gen_stream", 3)[1]) == [0, 1, 2]
+        r.ping()
+        r.send(CANCEL, 12345)  # a CANCEL with no loop
+        cid = r.start("modules")
+        r.send(CANCEL, cid)
+        ids = _send_batch(r, [("hello", [str(i)]) for i in range(20)])
+        for i, c in enumerate(ids):
+            assert r.value("hello", str(i)) == "hello %d" % i
+            assert r.next(c)[0] == RESULT
+        r.ping()
+        assert r.value("modules") == [False, False]
+    finally:
+        assert r.close() == 0
+
+
+def test_sync_function_returning_coroutine_starts_the_loop_lazily(lazy_dir):
+    r = Runner(lazy_dir, SYNC_EPS, threads=8)
+    try:
+        assert r.value("modules") == [False, False]
+        # many at once: the workers race to start the loop, made exactly once
+        ids = _send_batch(r, [("returns_coroutine", [i]) for i in range(16)])
+        loops = set()
+        for i, cid in enumerate(ids):
+            kind, body = r.next(cid)
+            assert kind == RESULT, body
+            got = json.loads(json.loads(body)["payload"])
+            assert got[:2] == [i * 2, "MainThread"]  # finished on the loop, in the main thread
+            loops.add(got[2])
+            assert r.logs_of(cid) == [("stdout", "lazy %d\n" % i)]  # prints attributed
+        assert len(loops) == 1
+        assert r.value("modules")[0] is True
+        assert r.value("returns_coroutine", 50)[:2] == [100, "MainThread"]
+        cid, frames = r.stream("returns_agen_stream", 3)
+        assert chunks_of(frames) == [0, 1, 2]
+        assert r.logs_of(cid) == [("stdout", "chunk %d\n" % i) for i in range(3)]
+    finally:
+        assert r.close() == 0
+
+
+def test_sync_stream_returning_async_iterable_starts_the_loop_lazily(lazy_dir):
+    r = Runner(lazy_dir, SYNC_EPS, threads=2)
+    try:
+        cid, frames = r.stream("returns_agen_stream", 4)
+        assert chunks_of(frames) == [0, 1, 2, 3]
+        assert r.logs_of(cid) == [("stdout", "chunk %d\n" % i) for i in range(4)]
+        assert r.value("hello") == "hello world"
+    finally:
+        assert r.close() == 0
+
+
+def test_cancel_a_lazily_started_coroutine(lazy_dir):
+    r = Runner(lazy_dir, SYNC_EPS, threads=2)
+    try:
+        assert r.value("modules") == [False, False]
+        cid = r.start("returns_slow_coroutine", "lazy-cancel")
+        time.sleep(0.2)
+        r.send(CANCEL, cid)
+        assert _wait_for(os.path.join(lazy_dir, "marks", "lazy-cancel")) == "cancelled"
+        time.sleep(0.1)
+        r.ping()
+        assert r._q(cid).empty()
+        assert r.value("returns_coroutine", 1)[0] == 2
+    finally:
+        assert r.close() == 0
+
+
+def test_async_agent_without_asyncio_import(lazy_dir):
+    r = Runner(lazy_dir, [EP("ahello", "ahello", file="async_agent.py"),
+                          EP("modules", "modules", file="async_agent.py")], threads=2)
+    try:
+        assert r.ready["entrypoints"]["ahello"] == "async_function"
+        cid = r.start("ahello", "bob")
+        kind, body = r.next(cid)
+        assert kind == RESULT
+        assert json.loads(json.loads(body)["payload"]) == ["async bob", "MainThread"]
+        assert r.logs_of(cid) == [("stdout", "async bob\n")]
+        assert r.value("modules") == [True]  # the runner started the loop at INIT
+    finally:
+        assert r.close() == 0
+
+
+def test_loop_got_at_import_time_is_the_runners(lazy_dir):
+    r = Runner(lazy_dir, [EP("via_loop", "via_loop", file="import_time_loop.py")], threads=2)
+    try:
+        assert r.value("via_loop", 4) == [8, True]
+    finally:
+        assert r.close() == 0
