@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -87,12 +88,6 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		return fmt.Errorf("%s: agent_architecture.entrypoints: the agent has no entrypoints to serve; add at least one {\"file\", \"module\", \"tag\"}",
 			filepath.Join(folder.Dir, folder.ConfigFile))
 	}
-	for i, ep := range cfg.AgentArchitecture.Entrypoints {
-		if ep.WebhookURL != "" {
-			return fmt.Errorf("%s: agent_architecture.entrypoints[%d]: webhook entrypoints (framework n8n) are not supported by this server yet",
-				filepath.Join(folder.Dir, folder.ConfigFile), i)
-		}
-	}
 	cache := CacheDir()
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return fmt.Errorf("create cache directory %s (set $%s to use another): %w", cache, EnvCacheDir, err)
@@ -129,7 +124,8 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 
 	init := runner.Init{AgentDir: folder.Dir, Env: folder.Env, Threads: o.threads}
 	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		ie := runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module}
+		ie := runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module,
+			WebhookURL: ep.WebhookURL, Method: ep.Method, Timeout: ep.Timeout}
 		for _, k := range ep.ExtractorKeys {
 			ie.Extractor = append(ie.Extractor, [2]string{k, ep.Extractor[k]})
 		}
@@ -313,12 +309,24 @@ func shortPath(p string) string {
 // entrypointJSON is an entrypoint as /architecture lists it, the extractor's
 // keys in the config's order.
 func entrypointJSON(ep agentfolder.Entrypoint) json.RawMessage {
-	b := []byte(`{"file":`)
-	b = wire.AppendString(b, ep.File)
-	b = append(b, `,"module":`...)
-	b = wire.AppendString(b, ep.Module)
-	b = append(b, `,"tag":`...)
-	b = wire.AppendString(b, ep.Tag)
+	var b []byte
+	if ep.WebhookURL != "" { // the original's WebHookEntryPoint fields
+		b = append(b, `{"webhook_url":`...)
+		b = wire.AppendString(b, ep.WebhookURL)
+		b = append(b, `,"method":`...)
+		b = wire.AppendString(b, ep.Method)
+		b = append(b, `,"tag":`...)
+		b = wire.AppendString(b, ep.Tag)
+		b = append(b, `,"timeout":`...)
+		b = strconv.AppendInt(b, int64(ep.Timeout), 10)
+	} else {
+		b = append(b, `{"file":`...)
+		b = wire.AppendString(b, ep.File)
+		b = append(b, `,"module":`...)
+		b = wire.AppendString(b, ep.Module)
+		b = append(b, `,"tag":`...)
+		b = wire.AppendString(b, ep.Tag)
+	}
 	b = append(b, `,"extractor":{`...)
 	for i, k := range ep.ExtractorKeys {
 		if i > 0 {

@@ -34,6 +34,10 @@ type InitEntrypoint struct {
 	// Extractor is [key, JSONPath] pairs in the config's order: the
 	// extracted result's keys come out in this order, as in the original.
 	Extractor [][2]string `json:"extractor,omitempty"`
+	// A webhook entrypoint (framework n8n) has these instead of File/Module.
+	WebhookURL string `json:"webhook_url,omitempty"`
+	Method     string `json:"method,omitempty"`
+	Timeout    int    `json:"timeout,omitempty"`
 }
 
 // Spec says how to start one runner process.

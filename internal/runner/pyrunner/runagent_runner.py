@@ -1924,18 +1924,60 @@ def _load_entrypoints(entries, importer, agent_dir):
         tag = e["tag"]
         try:
             extract = compile_extractor(e.get("extractor"))
-            file = e.get("file")
-            if not isinstance(file, str) or not file:
-                raise ValueError("entrypoint %r has no file" % tag)
-            module = importer.load(file)
-            fn = resolve(module, e.get("module"), os.path.join(agent_dir, file))
-            kind = classify(fn)
+            if e.get("webhook_url"):
+                if tag.endswith("_stream"):
+                    raise ValueError("webhook entrypoints answer once; a _stream tag cannot be a webhook")
+                fn, kind = webhook(e), SYNC_FUNCTION
+            else:
+                file = e.get("file")
+                if not isinstance(file, str) or not file:
+                    raise ValueError("entrypoint %r has no file" % tag)
+                module = importer.load(file)
+                fn = resolve(module, e.get("module"), os.path.join(agent_dir, file))
+                kind = classify(fn)
         except BaseException as exc:  # noqa: report, keep serving the others
             FAILED[tag] = _describe(exc)
             continue
         ENTRYPOINTS[tag] = Entrypoint(tag, fn, kind, extract)
         kinds[tag] = kind
     return kinds
+
+
+def webhook(e):
+    """A webhook entrypoint (framework n8n) as a sync function, like the
+    original's N8NExecutor: the single positional argument, or the keyword
+    argument payload, is sent as the JSON body; the JSON answer is the result.
+    urllib is imported here, so agents without webhooks never load it."""
+    import urllib.error
+    import urllib.request
+
+    url = e["webhook_url"]
+    method = str(e.get("method") or "post").lower()
+    timeout = e.get("timeout") or 30
+
+    def call_webhook(*input_args, **input_kwargs):
+        if len(input_args) > 1:
+            raise ValueError("Too many positional arguments. Expected at most 1.")
+        if input_args and input_kwargs:
+            raise ValueError("Cannot specify both positional and keyword arguments.")
+        if len(input_kwargs) > 1 or (input_kwargs and "payload" not in input_kwargs):
+            raise ValueError("Only 'payload' keyword argument is allowed.")
+        payload = input_args[0] if input_args else input_kwargs.get("payload")
+        if method == "post":
+            req = urllib.request.Request(url, method="POST", data=json.dumps(payload).encode("utf-8"),
+                                         headers={"Content-Type": "application/json"})
+        else:
+            req = urllib.request.Request(url, method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as err:
+            kind = "Client" if err.code < 500 else "Server"
+            raise RuntimeError("%s error '%d %s' for url '%s'" % (kind, err.code, err.reason, url)) from None
+        return json.loads(body)
+
+    call_webhook.__name__ = "webhook"
+    return call_webhook
 
 
 def _open_stream(argv):
