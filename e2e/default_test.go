@@ -50,6 +50,20 @@ func TestRunAndErrorEnvelopes(t *testing.T) {
 	if str, ok := v.(string); !ok || str == "" {
 		t.Fatalf("minimal returned %#v, want a non-empty string", v)
 	}
+	// What the agent printed is in the server's log, with the invocation's id.
+	_, body := s.get(t, "/api/v1/agents/"+s.AgentID+"/invocations?limit=1")
+	var last struct {
+		Invocations []struct {
+			ID string `json:"invocation_id"`
+		} `json:"invocations"`
+	}
+	json.Unmarshal(body, &last)
+	if len(last.Invocations) != 1 || !waitFor(func() bool {
+		return strings.Contains(s.Logs(), "invocation_id="+last.Invocations[0].ID) && strings.Contains(s.Logs(), "mock_response:")
+	}) {
+		t.Errorf("the agent's print is not in the log with its invocation id:\n%s", s.Logs())
+	}
+
 	// Positional arguments reach the function too.
 	if v := s.result(t, "minimal", []any{"positional hello"}, nil); v == "" {
 		t.Fatalf("minimal with a positional arg returned %#v", v)
@@ -355,4 +369,14 @@ func TestLocalRegistryRow(t *testing.T) {
 	if fmt.Sprintf("%s:%d", host, port) != s.Addr || framework != "default" || deployedAt.IsZero() {
 		t.Fatalf("registry row: host %s port %d framework %s deployed %v", host, port, framework, deployedAt)
 	}
+}
+
+// waitFor polls cond for up to five seconds.
+func waitFor(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }

@@ -136,8 +136,8 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	start := func(ctx context.Context) (*runner.Process, error) {
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: env.Python, Script: script, Env: procEnv, Init: init, Logger: agentLog,
-			OnLog: func(call uint32, stream, text string) {
-				agentLog.Info("agent print", "stream", stream, "call", call, "text", strings.TrimRight(text, "\n"))
+			OnLog: func(invocation, stream, text string) {
+				agentLog.Info("agent print", "stream", stream, "invocation_id", invocation, "text", strings.TrimRight(text, "\n"))
 			},
 		})
 		if err != nil {

@@ -42,9 +42,18 @@ type Ready struct {
 // ErrClosed is returned for calls on a connection that was closed on purpose.
 var ErrClosed = errors.New("runner connection closed")
 
-// LogFunc receives what the agent printed: call is the call that printed it,
-// 0 outside calls; stream is "stdout" or "stderr".
-type LogFunc func(call uint32, stream, text string)
+// LogFunc receives what the agent printed: invocation is the label of the
+// call that printed it (see WithInvocation), "" outside calls; stream is
+// "stdout" or "stderr".
+type LogFunc func(invocation, stream, text string)
+
+type invocationKey struct{}
+
+// WithInvocation labels the calls made with ctx, so that what they print
+// reaches the LogFunc with that label.
+func WithInvocation(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, invocationKey{}, id)
+}
 
 // Conn multiplexes calls over one runner byte stream.
 type Conn struct {
@@ -67,8 +76,9 @@ type Conn struct {
 }
 
 type pending struct {
-	ch   chan Frame
-	gone chan struct{} // closed when the caller stops listening
+	ch    chan Frame
+	gone  chan struct{} // closed when the caller stops listening
+	label string        // the invocation, for LOG frames
 }
 
 // NewConn starts serving the runner protocol over rw.
@@ -129,7 +139,13 @@ func (c *Conn) readLoop() {
 			if c.onLog != nil {
 				var l struct{ Stream, Text string }
 				if json.Unmarshal(f.Body, &l) == nil {
-					c.onLog(f.Call, l.Stream, l.Text)
+					label := ""
+					c.mu.Lock()
+					if p := c.calls[f.Call]; p != nil {
+						label = p.label
+					}
+					c.mu.Unlock()
+					c.onLog(label, l.Stream, l.Text)
 				}
 			}
 		default:
@@ -163,8 +179,9 @@ func (c *Conn) shutdown(err error) {
 	c.rw.Close()
 }
 
-func (c *Conn) register(buffer int) (uint32, *pending, error) {
+func (c *Conn) register(ctx context.Context, buffer int) (uint32, *pending, error) {
 	p := &pending{ch: make(chan Frame, buffer), gone: make(chan struct{})}
+	p.label, _ = ctx.Value(invocationKey{}).(string)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -260,7 +277,7 @@ func (c *Conn) errOr(err error) error {
 // A ctx that ends first cancels the call in the runner and returns
 // context.Cause(ctx).
 func (c *Conn) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
-	id, p, err := c.register(1)
+	id, p, err := c.register(ctx, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +333,7 @@ const streamBuffer = 256
 // not nil, is called once the call is on its way to the runner: the caller
 // announces the stream then, so the runner is not kept waiting for it.
 func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
-	id, p, err := c.register(streamBuffer)
+	id, p, err := c.register(ctx, streamBuffer)
 	if err != nil {
 		return 0, err
 	}
@@ -371,7 +388,7 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, star
 
 // Ping round-trips a PING frame: a cheap liveness check of the runner's loop.
 func (c *Conn) Ping(ctx context.Context) error {
-	id, p, err := c.register(1)
+	id, p, err := c.register(ctx, 1)
 	if err != nil {
 		return err
 	}

@@ -62,10 +62,10 @@ type logs struct {
 	lines []string
 }
 
-func (l *logs) add(call uint32, stream, text string) {
+func (l *logs) add(invocation, stream, text string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, stream+":"+strings.TrimSpace(text))
+	l.lines = append(l.lines, invocation+"/"+stream+":"+strings.TrimSpace(text))
 }
 
 func (l *logs) joined() string {
@@ -85,11 +85,11 @@ func TestProcessLifecycle(t *testing.T) {
 	if p.Ready.Errors["missing"] == "" || p.Ready.Entrypoints["count_stream"] != "sync_generator" {
 		t.Fatalf("READY = %+v", p.Ready)
 	}
-	v, err := p.Call(ctx, "hello", []byte(`["go"]`), nil)
+	v, err := p.Call(runner.WithInvocation(ctx, "inv-1"), "hello", []byte(`["go"]`), nil)
 	if err != nil || string(v) != `{"type": "string", "payload": "\"hello go\""}` {
 		t.Fatalf("hello = %s, %v", v, err)
 	}
-	if got := l.joined(); !strings.Contains(got, "stdout:imported") || !strings.Contains(got, "stdout:saying hello to go") {
+	if got := l.joined(); !strings.Contains(got, "/stdout:imported") || !strings.Contains(got, "inv-1/stdout:saying hello to go") {
 		t.Fatalf("agent prints = %q", got)
 	}
 	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(runner.Kind, []byte) error { return nil })

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -176,7 +177,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 	}
 	s.cfg.Recorder.Start(inv)
 
-	ctx, cancel := s.callContext(r.Context(), deref(req.TimeoutSeconds))
+	ctx, cancel := s.callContext(runner.WithInvocation(r.Context(), inv.ID), deref(req.TimeoutSeconds))
 	result, err := s.cfg.Invoker.Call(ctx, tag, req.InputArgs, req.InputKwargs)
 	cancel()
 	inv.ResponseTime = time.Now()

@@ -99,7 +99,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 	base, stop := context.WithCancelCause(r.Context())
 	defer stop(nil)
-	ctx, cancel := s.callContext(base, deref(req.TimeoutSeconds))
+	ctx, cancel := s.callContext(runner.WithInvocation(base, inv.ID), deref(req.TimeoutSeconds))
 	defer cancel()
 	// Reading is how a client's close (or a dropped connection) is noticed;
 	// it stops the generator in the runner.
