@@ -1260,6 +1260,28 @@ def _is_async_result(r):
     return hasattr(t, "__await__") or hasattr(t, "__aiter__")
 
 
+def _answer(c, r):
+    """Extract and encode a call's result and send it (or why that failed),
+    after the call's prints; a cancelled call sends nothing."""
+    try:
+        ext = c.ep.extract
+        if ext is not None:
+            r = ext(r)
+        data = structured_bytes(r)
+    except BaseException as e:
+        _answer_error(c, e)
+        return
+    flush_logs(c.cid)
+    if not c.cancelled:
+        send_now(K_RESULT, c.cid, data)
+
+
+def _answer_error(c, e):
+    flush_logs(c.cid)
+    if not c.cancelled:
+        send_error(c.cid, e)
+
+
 def run_sync_call(c):
     """A non-stream call of a sync callable, in a worker thread."""
     cid = c.cid
@@ -1272,18 +1294,10 @@ def run_sync_call(c):
             handed_off = True
             _ensure_loop().call_soon_threadsafe(_start_task, c, run_async_call(c, r), r)
             return
-        ext = c.ep.extract
-        if ext is not None:
-            r = ext(r)
-        data = structured_bytes(r)
     except BaseException as e:
-        flush_logs(cid)
-        if not c.cancelled:
-            send_error(cid, e)
+        _answer_error(c, e)
     else:
-        flush_logs(cid)
-        if not c.cancelled:
-            send_now(K_RESULT, cid, data)
+        _answer(c, r)
     finally:
         if not handed_off:
             active.pop(cid, None)
@@ -1382,18 +1396,10 @@ async def run_async_call(c, awaitable=None):
             r = await c.ep.fn(*c.args, **c.kwargs)
         else:
             r = await awaitable
-        ext = c.ep.extract
-        if ext is not None:
-            r = ext(r)
-        data = structured_bytes(r)
     except BaseException as e:
-        flush_logs(cid)
-        if not c.cancelled:
-            send_error(cid, e)
+        _answer_error(c, e)
     else:
-        flush_logs(cid)
-        if not c.cancelled:
-            send_now(K_RESULT, cid, data)
+        _answer(c, r)
     finally:
         active.pop(cid, None)
 
