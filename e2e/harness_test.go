@@ -103,6 +103,7 @@ type serveOpts struct {
 	args  []string // extra serve flags
 	env   []string
 	wait  time.Duration // for the server to be ready
+	port  int           // default: a free port
 }
 
 func freePort(t *testing.T) int {
@@ -124,7 +125,10 @@ func serve(t *testing.T, dir, id string, o serveOpts) *agentServer {
 	if o.wait == 0 {
 		o.wait = 60 * time.Second
 	}
-	port := freePort(t)
+	port := o.port
+	if port == 0 {
+		port = freePort(t)
+	}
 	args := append([]string{"serve", dir, "--port", fmt.Sprint(port)}, o.args...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(append(os.Environ(), "RUNAGENT_CACHE_DIR="+o.cache), o.env...)

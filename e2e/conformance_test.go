@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	runagent "github.com/runagent-go/runagent/sdk/go"
+)
+
+// conformanceFile is shared by every SDK's test runner (docs/sdk-contract.md).
+const conformanceFile = "../testdata/conformance/cases.json"
+
+type conformanceCase struct {
+	Name     string            `json:"name"`
+	Tag      string            `json:"tag"`
+	Call     string            `json:"call"`
+	Args     []any             `json:"args"`
+	Kwargs   map[string]any    `json:"kwargs"`
+	Generate map[string][]any  `json:"generate"`
+	Expect   conformanceExpect `json:"expect"`
+}
+
+type conformanceExpect struct {
+	Value      json.RawMessage   `json:"value"`
+	Chunks     []json.RawMessage `json:"chunks"`
+	ChunkCount *int              `json:"chunk_count"`
+	EchoArgs   bool              `json:"echo_args"`
+	Error      *struct {
+		Code            string `json:"code"`
+		MessageContains string `json:"message_contains"`
+	} `json:"error"`
+}
+
+// generated builds an argument described by a "generate" entry.
+func generated(t *testing.T, spec any) any {
+	m, _ := spec.(map[string]any)
+	switch {
+	case m["repeat"] != nil:
+		return strings.Repeat(m["repeat"].(string), int(m["count"].(float64)))
+	case m["nest"] != nil:
+		var v any = "core"
+		for i := 0; i < int(m["nest"].(float64)); i++ {
+			v = []any{v}
+		}
+		return v
+	}
+	t.Fatalf("unknown generate spec %v", spec)
+	return nil
+}
+
+// canonical re-encodes v so that values compare by value, numbers by text.
+func canonical(t *testing.T, v any) any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("encode %T: %v", v, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var out any
+	if err := dec.Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestSDKConformanceGo(t *testing.T) {
+	raw, err := os.ReadFile(conformanceFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var suite struct {
+		Template  string            `json:"template"`
+		ServeArgs []string          `json:"serve_args"`
+		Cases     []conformanceCase `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &suite); err != nil {
+		t.Fatalf("%s: %v", conformanceFile, err)
+	}
+	dir, id := newAgent(t, suite.Template)
+	s := serve(t, dir, id, serveOpts{args: suite.ServeArgs})
+	host, port, _ := strings.Cut(s.Addr, ":")
+	p, _ := strconv.Atoi(port)
+
+	for _, c := range suite.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			args := c.Args
+			if g := c.Generate["args"]; g != nil {
+				args = nil
+				for _, spec := range g {
+					args = append(args, generated(t, spec))
+				}
+			}
+			kwargs := c.Kwargs
+			if kwargs == nil {
+				kwargs = map[string]any{}
+			}
+			client, err := runagent.New(runagent.Config{AgentID: id, EntrypointTag: c.Tag, Local: true, Host: host, Port: p})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			in := runagent.Input{Args: args, Kwargs: kwargs}
+			call := c.Call
+			if call == "" {
+				call = "run"
+				if strings.HasSuffix(c.Tag, "_stream") {
+					call = "run_stream"
+				}
+			}
+
+			var value any
+			var chunks []any
+			if call == "run" {
+				value, err = client.Run(ctx, in)
+			} else {
+				var st *runagent.Stream
+				st, err = client.RunStream(ctx, in)
+				if err == nil {
+					for st.Next() {
+						chunks = append(chunks, st.Value())
+					}
+					err = st.Err()
+					st.Close()
+				}
+			}
+
+			e := c.Expect
+			if e.Error != nil {
+				if !runagent.IsCode(err, e.Error.Code) || !strings.Contains(errMessage(err), e.Error.MessageContains) {
+					t.Fatalf("error = %v, want code %s containing %q", err, e.Error.Code, e.Error.MessageContains)
+				}
+			} else if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			switch {
+			case e.Value != nil:
+				var want any
+				json.Unmarshal(e.Value, &want)
+				if !reflect.DeepEqual(canonical(t, value), canonical(t, want)) {
+					t.Fatalf("value = %#v, want %s", value, e.Value)
+				}
+			case e.EchoArgs:
+				if args == nil {
+					args = []any{}
+				}
+				want := map[string]any{"args": args, "kwargs": kwargs}
+				if !reflect.DeepEqual(canonical(t, value), canonical(t, want)) {
+					t.Fatalf("echo came back different (%d bytes sent)", len(mustJSON(want)))
+				}
+			}
+			if e.Chunks != nil {
+				want := []any{}
+				for _, raw := range e.Chunks {
+					var v any
+					json.Unmarshal(raw, &v)
+					want = append(want, v)
+				}
+				if chunks == nil {
+					chunks = []any{}
+				}
+				if !reflect.DeepEqual(canonical(t, chunks), canonical(t, want)) {
+					t.Fatalf("chunks = %v, want %v", chunks, want)
+				}
+			}
+			if e.ChunkCount != nil && len(chunks) != *e.ChunkCount {
+				t.Fatalf("%d chunks, want %d", len(chunks), *e.ChunkCount)
+			}
+		})
+	}
+}
+
+func errMessage(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+// A call made while the server is down is retried until it comes back.
+func TestSDKRetriesAcrossServerRestart(t *testing.T) {
+	dir, id := newAgent(t, "default")
+	cache := t.TempDir()
+	port := freePort(t)
+	first := serve(t, dir, id, serveOpts{cache: cache, port: port})
+	first.Stop()
+
+	client, err := runagent.New(runagent.Config{AgentID: id, EntrypointTag: "minimal", Local: true, Host: "127.0.0.1", Port: port,
+		Retry: runagent.RetryPolicy{MaxAttempts: 30, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, MaxElapsed: 45 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		v   any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := client.Run(context.Background(), runagent.Kwargs(map[string]any{"message": "are you back?"}))
+		done <- result{v, err}
+	}()
+	time.Sleep(time.Second) // the client is retrying against a closed port now
+	select {
+	case r := <-done:
+		t.Fatalf("the call ended while the server was down: %v %v", r.v, r.err)
+	default:
+	}
+	serve(t, dir, id, serveOpts{cache: cache, port: port})
+	select {
+	case r := <-done:
+		if r.err != nil || r.v == "" {
+			t.Fatalf("after the restart: %v, %v", r.v, r.err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the call did not succeed after the server came back")
+	}
+}
