@@ -5,7 +5,7 @@ BIN       := bin/runagent
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: build demo test test-go test-python test-js test-rust vet bench clean
+.PHONY: build demo test test-go test-python test-py-sdk test-js test-rust vet bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
@@ -17,7 +17,7 @@ demo: build
 
 # The whole test suite: Go (unit + end-to-end through the built binary) and
 # the Python runner's own tests.
-test: vet test-python test-go test-js test-rust
+test: vet test-python test-go test-py-sdk test-js test-rust
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
@@ -28,6 +28,13 @@ test-go:
 
 test-python:
 	$(PYTHON) -m pytest -q internal/runner/pyrunner
+
+# The Python SDK, installed into its own virtualenv the standard way; its
+# tests include the shared conformance suite against the real server.
+test-py-sdk: build
+	$(PYTHON) -m venv sdk/python/.venv
+	sdk/python/.venv/bin/pip install --quiet --disable-pip-version-check ./sdk/python pytest
+	cd sdk/python && .venv/bin/python -m pytest -q
 
 # The TypeScript SDK: unit tests and the shared conformance suite against
 # the real server (it uses bin/runagent, built by test-go's e2e or here).

@@ -1,0 +1,56 @@
+"""Python client for RunAgent servers (wire protocol v1)."""
+from .client import AsyncRunAgentClient, AsyncStream, RunAgentClient, Stream, __version__, is_stream_tag
+from .config import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, local_registry_path
+from .errors import (
+    AGENT_CRASHED, AUTHENTICATION_ERROR, CANCELLED, CONNECTION_ERROR, INTERNAL_ERROR, NOT_FOUND, OVERLOADED,
+    PERMISSION_ERROR, RATE_LIMIT_EXCEEDED, TIMEOUT, VALIDATION_ERROR, AgentCrashedError, AuthenticationError,
+    ChunkError, ConnectionError_, InternalError, NotFoundError, OverloadedError, PermissionDeniedError,
+    PermissionError_, RateLimitError, RunAgentCancelledError, RunAgentConnectionError, RunAgentError,
+    RunAgentTimeoutError, TimeoutError_, ValidationError, error_for,
+)
+from .retry import NO_RETRY, Clock, RetryPolicy
+from .wire import decode_structured
+
+__all__ = [
+    "AGENT_CRASHED",
+    "AUTHENTICATION_ERROR",
+    "AgentCrashedError",
+    "AsyncRunAgentClient",
+    "AsyncStream",
+    "AuthenticationError",
+    "CANCELLED",
+    "CONNECTION_ERROR",
+    "ChunkError",
+    "Clock",
+    "ConnectionError_",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "INTERNAL_ERROR",
+    "InternalError",
+    "NOT_FOUND",
+    "NO_RETRY",
+    "NotFoundError",
+    "OVERLOADED",
+    "OverloadedError",
+    "PERMISSION_ERROR",
+    "PermissionDeniedError",
+    "PermissionError_",
+    "RATE_LIMIT_EXCEEDED",
+    "RateLimitError",
+    "RetryPolicy",
+    "RunAgentCancelledError",
+    "RunAgentClient",
+    "RunAgentConnectionError",
+    "RunAgentError",
+    "RunAgentTimeoutError",
+    "Stream",
+    "TIMEOUT",
+    "TimeoutError_",
+    "VALIDATION_ERROR",
+    "ValidationError",
+    "__version__",
+    "decode_structured",
+    "error_for",
+    "is_stream_tag",
+    "local_registry_path",
+]

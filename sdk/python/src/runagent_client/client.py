@@ -1,0 +1,640 @@
+"""Sync and async RunAgent clients (REST /run and the WebSocket /run-stream)."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import ssl
+from typing import Any, Callable, Dict, Optional
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from . import config as _config
+from .errors import (
+    CONNECTION_ERROR, INTERNAL_ERROR, TIMEOUT, VALIDATION_ERROR, ChunkError, RunAgentError, error_for,
+)
+from .retry import Clock, Retrier, RetryPolicy
+from .wire import (
+    close_error, decode_data, encode_request, frame_error, http_error, parse_envelope, parse_frame,
+    retryable_status,
+)
+
+__version__ = "0.1.0"
+
+ChunkErrorMode = str  # "yield" | "raise" | "skip"
+_CHUNK_MODES = ("yield", "raise", "skip")
+_WS_OPEN_TIMEOUT = 30.0
+
+
+def is_stream_tag(tag: str) -> bool:
+    """A tag names a streaming entrypoint exactly when it ends in ``_stream``."""
+    return tag.endswith("_stream")
+
+
+# --- transport error classification (as the Go SDK's transportError) -------
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _not_retryable_cause(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        if isinstance(e, socket.gaierror) and e.errno in (getattr(socket, "EAI_NONAME", -2), getattr(socket, "EAI_NODATA", -5)):
+            return True  # unknown host
+        if isinstance(e, (ssl.SSLCertVerificationError, ssl.SSLError)):
+            return True  # TLS failures are not retried
+    return False
+
+
+def _transport_error(exc: BaseException, deadline_passed: bool = False) -> RunAgentError:
+    if deadline_passed:
+        return error_for(TIMEOUT, "deadline exceeded: %s" % (exc or "timed out"))
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        # The request may be running on the server: not retried.
+        return error_for(TIMEOUT, "request timed out: %s" % (exc or type(exc).__name__))
+    return error_for(CONNECTION_ERROR, "connection failed: %s" % (str(exc) or type(exc).__name__),
+                     retryable=not _not_retryable_cause(exc))
+
+
+def _ws_handshake_error(exc: BaseException) -> RunAgentError:
+    if isinstance(exc, InvalidStatus):
+        r = exc.response
+        if 200 <= r.status_code <= 299:
+            return error_for(CONNECTION_ERROR, "the server did not upgrade to a WebSocket", r.status_code)
+        return http_error(r.status_code, r.headers, r.body or b"")
+    if isinstance(exc, InvalidURI):
+        return error_for(VALIDATION_ERROR, "invalid WebSocket URL: %s" % exc)
+    return _transport_error(exc)
+
+
+def _ws_closed_error(exc: BaseException) -> RunAgentError:
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is not None:
+            return close_error(rcvd.code, rcvd.reason)
+        return close_error(None, detail=str(exc))
+    return close_error(None, detail=str(exc) or type(exc).__name__)
+
+
+_ACCEPTS: Dict[Any, bool] = {}
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    key = (fn, name)
+    if key not in _ACCEPTS:
+        try:
+            target = fn.__init__ if isinstance(fn, type) else fn
+            _ACCEPTS[key] = name in inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            _ACCEPTS[key] = False
+    return _ACCEPTS[key]
+
+
+def _check_chunk_mode(mode: str) -> str:
+    if mode not in _CHUNK_MODES:
+        raise error_for(VALIDATION_ERROR, "on_chunk_error must be one of %s, not %r" % (_CHUNK_MODES, mode))
+    return mode
+
+
+class _Base:
+    def __init__(self, agent_id: str, entrypoint_tag: str, local: Optional[bool] = None, host: Optional[str] = None,
+                 port: Optional[int] = None, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None, *,
+                 user_agent: Optional[str] = None, on_chunk_error: ChunkErrorMode = "yield",
+                 clock: Optional[Clock] = None) -> None:
+        self._cfg = _config.resolve(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout)
+        self._retry = (retry or RetryPolicy()).normalized()
+        self._clock = clock or Clock()
+        self._ua = user_agent or "runagent-python/" + __version__
+        self._headers = self._cfg.headers(self._ua)
+        self._on_chunk_error = _check_chunk_mode(on_chunk_error)
+
+    agent_id = property(lambda self: self._cfg.agent_id)
+    entrypoint_tag = property(lambda self: self._cfg.tag)
+    base_url = property(lambda self: self._cfg.base_url)
+    timeout = property(lambda self: self._cfg.timeout)
+
+    def _run_body(self, args: tuple, kwargs: dict) -> bytes:
+        if is_stream_tag(self._cfg.tag):
+            raise error_for(VALIDATION_ERROR, "entrypoint %r is a streaming entrypoint: call run_stream" % self._cfg.tag)
+        return encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds)
+
+    def _stream_request(self, args: tuple, kwargs: dict) -> str:
+        if not is_stream_tag(self._cfg.tag):
+            raise error_for(VALIDATION_ERROR, "entrypoint %r is not a streaming entrypoint (its tag does not end "
+                                              "in _stream): call run" % self._cfg.tag)
+        return encode_request(self._cfg.tag, args, kwargs).decode("utf-8")
+
+    def _deadline(self) -> Optional[float]:
+        return self._clock.now() + self._cfg.timeout if self._cfg.timeout else None
+
+    def _httpx_timeout(self, deadline: Optional[float]) -> httpx.Timeout:
+        if deadline is None:
+            return httpx.Timeout(None, connect=30.0)
+        remaining = deadline - self._clock.now()
+        if remaining <= 0:
+            raise error_for(TIMEOUT, "deadline exceeded")
+        return httpx.Timeout(remaining, connect=min(remaining, 30.0))
+
+    def _ws_kwargs(self, connect: Callable[..., Any]) -> Dict[str, Any]:
+        h = {k: v for k, v in self._headers.items() if k == "Authorization"}
+        kw = dict(additional_headers=h, user_agent_header=self._ua, open_timeout=_WS_OPEN_TIMEOUT,
+                  max_size=None, close_timeout=2)
+        if _accepts(connect, "ping_interval"):  # the sync client of websockets 13 has no keepalive
+            kw["ping_interval"] = None  # as the Go SDK: no client pings; the server bounds the call
+        return kw
+
+    @staticmethod
+    def _handle_run(status: int, headers: Any, body: bytes) -> Any:
+        data = parse_envelope(status, headers, body)
+        try:
+            return decode_data(data)
+        except RunAgentError as e:
+            if e.status is None:
+                e.status = status
+            raise
+
+
+def _limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=1024, max_keepalive_connections=512, keepalive_expiry=90.0)
+
+
+class RunAgentClient(_Base):
+    """Calls one entrypoint of one agent. Thread-safe; create once, reuse.
+
+    ``run(*args, **kwargs)`` calls ``fn(*args, **kwargs)`` on the server and
+    returns the decoded result; ``run_stream(*args, **kwargs)`` returns an
+    iterator of decoded chunks. See the package README for configuration."""
+
+    def __init__(self, agent_id: str, entrypoint_tag: str, local: Optional[bool] = None, host: Optional[str] = None,
+                 port: Optional[int] = None, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None, *,
+                 http_client: Optional[httpx.Client] = None, **kw: Any) -> None:
+        super().__init__(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout, retry, **kw)
+        self._own_http = http_client is None
+        self._http = http_client or httpx.Client(limits=_limits(), follow_redirects=False)
+
+    def with_entrypoint(self, tag: str) -> "RunAgentClient":
+        """A client for another entrypoint of the same agent, sharing connections."""
+        c = object.__new__(RunAgentClient)
+        c.__dict__.update(self.__dict__)
+        c._cfg = _config.ResolvedConfig(**{**self._cfg.__dict__, "tag": tag.strip()})
+        c._own_http = False
+        c._parent = self  # the owner of the shared connections outlives the copy
+        return c
+
+    def close(self) -> None:
+        """Release the pooled connections (not those of a caller's http_client)."""
+        if self._own_http:
+            self._http.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RunAgentClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        body = self._run_body(args, kwargs)
+        return self._request("POST", self._cfg.run_url, body, self._handle_run)
+
+    def run_stream(self, *args: Any, **kwargs: Any) -> "Stream":
+        req = self._stream_request(args, kwargs)
+        s = Stream(self, req)
+        s._start()
+        return s
+
+    def health(self) -> Dict[str, Any]:
+        """GET /api/v1/health."""
+        def handle(status: int, h: Any, b: bytes) -> Any:
+            if not 200 <= status <= 299:
+                raise http_error(status, h, b)
+            import json
+            return json.loads(b)
+        return self._request("GET", self._cfg.base_url + _config.API_PREFIX + "/health", None, handle)
+
+    def architecture(self) -> Dict[str, Any]:
+        """GET /api/v1/agents/{id}/architecture: ``{"agent_id", "entrypoints": [...]}``."""
+        return self._request("GET", self._cfg.agent_url + "/architecture", None,
+                             lambda s, h, b: parse_envelope(s, h, b))
+
+    def _request(self, method: str, url: str, body: Optional[bytes], handle: Callable[[int, Any, bytes], Any]) -> Any:
+        deadline = self._deadline()
+        r = Retrier(self._retry, self._clock, deadline)
+        while True:
+            try:
+                return self._attempt(method, url, body, deadline, handle)
+            except RunAgentError as e:
+                r.wait(e)
+
+    def _attempt(self, method: str, url: str, body: Optional[bytes], deadline: Optional[float],
+                 handle: Callable[[int, Any, bytes], Any]) -> Any:
+        headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
+        try:
+            resp = self._http.request(method, url, content=body, headers=headers,
+                                      timeout=self._httpx_timeout(deadline))
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, deadline is not None and self._clock.now() >= deadline) from exc
+        if retryable_status(resp.status_code):
+            raise http_error(resp.status_code, resp.headers, resp.content)
+        return handle(resp.status_code, resp.headers, resp.content)
+
+
+class _StreamState:
+    """Frame handling shared by the sync and async streams (as sdk/go/stream.go)."""
+
+    def __init__(self, client: _Base, req: str) -> None:
+        self._client = client
+        self._req = req
+        self._retrier = Retrier(client._retry, client._clock)
+        self._mode = client._on_chunk_error
+        self._ws: Any = None
+        self._pending: Optional[dict] = None
+        self._got_data = False
+        self._done = False
+        self.invocation_id: Optional[str] = None
+        self.total_chunks: Optional[int] = None
+        self.error: Optional[RunAgentError] = None
+
+    def _set_id(self, fr: dict) -> None:
+        if isinstance(fr.get("invocation_id"), str):
+            self.invocation_id = fr["invocation_id"]
+
+    def _open_frame(self, fr: dict) -> bool:
+        """Handle a frame read while opening; True when the stream is open."""
+        t = fr.get("type")
+        if t == "status":
+            if fr.get("status") == "stream_started":
+                self._set_id(fr)
+                return True
+            if fr.get("status") == "stream_completed":
+                self._pending = fr
+                return True
+        elif t == "data":
+            self._pending = fr
+            return True
+        elif t == "error":
+            fe = frame_error(fr)
+            if isinstance(fe, ChunkError):
+                self._pending = fr
+                return True
+            raise fe
+        return False
+
+    _SKIP = object()
+    _END = object()
+
+    def _item(self, fr: dict) -> Any:
+        """The item for a frame: a value, a ChunkError, _SKIP or _END; raises a stream error."""
+        t = fr.get("type")
+        if t == "data":
+            self._got_data = True
+            try:
+                return decode_data(fr.get("content"))
+            except RunAgentError as de:
+                return self._chunk_error(ChunkError(INTERNAL_ERROR, "undecodable stream chunk: " + de.message))
+        if t == "status":
+            st = fr.get("status")
+            if st == "stream_started":
+                self._set_id(fr)
+            elif st == "stream_completed":
+                self._set_id(fr)
+                if isinstance(fr.get("total_chunks"), int):
+                    self.total_chunks = fr["total_chunks"]
+                return self._END
+            return self._SKIP
+        if t == "error":
+            fe = frame_error(fr)
+            if isinstance(fe, ChunkError):
+                self._got_data = True
+                return self._chunk_error(fe)
+            raise fe
+        return self._SKIP  # unknown frame types are ignored
+
+    def _chunk_error(self, ce: ChunkError) -> Any:
+        if self._mode == "raise":
+            raise ce
+        if self._mode == "skip":
+            return self._SKIP
+        return ce
+
+
+class Stream(_StreamState):
+    """An iterator over the decoded chunks of one streaming run.
+
+    Each item is a decoded chunk, or -- with ``on_chunk_error="yield"`` (the
+    default) -- a :class:`ChunkError` instance standing for one chunk the
+    server could not serialize; the stream goes on after it. An error ending
+    the stream is raised from ``next()``. Closing early (``close()``, ``with``,
+    or dropping the iterator) closes the socket, which cancels the run."""
+
+    def _start(self) -> None:
+        while True:
+            try:
+                self._open()
+                return
+            except RunAgentError as e:
+                self._drop()
+                self._pending = None
+                try:
+                    self._retrier.wait(e)
+                except RunAgentError:
+                    self._done = True
+                    raise
+
+    def _open(self) -> None:
+        from websockets.sync.client import connect
+        try:
+            # __enter__: the context-manager form, which websockets >= 17 expects
+            # (returns the connection on every version); _drop closes it.
+            self._ws = connect(self._client._cfg.ws_url, **self._client._ws_kwargs(connect)).__enter__()
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise _ws_handshake_error(exc) from exc
+        try:
+            self._ws.send(self._req)
+        except (ConnectionClosed, OSError) as exc:
+            raise _ws_closed_error(exc) from exc
+        while not self._open_frame(self._read()):
+            pass
+
+    def _read(self) -> dict:
+        if self._ws is None:
+            raise error_for("CANCELLED", "stream closed by the client")
+        try:
+            raw = self._ws.recv()
+        except (ConnectionClosed, OSError) as exc:
+            raise _ws_closed_error(exc) from exc
+        return parse_frame(raw)
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Any:
+        while not self._done:
+            try:
+                if self._pending is not None:
+                    fr, self._pending = self._pending, None
+                else:
+                    fr = self._read()
+                item = self._item(fr)
+            except RunAgentError as e:
+                if not self._got_data and e.retryable and not isinstance(e, ChunkError):
+                    try:
+                        self._drop()
+                        self._retrier.wait(e)
+                        self._start()
+                        continue
+                    except RunAgentError as e2:
+                        e = e2
+                self._finish(e)
+                raise e
+            if item is self._END:
+                self._finish(None)
+                break
+            if item is not self._SKIP:
+                return item
+        raise StopIteration
+
+    def _finish(self, e: Optional[RunAgentError]) -> None:
+        self._done = True
+        self.error = e
+        self._drop()
+
+    def _drop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Close the stream; before its end this cancels the run on the server."""
+        self._done = True
+        self._drop()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._drop()
+        except Exception:
+            pass
+
+
+class AsyncRunAgentClient(_Base):
+    """The asyncio twin of RunAgentClient: ``await client.run(...)`` and
+    ``async for chunk in client.run_stream(...)``."""
+
+    def __init__(self, agent_id: str, entrypoint_tag: str, local: Optional[bool] = None, host: Optional[str] = None,
+                 port: Optional[int] = None, base_url: Optional[str] = None, api_key: Optional[str] = None,
+                 timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None, *,
+                 http_client: Optional[httpx.AsyncClient] = None, **kw: Any) -> None:
+        super().__init__(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout, retry, **kw)
+        self._own_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(limits=_limits(), follow_redirects=False)
+
+    def with_entrypoint(self, tag: str) -> "AsyncRunAgentClient":
+        c = object.__new__(AsyncRunAgentClient)
+        c.__dict__.update(self.__dict__)
+        c._cfg = _config.ResolvedConfig(**{**self._cfg.__dict__, "tag": tag.strip()})
+        c._own_http = False
+        c._parent = self  # the owner of the shared connections outlives the copy
+        return c
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncRunAgentClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        body = self._run_body(args, kwargs)
+        return await self._request("POST", self._cfg.run_url, body, self._handle_run)
+
+    def run_stream(self, *args: Any, **kwargs: Any) -> "AsyncStream":
+        """An async iterator of decoded chunks; the socket opens at the first
+        iteration, or at ``await client.run_stream(...)``."""
+        return AsyncStream(self, self._stream_request(args, kwargs))
+
+    async def health(self) -> Dict[str, Any]:
+        def handle(status: int, h: Any, b: bytes) -> Any:
+            if not 200 <= status <= 299:
+                raise http_error(status, h, b)
+            import json
+            return json.loads(b)
+        return await self._request("GET", self._cfg.base_url + _config.API_PREFIX + "/health", None, handle)
+
+    async def architecture(self) -> Dict[str, Any]:
+        return await self._request("GET", self._cfg.agent_url + "/architecture", None,
+                                   lambda s, h, b: parse_envelope(s, h, b))
+
+    async def _request(self, method: str, url: str, body: Optional[bytes],
+                       handle: Callable[[int, Any, bytes], Any]) -> Any:
+        deadline = self._deadline()
+        r = Retrier(self._retry, self._clock, deadline)
+        while True:
+            try:
+                return await self._attempt(method, url, body, deadline, handle)
+            except RunAgentError as e:
+                await r.async_wait(e)
+
+    async def _attempt(self, method: str, url: str, body: Optional[bytes], deadline: Optional[float],
+                       handle: Callable[[int, Any, bytes], Any]) -> Any:
+        headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
+        try:
+            resp = await self._http.request(method, url, content=body, headers=headers,
+                                            timeout=self._httpx_timeout(deadline))
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, deadline is not None and self._clock.now() >= deadline) from exc
+        if retryable_status(resp.status_code):
+            raise http_error(resp.status_code, resp.headers, resp.content)
+        return handle(resp.status_code, resp.headers, resp.content)
+
+
+class AsyncStream(_StreamState):
+    """Async iterator over the decoded chunks of one streaming run (see Stream)."""
+
+    def __init__(self, client: _Base, req: str) -> None:
+        super().__init__(client, req)
+        self._started = False
+
+    async def _start(self) -> None:
+        self._started = True
+        while True:
+            try:
+                await self._open()
+                return
+            except RunAgentError as e:
+                await self._drop()
+                self._pending = None
+                try:
+                    await self._retrier.async_wait(e)
+                except RunAgentError:
+                    self._done = True
+                    raise
+
+    async def _open(self) -> None:
+        from websockets.asyncio.client import connect
+        try:
+            self._ws = await connect(self._client._cfg.ws_url, **self._client._ws_kwargs(connect))
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise _ws_handshake_error(exc) from exc
+        try:
+            await self._ws.send(self._req)
+        except (ConnectionClosed, OSError) as exc:
+            raise _ws_closed_error(exc) from exc
+        while not self._open_frame(await self._read()):
+            pass
+
+    async def _read(self) -> dict:
+        if self._ws is None:
+            raise error_for("CANCELLED", "stream closed by the client")
+        try:
+            raw = await self._ws.recv()
+        except (ConnectionClosed, OSError) as exc:
+            raise _ws_closed_error(exc) from exc
+        return parse_frame(raw)
+
+    def __await__(self):
+        async def opened() -> "AsyncStream":
+            if not self._started:
+                await self._start()
+            return self
+        return opened().__await__()
+
+    def __aiter__(self) -> "AsyncStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._next()
+        except asyncio.CancelledError:
+            # The caller's task was cancelled: close the socket at once, which
+            # makes the server stop the agent's generator.
+            self._done = True
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        ws, self._ws = self._ws, None
+        transport = getattr(ws, "transport", None)
+        if transport is not None:
+            try:
+                transport.abort()
+            except Exception:
+                pass
+
+    def __del__(self) -> None:
+        # Dropped without aclose() (e.g. a break out of `async for`).
+        self._abort()
+
+    async def _next(self) -> Any:
+        if not self._started and not self._done:
+            await self._start()
+        while not self._done:
+            try:
+                if self._pending is not None:
+                    fr, self._pending = self._pending, None
+                else:
+                    fr = await self._read()
+                item = self._item(fr)
+            except RunAgentError as e:
+                if not self._got_data and e.retryable and not isinstance(e, ChunkError):
+                    try:
+                        await self._drop()
+                        await self._retrier.async_wait(e)
+                        await self._start()
+                        continue
+                    except RunAgentError as e2:
+                        e = e2
+                await self._finish(e)
+                raise e
+            if item is self._END:
+                await self._finish(None)
+                break
+            if item is not self._SKIP:
+                return item
+        raise StopAsyncIteration
+
+    async def _finish(self, e: Optional[RunAgentError]) -> None:
+        self._done = True
+        self.error = e
+        await self._drop()
+
+    async def _drop(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                await ws.close()
+            except Exception:
+                pass
+
+    async def aclose(self) -> None:
+        self._done = True
+        await self._drop()
+
+    async def __aenter__(self) -> "AsyncStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
