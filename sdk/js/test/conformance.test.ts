@@ -45,31 +45,45 @@ before(async () => {
   agentId = (JSON.parse(out) as any).agent_id;
   assert.ok(agentId, `init printed ${out}`);
   port = await freePort();
-  server = spawn(bin, ["serve", dir, "--port", String(port), ...suite.serve_args], { env, stdio: ["ignore", "pipe", "pipe"] });
-  server.stdout!.on("data", (d) => (logs += d));
-  server.stderr!.on("data", (d) => (logs += d));
+  serveCmd = { bin, dir, env };
+  server = await startServer();
+});
+
+let serveCmd: { bin: string; dir: string; env: NodeJS.ProcessEnv } | undefined;
+
+// startServer runs `runagent serve` of the suite's agent on `port` and waits
+// until it is healthy.
+async function startServer(): Promise<ChildProcess> {
+  const { bin, dir, env } = serveCmd!;
+  const proc = spawn(bin, ["serve", dir, "--port", String(port), ...suite.serve_args], { env, stdio: ["ignore", "pipe", "pipe"] });
+  proc.stdout!.on("data", (d) => (logs += d));
+  proc.stderr!.on("data", (d) => (logs += d));
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (server.exitCode !== null) throw new Error("runagent serve exited during start-up:\n" + logs);
+    if (proc.exitCode !== null) throw new Error("runagent serve exited during start-up:\n" + logs);
     try {
       const r = await fetch(`http://127.0.0.1:${port}/api/v1/health`);
-      if (r.status === 200) break;
+      if (r.status === 200) return proc;
     } catch {
       /* not up yet */
     }
     if (Date.now() > deadline) throw new Error("runagent serve not healthy after 60 s:\n" + logs);
     await new Promise((r) => setTimeout(r, 50));
   }
-});
+}
 
-after(async () => {
-  if (server && server.exitCode === null) {
-    const exited = new Promise((r) => server!.once("exit", r));
-    server.kill("SIGINT");
-    const t = setTimeout(() => server!.kill("SIGKILL"), 10_000);
+async function stopServer(proc: ChildProcess | undefined): Promise<void> {
+  if (proc && proc.exitCode === null) {
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGINT");
+    const t = setTimeout(() => proc.kill("SIGKILL"), 10_000);
     await exited;
     clearTimeout(t);
   }
+}
+
+after(async () => {
+  await stopServer(server);
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -126,3 +140,20 @@ for (const c of suite.cases as any[]) {
     if (e.chunk_count !== undefined) assert.equal(chunks.length, e.chunk_count);
   });
 }
+
+// A call made while the server is down is retried until it comes back.
+test("retries across a server restart", async () => {
+  await stopServer(server);
+  const client = new RunAgentClient({
+    agentId, entrypointTag: "echo", local: true, host: "127.0.0.1", port,
+    retry: { maxAttempts: 30, initialBackoffMs: 100, maxBackoffMs: 500, maxElapsedMs: 45_000 },
+  });
+  const call = client.run({ args: ["are you back?"] });
+  let settled = false;
+  call.then(() => (settled = true), () => (settled = true));
+  await new Promise((r) => setTimeout(r, 1000)); // retrying against a closed port now
+  assert.equal(settled, false, "the call ended while the server was down");
+  server = await startServer();
+  const v = (await call) as any;
+  assert.deepEqual(v.args, ["are you back?"]);
+});
