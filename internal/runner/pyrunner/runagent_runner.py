@@ -650,19 +650,7 @@ class Writer:
         t.start()
 
     def send(self, kind, call, body):
-        frame = _pack_header(len(body) + 5, kind, call) + body
-        with self.qlock:
-            pending = self.pending
-            pending.append(frame)
-            n = len(pending)
-        if n == 1:
-            # pending was empty: the writer may be asleep
-            try:
-                self.wake.release()
-            except RuntimeError:
-                pass  # already awake
-        elif n > self.HIGH_WATER:
-            self.flush()  # back-pressure: wait for the socket ourselves
+        self.send_frame(_pack_header(len(body) + 5, kind, call) + body)
 
     def send_now(self, kind, call, body):
         frame = _pack_header(len(body) + 5, kind, call) + body
@@ -703,12 +691,13 @@ class Writer:
             pending.append(frame)
             n = len(pending)
         if n == 1:
+            # pending was empty: the writer may be asleep
             try:
                 self.wake.release()
             except RuntimeError:
-                pass
+                pass  # already awake
         elif n > self.HIGH_WATER:
-            self.flush()
+            self.flush()  # back-pressure: wait for the socket ourselves
 
     def flush(self):
         with self.wlock:

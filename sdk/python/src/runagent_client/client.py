@@ -5,7 +5,7 @@ import asyncio
 import inspect
 import socket
 import ssl
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -101,6 +101,9 @@ def _check_chunk_mode(mode: str) -> str:
     return mode
 
 
+_C = TypeVar("_C", bound="_Base")
+
+
 class _Base:
     def __init__(self, agent_id: str, entrypoint_tag: str, local: Optional[bool] = None, host: Optional[str] = None,
                  port: Optional[int] = None, base_url: Optional[str] = None, api_key: Optional[str] = None,
@@ -118,6 +121,15 @@ class _Base:
     entrypoint_tag = property(lambda self: self._cfg.tag)
     base_url = property(lambda self: self._cfg.base_url)
     timeout = property(lambda self: self._cfg.timeout)
+
+    def with_entrypoint(self: _C, tag: str) -> _C:
+        """A client for another entrypoint of the same agent, sharing connections."""
+        c = object.__new__(type(self))
+        c.__dict__.update(self.__dict__)
+        c._cfg = _config.ResolvedConfig(**{**self._cfg.__dict__, "tag": tag.strip()})
+        c._own_http = False
+        c._parent = self  # the owner of the shared connections outlives the copy
+        return c
 
     def _run_body(self, args: tuple, kwargs: dict) -> bytes:
         if is_stream_tag(self._cfg.tag):
@@ -178,15 +190,6 @@ class RunAgentClient(_Base):
         super().__init__(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout, retry, **kw)
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(limits=_limits(), follow_redirects=False)
-
-    def with_entrypoint(self, tag: str) -> "RunAgentClient":
-        """A client for another entrypoint of the same agent, sharing connections."""
-        c = object.__new__(RunAgentClient)
-        c.__dict__.update(self.__dict__)
-        c._cfg = _config.ResolvedConfig(**{**self._cfg.__dict__, "tag": tag.strip()})
-        c._own_http = False
-        c._parent = self  # the owner of the shared connections outlives the copy
-        return c
 
     def close(self) -> None:
         """Release the pooled connections (not those of a caller's http_client)."""
@@ -448,14 +451,6 @@ class AsyncRunAgentClient(_Base):
         super().__init__(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout, retry, **kw)
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(limits=_limits(), follow_redirects=False)
-
-    def with_entrypoint(self, tag: str) -> "AsyncRunAgentClient":
-        c = object.__new__(AsyncRunAgentClient)
-        c.__dict__.update(self.__dict__)
-        c._cfg = _config.ResolvedConfig(**{**self._cfg.__dict__, "tag": tag.strip()})
-        c._own_http = False
-        c._parent = self  # the owner of the shared connections outlives the copy
-        return c
 
     async def aclose(self) -> None:
         if self._own_http:
