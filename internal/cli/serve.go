@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,7 +22,6 @@ import (
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // FirstPort is where port auto-allocation starts, as in the original.
@@ -159,12 +156,14 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	}
 	log.Info("agent runner ready", "pid", first.PID(), "startup", time.Since(t0).Round(time.Millisecond))
 
-	agent := serverAgent(folder)
+	agent := server.AgentFromFolder(folder)
+	agent.Invoker = inst
 	regPath := store.RegistryPath()
 	registry := store.NewRegistryRecorder(regPath, cfg.AgentID, log)
 	defer registry.Close()
 	srv := server.New(server.Config{
-		Agent: agent, Invoker: inst, Recorder: db, OnRun: registry.Record,
+		Agent: &agent, Recorder: db,
+		OnCall: func(_ *server.Agent, _, code string, _ time.Duration) { registry.Record(code == "") },
 		Host: o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,
 		Health: func() map[string]any {
@@ -261,21 +260,6 @@ func loadErrors(folder *agentfolder.Folder, errs map[string]string) error {
 	return errors.New(b.String())
 }
 
-func serverAgent(folder *agentfolder.Folder) server.Agent {
-	cfg := folder.Config
-	a := server.Agent{ID: cfg.AgentID, Name: cfg.AgentName, Version: cfg.Version, Framework: cfg.Framework}
-	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		a.Entrypoints = append(a.Entrypoints, server.Entrypoint{Tag: ep.Tag, JSON: entrypointJSON(ep)})
-	}
-	a.Config = map[string]any{}
-	for k, v := range folder.RawConfig {
-		if k != "env_vars" {
-			a.Config[k] = v
-		}
-	}
-	return a
-}
-
 func (a *app) banner(folder *agentfolder.Folder, host string, port int) {
 	cfg := folder.Config
 	base := fmt.Sprintf("http://%s", net.JoinHostPort(host, fmt.Sprint(port)))
@@ -306,35 +290,3 @@ func shortPath(p string) string {
 	return p
 }
 
-// entrypointJSON is an entrypoint as /architecture lists it, the extractor's
-// keys in the config's order.
-func entrypointJSON(ep agentfolder.Entrypoint) json.RawMessage {
-	var b []byte
-	if ep.WebhookURL != "" { // the original's WebHookEntryPoint fields
-		b = append(b, `{"webhook_url":`...)
-		b = wire.AppendString(b, ep.WebhookURL)
-		b = append(b, `,"method":`...)
-		b = wire.AppendString(b, ep.Method)
-		b = append(b, `,"tag":`...)
-		b = wire.AppendString(b, ep.Tag)
-		b = append(b, `,"timeout":`...)
-		b = strconv.AppendInt(b, int64(ep.Timeout), 10)
-	} else {
-		b = append(b, `{"file":`...)
-		b = wire.AppendString(b, ep.File)
-		b = append(b, `,"module":`...)
-		b = wire.AppendString(b, ep.Module)
-		b = append(b, `,"tag":`...)
-		b = wire.AppendString(b, ep.Tag)
-	}
-	b = append(b, `,"extractor":{`...)
-	for i, k := range ep.ExtractorKeys {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = wire.AppendString(b, k)
-		b = append(b, ':')
-		b = wire.AppendString(b, ep.Extractor[k])
-	}
-	return append(b, "}}"...)
-}

@@ -12,7 +12,7 @@ import (
 
 const maxListLimit = 10000
 
-func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request, a *Agent) {
 	q := r.URL.Query()
 	limit := 50
 	if v := q.Get("limit"); v != "" {
@@ -32,7 +32,7 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
 		return
 	}
-	invs, err := s.cfg.Recorder.List(r.Context(), s.cfg.Agent.ID, status, limit)
+	invs, err := s.cfg.Recorder.List(r.Context(), a.ID, status, limit)
 	if err != nil {
 		s.storeFailure(w, err)
 		return
@@ -40,28 +40,44 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) {
 	if invs == nil {
 		invs = []store.Invocation{}
 	}
-	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": s.cfg.Agent.ID, "invocations": invs, "total_count": len(invs)})
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "invocations": invs, "total_count": len(invs)})
 }
 
-func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
-	st, err := s.cfg.Recorder.Stats(r.Context(), s.cfg.Agent.ID)
+func (s *Server) handleStats(w http.ResponseWriter, r *http.Request, a *Agent) {
+	st, err := s.cfg.Recorder.Stats(r.Context(), a.ID)
 	if err != nil {
 		s.storeFailure(w, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": s.cfg.Agent.ID, "stats": st})
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "stats": st})
 }
 
 func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("invocation_id")
+	// Authenticate before looking: whether an id exists is not for strangers.
+	if _, _, e := s.dir.Admit(w, r, "", ActRead); e != nil {
+		s.WriteError(w, e)
+		return
+	}
+	notFound := &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)}
 	inv, err := s.cfg.Recorder.Get(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
-		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)})
+		s.WriteError(w, notFound)
 		return
 	}
 	if err != nil {
 		s.storeFailure(w, err)
 		return
+	}
+	// Another tenant's invocation looks exactly like a missing one.
+	if _, release, e := s.dir.Admit(w, r, inv.AgentID, ActReadInvocation); e != nil {
+		if e.Code == wire.CodeNotFound {
+			e = notFound
+		}
+		s.WriteError(w, e)
+		return
+	} else if release != nil {
+		release()
 	}
 	s.writeJSON(w, http.StatusOK, inv)
 }

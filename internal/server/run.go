@@ -22,6 +22,7 @@ type runRequest struct {
 	InputArgs      json.RawMessage `json:"input_args"`
 	InputKwargs    json.RawMessage `json:"input_kwargs"`
 	TimeoutSeconds *float64        `json:"timeout_seconds"`
+	AsyncExecution bool            `json:"async_execution"`
 }
 
 // decodeRunRequest parses and checks a request body; the error names the
@@ -146,7 +147,7 @@ func byteSize(n int64) string {
 	return fmt.Sprintf("%d bytes", n)
 }
 
-func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	start := time.Now()
 	body, status, e := s.readBody(w, r)
 	if e != nil {
@@ -159,7 +160,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tag := *req.EntrypointTag
-	streaming, ok := s.tags[tag]
+	streaming, ok := a.tags[tag]
 	if !ok {
 		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)})
 		return
@@ -171,17 +172,22 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 	}
 
 	inv := store.Invocation{
-		ID: newInvocationID(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "local_server",
+		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, SDKType: s.cfg.SDKType,
 		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
-		RequestTime: start, ClientInfo: s.clientInfo,
+		RequestTime: start, ClientInfo: a.clientInfo,
+	}
+	if req.AsyncExecution && s.cfg.Async != nil {
+		s.runAsync(w, r, a, inv)
+		return
 	}
 	s.cfg.Recorder.Start(inv)
 
-	ctx, cancel := s.callContext(runner.WithInvocation(r.Context(), inv.ID), deref(req.TimeoutSeconds))
-	result, err := s.cfg.Invoker.Call(ctx, tag, req.InputArgs, req.InputKwargs)
+	ctx, cancel := s.callContext(runner.WithInvocation(r.Context(), inv.ID), a, deref(req.TimeoutSeconds))
+	result, err := a.Invoker.Call(ctx, tag, req.InputArgs, req.InputKwargs)
 	cancel()
 	inv.ResponseTime = time.Now()
-	inv.ExecutionMS = float64(inv.ResponseTime.Sub(start).Microseconds()) / 1000
+	elapsed := inv.ResponseTime.Sub(start)
+	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 
 	if err == nil {
 		bp := s.bufs.Get().(*[]byte)
@@ -192,14 +198,14 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		inv.Status = store.StatusCompleted
 		inv.Output = payloadOf(result)
 		s.cfg.Recorder.Finish(inv)
-		s.cfg.OnRun(true)
+		s.cfg.OnCall(a, tag, "", elapsed)
 		return
 	}
 
 	we, agentRaised := s.callFailure(err)
 	inv.Status = store.StatusFailed
 	if agentRaised {
-		detail := fmt.Sprintf("Server error running agent %s: %s", s.cfg.Agent.ID, we.Message)
+		detail := fmt.Sprintf("Server error running agent %s: %s", a.ID, we.Message)
 		inv.ErrorDetail = detail
 		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Error: &wire.Error{Code: wire.CodeInternal, Message: "Agent execution failed: " + detail}})
 	} else {
@@ -210,7 +216,22 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("call failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
 	}
 	s.cfg.Recorder.Finish(inv)
-	s.cfg.OnRun(false)
+	s.cfg.OnCall(a, tag, we.Code, elapsed)
+}
+
+// runAsync answers an async invocation once it is durable: 202 and the id to
+// fetch its result with.
+func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv store.Invocation) {
+	inv.SDKType = "async"
+	if err := s.cfg.Async(r.Context(), a, inv); err != nil {
+		we, _ := s.callFailure(err)
+		s.WriteError(w, we)
+		return
+	}
+	s.WriteEnvelope(w, http.StatusAccepted, map[string]any{
+		"invocation_id": inv.ID, "agent_id": a.ID, "status": store.StatusPending,
+		"status_url": "/api/v1/invocations/" + inv.ID,
+	}, "Agent execution accepted; fetch the result at status_url")
 }
 
 func deref(f *float64) float64 {

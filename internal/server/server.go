@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +38,9 @@ type Recorder interface {
 	Stats(ctx context.Context, agentID string) (store.Stats, error)
 }
 
-// Agent is what the server tells clients about the agent it serves.
+// Agent is one agent the server serves: what it tells clients about it and
+// what runs its entrypoints. Call Prepare once before serving it; after that
+// it is read-only and may be shared by any number of requests.
 type Agent struct {
 	ID        string
 	Name      string
@@ -46,7 +50,31 @@ type Agent struct {
 	// each one's JSON object ({file, module, tag, extractor}).
 	Entrypoints []Entrypoint
 	// Config is the agent's config without env_vars, for GET /api/v1.
-	Config map[string]any
+	Config  map[string]any
+	Invoker Invoker
+	// CallTimeout, when set, replaces the server's call timeout.
+	CallTimeout time.Duration
+
+	tags       map[string]bool // tag → streaming
+	archJSON   []byte          // the "data" of /architecture
+	clientInfo json.RawMessage // recorded with REST invocations
+}
+
+// Prepare computes what serving the agent needs; host and port are recorded
+// as the invocations' client_info.
+func (a *Agent) Prepare(host string, port int) *Agent {
+	a.tags = make(map[string]bool, len(a.Entrypoints))
+	eps := make([]json.RawMessage, 0, len(a.Entrypoints))
+	for _, ep := range a.Entrypoints {
+		a.tags[ep.Tag] = strings.HasSuffix(ep.Tag, "_stream")
+		eps = append(eps, ep.JSON)
+	}
+	a.archJSON, _ = json.Marshal(map[string]any{"agent_id": a.ID, "entrypoints": eps})
+	a.clientInfo, _ = json.Marshal(map[string]any{
+		"server_host": host, "server_port": port,
+		"agent_name": a.Name, "agent_framework": a.Framework,
+	})
+	return a
 }
 
 // Entrypoint is one entrypoint of the served agent.
@@ -55,16 +83,70 @@ type Entrypoint struct {
 	JSON json.RawMessage // as listed by /architecture
 }
 
+// Action is what a request wants to do with an agent.
+type Action int
+
+const (
+	// ActRead reads the agent's architecture or invocation history.
+	ActRead Action = iota
+	// ActRun calls one of its entrypoints.
+	ActRun
+	// ActReadInvocation reads one invocation record of the agent.
+	ActReadInvocation
+)
+
+// Directory finds the agent a request names and decides whether the request
+// may use it: in local mode the one agent served, on the platform server
+// every deployed agent behind API keys and rate limits.
+type Directory interface {
+	// Admit returns the agent agentID for act, or the error to answer
+	// (its HTTP status is wire.HTTPStatus of its code). With agentID ""
+	// it only authenticates the request and returns a nil agent. Admit
+	// may set response headers (rate limits). A non-nil release must be
+	// called once the request is over.
+	Admit(w http.ResponseWriter, r *http.Request, agentID string, act Action) (a *Agent, release func(), e *wire.Error)
+}
+
+// Single is the Directory of the local server: one agent, no keys.
+func Single(a *Agent) Directory { return single{a} }
+
+type single struct{ a *Agent }
+
+func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Action) (*Agent, func(), *wire.Error) {
+	// The local history is shared by every agent served from this cache
+	// directory, and the original shows any of its records.
+	if id == "" || act == ActReadInvocation {
+		return nil, nil, nil
+	}
+	if id != d.a.ID {
+		return nil, nil, &wire.Error{Code: wire.CodeNotFound,
+			Message: fmt.Sprintf("Agent %s not found (this server serves agent %s)", id, d.a.ID)}
+	}
+	return d.a, nil, nil
+}
+
+// AsyncFunc takes an async invocation (its record pending, its input in it)
+// and must not return before the record is durable; the invocation then
+// runs in the background.
+type AsyncFunc func(ctx context.Context, a *Agent, inv store.Invocation) error
+
 // Config configures a Server.
 type Config struct {
-	Agent    Agent
-	Invoker  Invoker
-	Recorder Recorder
-	// OnRun is told about every finished call (for the local registry's
-	// counters); it must not block.
-	OnRun func(success bool)
+	// Agent is the agent of local mode; Directory replaces it on the
+	// platform server.
+	Agent     *Agent
+	Directory Directory
+	Recorder  Recorder
+	// Async, when set, serves "async_execution": true (202 and the
+	// invocation id); without it the flag is ignored, as the original does.
+	Async AsyncFunc
+	// OnCall is told about every finished call, code "" for success. It
+	// must not block.
+	OnCall func(a *Agent, tag, code string, elapsed time.Duration)
 	// Health adds fields to GET /api/v1/health (runner state).
 	Health func() map[string]any
+	// SDKType is recorded with REST invocations ("local_server" if empty).
+	SDKType string
 
 	Host string
 	Port int
@@ -83,18 +165,17 @@ const (
 	DefaultCallTimeout  = 5 * time.Minute
 )
 
-// Server serves one agent.
+// Server serves agents over the wire protocol.
 type Server struct {
-	cfg        Config
-	log        *slog.Logger
-	tags       map[string]bool // tag → streaming
-	started    time.Time
-	clientInfo json.RawMessage
-	archJSON   []byte // the "data" of /architecture
-	bufs       sync.Pool
+	cfg     Config
+	log     *slog.Logger
+	dir     Directory
+	started time.Time
+	bufs    sync.Pool
 }
 
-// New returns a Server; call Handler to serve it.
+// New returns a Server; call Handler (local mode) or Register (platform)
+// to serve it.
 func New(cfg Config) *Server {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
@@ -105,59 +186,74 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.OnRun == nil {
-		cfg.OnRun = func(bool) {}
+	if cfg.OnCall == nil {
+		cfg.OnCall = func(*Agent, string, string, time.Duration) {}
+	}
+	if cfg.SDKType == "" {
+		cfg.SDKType = "local_server"
 	}
 	uuid.EnableRandPool()
-	s := &Server{cfg: cfg, log: cfg.Logger, tags: map[string]bool{}, started: time.Now()}
-	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
-	eps := make([]json.RawMessage, 0, len(cfg.Agent.Entrypoints))
-	for _, ep := range cfg.Agent.Entrypoints {
-		s.tags[ep.Tag] = strings.HasSuffix(ep.Tag, "_stream")
-		eps = append(eps, ep.JSON)
+	s := &Server{cfg: cfg, log: cfg.Logger, dir: cfg.Directory, started: time.Now()}
+	if s.dir == nil {
+		if cfg.Agent.tags == nil {
+			cfg.Agent.Prepare(cfg.Host, cfg.Port)
+		}
+		s.dir = Single(cfg.Agent)
 	}
-	s.archJSON, _ = json.Marshal(map[string]any{"agent_id": cfg.Agent.ID, "entrypoints": eps})
-	s.clientInfo, _ = json.Marshal(map[string]any{
-		"server_host": cfg.Host, "server_port": cfg.Port,
-		"agent_name": cfg.Agent.Name, "agent_framework": cfg.Agent.Framework,
-	})
+	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	return s
 }
 
-// Handler returns the HTTP handler with every route.
+// Register adds the agent routes of the wire protocol to mux: architecture,
+// run, run-stream, invocation history and one invocation.
+func (s *Server) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(ActRead, s.handleArchitecture))
+	mux.HandleFunc("POST /api/v1/agents/{id}/run", s.agentRoute(ActRun, s.handleRun))
+	mux.HandleFunc("GET /api/v1/agents/{id}/run-stream", s.agentRoute(ActRun, s.handleStream))
+	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActRead, s.handleInvocations))
+	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActRead, s.handleStats))
+	mux.HandleFunc("GET /api/v1/invocations/{invocation_id}", s.handleInvocation)
+}
+
+// Handler returns the local server's handler: the agent routes, health,
+// the API index, a 404 for anything else, and CORS.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	s.Register(mux)
 	mux.HandleFunc("GET /api/v1/health", s.handleHealth)
 	mux.HandleFunc("GET /api/v1", s.handleInfo)
 	mux.HandleFunc("GET /api/v1/{$}", s.handleInfo)
-	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(s.handleArchitecture))
-	mux.HandleFunc("POST /api/v1/agents/{id}/run", s.agentRoute(s.handleRun))
-	mux.HandleFunc("GET /api/v1/agents/{id}/run-stream", s.agentRoute(s.handleStream))
-	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(s.handleInvocations))
-	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(s.handleStats))
-	mux.HandleFunc("GET /api/v1/invocations/{invocation_id}", s.handleInvocation)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound,
-			Message: fmt.Sprintf("no route %s %s; the routes are listed at GET /api/v1", r.Method, r.URL.Path)})
-	})
-	return cors(mux)
+	mux.HandleFunc("/", s.NotFound)
+	return CORS(mux)
 }
 
-// agentRoute answers 404 for any agent but the one served.
-func (s *Server) agentRoute(h http.HandlerFunc) http.HandlerFunc {
+// NotFound answers a request for a route that does not exist.
+func (s *Server) NotFound(w http.ResponseWriter, r *http.Request) {
+	s.WriteError(w, &wire.Error{Code: wire.CodeNotFound,
+		Message: fmt.Sprintf("no route %s %s; the routes are listed at GET /api/v1", r.Method, r.URL.Path)})
+}
+
+// agentHandler serves one request for an admitted agent.
+type agentHandler func(w http.ResponseWriter, r *http.Request, a *Agent)
+
+// agentRoute admits the request to the agent in the path, or answers why not.
+func (s *Server) agentRoute(act Action, h agentHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if id := r.PathValue("id"); id != s.cfg.Agent.ID {
-			s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound,
-				Message: fmt.Sprintf("Agent %s not found (this server serves agent %s)", id, s.cfg.Agent.ID)})
+		a, release, e := s.dir.Admit(w, r, r.PathValue("id"), act)
+		if e != nil {
+			s.WriteError(w, e)
 			return
 		}
-		h(w, r)
+		if release != nil {
+			defer release()
+		}
+		h(w, r, a)
 	}
 }
 
-// cors answers browsers the way the original's CORSMiddleware
+// CORS answers browsers the way the original's CORSMiddleware
 // (allow_origins=*, allow_credentials=True, all methods and headers) does.
-func cors(next http.Handler) http.Handler {
+func CORS(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
 		if origin == "" {
@@ -182,15 +278,16 @@ func cors(next http.Handler) http.Handler {
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	a := s.cfg.Agent
 	body := map[string]any{
 		"status":         "healthy",
 		"server":         "RunAgent Go Local Server",
 		"timestamp":      wire.Timestamp(time.Now()),
 		"uptime_seconds": time.Since(s.started).Seconds(),
 		"version":        s.cfg.Version,
-		"agent_id":       s.cfg.Agent.ID,
-		"agent_name":     s.cfg.Agent.Name,
-		"framework":      s.cfg.Agent.Framework,
+		"agent_id":       a.ID,
+		"agent_name":     a.Name,
+		"framework":      a.Framework,
 	}
 	if s.cfg.Health != nil {
 		for k, v := range s.cfg.Health() {
@@ -220,9 +317,9 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) handleArchitecture(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleArchitecture(w http.ResponseWriter, r *http.Request, a *Agent) {
 	s.writeEnvelope(w, http.StatusOK, &wire.Envelope{
-		Success: true, Data: s.archJSON, Message: "Agent architecture retrieved successfully",
+		Success: true, Data: a.archJSON, Message: "Agent architecture retrieved successfully",
 	})
 }
 
@@ -245,8 +342,30 @@ func (s *Server) writeEnvelope(w http.ResponseWriter, status int, env *wire.Enve
 var jsonContentType = []string{"application/json"}
 
 func (s *Server) writeError(w http.ResponseWriter, status int, e *wire.Error) {
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, math.Ceil(e.RetryAfter.Seconds())))))
+	}
 	s.writeEnvelope(w, status, &wire.Envelope{Error: e})
 }
+
+// WriteError answers e with the HTTP status of its code.
+func (s *Server) WriteError(w http.ResponseWriter, e *wire.Error) {
+	s.writeError(w, wire.HTTPStatus(e.Code), e)
+}
+
+// WriteEnvelope answers a success envelope with data (JSON) and message.
+func (s *Server) WriteEnvelope(w http.ResponseWriter, status int, data any, message string) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		s.log.Error("encode response", "error", err)
+		s.writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "encode response: %v", err))
+		return
+	}
+	s.writeEnvelope(w, status, &wire.Envelope{Success: true, Data: b, Message: message})
+}
+
+// WriteJSON answers v as plain JSON.
+func (s *Server) WriteJSON(w http.ResponseWriter, status int, v any) { s.writeJSON(w, status, v) }
 
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
@@ -262,8 +381,11 @@ func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 
 // callContext bounds a call by the server's timeout, or by the request's
 // timeout_seconds when that is shorter.
-func (s *Server) callContext(parent context.Context, requested float64) (context.Context, context.CancelFunc) {
+func (s *Server) callContext(parent context.Context, a *Agent, requested float64) (context.Context, context.CancelFunc) {
 	d := s.cfg.CallTimeout
+	if a.CallTimeout > 0 {
+		d = a.CallTimeout
+	}
 	if requested > 0 {
 		if r := time.Duration(requested * float64(time.Second)); r < d {
 			d = r

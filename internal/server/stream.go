@@ -36,7 +36,7 @@ var (
 
 // parseStreamRequest checks the first WebSocket message: all three keys are
 // required there, and the tag must be a streaming one.
-func (s *Server) parseStreamRequest(msg []byte) (runRequest, *wire.Error) {
+func (s *Server) parseStreamRequest(a *Agent, msg []byte) (runRequest, *wire.Error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(msg, &fields); err != nil {
 		var te *json.UnmarshalTypeError
@@ -56,7 +56,7 @@ func (s *Server) parseStreamRequest(msg []byte) (runRequest, *wire.Error) {
 		return req, e
 	}
 	tag := *req.EntrypointTag
-	streaming, ok := s.tags[tag]
+	streaming, ok := a.tags[tag]
 	if !ok {
 		return req, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)}
 	}
@@ -67,7 +67,7 @@ func (s *Server) parseStreamRequest(msg []byte) (runRequest, *wire.Error) {
 	return req, nil
 }
 
-func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) {
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered the HTTP request
@@ -80,7 +80,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return // closed, too large (gorilla sent 1009) or silent
 	}
 	conn.SetReadDeadline(time.Time{})
-	req, e := s.parseStreamRequest(msg)
+	req, e := s.parseStreamRequest(a, msg)
 	if e != nil {
 		b := append([]byte(`{"type":"error","detail":`), wire.AppendString(nil, e.Message)...)
 		b = append(append(append(b, `,"code":`...), wire.AppendString(nil, e.Code)...), '}')
@@ -91,7 +91,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	tag := *req.EntrypointTag
 	start := time.Now()
 	inv := store.Invocation{
-		ID: newInvocationID(), AgentID: s.cfg.Agent.ID, EntrypointTag: tag, SDKType: "websocket_stream",
+		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, SDKType: "websocket_stream",
 		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
 		RequestTime: start, ClientInfo: wsStreamInfo,
 	}
@@ -99,7 +99,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 	base, stop := context.WithCancelCause(r.Context())
 	defer stop(nil)
-	ctx, cancel := s.callContext(runner.WithInvocation(base, inv.ID), deref(req.TimeoutSeconds))
+	ctx, cancel := s.callContext(runner.WithInvocation(base, inv.ID), a, deref(req.TimeoutSeconds))
 	defer cancel()
 	// Reading is how a client's close (or a dropped connection) is noticed;
 	// it stops the generator in the runner.
@@ -125,7 +125,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 	var samples []json.RawMessage
 	seen := 0
-	n, err := s.cfg.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runner.Kind, body []byte) error {
+	n, err := a.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runner.Kind, body []byte) error {
 		seen++
 		if kind == runner.KindChunkError {
 			var ce struct{ Message string }
@@ -157,16 +157,18 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		inv.Status = store.StatusCompleted
 		inv.Output = streamOutput(n, elapsed, samples)
 		s.cfg.Recorder.Finish(inv)
-		s.cfg.OnRun(true)
+		s.cfg.OnCall(a, tag, "", elapsed)
 		return
 	}
 
 	inv.Status = store.StatusFailed
+	code := wire.CodeCancelled
 	if errors.Is(err, errClientGone) || errors.Is(context.Cause(base), errClientGone) {
 		inv.ErrorDetail = "WebSocket disconnected"
 		s.log.Info("stream client went away", "tag", tag, "invocation_id", inv.ID, "chunks", seen)
 	} else {
 		we, agentRaised := s.callFailure(err)
+		code = we.Code
 		inv.ErrorDetail = "Streaming error: " + we.Message
 		if !agentRaised {
 			inv.ErrorDetail = "Streaming error: " + we.Code + ": " + we.Message
@@ -180,7 +182,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		closeWith(conn, websocket.CloseNormalClosure, "")
 	}
 	s.cfg.Recorder.Finish(inv)
-	s.cfg.OnRun(false)
+	s.cfg.OnCall(a, tag, code, elapsed)
 }
 
 func (s *Server) writeFrame(conn *websocket.Conn, frame []byte) error {

@@ -34,6 +34,8 @@ type Error struct {
 	Message string
 	Field   string // the request field at fault, when there is one
 	Err     error  // the cause, for logs; never sent to clients
+	// RetryAfter, when set, goes out as the Retry-After header (429, 503).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

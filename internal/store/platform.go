@@ -1,0 +1,541 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// The platform server's state (migrations/0002_platform.sql). These calls
+// write directly, not through the batching writer: they are rare, and
+// their callers answer only once the write is durable.
+
+// ErrTenantMismatch is returned when an agent id is taken by another tenant.
+var ErrTenantMismatch = errors.New("the agent id belongs to another tenant")
+
+// Version statuses.
+const (
+	VersionUploaded = "uploaded"
+	VersionStarting = "starting"
+	VersionActive   = "active"
+	VersionFailed   = "failed"
+	VersionRetired  = "retired"
+)
+
+// PlatformAgent is a deployed agent.
+type PlatformAgent struct {
+	ID, Tenant, Name, Framework  string
+	ActiveVersion, LatestVersion int
+	Metadata                     json.RawMessage // the last metadata-upload body, nil if none
+	CreatedAt, UpdatedAt         time.Time
+}
+
+// AgentVersion is one uploaded bundle of an agent.
+type AgentVersion struct {
+	AgentID     string
+	Version     int
+	Status      string
+	Dir         string
+	FileName    string
+	FileSize    int64
+	SHA256      string
+	Error       string
+	UploadedAt  time.Time
+	ActivatedAt time.Time // zero if never active
+}
+
+func micros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return time.UnixMicro(v.Int64).UTC()
+}
+
+// tx runs fn in one write transaction.
+func (db *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	t, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(t); err != nil {
+		t.Rollback()
+		return err
+	}
+	return t.Commit()
+}
+
+const agentColumns = `agent_id, tenant, name, framework, active_version, latest_version, metadata, created_at, updated_at`
+
+func scanAgent(r scanner) (PlatformAgent, error) {
+	var a PlatformAgent
+	var meta sql.NullString
+	var created, updated sql.NullInt64
+	if err := r.Scan(&a.ID, &a.Tenant, &a.Name, &a.Framework, &a.ActiveVersion, &a.LatestVersion, &meta, &created, &updated); err != nil {
+		return a, err
+	}
+	if meta.Valid {
+		a.Metadata = json.RawMessage(meta.String)
+	}
+	a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return a, nil
+}
+
+// PlatformAgent returns one deployed agent, or ErrNotFound.
+func (db *DB) PlatformAgent(ctx context.Context, id string) (PlatformAgent, error) {
+	a, err := scanAgent(db.sql.QueryRowContext(ctx, `SELECT `+agentColumns+` FROM platform_agents WHERE agent_id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, ErrNotFound
+	}
+	return a, err
+}
+
+// PlatformAgents returns every deployed agent, oldest first.
+func (db *DB) PlatformAgents(ctx context.Context) ([]PlatformAgent, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+agentColumns+` FROM platform_agents ORDER BY created_at, agent_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []PlatformAgent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// claimAgent inserts the agent row for tenant, or checks that the existing
+// one is tenant's.
+func claimAgent(ctx context.Context, t *sql.Tx, id, tenant, name, framework string, now time.Time) error {
+	var owner string
+	err := t.QueryRowContext(ctx, `SELECT tenant FROM platform_agents WHERE agent_id = ?`, id).Scan(&owner)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		_, err = t.ExecContext(ctx, `INSERT INTO platform_agents (agent_id, tenant, name, framework, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?)`, id, tenant, name, framework, now.UnixMicro(), now.UnixMicro())
+		return err
+	case err != nil:
+		return err
+	case owner != tenant:
+		return ErrTenantMismatch
+	}
+	_, err = t.ExecContext(ctx, `UPDATE platform_agents SET name = ?, framework = ?, updated_at = ? WHERE agent_id = ?`,
+		name, framework, now.UnixMicro(), id)
+	return err
+}
+
+// PutAgentMetadata records a metadata upload, creating the agent for tenant
+// if it is new. It returns whether the agent existed before.
+func (db *DB) PutAgentMetadata(ctx context.Context, id, tenant, name, framework string, meta json.RawMessage) (existed bool, err error) {
+	err = db.tx(ctx, func(t *sql.Tx) error {
+		var n int
+		if err := t.QueryRowContext(ctx, `SELECT count(*) FROM platform_agents WHERE agent_id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		existed = n > 0
+		if err := claimAgent(ctx, t, id, tenant, name, framework, time.Now()); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `UPDATE platform_agents SET metadata = ? WHERE agent_id = ?`, jsonText(meta), id)
+		return err
+	})
+	return existed, err
+}
+
+// AddVersion records a new uploaded version of agent v.AgentID for tenant
+// (creating the agent if it is new) and returns its number.
+func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v AgentVersion) (int, error) {
+	now := time.Now()
+	var n int
+	err := db.tx(ctx, func(t *sql.Tx) error {
+		if err := claimAgent(ctx, t, v.AgentID, tenant, name, framework, now); err != nil {
+			return err
+		}
+		if err := t.QueryRowContext(ctx, `UPDATE platform_agents SET latest_version = latest_version + 1
+			WHERE agent_id = ? RETURNING latest_version`, v.AgentID).Scan(&n); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `INSERT INTO agent_versions (agent_id, version, status, dir, file_name, file_size, sha256, uploaded_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, v.AgentID, n, VersionUploaded, v.Dir, v.FileName, v.FileSize, v.SHA256, now.UnixMicro())
+		return err
+	})
+	return n, err
+}
+
+const versionColumns = `agent_id, version, status, dir, file_name, file_size, sha256, error, uploaded_at, activated_at`
+
+func scanVersion(r scanner) (AgentVersion, error) {
+	var v AgentVersion
+	var errText sql.NullString
+	var up, act sql.NullInt64
+	if err := r.Scan(&v.AgentID, &v.Version, &v.Status, &v.Dir, &v.FileName, &v.FileSize, &v.SHA256, &errText, &up, &act); err != nil {
+		return v, err
+	}
+	v.Error = errText.String
+	v.UploadedAt, v.ActivatedAt = fromMicros(up), fromMicros(act)
+	return v, nil
+}
+
+// Version returns one version of an agent, or ErrNotFound.
+func (db *DB) Version(ctx context.Context, agentID string, version int) (AgentVersion, error) {
+	v, err := scanVersion(db.sql.QueryRowContext(ctx, `SELECT `+versionColumns+` FROM agent_versions
+		WHERE agent_id = ? AND version = ?`, agentID, version))
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, ErrNotFound
+	}
+	return v, err
+}
+
+// Versions returns an agent's versions, newest first.
+func (db *DB) Versions(ctx context.Context, agentID string) ([]AgentVersion, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+versionColumns+` FROM agent_versions
+		WHERE agent_id = ? ORDER BY version DESC`, agentID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AgentVersion
+	for rows.Next() {
+		v, err := scanVersion(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// SetVersionStatus records a version's status and error ("" for none).
+func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status, errText string) error {
+	_, err := db.sql.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = ? WHERE agent_id = ? AND version = ?`,
+		status, nullString(errText), agentID, version)
+	return err
+}
+
+// ActivateVersion makes version the one serving the agent; the one before
+// it becomes retired.
+func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) error {
+	now := time.Now().UnixMicro()
+	return db.tx(ctx, func(t *sql.Tx) error {
+		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ? WHERE agent_id = ? AND status = ? AND version <> ?`,
+			VersionRetired, agentID, VersionActive, version); err != nil {
+			return err
+		}
+		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
+			VersionActive, now, agentID, version); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
+		return err
+	})
+}
+
+// DeleteVersion removes a version row (an upload that could not be kept).
+func (db *DB) DeleteVersion(ctx context.Context, agentID string, version int) error {
+	_, err := db.sql.ExecContext(ctx, `DELETE FROM agent_versions WHERE agent_id = ? AND version = ?`, agentID, version)
+	return err
+}
+
+// DeletePlatformAgent removes an agent with its versions, logs and queued
+// async invocations; its invocation history stays.
+func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
+	return db.tx(ctx, func(t *sql.Tx) error {
+		for _, q := range []string{
+			`DELETE FROM agent_versions WHERE agent_id = ?`,
+			`DELETE FROM agent_logs WHERE agent_id = ?`,
+			`DELETE FROM async_queue WHERE agent_id = ?`,
+			`DELETE FROM platform_agents WHERE agent_id = ?`,
+		} {
+			if _, err := t.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// APIKey is a stored API key: never its secret, only the secret's hash.
+type APIKey struct {
+	ID, Name, Tenant string
+	Scopes, Agents   []string
+	Hash             []byte
+	RatePerSecond    float64
+	Burst            int
+	MaxConcurrency   int
+	CreatedAt        time.Time
+	RevokedAt        time.Time // zero while active
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+// InsertAPIKey stores a new key.
+func (db *DB) InsertAPIKey(ctx context.Context, k APIKey) error {
+	_, err := db.sql.ExecContext(ctx, `INSERT INTO api_keys (id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, k.ID, k.Name, k.Tenant, strings.Join(k.Scopes, ","), strings.Join(k.Agents, ","),
+		k.Hash, k.RatePerSecond, k.Burst, k.MaxConcurrency, k.CreatedAt.UnixMicro())
+	return err
+}
+
+// APIKeys returns every key, revoked ones too, oldest first.
+func (db *DB) APIKeys(ctx context.Context) ([]APIKey, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at, revoked_at
+		FROM api_keys ORDER BY created_at, id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []APIKey
+	for rows.Next() {
+		var k APIKey
+		var scopes, agents string
+		var created, revoked sql.NullInt64
+		if err := rows.Scan(&k.ID, &k.Name, &k.Tenant, &scopes, &agents, &k.Hash, &k.RatePerSecond, &k.Burst, &k.MaxConcurrency, &created, &revoked); err != nil {
+			return nil, err
+		}
+		k.Scopes, k.Agents = splitList(scopes), splitList(agents)
+		k.CreatedAt, k.RevokedAt = fromMicros(created), fromMicros(revoked)
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// RevokeAPIKey marks a key revoked; ErrNotFound if there is no such key.
+// Revoking a revoked key keeps the first time.
+func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) error {
+	res, err := db.sql.ExecContext(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, at.UnixMicro(), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// LogLine is one line an agent instance printed, or a system event about it.
+type LogLine struct {
+	Seq          int64     `json:"seq"`
+	At           time.Time `json:"time"`
+	AgentID      string    `json:"agent_id"`
+	Version      int       `json:"version"`
+	Instance     string    `json:"instance"`
+	InvocationID string    `json:"invocation_id,omitempty"`
+	Stream       string    `json:"stream"`
+	Line         string    `json:"line"`
+}
+
+// AppendLogs stores lines in one transaction and fills in their Seq.
+func (db *DB) AppendLogs(ctx context.Context, lines []LogLine) error {
+	return db.tx(ctx, func(t *sql.Tx) error {
+		st, err := t.PrepareContext(ctx, `INSERT INTO agent_logs (agent_id, version, instance, invocation_id, stream, line, at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for i := range lines {
+			l := &lines[i]
+			res, err := st.ExecContext(ctx, l.AgentID, l.Version, l.Instance, nullString(l.InvocationID), l.Stream, l.Line, l.At.UnixMicro())
+			if err != nil {
+				return err
+			}
+			if l.Seq, err = res.LastInsertId(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Logs returns an agent's log lines with seq > after, oldest first, at most
+// limit (<= 0: 1000); invocationID "" means all.
+func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) ([]LogLine, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	q := `SELECT seq, agent_id, version, instance, invocation_id, stream, line, at FROM agent_logs WHERE agent_id = ? AND seq > ?`
+	args := []any{agentID, after}
+	if invocationID != "" {
+		q += ` AND invocation_id = ?`
+		args = append(args, invocationID)
+	}
+	q += ` ORDER BY seq LIMIT ?`
+	args = append(args, limit)
+	rows, err := db.sql.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []LogLine{}
+	for rows.Next() {
+		var l LogLine
+		var inv sql.NullString
+		var at sql.NullInt64
+		if err := rows.Scan(&l.Seq, &l.AgentID, &l.Version, &l.Instance, &inv, &l.Stream, &l.Line, &at); err != nil {
+			return nil, err
+		}
+		l.InvocationID, l.At = inv.String, fromMicros(at)
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
+// PruneLogs keeps the newest keep lines of every agent.
+func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
+	res, err := db.sql.ExecContext(ctx, `DELETE FROM agent_logs WHERE seq IN (
+		SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY agent_id ORDER BY seq DESC) AS n FROM agent_logs) WHERE n > ?)`, keep)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// AsyncJob is an accepted async invocation that has not finished.
+type AsyncJob struct {
+	Invocation
+	TimeoutSeconds float64
+}
+
+// EnqueueAsync durably records an accepted async invocation (pending) and
+// its place in the queue, in one transaction.
+func (db *DB) EnqueueAsync(ctx context.Context, inv Invocation, timeoutSeconds float64) error {
+	return db.tx(ctx, func(t *sql.Tx) error {
+		if _, err := t.ExecContext(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
+			nil, nil, StatusPending, inv.RequestTime.UnixMicro(), nil, nil, jsonText(inv.ClientInfo)); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?)`,
+			inv.ID, inv.AgentID, timeoutSeconds, time.Now().UnixMicro())
+		return err
+	})
+}
+
+// FinishAsync writes an async invocation's outcome and takes it off the
+// queue, in one transaction.
+func (db *DB) FinishAsync(ctx context.Context, inv Invocation) error {
+	return db.tx(ctx, func(t *sql.Tx) error {
+		if _, err := t.ExecContext(ctx, `UPDATE invocations SET status = ?, output_data = ?, error_detail = ?, response_time = ?, execution_time_ms = ?
+			WHERE invocation_id = ?`, inv.Status, jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS, inv.ID); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `DELETE FROM async_queue WHERE invocation_id = ?`, inv.ID)
+		return err
+	})
+}
+
+// PendingAsync returns the queued async invocations, oldest first.
+func (db *DB) PendingAsync(ctx context.Context) ([]AsyncJob, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.timeout_seconds
+		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AsyncJob
+	for rows.Next() {
+		var j AsyncJob
+		var inv Invocation
+		var err error
+		// scanInvocation reads the 13 columns; the timeout comes last.
+		inv, err = scanInvocation(scanPlus{rows, &j.TimeoutSeconds})
+		if err != nil {
+			return nil, err
+		}
+		j.Invocation = inv
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// scanPlus scans one extra trailing column into extra.
+type scanPlus struct {
+	r     *sql.Rows
+	extra any
+}
+
+func (s scanPlus) Scan(dest ...any) error { return s.r.Scan(append(dest, s.extra)...) }
+
+func prefixed(p, cols string) string {
+	parts := strings.Split(cols, ",")
+	for i, c := range parts {
+		parts[i] = p + strings.TrimSpace(c)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// FailAbandoned marks the pending invocations that are not queued async
+// ones as failed: their server stopped before they finished. The platform
+// server calls it at start-up, when no call of its own can be running.
+func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (int64, error) {
+	if err := db.Flush(ctx); err != nil {
+		return 0, err
+	}
+	res, err := db.sql.ExecContext(ctx, `UPDATE invocations SET status = ?, error_detail = ?, response_time = ?
+		WHERE status = ? AND invocation_id NOT IN (SELECT invocation_id FROM async_queue)`,
+		StatusFailed, "the server stopped before the call finished", at.UnixMicro(), StatusPending)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// ListForAgents is List over a set of agents (nil: every agent).
+func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status string, limit int) ([]Invocation, error) {
+	if agentIDs == nil {
+		return db.List(ctx, "", status, limit)
+	}
+	if len(agentIDs) == 0 {
+		return nil, nil
+	}
+	if err := db.Flush(ctx); err != nil {
+		return nil, err
+	}
+	q := `SELECT ` + invocationColumns + ` FROM invocations WHERE agent_id IN (?` + strings.Repeat(", ?", len(agentIDs)-1) + `)`
+	args := make([]any, 0, len(agentIDs)+2)
+	for _, id := range agentIDs {
+		args = append(args, id)
+	}
+	if status != "" {
+		q += ` AND status = ?`
+		args = append(args, status)
+	}
+	if limit <= 0 {
+		limit = -1
+	}
+	q += ` ORDER BY request_time DESC LIMIT ?`
+	args = append(args, limit)
+	rows, err := db.sql.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list invocations: %w", err)
+	}
+	defer rows.Close()
+	var out []Invocation
+	for rows.Next() {
+		inv, err := scanInvocation(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list invocations: %w", err)
+		}
+		out = append(out, inv)
+	}
+	return out, rows.Err()
+}
