@@ -1,0 +1,384 @@
+package apikeys
+
+import (
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestGenerateParseRoundTrip(t *testing.T) {
+	seen := map[string]bool{}
+	for range 50 {
+		token, k, err := Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(token) != tokenLen || !strings.HasPrefix(token, "ra_") {
+			t.Fatalf("token %q: want ra_ and %d characters", token, tokenLen)
+		}
+		id, secret, err := Parse(token)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", token, err)
+		}
+		if id != k.ID {
+			t.Errorf("id %q, key id %q", id, k.ID)
+		}
+		if !k.Verify(secret) {
+			t.Errorf("Verify of the generated secret failed")
+		}
+		if k.Tenant != DefaultTenant || k.CreatedAt.IsZero() || len(k.Hash) != 32 {
+			t.Errorf("key not filled: %+v", k)
+		}
+		if strings.Contains(string(k.Hash), secret) {
+			t.Errorf("hash holds the secret")
+		}
+		if seen[id] {
+			t.Fatalf("id %q generated twice", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestParseMalformed(t *testing.T) {
+	const id = "abcdefgh2345"
+	secret := strings.Repeat("aZ9", 13) + "x" // 40 base62 characters
+	if _, _, err := Parse("ra_" + id + "_" + secret); err != nil {
+		t.Fatalf("valid token: %v", err)
+	}
+	tests := []struct {
+		name, token, want string
+	}{
+		{"empty", "", "must start with"},
+		{"wrong prefix", "rb_" + id + "_" + secret, "must start with"},
+		{"upper prefix", "RA_" + id + "_" + secret, "must start with"},
+		{"bearer left in", "Bearer ra_" + id + "_" + secret, "must start with"},
+		{"too short", "ra_" + id + "_" + secret[:39], "got 55"},
+		{"too long", "ra_" + id + "_" + secret + "a", "got 57"},
+		{"prefix only", "ra_", "got 3"},
+		{"no separator", "ra_" + id + "x" + secret, "between"},
+		{"id too long", "ra_" + id + "a" + "_" + secret[:39], "between"},
+		{"id uppercase", "ra_" + "ABCDEFGH2345" + "_" + secret, "id must be"},
+		{"id base32 excludes 1", "ra_" + "abcdefgh2341" + "_" + secret, "id must be"},
+		{"secret with dash", "ra_" + id + "_" + secret[:39] + "-", "secret must be"},
+		{"secret with underscore", "ra_" + id + "_" + secret[:39] + "_", "secret must be"},
+		{"secret non-ascii", "ra_" + id + "_" + secret[:38] + "é", "secret must be"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := Parse(tt.token)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, ErrMalformed) {
+				t.Errorf("error %v does not wrap ErrMalformed", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want it to mention %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), secret[:20]) {
+				t.Errorf("error %q echoes the secret", err)
+			}
+		})
+	}
+}
+
+func TestVerify(t *testing.T) {
+	token, k, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, secret, _ := Parse(token)
+	wrong := []byte(secret)
+	wrong[0] ^= 1
+	revoked := k
+	revoked.RevokedAt = time.Now()
+	tests := []struct {
+		name   string
+		key    Key
+		secret string
+		want   bool
+	}{
+		{"right secret", k, secret, true},
+		{"wrong secret", k, string(wrong), false},
+		{"empty secret", k, "", false},
+		{"long secret", k, secret + secret, false},
+		{"revoked", revoked, secret, false},
+		{"no hash", Key{}, secret, false},
+	}
+	for _, tt := range tests {
+		if got := tt.key.Verify(tt.secret); got != tt.want {
+			t.Errorf("%s: Verify = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestParseScopes(t *testing.T) {
+	tests := []struct {
+		in      []string
+		want    []Scope
+		wantErr string
+	}{
+		{in: []string{"run"}, want: []Scope{ScopeRun}},
+		{in: []string{"deploy", "run", "deploy"}, want: []Scope{ScopeDeploy, ScopeRun}},
+		{in: []string{"admin", "run", "deploy"}, want: []Scope{ScopeAdmin, ScopeRun, ScopeDeploy}},
+		{in: nil, wantErr: "at least one scope is required (valid: admin, deploy, run)"},
+		{in: []string{}, wantErr: "at least one scope"},
+		{in: []string{"run", "write"}, wantErr: `unknown scope "write" (valid: admin, deploy, run)`},
+		{in: []string{"Run"}, wantErr: `unknown scope "Run"`},
+		{in: []string{""}, wantErr: `unknown scope ""`},
+	}
+	for _, tt := range tests {
+		got, err := ParseScopes(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseScopes(%q) error %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseScopes(%q): %v", tt.in, err)
+			continue
+		}
+		if strings.Join(scopeStrings(got), ",") != strings.Join(scopeStrings(tt.want), ",") {
+			t.Errorf("ParseScopes(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func scopeStrings(ss []Scope) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = string(s)
+	}
+	return out
+}
+
+func TestAuthorization(t *testing.T) {
+	admin := Key{Tenant: "acme", Scopes: []Scope{ScopeAdmin}, Agents: []string{"a1"}}
+	deploy := Key{Tenant: "acme", Scopes: []Scope{ScopeDeploy}}
+	run := Key{Tenant: "acme", Scopes: []Scope{ScopeRun}, Agents: []string{"a1", "a2"}}
+	def := Key{Scopes: []Scope{ScopeRun}} // created before tenants were filled in
+
+	tests := []struct {
+		name string
+		got  bool
+		want bool
+	}{
+		{"admin has admin", admin.Has(ScopeAdmin), true},
+		{"admin has deploy", admin.Has(ScopeDeploy), true},
+		{"admin has run", admin.Has(ScopeRun), true},
+		{"deploy has deploy", deploy.Has(ScopeDeploy), true},
+		{"deploy lacks run", deploy.Has(ScopeRun), false},
+		{"deploy lacks admin", deploy.Has(ScopeAdmin), false},
+		{"run has run", run.Has(ScopeRun), true},
+		{"run lacks deploy", run.Has(ScopeDeploy), false},
+		{"no scopes", (&Key{}).Has(ScopeRun), false},
+
+		{"admin ignores its agent list", admin.AllowsAgent("zz"), true},
+		{"no list allows any agent", deploy.AllowsAgent("zz"), true},
+		{"listed agent", run.AllowsAgent("a2"), true},
+		{"unlisted agent", run.AllowsAgent("a3"), false},
+		{"agent ids are exact", run.AllowsAgent("A1"), false},
+
+		{"admin sees other tenant", admin.CanSee("other"), true},
+		{"own tenant", run.CanSee("acme"), true},
+		{"other tenant", run.CanSee("other"), false},
+		{"deploy other tenant", deploy.CanSee("default"), false},
+		{"empty key tenant is default", def.CanSee("default"), true},
+		{"empty agent tenant is default", def.CanSee(""), true},
+		{"empty key tenant not acme", def.CanSee("acme"), false},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestTokenFromRequest(t *testing.T) {
+	tests := []struct {
+		name, auth, url, want string
+	}{
+		{"bearer", "Bearer ra_x", "/", "ra_x"},
+		{"lowercase scheme", "bearer ra_x", "/", "ra_x"},
+		{"uppercase scheme", "BEARER ra_x", "/", "ra_x"},
+		{"extra spaces", "  Bearer   ra_x  ", "/", "ra_x"},
+		{"query", "", "/ws?token=ra_q", "ra_q"},
+		{"query among others", "", "/ws?a=1&token=ra_q&b=2", "ra_q"},
+		{"header wins over query", "Bearer ra_h", "/ws?token=ra_q", "ra_h"},
+		{"basic falls back to query", "Basic dXNlcjpwYXNz", "/ws?token=ra_q", "ra_q"},
+		{"empty bearer falls back to query", "Bearer ", "/ws?token=ra_q", "ra_q"},
+		{"basic only", "Basic dXNlcjpwYXNz", "/", ""},
+		{"scheme alone", "Bearer", "/", ""},
+		{"nothing", "", "/", ""},
+		{"empty query token", "", "/ws?token=", ""},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("GET", tt.url, nil)
+		if tt.auth != "" {
+			r.Header.Set("Authorization", tt.auth)
+		}
+		if got := TokenFromRequest(r); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestKeyringAuthenticate(t *testing.T) {
+	tokA, a, _ := Generate()
+	a.Scopes = []Scope{ScopeRun}
+	tokB, b, _ := Generate()
+	b.RevokedAt = time.Now()
+	tokC, _, _ := Generate() // never put in the keyring
+	kr := NewKeyring([]Key{a, b})
+
+	wrongSecret := "ra_" + a.ID + "_" + strings.Repeat("x", secretLen)
+
+	tests := []struct {
+		name    string
+		token   string
+		wantID  string
+		wantErr error
+	}{
+		{"active key", tokA, a.ID, nil},
+		{"empty", "", "", ErrNoKey},
+		{"malformed", "ra_nope", "", ErrBadKey},
+		{"unknown id", tokC, "", ErrBadKey},
+		{"revoked", tokB, "", ErrBadKey},
+		{"wrong secret", wrongSecret, "", ErrBadKey},
+	}
+	for _, tt := range tests {
+		k, err := kr.Authenticate(tt.token)
+		if err != tt.wantErr {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.wantErr)
+			continue
+		}
+		if tt.wantErr != nil {
+			if k != nil {
+				t.Errorf("%s: key returned with an error", tt.name)
+			}
+			continue
+		}
+		if k.ID != tt.wantID || !k.Has(ScopeRun) {
+			t.Errorf("%s: got key %+v", tt.name, k)
+		}
+	}
+	if ErrBadKey.Error() != "invalid or revoked API key" {
+		t.Errorf("ErrBadKey message %q", ErrBadKey)
+	}
+}
+
+func TestKeyringPutRevoke(t *testing.T) {
+	kr := &Keyring{} // the zero value works
+	tok, k, _ := Generate()
+	if kr.Len() != 0 {
+		t.Fatalf("zero Keyring Len %d", kr.Len())
+	}
+	if _, err := kr.Authenticate(tok); err != ErrBadKey {
+		t.Fatalf("before Put: %v", err)
+	}
+	kr.Put(k)
+	got, err := kr.Authenticate(tok)
+	if err != nil {
+		t.Fatalf("after Put: %v", err)
+	}
+
+	// Put copies: changing the caller's slices does not change the keyring.
+	k.Hash[0] ^= 1
+	if _, err := kr.Authenticate(tok); err != nil {
+		t.Fatalf("caller's change to Hash reached the keyring: %v", err)
+	}
+	k.Hash[0] ^= 1
+
+	// Replace: a new name is seen by later calls.
+	k.Name = "renamed"
+	kr.Put(k)
+	if now, _ := kr.Authenticate(tok); now.Name != "renamed" {
+		t.Errorf("Put did not replace: %+v", now)
+	}
+
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	kr.Revoke(k.ID, at)
+	if _, err := kr.Authenticate(tok); err != ErrBadKey {
+		t.Errorf("after Revoke: %v", err)
+	}
+	if !got.RevokedAt.IsZero() {
+		t.Errorf("Revoke changed a key already handed out")
+	}
+	kr.Revoke(k.ID, at.Add(time.Hour)) // the first revocation time stays
+	if r, _ := kr.Get(k.ID); !r.RevokedAt.Equal(at) {
+		t.Errorf("RevokedAt %v, want %v", r.RevokedAt, at)
+	}
+	kr.Revoke("unknownid234", at) // no-op
+	if kr.Len() != 1 {
+		t.Errorf("Len %d, want 1", kr.Len())
+	}
+}
+
+// TestKeyringConcurrent is meant for go test -race.
+func TestKeyringConcurrent(t *testing.T) {
+	tok, k, _ := Generate()
+	kr := NewKeyring([]Key{k})
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 200 {
+				if i == 0 && j%10 == 0 {
+					_, other, _ := Generate()
+					kr.Put(other)
+				}
+				if key, err := kr.Authenticate(tok); err == nil {
+					_ = key.Has(ScopeRun) && key.CanSee("default")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if kr.Len() != 21 {
+		t.Errorf("Len %d, want 21", kr.Len())
+	}
+}
+
+func BenchmarkAuthenticate(b *testing.B) {
+	keys := make([]Key, 1000)
+	tokens := make([]string, len(keys))
+	for i := range keys {
+		tokens[i], keys[i], _ = Generate()
+	}
+	kr := NewKeyring(keys)
+	unknown := make([]string, len(keys))
+	for i := range unknown {
+		unknown[i], _, _ = Generate()
+	}
+	b.Run("valid", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := kr.Authenticate(tokens[i%len(tokens)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unknown", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := kr.Authenticate(unknown[i%len(unknown)]); err != ErrBadKey {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				kr.Authenticate(tokens[i%len(tokens)])
+				i++
+			}
+		})
+	})
+}
