@@ -83,13 +83,24 @@ SDKs and this repository's SDKs can call it.
 
   runagent init my-agent            create an agent from the default template
   runagent serve my-agent           serve it on http://127.0.0.1:8450
-  runagent run --id ID --tag minimal --message=hello`,
+  runagent run --id ID --tag minimal --message=hello
+
+With a platform server (runagent server, default http://127.0.0.1:8400; the
+commands below take --server and --api-key, or $RUNAGENT_SERVER and
+$RUNAGENT_API_KEY, and on the server's machine need neither):
+
+  runagent deploy my-agent          upload the folder as a new version and start it
+  runagent agents list              the deployed agents (show ID, delete ID)
+  runagent keys create --name ci --scope deploy    API keys (list, revoke ID)
+  runagent invocations --agent ID   recent calls (show INVOCATION_ID)
+  runagent logs ID --follow         what the agent's instances print`,
 		Version:       a.version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON instead of text")
-	root.AddCommand(a.initCommand(), a.serveCommand(), a.runCommand(false), a.runCommand(true), a.dbCommand())
+	root.AddCommand(a.initCommand(), a.serveCommand(), a.runCommand(false), a.runCommand(true), a.dbCommand(),
+		a.deployCommand(), a.agentsCommand(), a.keysCommand(), a.invocationsCommand(), a.logsCommand())
 	return root
 }
 
