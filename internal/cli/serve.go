@@ -10,7 +10,6 @@ import (
 	_ "net/http/pprof" // only reachable through --debug-addr
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -119,16 +118,8 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	}
 	defer db.Close()
 
-	init := runner.Init{AgentDir: folder.Dir, Env: folder.Env, Threads: o.threads}
-	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		ie := runner.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module,
-			WebhookURL: ep.WebhookURL, Method: ep.Method, Timeout: ep.Timeout}
-		for _, k := range ep.ExtractorKeys {
-			ie.Extractor = append(ie.Extractor, [2]string{k, ep.Extractor[k]})
-		}
-		init.Entrypoints = append(init.Entrypoints, ie)
-	}
-	procEnv := runnerEnv(folder.Env, env)
+	init := runner.InitFor(folder, o.threads)
+	procEnv := runner.Environ(nil, env.Venv, folder.Env)
 	agentLog := log.With("agent_id", cfg.AgentID)
 	start := func(ctx context.Context) (*runner.Process, error) {
 		p, err := runner.Start(ctx, runner.Spec{
@@ -142,7 +133,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		}
 		if len(p.Ready.Errors) > 0 {
 			p.Close()
-			return nil, loadErrors(folder, p.Ready.Errors)
+			return nil, runner.LoadErrors(folder, p.Ready.Errors)
 		}
 		return p, nil
 	}
@@ -226,38 +217,6 @@ func listen(host string, port int) (net.Listener, error) {
 		}
 	}
 	return nil, fmt.Errorf("no free port from %d to %d on %s: choose one with --port", FirstPort, FirstPort+99, host)
-}
-
-// runnerEnv is the runner's environment: ours, the agent's variables, and
-// the virtualenv's activation.
-func runnerEnv(agentEnv map[string]string, env pyenv.Env) []string {
-	out := os.Environ()
-	if env.Venv != "" {
-		out = append(out, "VIRTUAL_ENV="+env.Venv, "PATH="+filepath.Join(env.Venv, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
-	}
-	out = append(out, "PYTHONUNBUFFERED=1", "PYTHONIOENCODING=utf-8")
-	keys := make([]string, 0, len(agentEnv))
-	for k := range agentEnv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		out = append(out, k+"="+agentEnv[k])
-	}
-	return out
-}
-
-// loadErrors explains entrypoints that failed to import.
-func loadErrors(folder *agentfolder.Folder, errs map[string]string) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "the agent in %s could not be loaded:", folder.Dir)
-	for _, ep := range folder.Config.AgentArchitecture.Entrypoints {
-		if msg, ok := errs[ep.Tag]; ok {
-			fmt.Fprintf(&b, "\n  entrypoint %q (%s: %s): %s", ep.Tag, ep.File, ep.Module, msg)
-		}
-	}
-	b.WriteString("\nFix the code or the entrypoint in " + folder.ConfigFile + "; a missing module usually belongs in requirements.txt.")
-	return errors.New(b.String())
 }
 
 func (a *app) banner(folder *agentfolder.Folder, host string, port int) {

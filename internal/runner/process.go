@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +49,9 @@ type Spec struct {
 	Init   Init
 	Logger *slog.Logger
 	OnLog  LogFunc
+	// OnOutput, when set, gets every line the process itself printed on
+	// stdout or stderr outside a call (start-up, threads of its own).
+	OnOutput func(stream, line string)
 	// ReadyTimeout bounds start-up: process start plus importing the agent.
 	ReadyTimeout time.Duration
 }
@@ -64,6 +68,10 @@ type Process struct {
 	exited  chan struct{}
 	closing chan struct{}
 	once    sync.Once
+	onOut   func(stream, line string)
+	// killed is why the process was killed on purpose (KillWith): what its
+	// in-flight calls fail with instead of a crash report.
+	killed atomic.Pointer[wire.Error]
 }
 
 // Start starts a runner process, sends INIT and waits for READY.
@@ -118,6 +126,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		tail:    &tail{max: 20},
 		exited:  make(chan struct{}),
 		closing: make(chan struct{}),
+		onOut:   spec.OnOutput,
 	}
 	var outputs sync.WaitGroup
 	outputs.Add(2)
@@ -158,7 +167,11 @@ func (p *Process) pump(wg *sync.WaitGroup, stream string, r io.Reader) {
 	for sc.Scan() {
 		line := sc.Text()
 		p.tail.add(line)
-		p.log.Info("agent output", "stream", stream, "line", line)
+		if p.onOut != nil {
+			p.onOut(stream, line)
+		} else {
+			p.log.Info("agent output", "stream", stream, "line", line)
+		}
 	}
 }
 
@@ -169,6 +182,9 @@ func (p *Process) lost(err error) error {
 	case <-p.closing:
 		return ErrClosed
 	default:
+	}
+	if e := p.killed.Load(); e != nil {
+		return e
 	}
 	// The exit status usually follows the end of the stream closely.
 	select {
@@ -215,6 +231,13 @@ func (p *Process) Kill() {
 	p.signalGroup(syscall.SIGKILL)
 	p.Conn.Close()
 	<-p.exited
+}
+
+// KillWith kills the runner and everything it started, and fails its
+// in-flight calls with e (a resource limit, a failed health check).
+func (p *Process) KillWith(e *wire.Error) {
+	p.killed.CompareAndSwap(nil, e)
+	p.signalGroup(syscall.SIGKILL)
 }
 
 func (p *Process) signalGroup(sig syscall.Signal) {

@@ -328,7 +328,12 @@ func (s *Server) writeEnvelope(w http.ResponseWriter, status int, env *wire.Enve
 	bp := s.bufs.Get().(*[]byte)
 	env.Timestamp = time.Now()
 	if env.RequestID == "" {
-		env.RequestID = uuid.NewString()
+		// The platform's middleware names each request; local mode does not.
+		if id := w.Header()["X-Request-Id"]; len(id) > 0 {
+			env.RequestID = id[0]
+		} else {
+			env.RequestID = uuid.NewString()
+		}
 	}
 	b := wire.AppendEnvelope((*bp)[:0], env)
 	h := w.Header()
@@ -352,6 +357,9 @@ func (s *Server) writeError(w http.ResponseWriter, status int, e *wire.Error) {
 func (s *Server) WriteError(w http.ResponseWriter, e *wire.Error) {
 	s.writeError(w, wire.HTTPStatus(e.Code), e)
 }
+
+// WriteErrorStatus answers e with the given HTTP status.
+func (s *Server) WriteErrorStatus(w http.ResponseWriter, status int, e *wire.Error) { s.writeError(w, status, e) }
 
 // WriteEnvelope answers a success envelope with data (JSON) and message.
 func (s *Server) WriteEnvelope(w http.ResponseWriter, status int, data any, message string) {
@@ -397,7 +405,11 @@ func (s *Server) callContext(parent context.Context, a *Agent, requested float64
 
 // callFailure turns an error from the invoker into the wire error and the
 // error_detail recorded for the invocation.
-func (s *Server) callFailure(err error) (e *wire.Error, agentRaised bool) {
+func (s *Server) callFailure(err error) (e *wire.Error, agentRaised bool) { return CallFailure(err) }
+
+// CallFailure turns an error from an invoker into the wire error and
+// whether it is the agent's own exception.
+func CallFailure(err error) (e *wire.Error, agentRaised bool) {
 	var ce *runner.CallError
 	if errors.As(err, &ce) {
 		if ce.Code == wire.CodeInternal {

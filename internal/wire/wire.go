@@ -23,6 +23,7 @@ const (
 	CodeTimeout        = "TIMEOUT"
 	CodeConnection     = "CONNECTION_ERROR"
 	CodeAgentCrashed   = "AGENT_CRASHED"
+	CodeResourceLimit  = "RESOURCE_LIMIT"
 	CodeOverloaded     = "OVERLOADED"
 	CodeInternal       = "INTERNAL_ERROR"
 	CodeCancelled      = "CANCELLED"
@@ -78,12 +79,14 @@ func HTTPStatus(code string) int {
 		return http.StatusTooManyRequests
 	case CodeTimeout:
 		return http.StatusGatewayTimeout
-	case CodeAgentCrashed:
+	case CodeAgentCrashed, CodeResourceLimit:
 		return http.StatusBadGateway
 	case CodeOverloaded:
 		return http.StatusServiceUnavailable
 	case CodeCancelled:
 		return 499
+	case "RESOURCE_ALREADY_EXISTS":
+		return http.StatusConflict
 	default:
 		return http.StatusInternalServerError
 	}

@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/manager"
+	platformserver "github.com/runagent-go/runagent/internal/platform"
+	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/ratelimit"
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/server"
+)
+
+// DefaultServerPort is where `runagent server` listens by default.
+const DefaultServerPort = 8400
+
+type serverOptions struct {
+	host, dataDir, python, metricsAddr string
+	port                               int
+	allowPublic                        bool
+	rate                               float64
+	burst, keyConcurrency              int
+	dep                                manager.Deployment
+	maxUpload, maxBundle, maxBody      int64
+	maxFiles, asyncWorkers             int
+	tick, health, stable, panic        time.Duration
+	logFormat, logLevel                string
+}
+
+func (a *app) serverCommand() *cobra.Command {
+	o := serverOptions{dep: manager.DefaultDeployment}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the platform server: many agents deployed by upload, API keys, autoscaled instances",
+		Long: `Run the RunAgent platform server. Agents are deployed to it with
+runagent deploy PATH --server URL; each is served at the wire protocol's routes
+(/api/v1/agents/ID/run, /run-stream, ...) to clients with an API key, in a pool
+of instances that scales between its min and max (to zero when idle).
+
+On first start it creates an admin key and writes it to DATA-DIR/admin-key;
+runagent keys/deploy/agents read it from there when run on the same machine.
+The API is described in docs/platform-api.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return a.runServer(cmd.Context(), o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.host, "host", "127.0.0.1", "address to listen on")
+	f.IntVar(&o.port, "port", DefaultServerPort, "port to listen on")
+	f.StringVar(&o.dataDir, "data-dir", "", "where the platform keeps its database and agent bundles (default $RUNAGENT_CACHE_DIR/server)")
+	f.StringVar(&o.python, "python", "", "Python interpreter (default: $RUNAGENT_PYTHON, then python3 on PATH)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of the main listener")
+	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
+	f.Float64Var(&o.rate, "rate", 50, "default requests per second per API key (0: no limit)")
+	f.IntVar(&o.burst, "burst", 100, "default burst per API key")
+	f.IntVar(&o.keyConcurrency, "max-concurrency", 64, "default calls in flight per API key (0: no limit)")
+	f.IntVar(&o.dep.MinInstances, "min-instances", o.dep.MinInstances, "default least instances per agent (0 scales to zero when idle)")
+	f.IntVar(&o.dep.MaxInstances, "max-instances", o.dep.MaxInstances, "most instances per agent (agents may ask for fewer)")
+	f.Float64Var(&o.dep.TargetConcurrency, "target-concurrency", o.dep.TargetConcurrency, "calls in flight per instance the autoscaler aims at")
+	f.IntVar(&o.dep.MaxConcurrency, "instance-concurrency", o.dep.MaxConcurrency, "most calls at once on one instance")
+	f.IntVar(&o.dep.MaxQueue, "max-queue", o.dep.MaxQueue, "calls that may wait for an instance per agent before 503 OVERLOADED")
+	f.DurationVar(&o.dep.IdleTimeout, "idle-timeout", o.dep.IdleTimeout, "scale an idle agent to zero after this long (with min 0)")
+	f.IntVar(&o.dep.MemoryMB, "memory-mb", o.dep.MemoryMB, "memory limit per instance in MiB (0: none)")
+	f.Float64Var(&o.dep.CPUSeconds, "cpu-seconds", 0, "CPU time limit per instance in seconds (0: none)")
+	f.IntVar(&o.dep.MaxPids, "max-pids", o.dep.MaxPids, "processes+threads limit per instance (0: none)")
+	f.DurationVar(&o.dep.CallTimeout, "timeout", o.dep.CallTimeout, "longest a call may run (agents may ask for less)")
+	f.Int64Var(&o.maxUpload, "max-upload", 128<<20, "largest bundle upload in bytes")
+	f.Int64Var(&o.maxBundle, "max-bundle", 512<<20, "largest unpacked bundle in bytes")
+	f.IntVar(&o.maxFiles, "max-files", 10000, "most files in a bundle")
+	f.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBodyBytes, "largest request body in bytes (413 beyond)")
+	f.IntVar(&o.asyncWorkers, "async-workers", 16, "async invocations run at once")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.DurationVar(&o.tick, "scale-tick", time.Second, "how often pools sample load and usage")
+	f.DurationVar(&o.health, "health-interval", 5*time.Second, "how often instances are health-checked")
+	f.DurationVar(&o.stable, "scale-window", 60*time.Second, "the autoscaler's stable window")
+	f.DurationVar(&o.panic, "panic-window", 6*time.Second, "the autoscaler's panic (burst) window")
+	return cmd
+}
+
+func (a *app) runServer(ctx context.Context, o serverOptions) error {
+	log, err := a.logger(o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	if o.dataDir == "" {
+		o.dataDir = filepath.Join(CacheDir(), "server")
+	}
+	cache := CacheDir()
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return fmt.Errorf("create cache directory %s (set $%s to use another): %w", cache, EnvCacheDir, err)
+	}
+	py, err := pyenv.Find(ctx, o.python)
+	if err != nil {
+		return err
+	}
+	script, err := runner.WriteScript(cache)
+	if err != nil {
+		return err
+	}
+	ln, err := listen(o.host, o.port)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	fmt.Fprintf(a.stderr, "Opening the platform in %s...\n", o.dataDir)
+	p, err := platformserver.Open(ctx, platformserver.Config{
+		DataDir: o.dataDir, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
+		Defaults:      o.dep,
+		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
+		AllowPublic:   o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, AsyncWorkers: o.asyncWorkers,
+		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
+		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,
+		Log: log, Version: a.version,
+	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go p.Run(runCtx)
+
+	if o.metricsAddr != "" {
+		go func() {
+			log.Info("metrics listening", "addr", o.metricsAddr)
+			log.Warn("metrics listener stopped", "error", http.ListenAndServe(o.metricsAddr, p.MetricsHandler()))
+		}()
+	}
+	hs := &http.Server{Handler: p.Handler(o.metricsAddr == ""), ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	base := "http://" + net.JoinHostPort(o.host, strconv.Itoa(port))
+	if a.json {
+		a.printJSON(map[string]any{"event": "serving", "url": base, "data_dir": o.dataDir, "admin_key_file": p.AdminKeyFile})
+	} else {
+		fmt.Fprintf(a.stdout, "RunAgent platform server on %s (data in %s)\n", base, o.dataDir)
+		if p.AdminKeyFile != "" {
+			fmt.Fprintf(a.stdout, "First start: an admin API key was written to %s (keep it secret).\n", p.AdminKeyFile)
+		}
+		fmt.Fprintf(a.stdout, "Deploy an agent:  runagent deploy ./my-agent --server %s\n", base)
+	}
+	select {
+	case err := <-served:
+		return fmt.Errorf("server stopped: %w", err)
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(a.stderr, "Shutting down: finishing calls in flight...")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hs.Shutdown(sctx)
+	return nil
+}

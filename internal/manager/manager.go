@@ -1,0 +1,577 @@
+// Package manager is the platform server's agent manager: it stages
+// uploaded agent bundles as versions, installs their dependencies, runs
+// each active version's instances in an autoscaled Pool, rolls new versions
+// out warm before the old ones drain, and restores it all after a restart.
+package manager
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/autoscale"
+	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/server"
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// LogSink takes the lines agent instances print (and system events).
+type LogSink interface{ Add(store.LogLine) }
+
+// Config configures a Manager.
+type Config struct {
+	DB       *store.DB
+	DataDir  string // bundles go to DataDir/agents/<agent id>/<upload id>
+	CacheDir string // virtualenvs and the runner script
+	Python   pyenv.Python
+	Script   string // the runner script on disk
+	// Defaults apply to what an agent's deployment section leaves out;
+	// they are also the ceilings it may not go over.
+	Defaults Deployment
+	// StableWindow, PanicWindow: the autoscaler's windows (0: its defaults).
+	StableWindow, PanicWindow time.Duration
+	// Tick is how often pools sample load and usage (default 1s).
+	Tick           time.Duration
+	HealthInterval time.Duration
+	// Env is the environment every instance starts from (not the server's:
+	// its secrets are not the agents' business); the agent's env_vars are
+	// added to it.
+	Env          []string
+	Bundle       bundle.Limits
+	Host         string
+	Port         int
+	Obs          Observer
+	Logs         LogSink
+	Log          *slog.Logger
+	StartTimeout time.Duration // one instance's start-up (default 2 min)
+}
+
+// Manager owns the deployed agents.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.RWMutex
+	agents map[string]*agentState
+}
+
+type agentState struct {
+	id, tenant string
+	deploy     sync.Mutex // one upload or start at a time per agent
+	active     atomic.Pointer[version]
+
+	mu       sync.Mutex
+	retiring []*version
+}
+
+// version is a running version of an agent.
+type version struct {
+	n      int
+	folder *agentfolder.Folder
+	dep    Deployment
+	pool   *Pool
+	agent  *server.Agent
+}
+
+// New returns a Manager; call Restore, then Run.
+func New(cfg Config) *Manager {
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 2 * time.Minute
+	}
+	if cfg.Obs == nil {
+		cfg.Obs = nopObserver{}
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, agents: map[string]*agentState{}}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ScaleEvent(*Pool, int, int, string)  {}
+func (nopObserver) InstanceUsage(*Pool, string, Usage)  {}
+func (nopObserver) InstanceGone(*Pool, string, string)  {}
+func (nopObserver) LimitExceeded(*Pool, string, string) {}
+func (m *Manager) state(id string) *agentState {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.agents[id]
+}
+func (m *Manager) put(id, tenant string) *agentState { return m.putState(id, tenant) }
+func validationError(field, format string, a ...any) *wire.Error {
+	return &wire.Error{Code: wire.CodeValidation, Field: field, Message: fmt.Sprintf(format, a...)}
+}
+
+func (m *Manager) putState(id, tenant string) *agentState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.agents[id]
+	if st == nil {
+		st = &agentState{id: id, tenant: tenant}
+		m.agents[id] = st
+	}
+	return st
+}
+
+// Claim records a new agent of tenant (from a metadata upload) so that it
+// can be found before its first bundle arrives.
+func (m *Manager) Claim(id, tenant string) { m.putState(id, tenant) }
+
+// Lookup returns the agent's tenant and the version serving it (nil agent
+// while none is started). ok is false for an agent that does not exist.
+func (m *Manager) Lookup(id string) (a *server.Agent, tenant string, ok bool) {
+	st := m.state(id)
+	if st == nil {
+		return nil, "", false
+	}
+	if v := st.active.Load(); v != nil {
+		return v.agent, st.tenant, true
+	}
+	return nil, st.tenant, true
+}
+
+// AgentIDs returns the ids of the agents of tenant ("" for every tenant).
+func (m *Manager) AgentIDs(tenant string) []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	ids := []string{}
+	for id, st := range m.agents {
+		if tenant == "" || st.tenant == tenant {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// NormalizeID checks an agent id (it names folders, so nothing but a UUID
+// will do) and returns its canonical form.
+func NormalizeID(id string) (string, error) {
+	u, err := uuid.Parse(id)
+	if err != nil || len(id) != 36 {
+		return "", fmt.Errorf("%q is not an agent id: expected a UUID like 3f2a0c1e-8b7d-4e5f-9a6b-1c2d3e4f5a6b", id)
+	}
+	if u == uuid.Nil {
+		return "", fmt.Errorf("the agent id is the all-zero UUID of a template; give the agent its own id (runagent deploy does this)")
+	}
+	return u.String(), nil
+}
+
+// Stage extracts and checks an uploaded bundle and records it as the
+// agent's next version. agentID "" takes the id from the bundle's config.
+// Nothing is left behind when it fails.
+func (m *Manager) Stage(ctx context.Context, tenant, agentID string, zip io.ReaderAt, size int64, fileName string) (string, int, error) {
+	incoming := filepath.Join(m.cfg.DataDir, "agents", ".incoming")
+	if err := os.MkdirAll(incoming, 0o755); err != nil {
+		return "", 0, err
+	}
+	dir := filepath.Join(incoming, uuid.NewString())
+	if err := bundle.Extract(zip, size, dir, m.cfg.Bundle); err != nil {
+		var be *bundle.Error
+		if errors.As(err, &be) {
+			return "", 0, validationError("file", "%s", be.Error())
+		}
+		return "", 0, fmt.Errorf("unpack the bundle: %w", err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			os.RemoveAll(dir)
+		}
+	}()
+	folder, err := agentfolder.Load(dir)
+	if err != nil {
+		return "", 0, validationError("file", "the bundle's agent is not valid:\n%s", strings.ReplaceAll(err.Error(), dir+string(filepath.Separator), ""))
+	}
+	cfg := folder.Config
+	if cfg.AgentArchitecture == nil || len(cfg.AgentArchitecture.Entrypoints) == 0 {
+		return "", 0, validationError("file", "%s: agent_architecture.entrypoints: the agent has no entrypoints to serve", folder.ConfigFile)
+	}
+	if _, err := ParseDeployment(folder.RawConfig["deployment"], m.cfg.Defaults); err != nil {
+		return "", 0, validationError("file", "%s: %v", folder.ConfigFile, err)
+	}
+	if agentID == "" {
+		agentID = cfg.AgentID
+	}
+	id, err := NormalizeID(agentID)
+	if err != nil {
+		return "", 0, validationError("agent_id", "%v", err)
+	}
+	sum, err := hashReader(zip, size)
+	if err != nil {
+		return "", 0, err
+	}
+
+	st := m.putState(id, tenant)
+	if st.tenant != tenant {
+		return "", 0, ErrOtherTenant
+	}
+	st.deploy.Lock()
+	defer st.deploy.Unlock()
+	final := filepath.Join(m.cfg.DataDir, "agents", id, uuid.NewString())
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return "", 0, err
+	}
+	if err := os.Rename(dir, final); err != nil {
+		return "", 0, err
+	}
+	n, err := m.cfg.DB.AddVersion(ctx, tenant, cfg.AgentName, cfg.Framework, store.AgentVersion{
+		AgentID: id, Dir: final, FileName: fileName, FileSize: size, SHA256: sum,
+	})
+	if err != nil {
+		os.RemoveAll(final)
+		if errors.Is(err, store.ErrTenantMismatch) {
+			return "", 0, ErrOtherTenant
+		}
+		return "", 0, err
+	}
+	keep = true
+	m.system(id, n, "", fmt.Sprintf("version %d uploaded (%s, %d bytes)", n, fileName, size))
+	return id, n, nil
+}
+
+// ErrOtherTenant: the agent id is taken by another tenant.
+var ErrOtherTenant = &wire.Error{Code: wire.CodePermission,
+	Message: "this agent id is taken by another tenant; give your agent a new id (runagent init or a fresh UUID in agent_id)"}
+
+func hashReader(r io.ReaderAt, size int64) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(r, 0, size)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Start brings the agent's newest version up: dependencies installed,
+// instances warm (at least as many as the old version runs), then it takes
+// the traffic and the old version drains. It returns the version number.
+func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
+	st := m.state(agentID)
+	if st == nil {
+		return 0, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+	}
+	st.deploy.Lock()
+	defer st.deploy.Unlock()
+	pa, err := m.cfg.DB.PlatformAgent(ctx, agentID)
+	if err != nil {
+		return 0, err
+	}
+	if pa.LatestVersion == 0 {
+		return 0, validationError("agent_id", "agent %s has no uploaded version; upload a bundle first", agentID)
+	}
+	old := st.active.Load()
+	if old != nil && old.n == pa.LatestVersion {
+		return old.n, nil // already serving
+	}
+	vrec, err := m.cfg.DB.Version(ctx, agentID, pa.LatestVersion)
+	if err != nil {
+		return 0, err
+	}
+	m.cfg.DB.SetVersionStatus(ctx, agentID, vrec.Version, store.VersionStarting, "")
+	m.system(agentID, vrec.Version, "", fmt.Sprintf("starting version %d", vrec.Version))
+	warm := 1
+	if old != nil {
+		warm = max(warm, old.pool.Status().Ready)
+	}
+	v, err := m.bringUp(ctx, agentID, vrec, warm)
+	if err != nil {
+		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, store.VersionFailed, err.Error())
+		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
+		return 0, &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
+	}
+	if err := m.cfg.DB.ActivateVersion(context.WithoutCancel(ctx), agentID, v.n); err != nil {
+		v.pool.Close()
+		return 0, err
+	}
+	st.active.Store(v)
+	m.system(agentID, v.n, "", fmt.Sprintf("version %d is serving", v.n))
+	if old != nil {
+		m.retire(st, old)
+	}
+	return v.n, nil
+}
+
+// retire drains an old version; calls already on it finish there.
+func (m *Manager) retire(st *agentState, old *version) {
+	st.mu.Lock()
+	st.retiring = append(st.retiring, old)
+	st.mu.Unlock()
+	old.pool.Drain()
+	go func() {
+		<-old.pool.Drained()
+		st.mu.Lock()
+		for i, v := range st.retiring {
+			if v == old {
+				st.retiring = append(st.retiring[:i], st.retiring[i+1:]...)
+				break
+			}
+		}
+		st.mu.Unlock()
+		m.system(st.id, old.n, "", fmt.Sprintf("version %d drained and stopped", old.n))
+	}()
+}
+
+// bringUp prepares a version's environment and pool, warming n instances
+// (0: none, for a restore that scales from zero).
+func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentVersion, n int) (*version, error) {
+	folder, err := agentfolder.Load(vrec.Dir)
+	if err != nil {
+		return nil, err
+	}
+	dep, err := ParseDeployment(folder.RawConfig["deployment"], m.cfg.Defaults)
+	if err != nil {
+		return nil, err
+	}
+	dep = dep.Capped(m.cfg.Defaults)
+	progress := &lineWriter{fn: func(line string) { m.system(agentID, vrec.Version, "", line) }}
+	env, err := pyenv.Prepare(ctx, m.cfg.Python, folder.Dir, m.cfg.CacheDir, progress)
+	progress.Flush()
+	if err != nil {
+		return nil, err
+	}
+	v := &version{n: vrec.Version, folder: folder, dep: dep}
+	threads := dep.MaxConcurrency + 2 // a free thread answers health pings
+	init := runner.InitFor(folder, threads)
+	procEnv := runner.Environ(m.cfg.Env, env.Venv, folder.Env)
+	instLog := m.log.With("agent_id", agentID, "version", vrec.Version)
+	start := func(ctx context.Context, instanceID string) (*runner.Process, error) {
+		line := func(invocation, stream, text string) {
+			m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: vrec.Version, Instance: instanceID,
+				InvocationID: invocation, Stream: stream, Line: strings.TrimRight(text, "\n")})
+		}
+		ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+		defer cancel()
+		p, err := runner.Start(ctx, runner.Spec{
+			Python: env.Python, Script: m.cfg.Script, Env: procEnv, Init: init, Logger: instLog.With("instance", instanceID),
+			OnLog:        line,
+			OnOutput:     func(stream, text string) { line("", stream, text) },
+			ReadyTimeout: m.cfg.StartTimeout,
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(p.Ready.Errors) > 0 {
+			p.Close()
+			return nil, runner.LoadErrors(folder, p.Ready.Errors)
+		}
+		return p, nil
+	}
+	pc := PoolConfig{
+		Scale: autoscale.Config{Min: dep.MinInstances, Max: dep.MaxInstances, TargetConcurrency: dep.TargetConcurrency,
+			StableWindow: m.cfg.StableWindow, PanicWindow: m.cfg.PanicWindow, ScaleToZeroGrace: dep.IdleTimeout},
+		MaxConcurrency: dep.MaxConcurrency, MaxQueue: dep.MaxQueue,
+		Limits:         Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, MaxTasks: dep.MaxPids},
+		HealthInterval: m.cfg.HealthInterval,
+	}
+	pool, err := NewPool(agentID, vrec.Version, pc, start, m.cfg.Obs, m.log)
+	if err != nil {
+		return nil, err
+	}
+	v.pool = pool
+	a := server.AgentFromFolder(folder)
+	a.ID = agentID // the deployed id, whatever the bundle's config says
+	a.Invoker = pool
+	a.CallTimeout = dep.CallTimeout
+	v.agent = a.Prepare(m.cfg.Host, m.cfg.Port)
+	if n > 0 {
+		if err := pool.Warm(ctx, max(n, dep.MinInstances)); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// Restore loads the agents recorded in the store and brings their active
+// versions back (instances start as their minimum says, or on demand).
+func (m *Manager) Restore(ctx context.Context) error {
+	agents, err := m.cfg.DB.PlatformAgents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, pa := range agents {
+		st := m.putState(pa.ID, pa.Tenant)
+		vs, err := m.cfg.DB.Versions(ctx, pa.ID)
+		if err != nil {
+			return err
+		}
+		for _, v := range vs {
+			if v.Status == store.VersionStarting {
+				m.cfg.DB.SetVersionStatus(ctx, pa.ID, v.Version, store.VersionFailed, "the server stopped while this version was starting; start it again")
+			}
+		}
+		if pa.ActiveVersion == 0 {
+			continue
+		}
+		vrec, err := m.cfg.DB.Version(ctx, pa.ID, pa.ActiveVersion)
+		if err != nil {
+			return err
+		}
+		v, err := m.bringUp(ctx, pa.ID, vrec, 0)
+		if err != nil {
+			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
+			m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, store.VersionFailed, err.Error())
+			continue
+		}
+		st.active.Store(v)
+		m.log.Info("agent restored", "agent_id", pa.ID, "version", v.n)
+	}
+	return nil
+}
+
+// Delete stops an agent's instances and removes it with its files.
+func (m *Manager) Delete(ctx context.Context, agentID string) error {
+	st := m.state(agentID)
+	if st == nil {
+		return &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+	}
+	st.deploy.Lock()
+	defer st.deploy.Unlock()
+	m.mu.Lock()
+	delete(m.agents, agentID)
+	m.mu.Unlock()
+	if v := st.active.Swap(nil); v != nil {
+		v.pool.Close()
+	}
+	st.mu.Lock()
+	for _, v := range st.retiring {
+		v.pool.Close()
+	}
+	st.mu.Unlock()
+	if err := m.cfg.DB.DeletePlatformAgent(ctx, agentID); err != nil {
+		return err
+	}
+	return os.RemoveAll(filepath.Join(m.cfg.DataDir, "agents", agentID))
+}
+
+// AgentStatus is a snapshot of an agent's serving state.
+type AgentStatus struct {
+	ActiveVersion int
+	Deployment    Deployment
+	Pool          PoolStatus
+	Retiring      []int
+}
+
+// Status returns the serving state of an agent (ok false if unknown).
+func (m *Manager) Status(agentID string) (AgentStatus, bool) {
+	st := m.state(agentID)
+	if st == nil {
+		return AgentStatus{}, false
+	}
+	var s AgentStatus
+	if v := st.active.Load(); v != nil {
+		s.ActiveVersion, s.Deployment, s.Pool = v.n, v.dep, v.pool.Status()
+	}
+	st.mu.Lock()
+	for _, v := range st.retiring {
+		s.Retiring = append(s.Retiring, v.n)
+	}
+	st.mu.Unlock()
+	return s, true
+}
+
+// Run drives every pool's sampling, scaling, limits and health checks
+// until ctx ends.
+func (m *Manager) Run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			m.tick(now)
+		}
+	}
+}
+
+func (m *Manager) pools() []*Pool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*Pool
+	for _, st := range m.agents {
+		if v := st.active.Load(); v != nil {
+			out = append(out, v.pool)
+		}
+		st.mu.Lock()
+		for _, v := range st.retiring {
+			out = append(out, v.pool)
+		}
+		st.mu.Unlock()
+	}
+	return out
+}
+
+func (m *Manager) tick(now time.Time) {
+	pools := m.pools()
+	want := map[int]bool{}
+	for _, p := range pools {
+		p.pgroups(want)
+	}
+	usage := sampleGroups(want)
+	for _, p := range pools {
+		p.tick(now, usage)
+	}
+}
+
+// Close stops every instance.
+func (m *Manager) Close() {
+	var wg sync.WaitGroup
+	for _, p := range m.pools() {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.Close() }()
+	}
+	wg.Wait()
+}
+
+// system records an event in the agent's log.
+func (m *Manager) system(agentID string, version int, invocation, text string) {
+	m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: version, Instance: "-",
+		InvocationID: invocation, Stream: "system", Line: text})
+}
+
+// lineWriter turns written bytes into lines (pip's progress).
+type lineWriter struct {
+	fn  func(string)
+	buf []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		if line := strings.TrimRight(string(w.buf[:i]), "\r"); line != "" {
+			w.fn(line)
+		}
+		w.buf = w.buf[i+1:]
+	}
+}
+
+func (w *lineWriter) Flush() {
+	if len(w.buf) > 0 {
+		w.fn(string(w.buf))
+		w.buf = nil
+	}
+}

@@ -1,0 +1,679 @@
+package platform
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/runagent-go/runagent/internal/apikeys"
+	"github.com/runagent-go/runagent/internal/manager"
+	"github.com/runagent-go/runagent/internal/server"
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// Handler serves the wire routes of every agent, the platform API and
+// /metrics (unless metrics is false: served on its own listener).
+func (p *Platform) Handler(metrics bool) http.Handler {
+	mux := http.NewServeMux()
+	p.wire.Register(mux)
+	mux.HandleFunc("GET /api/v1/health", p.handleHealth)
+	mux.HandleFunc("GET /api/v1", p.handleInfo)
+	mux.HandleFunc("GET /api/v1/{$}", p.handleInfo)
+	mux.HandleFunc("POST /api/v1/tokens/validate", p.handleValidate)
+	mux.HandleFunc("POST /api/v1/agents/metadata-upload", p.handleMetadata)
+	mux.HandleFunc("POST /api/v1/agents/upload", p.handleUpload)
+	mux.HandleFunc("POST /api/v1/agents/{id}/start", p.handleStart)
+	mux.HandleFunc("GET /api/v1/agents/{id}/status", p.handleStatus)
+	mux.HandleFunc("GET /api/v1/agents", p.handleAgents)
+	mux.HandleFunc("GET /api/v1/agents/{id}", p.handleAgent)
+	mux.HandleFunc("DELETE /api/v1/agents/{id}", p.handleDelete)
+	mux.HandleFunc("GET /api/v1/agents/{id}/logs", p.handleLogs)
+	mux.HandleFunc("GET /api/v1/invocations", p.handleInvocations)
+	mux.HandleFunc("POST /api/v1/keys", p.handleCreateKey)
+	mux.HandleFunc("GET /api/v1/keys", p.handleKeys)
+	mux.HandleFunc("DELETE /api/v1/keys/{id}", p.handleRevokeKey)
+	if metrics {
+		mux.Handle("GET /metrics", p.MetricsHandler())
+	}
+	mux.HandleFunc("/", p.wire.NotFound)
+	return p.middleware(server.CORS(mux))
+}
+
+// MetricsHandler serves the Prometheus metrics.
+func (p *Platform) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(p.metrics.reg, promhttp.HandlerOpts{})
+}
+
+// statusWriter remembers the status for the access log and metrics; it
+// passes Flush and Hijack (WebSockets, log follow) through.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// middleware names the request, logs it and counts it.
+func (p *Platform) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := requestID(r)
+		w.Header()["X-Request-Id"] = []string{id}
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		p.metrics.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		if p.log.Enabled(r.Context(), slog.LevelDebug) || status >= 500 {
+			p.log.Log(r.Context(), levelFor(status), "request", "request_id", id, "method", r.Method, "path", r.URL.Path,
+				"status", status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+		}
+	})
+}
+
+// Hijack and Flush pass through for WebSockets and log follow.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+func (w *statusWriter) Flush() { http.NewResponseController(w.ResponseWriter).Flush() }
+
+func levelFor(status int) slog.Level {
+	if status >= 500 {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
+func (p *Platform) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ids := p.mgr.AgentIDs("")
+	ready := 0
+	for _, id := range ids {
+		if st, ok := p.mgr.Status(id); ok {
+			ready += st.Pool.Ready
+		}
+	}
+	p.wire.WriteJSON(w, http.StatusOK, map[string]any{
+		"status": "healthy", "server": "RunAgent Go Platform Server", "timestamp": wire.Timestamp(time.Now()),
+		"uptime_seconds": time.Since(p.started).Seconds(), "version": p.cfg.Version,
+		"agents": len(ids), "instances_ready": ready,
+	})
+}
+
+func (p *Platform) handleInfo(w http.ResponseWriter, r *http.Request) {
+	p.wire.WriteJSON(w, http.StatusOK, map[string]any{
+		"message": "RunAgent platform server", "version": p.cfg.Version, "host": p.cfg.Host, "port": p.cfg.Port,
+		"docs": "docs/platform-api.md",
+	})
+}
+
+func (p *Platform) handleValidate(w http.ResponseWriter, r *http.Request) {
+	tok := r.URL.Query().Get("token")
+	if tok == "" {
+		tok = apikeys.TokenFromRequest(r)
+	}
+	k, err := p.keys.Authenticate(tok)
+	if err != nil {
+		p.wire.WriteError(w, errBadKey)
+		return
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{
+		"valid": true, "key_id": k.ID, "name": k.Name, "tenant": k.Tenant, "scopes": k.Scopes, "agents": k.Agents,
+		"user_id": k.Tenant, "user_email": nil, "user_tier": "self-hosted",
+		"default_project_id": k.Tenant, "default_project_name": k.Tenant,
+	}, "Token is valid")
+}
+
+// handleMetadata accepts the original CLI's metadata step: it checks the
+// config and claims the agent id for the key's tenant.
+func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	var body struct {
+		AgentID   string         `json:"agent_id"`
+		Config    map[string]any `json:"config"`
+		Overwrite bool           `json:"overwrite"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&body); err != nil {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: " + err.Error()})
+		return
+	}
+	id, err := manager.NormalizeID(body.AgentID)
+	if err != nil {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "agent_id", Message: err.Error()})
+		return
+	}
+	name, _ := body.Config["agent_name"].(string)
+	framework, _ := body.Config["framework"].(string)
+	var tags []string
+	if arch, ok := body.Config["agent_architecture"].(map[string]any); ok {
+		eps, _ := arch["entrypoints"].([]any)
+		for _, ep := range eps {
+			if m, ok := ep.(map[string]any); ok {
+				if t, ok := m["tag"].(string); ok {
+					tags = append(tags, t)
+				}
+			}
+		}
+	}
+	if _, tenant, exists := p.mgr.Lookup(id); exists && tenant != k.Tenant {
+		p.wire.WriteError(w, manager.ErrOtherTenant)
+		return
+	} else if exists && !body.Overwrite {
+		p.wire.WriteError(w, &wire.Error{Code: "RESOURCE_ALREADY_EXISTS", Message: fmt.Sprintf("agent %s already exists; send overwrite: true to deploy a new version", id)})
+		return
+	}
+	meta, _ := json.Marshal(body)
+	if _, err := p.db.PutAgentMetadata(r.Context(), id, k.Tenant, name, framework, meta); err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.mgr.Claim(id, k.Tenant)
+	if tags == nil {
+		tags = []string{}
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "entrypoints_created": len(tags), "entrypoint_ids": tags},
+		"Agent metadata uploaded")
+}
+
+func (p *Platform) storeError(w http.ResponseWriter, err error) {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		p.wire.WriteError(w, we)
+		return
+	}
+	if errors.Is(err, store.ErrTenantMismatch) {
+		p.wire.WriteError(w, manager.ErrOtherTenant)
+		return
+	}
+	p.log.Error("platform request failed", "error", err)
+	p.wire.WriteError(w, &wire.Error{Code: wire.CodeInternal, Message: "the server failed: " + err.Error()})
+}
+
+// handleUpload takes a multipart zip, streams it to a temporary file (never
+// whole in memory), and stages it as the agent's next version.
+func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct != "multipart/form-data" {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "send the bundle as multipart/form-data with the zip in the field \"file\""})
+		return
+	}
+	tooBig := &wire.Error{Code: wire.CodeValidation, Field: "file", Message: fmt.Sprintf(
+		"the upload is larger than the server's limit of %d MiB (runagent server --max-upload); leave large data out of the bundle (.gitignore)", p.cfg.MaxUpload>>20)}
+	if r.ContentLength > p.cfg.MaxUpload+1<<20 {
+		p.wire.WriteErrorStatus(w, http.StatusRequestEntityTooLarge, tooBig)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, p.cfg.MaxUpload+1<<20)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "bad multipart body: " + err.Error()})
+		return
+	}
+	var agentID, fileName string
+	var tmp *os.File
+	defer func() {
+		if tmp != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	var size int64
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "bad multipart body: " + err.Error()})
+			return
+		}
+		switch part.FormName() {
+		case "agent_id":
+			b, _ := io.ReadAll(io.LimitReader(part, 256))
+			agentID = strings.TrimSpace(string(b))
+		case "file":
+			if tmp != nil {
+				p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "send one file"})
+				return
+			}
+			fileName = part.FileName()
+			tmp, err = os.CreateTemp(p.cfg.DataDir, "upload-*.zip")
+			if err != nil {
+				p.storeError(w, err)
+				return
+			}
+			size, err = io.Copy(tmp, io.LimitReader(part, p.cfg.MaxUpload+1))
+			if err != nil {
+				p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "the upload broke off: " + err.Error()})
+				return
+			}
+			if size > p.cfg.MaxUpload {
+				p.wire.WriteErrorStatus(w, http.StatusRequestEntityTooLarge, tooBig)
+				return
+			}
+		}
+		part.Close()
+	}
+	if tmp == nil {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "no bundle: send the zip of the agent folder in the form field \"file\""})
+		return
+	}
+	id, n, err := p.mgr.Stage(r.Context(), k.Tenant, agentID, tmp, size, fileName)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	if !k.AllowsAgent(id) {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)})
+		return
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": store.VersionUploaded,
+		"file_size": size, "file_name": fileName}, "Agent uploaded")
+}
+
+func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	n, err := p.mgr.Start(r.Context(), id)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": "deployed",
+		"endpoint": "/agents/" + id, "url": "/api/v1/agents/" + id}, "Agent started")
+}
+
+func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any, error) {
+	pa, err := p.db.PlatformAgent(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := p.mgr.Status(id)
+	status := "uploaded"
+	switch {
+	case st.ActiveVersion > 0:
+		status = "deployed"
+	case pa.LatestVersion == 0:
+		status = "registered"
+	}
+	return map[string]any{
+		"agent_id": id, "name": pa.Name, "framework": pa.Framework, "tenant": pa.Tenant, "status": status,
+		"active_version": st.ActiveVersion, "latest_version": pa.LatestVersion,
+		"created_at": store.IsoFormat(pa.CreatedAt), "updated_at": store.IsoFormat(pa.UpdatedAt),
+		"instances": map[string]int{"starting": st.Pool.Starting, "ready": st.Pool.Ready, "draining": st.Pool.Draining},
+	}, nil
+}
+
+func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	s, err := p.agentSummary(r.Context(), id)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	vs, _ := p.db.Versions(r.Context(), id)
+	s["error"] = nil
+	if len(vs) > 0 && vs[0].Status == store.VersionFailed {
+		s["error"] = vs[0].Error
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent status")
+}
+
+func (p *Platform) visibleAgents(k *apikeys.Key) []string {
+	tenant := k.Tenant
+	if k.Has(apikeys.ScopeAdmin) {
+		tenant = ""
+	}
+	var out []string
+	for _, id := range p.mgr.AgentIDs(tenant) {
+		if k.AllowsAgent(id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (p *Platform) handleAgents(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	list := []map[string]any{}
+	for _, id := range p.visibleAgents(k) {
+		s, err := p.agentSummary(r.Context(), id)
+		if err == nil {
+			list = append(list, s)
+		}
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agents": list}, "Agents")
+}
+
+func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	s, err := p.agentSummary(r.Context(), id)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	vs, _ := p.db.Versions(r.Context(), id)
+	versions := []map[string]any{}
+	for _, v := range vs {
+		versions = append(versions, map[string]any{"version": v.Version, "status": v.Status, "uploaded_at": store.IsoFormat(v.UploadedAt),
+			"file_size": v.FileSize, "sha256": v.SHA256, "error": v.Error})
+	}
+	s["versions"] = versions
+	st, _ := p.mgr.Status(id)
+	if a, _, _ := p.mgr.Lookup(id); a != nil {
+		tags := []string{}
+		for _, ep := range a.Entrypoints {
+			tags = append(tags, ep.Tag)
+		}
+		s["entrypoints"] = tags
+		d := st.Deployment
+		s["limits"] = map[string]any{"min_instances": d.MinInstances, "max_instances": d.MaxInstances,
+			"target_concurrency": d.TargetConcurrency, "max_concurrency": d.MaxConcurrency, "max_queue": d.MaxQueue,
+			"idle_timeout_seconds": d.IdleTimeout.Seconds(), "memory_mb": d.MemoryMB, "cpu_seconds": d.CPUSeconds,
+			"max_pids": d.MaxPids, "call_timeout_seconds": d.CallTimeout.Seconds()}
+	}
+	s["pool"] = map[string]any{"in_flight": st.Pool.InFlight, "queued": st.Pool.Queued, "instances": st.Pool.Instances, "retiring_versions": st.Retiring}
+	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent")
+}
+
+func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	if err := p.mgr.Delete(r.Context(), id); err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "deleted": true}, "Agent deleted")
+}
+
+func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	after, _ := strconv.ParseInt(q.Get("after"), 10, 64)
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 || limit > 10000 {
+		limit = 500
+	}
+	inv := q.Get("invocation_id")
+	if q.Get("follow") != "true" && q.Get("follow") != "1" {
+		lines, err := p.db.Logs(r.Context(), id, inv, after, limit)
+		if err != nil {
+			p.storeError(w, err)
+			return
+		}
+		next := after
+		if len(lines) > 0 {
+			next = lines[len(lines)-1].Seq
+		}
+		p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "logs": lines, "next_after": next}, "Agent logs")
+		return
+	}
+	// Follow: subscribe before reading the backlog so nothing falls between.
+	ch, cancel := p.logs.subscribe(id)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	last := after
+	for {
+		lines, err := p.db.Logs(r.Context(), id, inv, last, 1000)
+		if err != nil {
+			return
+		}
+		for _, l := range lines {
+			enc.Encode(l)
+			last = l.Seq
+		}
+		if len(lines) < 1000 {
+			break
+		}
+	}
+	rc.Flush()
+	keepAlive := time.NewTicker(15 * time.Second)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepAlive.C:
+			w.Write([]byte("\n"))
+			rc.Flush()
+		case l := <-ch:
+			if l.Seq <= last || (inv != "" && l.InvocationID != inv) {
+				continue
+			}
+			enc.Encode(l)
+			last = l.Seq
+			rc.Flush()
+		}
+	}
+}
+
+func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit := 50
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "limit", Message: fmt.Sprintf("expected a whole number from 1 to 10000, got %q", v)})
+			return
+		}
+		limit = n
+	}
+	status := q.Get("status")
+	switch status {
+	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
+	default:
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "status", Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
+		return
+	}
+	ids := p.visibleAgents(k)
+	if a := q.Get("agent_id"); a != "" {
+		id, ok := p.ownedAgent(w, k, a)
+		if !ok {
+			return
+		}
+		ids = []string{id}
+	}
+	if ids == nil {
+		ids = []string{}
+	}
+	invs, err := p.db.ListForAgents(r.Context(), ids, status, limit)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	if invs == nil {
+		invs = []store.Invocation{}
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"invocations": invs, "total_count": len(invs)}, "Invocations")
+}
+
+func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
+	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+		return
+	}
+	var req struct {
+		Name           string   `json:"name"`
+		Tenant         string   `json:"tenant"`
+		Scopes         []string `json:"scopes"`
+		Agents         []string `json:"agents"`
+		RatePerSecond  float64  `json:"rate_per_second"`
+		Burst          int      `json:"burst"`
+		MaxConcurrency int      `json:"max_concurrency"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "request body: " + err.Error()})
+		return
+	}
+	bad := func(field, msg string) {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: field, Message: msg})
+	}
+	if strings.TrimSpace(req.Name) == "" {
+		bad("name", "required: a name that says who or what uses the key")
+		return
+	}
+	scopes, err := apikeys.ParseScopes(req.Scopes)
+	if err != nil {
+		bad("scopes", err.Error())
+		return
+	}
+	for i, a := range req.Agents {
+		id, err := manager.NormalizeID(a)
+		if err != nil {
+			bad(fmt.Sprintf("agents[%d]", i), err.Error())
+			return
+		}
+		req.Agents[i] = id
+	}
+	if req.RatePerSecond < 0 || req.Burst < 0 || req.MaxConcurrency < 0 {
+		bad("rate_per_second", "limits must be 0 (the server's default) or more")
+		return
+	}
+	token, k, err := apikeys.Generate()
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	k.Name, k.Scopes, k.Agents = req.Name, scopes, req.Agents
+	if req.Tenant != "" {
+		k.Tenant = req.Tenant
+	}
+	k.RatePerSecond, k.Burst, k.MaxConcurrency = req.RatePerSecond, req.Burst, req.MaxConcurrency
+	if err := p.db.InsertAPIKey(r.Context(), toStored(k)); err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.keys.Put(k)
+	out := keyJSON(&k)
+	out["key"] = token
+	p.wire.WriteEnvelope(w, http.StatusCreated, out, "API key created; it is shown only once")
+}
+
+func keyJSON(k *apikeys.Key) map[string]any {
+	var revoked any
+	if !k.RevokedAt.IsZero() {
+		revoked = store.IsoFormat(k.RevokedAt)
+	}
+	agents := k.Agents
+	if agents == nil {
+		agents = []string{}
+	}
+	return map[string]any{"id": k.ID, "name": k.Name, "tenant": k.Tenant, "scopes": k.Scopes, "agents": agents,
+		"rate_per_second": k.RatePerSecond, "burst": k.Burst, "max_concurrency": k.MaxConcurrency,
+		"created_at": store.IsoFormat(k.CreatedAt), "revoked_at": revoked}
+}
+
+func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {
+	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+		return
+	}
+	stored, err := p.db.APIKeys(r.Context())
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	list := []map[string]any{}
+	for _, s := range stored {
+		k := fromStored(s)
+		list = append(list, keyJSON(&k))
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"keys": list}, "API keys")
+}
+
+func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
+	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+		return
+	}
+	id := r.PathValue("id")
+	at := time.Now()
+	if err := p.db.RevokeAPIKey(r.Context(), id, at); errors.Is(err, store.ErrNotFound) {
+		p.wire.WriteError(w, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("API key %s not found", id)})
+		return
+	} else if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.keys.Revoke(id, at)
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"id": id, "revoked": true}, "API key revoked")
+}

@@ -1,0 +1,127 @@
+package platform
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/store"
+)
+
+// logHub takes agent log lines off the instances' output readers, writes
+// them to the store in batches and hands them to `logs --follow` readers.
+// A chatty agent must never stall its calls: when the writer falls behind,
+// lines are dropped and counted.
+type logHub struct {
+	db      *store.DB
+	metrics *Metrics
+	log     *slog.Logger
+	in      chan store.LogLine
+	done    chan struct{}
+
+	mu   sync.Mutex
+	subs map[string]map[chan store.LogLine]struct{}
+}
+
+const (
+	logQueue    = 16384
+	logBatch    = 512
+	logLinger   = 100 * time.Millisecond
+	logKeep     = 20000 // lines kept per agent
+	pruneEvery  = 10 * time.Minute
+	followQueue = 1024
+)
+
+func newLogHub(db *store.DB, m *Metrics, log *slog.Logger) *logHub {
+	return &logHub{db: db, metrics: m, log: log, in: make(chan store.LogLine, logQueue), done: make(chan struct{}),
+		subs: map[string]map[chan store.LogLine]struct{}{}}
+}
+
+// Add implements manager.LogSink.
+func (h *logHub) Add(l store.LogLine) {
+	select {
+	case h.in <- l:
+	default:
+		h.metrics.logsDropped.Inc()
+	}
+}
+
+func (h *logHub) run(ctx context.Context) {
+	prune := time.NewTicker(pruneEvery)
+	defer prune.Stop()
+	batch := make([]store.LogLine, 0, logBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-prune.C:
+			if _, err := h.db.PruneLogs(context.Background(), logKeep); err != nil {
+				h.log.Warn("prune agent logs", "error", err)
+			}
+		case l := <-h.in:
+			batch = append(batch[:0], l)
+			timer := time.NewTimer(logLinger)
+		gather:
+			for len(batch) < logBatch {
+				select {
+				case l := <-h.in:
+					batch = append(batch, l)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
+			h.write(batch)
+		}
+	}
+}
+
+// flush writes what is queued (at shutdown).
+func (h *logHub) flush() {
+	var batch []store.LogLine
+	for {
+		select {
+		case l := <-h.in:
+			batch = append(batch, l)
+		default:
+			if len(batch) > 0 {
+				h.write(batch)
+			}
+			return
+		}
+	}
+}
+
+func (h *logHub) write(batch []store.LogLine) {
+	if err := h.db.AppendLogs(context.Background(), batch); err != nil {
+		h.log.Warn("store agent logs", "lines", len(batch), "error", err)
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, l := range batch {
+		for ch := range h.subs[l.AgentID] {
+			select {
+			case ch <- l:
+			default: // a follower that does not keep up misses lines
+			}
+		}
+	}
+}
+
+// subscribe returns a channel of the agent's new lines and its cancel.
+func (h *logHub) subscribe(agentID string) (chan store.LogLine, func()) {
+	ch := make(chan store.LogLine, followQueue)
+	h.mu.Lock()
+	if h.subs[agentID] == nil {
+		h.subs[agentID] = map[chan store.LogLine]struct{}{}
+	}
+	h.subs[agentID][ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs[agentID], ch)
+		h.mu.Unlock()
+	}
+}

@@ -1,0 +1,379 @@
+// Package platform is `runagent server`: many agents deployed by upload,
+// served at the wire protocol's routes behind API keys and per-key rate
+// limits, each in an autoscaled instance pool (internal/manager), with
+// durable async invocations, agent logs and Prometheus metrics.
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/runagent-go/runagent/internal/apikeys"
+	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/manager"
+	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/ratelimit"
+	"github.com/runagent-go/runagent/internal/server"
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// Config configures the platform server.
+type Config struct {
+	DataDir  string // platform.db, agents/, admin-key
+	CacheDir string // virtualenvs (shared with runagent serve)
+	Python   pyenv.Python
+	Script   string
+	Host     string
+	Port     int
+
+	Defaults manager.Deployment
+	// DefaultPolicy is every key's rate and concurrency limit unless the
+	// key sets its own.
+	DefaultPolicy ratelimit.Policy
+	// AllowPublic lets agents whose auth_settings.type is "none" be called
+	// without a key.
+	AllowPublic  bool
+	MaxUpload    int64
+	Bundle       bundle.Limits
+	MaxBody      int64
+	AsyncWorkers int
+
+	Tick, HealthInterval      time.Duration
+	StableWindow, PanicWindow time.Duration
+
+	Log     *slog.Logger
+	Version string
+}
+
+// Platform is a running platform server.
+type Platform struct {
+	cfg     Config
+	log     *slog.Logger
+	db      *store.DB
+	mgr     *manager.Manager
+	keys    *apikeys.Keyring
+	limiter *ratelimit.Limiter
+	wire    *server.Server
+	metrics *Metrics
+	logs    *logHub
+	async   *asyncRunner
+	started time.Time
+
+	// AdminKeyFile is where the first admin key was written ("" if the
+	// store already had keys).
+	AdminKeyFile string
+}
+
+// Open opens the platform's store, loads its keys (creating the first admin
+// key on a fresh data directory), restores the deployed agents and requeues
+// unfinished async invocations. Call Run, then serve Handler.
+func Open(ctx context.Context, cfg Config) (*Platform, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxUpload <= 0 {
+		cfg.MaxUpload = 128 << 20
+	}
+	if cfg.AsyncWorkers <= 0 {
+		cfg.AsyncWorkers = 16
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
+	}
+	db, err := store.Open(filepath.Join(cfg.DataDir, "platform.db"), store.WithLogger(cfg.Log), store.WithBatch(0, 5*time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	p := &Platform{cfg: cfg, log: cfg.Log, db: db, limiter: ratelimit.New(nil), started: time.Now()}
+	p.metrics = newMetrics()
+	p.logs = newLogHub(db, p.metrics, cfg.Log)
+	if err := p.loadKeys(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if n, err := db.FailAbandoned(ctx, time.Now()); err != nil {
+		db.Close()
+		return nil, err
+	} else if n > 0 {
+		p.log.Warn("calls that were running when the server stopped are marked failed", "count", n)
+	}
+	p.mgr = manager.New(manager.Config{
+		DB: db, DataDir: cfg.DataDir, CacheDir: cfg.CacheDir, Python: cfg.Python, Script: cfg.Script,
+		Defaults: cfg.Defaults, StableWindow: cfg.StableWindow, PanicWindow: cfg.PanicWindow,
+		Tick: cfg.Tick, HealthInterval: cfg.HealthInterval, Env: instanceEnv(cfg.DataDir),
+		Bundle: cfg.Bundle, Host: cfg.Host, Port: cfg.Port, Obs: p.metrics, Logs: p.logs, Log: cfg.Log,
+	})
+	if err := p.mgr.Restore(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	p.metrics.watch(p.mgr)
+	p.wire = server.New(server.Config{
+		Directory: p, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
+		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
+		Logger: cfg.Log, Version: cfg.Version,
+	})
+	p.async = newAsyncRunner(p)
+	if err := p.async.resume(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// instanceEnv is what agent instances start from: enough to run Python,
+// none of the server's own variables (its secrets are not the agents').
+func instanceEnv(dataDir string) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "LANG=C.UTF-8", "HOME=" + filepath.Join(dataDir, "home")}
+	os.MkdirAll(filepath.Join(dataDir, "home"), 0o755)
+	for _, k := range []string{"TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_INDEX_URL", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// loadKeys fills the keyring from the store; a store without keys gets an
+// admin key, written once to DataDir/admin-key for the operator.
+func (p *Platform) loadKeys(ctx context.Context) error {
+	stored, err := p.db.APIKeys(ctx)
+	if err != nil {
+		return err
+	}
+	keys := make([]apikeys.Key, 0, len(stored))
+	for _, k := range stored {
+		keys = append(keys, fromStored(k))
+	}
+	p.keys = apikeys.NewKeyring(keys)
+	if len(stored) > 0 {
+		return nil
+	}
+	token, k, err := apikeys.Generate()
+	if err != nil {
+		return err
+	}
+	k.Name, k.Scopes = "admin (created at first start)", []apikeys.Scope{apikeys.ScopeAdmin}
+	if err := p.db.InsertAPIKey(ctx, toStored(k)); err != nil {
+		return err
+	}
+	p.keys.Put(k)
+	p.AdminKeyFile = filepath.Join(p.cfg.DataDir, "admin-key")
+	if err := os.WriteFile(p.AdminKeyFile, []byte(token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write the first admin key: %w", err)
+	}
+	return nil
+}
+
+func fromStored(k store.APIKey) apikeys.Key {
+	out := apikeys.Key{ID: k.ID, Name: k.Name, Tenant: k.Tenant, Agents: k.Agents, Hash: k.Hash,
+		RatePerSecond: k.RatePerSecond, Burst: k.Burst, MaxConcurrency: k.MaxConcurrency,
+		CreatedAt: k.CreatedAt, RevokedAt: k.RevokedAt}
+	for _, s := range k.Scopes {
+		out.Scopes = append(out.Scopes, apikeys.Scope(s))
+	}
+	return out
+}
+
+func toStored(k apikeys.Key) store.APIKey {
+	out := store.APIKey{ID: k.ID, Name: k.Name, Tenant: k.Tenant, Agents: k.Agents, Hash: k.Hash,
+		RatePerSecond: k.RatePerSecond, Burst: k.Burst, MaxConcurrency: k.MaxConcurrency, CreatedAt: k.CreatedAt}
+	for _, s := range k.Scopes {
+		out.Scopes = append(out.Scopes, string(s))
+	}
+	return out
+}
+
+// Run drives the manager, the log writer and the async workers until ctx
+// ends.
+func (p *Platform) Run(ctx context.Context) {
+	go p.logs.run(ctx)
+	p.async.start(ctx, p.cfg.AsyncWorkers)
+	p.mgr.Run(ctx)
+}
+
+// Close stops every instance and closes the store.
+func (p *Platform) Close() error {
+	p.mgr.Close()
+	p.logs.flush()
+	return p.db.Close()
+}
+
+// policy is key's limits, the server's defaults where it sets none.
+func (p *Platform) policy(k *apikeys.Key) ratelimit.Policy {
+	pol := p.cfg.DefaultPolicy
+	if k.RatePerSecond > 0 {
+		pol.RatePerSecond = k.RatePerSecond
+	}
+	if k.Burst > 0 {
+		pol.Burst = k.Burst
+	}
+	if k.MaxConcurrency > 0 {
+		pol.MaxConcurrency = k.MaxConcurrency
+	}
+	return pol
+}
+
+var (
+	errNoKey = &wire.Error{Code: wire.CodeAuthentication,
+		Message: "an API key is required: send it as Authorization: Bearer <key> (or ?token=<key> on a WebSocket)"}
+	errBadKey = &wire.Error{Code: wire.CodeAuthentication, Message: "invalid or revoked API key"}
+)
+
+// authenticate checks the request's key and takes its rate-limit token.
+// release is nil when e is not.
+func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apikeys.Key, release func(), e *wire.Error) {
+	tok := apikeys.TokenFromRequest(r)
+	if tok == "" {
+		return nil, nil, errNoKey
+	}
+	k, err := p.keys.Authenticate(tok)
+	if err != nil {
+		return nil, nil, errBadKey
+	}
+	return p.limit(w, "key:"+k.ID, p.policy(k), k)
+}
+
+// limit takes a rate-limit token and a concurrency slot for id.
+func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy, k *apikeys.Key) (*apikeys.Key, func(), *wire.Error) {
+	d, release := p.limiter.Acquire(id, pol)
+	ratelimit.SetHeaders(w.Header(), d)
+	if !d.Allowed {
+		p.metrics.rateLimited.WithLabelValues(d.Reason).Inc()
+		return nil, nil, &wire.Error{Code: wire.CodeRateLimit, Message: d.Message, RetryAfter: d.RetryAfter}
+	}
+	return k, release, nil
+}
+
+// Admit implements server.Directory: key, tenant, agent restriction, scope
+// and rate limit, in that order; another tenant's agent is not found.
+func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string, act server.Action) (*server.Agent, func(), *wire.Error) {
+	a, tenant, exists := p.mgr.Lookup(agentID)
+	if agentID != "" && apikeys.TokenFromRequest(r) == "" && exists && a != nil && p.cfg.AllowPublic && act != server.ActReadInvocation && public(a) {
+		// Public agents are limited per client address instead of per key.
+		_, release, e := p.limit(w, "ip:"+clientIP(r), p.cfg.DefaultPolicy, nil)
+		if e != nil {
+			return nil, nil, e
+		}
+		return a, release, nil
+	}
+	k, release, e := p.authenticate(w, r)
+	if e != nil {
+		return nil, nil, e
+	}
+	if agentID == "" {
+		release()
+		return nil, nil, nil
+	}
+	notFound := &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+	switch {
+	case !exists || !k.CanSee(tenant):
+		release()
+		return nil, nil, notFound
+	case !k.AllowsAgent(agentID):
+		release()
+		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", agentID)}
+	case act == server.ActRun && !k.Has(apikeys.ScopeRun):
+		release()
+		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: "this API key cannot run agents: it lacks the run scope"}
+	case !k.Has(apikeys.ScopeRun) && !k.Has(apikeys.ScopeDeploy):
+		release()
+		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: "this API key cannot read agents: it needs the run or deploy scope"}
+	case a == nil:
+		release()
+		return nil, nil, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf(
+			"Agent %s is not started: start it with POST /api/v1/agents/%s/start (runagent deploy does this)", agentID, agentID)}
+	}
+	return a, release, nil
+}
+
+// public reports whether the agent's config says auth_settings.type "none".
+func public(a *server.Agent) bool {
+	as, _ := a.Config["auth_settings"].(map[string]any)
+	t, _ := as["type"].(string)
+	return t == "none"
+}
+
+func clientIP(r *http.Request) string {
+	host := r.RemoteAddr
+	for i := len(host) - 1; i >= 0; i-- {
+		if host[i] == ':' {
+			return host[:i]
+		}
+	}
+	return host
+}
+
+// requireKey authenticates a platform API request and checks its scope
+// (any of scopes).
+func (p *Platform) requireKey(w http.ResponseWriter, r *http.Request, scopes ...apikeys.Scope) (*apikeys.Key, bool) {
+	k, release, e := p.authenticate(w, r)
+	if e != nil {
+		p.wire.WriteError(w, e)
+		return nil, false
+	}
+	release()
+	for _, s := range scopes {
+		if k.Has(s) {
+			return k, true
+		}
+	}
+	names := make([]string, len(scopes))
+	for i, s := range scopes {
+		names[i] = string(s)
+	}
+	p.wire.WriteError(w, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key lacks the %s scope", joinOr(names))})
+	return nil, false
+}
+
+func joinOr(s []string) string {
+	switch len(s) {
+	case 0:
+		return ""
+	case 1:
+		return s[0]
+	}
+	out := s[0]
+	for _, x := range s[1 : len(s)-1] {
+		out += ", " + x
+	}
+	return out + " or " + s[len(s)-1]
+}
+
+// ownedAgent resolves an agent id of the path for key k, answering 404 for
+// a missing agent or another tenant's.
+func (p *Platform) ownedAgent(w http.ResponseWriter, k *apikeys.Key, id string) (string, bool) {
+	norm, err := manager.NormalizeID(id)
+	if err == nil {
+		if _, tenant, ok := p.mgr.Lookup(norm); ok && k.CanSee(tenant) && k.AllowsAgent(norm) {
+			return norm, true
+		}
+	}
+	p.wire.WriteError(w, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", id)})
+	return "", false
+}
+
+// requestID names each request: the client's X-Request-ID if it sent a
+// sane one, else a fresh UUID. Envelopes and logs carry it.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-ID"); id != "" && len(id) <= 128 {
+		for _, c := range id {
+			if c < 0x21 || c > 0x7e {
+				return uuid.NewString()
+			}
+		}
+		return id
+	}
+	return uuid.NewString()
+}
+
+var errStoreClosed = errors.New("store closed")
