@@ -155,7 +155,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	srv := server.New(server.Config{
 		Agent: &agent, Recorder: db,
 		OnCall: func(_ *server.Agent, _, code string, _ time.Duration) { registry.Record(code == "") },
-		Host: o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
+		Host:   o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,
 		Health: func() map[string]any {
 			state := map[string]any{"runner": "starting"}
@@ -248,4 +248,3 @@ func shortPath(p string) string {
 	}
 	return p
 }
-

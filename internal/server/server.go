@@ -359,7 +359,9 @@ func (s *Server) WriteError(w http.ResponseWriter, e *wire.Error) {
 }
 
 // WriteErrorStatus answers e with the given HTTP status.
-func (s *Server) WriteErrorStatus(w http.ResponseWriter, status int, e *wire.Error) { s.writeError(w, status, e) }
+func (s *Server) WriteErrorStatus(w http.ResponseWriter, status int, e *wire.Error) {
+	s.writeError(w, status, e)
+}
 
 // WriteEnvelope answers a success envelope with data (JSON) and message.
 func (s *Server) WriteEnvelope(w http.ResponseWriter, status int, data any, message string) {
