@@ -607,7 +607,9 @@ func TestPlatformAutoscaleAndCrash(t *testing.T) {
 
 	// kill -9 of an instance mid-call: that call fails, the next succeeds.
 	done := make(chan reply, 1)
-	go func() { done <- s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, runBody("slow", map[string]any{"seconds": 5})) }()
+	go func() {
+		done <- s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, runBody("slow", map[string]any{"seconds": 5}))
+	}()
 	time.Sleep(500 * time.Millisecond)
 	_, pids, _ := s.agentDetail(t, id)
 	if len(pids) == 0 {
@@ -722,5 +724,36 @@ func TestPlatformAsyncSurvivesRestart(t *testing.T) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// An instance over its memory limit is killed: its call ends with
+// RESOURCE_LIMIT naming the limit, the event is counted, and the next call
+// runs on a fresh instance.
+func TestPlatformMemoryLimit(t *testing.T) {
+	s := startPlatform(t, "", 0)
+	dir, _ := newAgent(t, "default")
+	os.WriteFile(filepath.Join(dir, "hog.py"), []byte(
+		"import time\n\ndef hog(mb):\n    block = bytearray(int(mb) * 1024 * 1024)\n    time.sleep(5)\n    return len(block)\n"), 0o644)
+	path := filepath.Join(dir, "runagent.config.json")
+	b, _ := os.ReadFile(path)
+	var cfg map[string]any
+	json.Unmarshal(b, &cfg)
+	arch := cfg["agent_architecture"].(map[string]any)
+	arch["entrypoints"] = append(arch["entrypoints"].([]any), map[string]any{"file": "hog.py", "module": "hog", "tag": "hog"})
+	cfg["deployment"] = map[string]any{"memory_mb": 100}
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(path, b, 0o644)
+	id := s.deploy(t, dir, s.Admin)
+
+	r := s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, runBody("hog", map[string]any{"mb": 300}))
+	if r.Status != 502 || r.code() != "RESOURCE_LIMIT" || !strings.Contains(r.Env.Error.Message, "memory 100 MiB exceeded") {
+		t.Errorf("over the memory limit: %d %s", r.Status, r.Body)
+	}
+	if got := metricValue(t, s, `runagent_resource_limit_kills_total{agent="`+id+`",limit="memory"}`); got != 1 {
+		t.Errorf("runagent_resource_limit_kills_total = %v, want 1", got)
+	}
+	if r := s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, runBody("minimal", map[string]any{"message": "after"})); r.Status != 200 {
+		t.Errorf("call after the kill: %d %s", r.Status, r.Body)
 	}
 }
