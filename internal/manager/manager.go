@@ -117,7 +117,6 @@ func (m *Manager) state(id string) *agentState {
 	defer m.mu.RUnlock()
 	return m.agents[id]
 }
-func (m *Manager) put(id, tenant string) *agentState { return m.putState(id, tenant) }
 func validationError(field, format string, a ...any) *wire.Error {
 	return &wire.Error{Code: wire.CodeValidation, Field: field, Message: fmt.Sprintf(format, a...)}
 }

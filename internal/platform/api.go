@@ -309,11 +309,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
-	if !ok {
-		return
-	}
-	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	id, ok := p.agentRequest(w, r, apikeys.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -324,6 +320,16 @@ func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": "deployed",
 		"endpoint": "/agents/" + id, "url": "/api/v1/agents/" + id}, "Agent started")
+}
+
+// agentRequest authenticates a request about the agent in its path and
+// resolves that agent for the key (any of scopes).
+func (p *Platform) agentRequest(w http.ResponseWriter, r *http.Request, scopes ...apikeys.Scope) (string, bool) {
+	k, ok := p.requireKey(w, r, scopes...)
+	if !ok {
+		return "", false
+	}
+	return p.ownedAgent(w, k, r.PathValue("id"))
 }
 
 func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any, error) {
@@ -348,11 +354,7 @@ func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any,
 }
 
 func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
-	if !ok {
-		return
-	}
-	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -399,11 +401,7 @@ func (p *Platform) handleAgents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
-	if !ok {
-		return
-	}
-	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -437,11 +435,7 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
-	if !ok {
-		return
-	}
-	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	id, ok := p.agentRequest(w, r, apikeys.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -453,11 +447,7 @@ func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
-	if !ok {
-		return
-	}
-	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
 	if !ok {
 		return
 	}

@@ -6,7 +6,6 @@ package platform
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -375,5 +374,3 @@ func requestID(r *http.Request) string {
 	}
 	return uuid.NewString()
 }
-
-var errStoreClosed = errors.New("store closed")
