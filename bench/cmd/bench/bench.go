@@ -59,6 +59,11 @@ type result struct {
 	ttfbLimit  bool
 
 	problems []string // wire check failures, errors, anything odd
+
+	agentID string // the agent called (the platform deploys its own)
+	token   string // API key sent with every call ("" for none)
+
+	platform platformResult // only for the platform server
 }
 
 func (r *result) problemf(format string, args ...any) {
@@ -71,7 +76,7 @@ func (r *result) measured() bool { return r.skipped == "" }
 
 // errors is the number of failed requests and streams.
 func (r *result) errors() int64 {
-	n := r.thr.Errors + int64(r.lat.Errors) + int64(r.ttfbErrors)
+	n := r.thr.Errors + int64(r.lat.Errors) + int64(r.ttfbErrors) + int64(r.platform.coldErrors)
 	for _, s := range r.streams {
 		if !s.Completed() {
 			n++
@@ -134,7 +139,7 @@ func (b *bench) runAll() []*result {
 		if b.ctx.Err() != nil {
 			break
 		}
-		r := &result{kind: ks[name]}
+		r := &result{kind: ks[name], agentID: b.agentID}
 		out = append(out, r)
 		b.logf("== %s: %s", name, r.kind.label)
 		v, err := r.kind.setup(b)
@@ -190,11 +195,17 @@ func (b *bench) measure(r *result) {
 		p.Stop(5 * time.Second)
 	}()
 	b.logf("%s: started pid %d on %s, waiting for it to answer", r.kind.name, p.Pid(), addr)
+	if r.kind.prepare != nil {
+		if err := r.kind.prepare(b, r, p, dir, agentDir, addr); err != nil {
+			r.skipped = fmt.Sprintf("prepare: %v\n--- last lines of %s ---\n%s", err, p.LogPath, p.LogTail(25))
+			return
+		}
+	}
 
 	runBody, _ := json.Marshal(map[string]any{
 		"entrypoint_tag": "minimal", "input_args": []any{}, "input_kwargs": map[string]any{"message": o.message},
 	})
-	if err := b.waitReady(p, addr, runBody); err != nil {
+	if err := b.waitReady(p, addr, r, runBody); err != nil {
 		r.skipped = fmt.Sprintf("did not start: %v\n--- last lines of %s ---\n%s", err, p.LogPath, p.LogTail(25))
 		return
 	}
@@ -210,7 +221,7 @@ func (b *bench) measure(r *result) {
 	}
 	b.logf("%s: idle RSS %.1f MiB%s", r.kind.name, mib(r.idleRSS), rssParts(r.idlePer))
 
-	req := loadgen.RunRequest(addr, b.agentID, runBody)
+	req := loadgen.RunRequest(addr, r.agentID, r.token, runBody)
 
 	// 1. /run throughput at N connections; measured again (after waiting
 	// for quiet) when other processes took CPU meanwhile.
@@ -260,7 +271,7 @@ func (b *bench) measure(r *result) {
 
 	// 3. One long stream, several times.
 	longReq := loadgen.StreamRequest("count_stream", map[string]any{"n": o.streamChunks})
-	warm := loadgen.Stream(b.ctx, addr, b.agentID, loadgen.StreamRequest("count_stream", map[string]any{"n": 1000}), o.streamTimeout)
+	warm := loadgen.Stream(b.ctx, addr, r.agentID, r.token, loadgen.StreamRequest("count_stream", map[string]any{"n": 1000}), o.streamTimeout)
 	if warm.Err != nil && b.ctx.Err() == nil {
 		r.problemf("warm-up stream (count_stream n=1000): %v", warm.Err)
 	}
@@ -268,7 +279,7 @@ func (b *bench) measure(r *result) {
 		if b.ctx.Err() != nil {
 			return
 		}
-		s := loadgen.Stream(b.ctx, addr, b.agentID, longReq, o.streamTimeout)
+		s := loadgen.Stream(b.ctx, addr, r.agentID, r.token, longReq, o.streamTimeout)
 		r.streams = append(r.streams, s)
 		if s.Completed() {
 			b.logf("%s: stream %d/%d: %d chunks in %s = %.0f chunks/s", r.kind.name, i+1, o.streamRuns,
@@ -297,7 +308,7 @@ func (b *bench) measure(r *result) {
 			r.ttfbLimit = true
 			break
 		}
-		s := loadgen.Stream(b.ctx, addr, b.agentID, smallReq, min(left, o.streamTimeout))
+		s := loadgen.Stream(b.ctx, addr, r.agentID, r.token, smallReq, min(left, o.streamTimeout))
 		if !s.Completed() {
 			if time.Now().After(end) {
 				r.ttfbLimit = true
@@ -325,7 +336,14 @@ func (b *bench) measure(r *result) {
 		r.loadRSS += pr.RSS
 	}
 	b.logf("%s: RSS after the load %.1f MiB%s", r.kind.name, mib(r.loadRSS), rssParts(r.loadPer))
-	b.dead(r, p)
+	if b.dead(r, p) || b.ctx.Err() != nil {
+		return
+	}
+	// 5. What only this server measures (the platform's scale from zero).
+	if r.kind.after != nil {
+		r.kind.after(b, r, p, dir, addr)
+		b.dead(r, p)
+	}
 }
 
 // noisy reports whether a phase should be measured again because other
@@ -384,11 +402,10 @@ func (b *bench) dead(r *result, p *procs.Proc) bool {
 }
 
 // waitReady polls /api/v1/health and then POST /run until a call succeeds.
-func (b *bench) waitReady(p *procs.Proc, addr string, runBody []byte) error {
+func (b *bench) waitReady(p *procs.Proc, addr string, r *result, runBody []byte) error {
 	deadline := time.Now().Add(b.opts.startTimeout)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: loopbackDial}}
 	defer client.CloseIdleConnections()
-	runURL := fmt.Sprintf("http://%s/api/v1/agents/%s/run", addr, b.agentID)
 	var last error
 	for time.Now().Before(deadline) {
 		if b.ctx.Err() != nil {
@@ -397,7 +414,7 @@ func (b *bench) waitReady(p *procs.Proc, addr string, runBody []byte) error {
 		if exited, err := p.Exited(); exited {
 			return fmt.Errorf("the server exited (%v)", err)
 		}
-		resp, err := client.Post(runURL, "application/json", bytes.NewReader(runBody))
+		resp, err := postRun(client, addr, r, runBody)
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -413,6 +430,19 @@ func (b *bench) waitReady(p *procs.Proc, addr string, runBody []byte) error {
 	return fmt.Errorf("no successful /run within %s (last: %v)", b.opts.startTimeout, last)
 }
 
+// postRun is POST /api/v1/agents/{id}/run with r's agent and key.
+func postRun(client *http.Client, addr string, r *result, body []byte) (*http.Response, error) {
+	req, err := http.NewRequest("POST", fmt.Sprintf("http://%s/api/v1/agents/%s/run", addr, r.agentID), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	return client.Do(req)
+}
+
 func loopbackDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	if err := loadgen.CheckLoopback(addr); err != nil {
 		return nil, err
@@ -426,7 +456,7 @@ func loopbackDial(ctx context.Context, network, addr string) (net.Conn, error) {
 func (b *bench) checkWire(r *result, addr string, runBody []byte) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: loopbackDial}}
 	defer client.CloseIdleConnections()
-	resp, err := client.Post(fmt.Sprintf("http://%s/api/v1/agents/%s/run", addr, b.agentID), "application/json", bytes.NewReader(runBody))
+	resp, err := postRun(client, addr, r, runBody)
 	if err != nil {
 		r.problemf("wire check: POST /run: %v", err)
 		return
@@ -459,7 +489,7 @@ func (b *bench) checkWire(r *result, addr string, runBody []byte) {
 		!strings.Contains(text, b.opts.message) {
 		r.problemf("wire check: /run data is not the structured string of the reply: %q", clip([]byte(data), 200))
 	}
-	s := loadgen.Stream(b.ctx, addr, b.agentID, loadgen.StreamRequest("count_stream", map[string]any{"n": 3}), 30*time.Second)
+	s := loadgen.Stream(b.ctx, addr, r.agentID, r.token, loadgen.StreamRequest("count_stream", map[string]any{"n": 3}), 30*time.Second)
 	if !s.Completed() || s.Chunks != 3 {
 		r.problemf("wire check: count_stream n=3: %d chunks, %v", s.Chunks, s.Err)
 		return

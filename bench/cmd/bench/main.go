@@ -1,8 +1,10 @@
 // Command bench measures this server against the original RunAgent 0.1.49
 // server and a bare FastAPI + uvicorn app, all serving the same mock agent
-// (bench/agent), one after the other on this machine.
+// (bench/agent), one after the other on this machine; and the platform
+// server (runagent server) serving it behind its gateway, for the gateway's
+// overhead and the time a call takes from zero instances.
 //
-//	go run ./bench/cmd/bench [-duration 5s] [-conns 32] [-only ours,original,fastapi] [-write docs/benchmarks.md]
+//	go run ./bench/cmd/bench [-duration 5s] [-conns 32] [-only ours,platform,original,fastapi] [-write docs/benchmarks.md]
 //
 // Run it from the repository root (make bench does). The first run creates
 // the Python virtualenvs of the original and of the FastAPI baseline under
@@ -46,6 +48,7 @@ type options struct {
 	streamTimeout time.Duration
 	ttfbStreams   int
 	ttfbMax       time.Duration
+	coldStarts    int
 	callTimeout   time.Duration
 	startTimeout  time.Duration
 	settle        time.Duration
@@ -56,7 +59,7 @@ type options struct {
 	message       string
 }
 
-var allKinds = []string{"ours", "original", "fastapi"}
+var allKinds = []string{"ours", "platform", "original", "fastapi"}
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
@@ -80,6 +83,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.streamTimeout, "stream-timeout", 120*time.Second, "time limit of one long stream")
 	fs.IntVar(&o.ttfbStreams, "ttfb-streams", 50, "small streams (minimal_stream) for time to first chunk")
 	fs.DurationVar(&o.ttfbMax, "ttfb-max", 60*time.Second, "time limit of the time-to-first-chunk test")
+	fs.IntVar(&o.coldStarts, "cold-starts", 5, "platform: calls timed from zero instances (each after the agent scaled to zero)")
 	fs.DurationVar(&o.callTimeout, "call-timeout", 30*time.Second, "time limit of one /run call")
 	fs.DurationVar(&o.startTimeout, "start-timeout", 120*time.Second, "time limit for a server to start and answer")
 	fs.DurationVar(&o.settle, "settle", 2*time.Second, "idle time after start before the idle RSS is read")
@@ -118,8 +122,8 @@ func parseFlags(args []string) (*options, error) {
 	if o.duration <= 0 || o.duration > 10*time.Minute || o.warmup < 0 || o.warmup > time.Minute {
 		return nil, errors.New("-duration must be in (0, 10m] and -warmup in [0, 1m]")
 	}
-	if o.latCalls < 1 || o.streamChunks < 1 || o.streamRuns < 1 || o.ttfbStreams < 1 {
-		return nil, errors.New("-lat-calls, -stream-chunks, -stream-runs and -ttfb-streams must be positive")
+	if o.latCalls < 1 || o.streamChunks < 1 || o.streamRuns < 1 || o.ttfbStreams < 1 || o.coldStarts < 1 {
+		return nil, errors.New("-lat-calls, -stream-chunks, -stream-runs, -ttfb-streams and -cold-starts must be positive")
 	}
 	if o.root == "" {
 		r, err := findRoot()

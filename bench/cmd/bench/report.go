@@ -285,7 +285,55 @@ func pct(cpu, wall time.Duration) string {
 	return fmt.Sprintf("%.0f%%", 100*cpu.Seconds()/wall.Seconds())
 }
 
-var serverOrder = []string{"ours", "original", "fastapi"}
+var serverOrder = []string{"ours", "platform", "original", "fastapi"}
+
+// overhead is what the platform's gateway adds to runagent serve for metric
+// m: a signed difference for times and sizes, a ratio for rates.
+func (rep *report) overhead(m metric) string {
+	ours, plat := rep.byName("ours"), rep.byName("platform")
+	if ours == nil || plat == nil || !ours.measured() || !plat.measured() {
+		return "—"
+	}
+	a, ok1, _ := m.value(ours)
+	b, ok2, _ := m.value(plat)
+	if !ok1 || !ok2 {
+		return "—"
+	}
+	if m.higherBetter {
+		if a == 0 {
+			return "—"
+		}
+		return formatRatio(b / a)
+	}
+	d := b - a
+	sign := "+"
+	if d < 0 {
+		sign, d = "−", -d
+	}
+	return sign + formatValue(d, m.unit)
+}
+
+// coldRows are the platform's scale-from-zero numbers: name, value.
+func (rep *report) coldRows() [][2]string {
+	r := rep.byName("platform")
+	if r == nil || !r.measured() {
+		return nil
+	}
+	c := r.platform
+	if len(c.coldTTFB) == 0 {
+		return [][2]string{{"call at zero instances → first byte", fmt.Sprintf("failed (%d errors: %s)", c.coldErrors, c.coldFirst)}}
+	}
+	note := fmt.Sprintf(" (%d calls", len(c.coldTTFB))
+	if c.coldErrors > 0 {
+		note += ", " + errNote(int64(c.coldErrors))
+	}
+	note += ")"
+	return [][2]string{
+		{"call at zero instances → first byte, p50", formatValue(msf(loadgen.Percentile(c.coldTTFB, 50)), "ms") + note},
+		{"call at zero instances → first byte, min … max", formatValue(msf(slices.Min(c.coldTTFB)), "ms") + " … " + formatValue(msf(slices.Max(c.coldTTFB)), "ms")},
+		{"call at zero instances → whole answer, p50", formatValue(msf(loadgen.Percentile(c.coldTotal, 50)), "ms")},
+	}
+}
 
 // text is the console summary.
 func (rep *report) text() string {
@@ -301,6 +349,18 @@ func (rep *report) text() string {
 	}
 	tw.Flush()
 	sb.WriteString("\nRatios are ours / theirs: above 1 is better for calls/s and chunks/s, below 1 is better for ms and MiB.\n")
+	if p := rep.byName("platform"); p != nil && p.measured() {
+		sb.WriteString("\nPlatform server (runagent server: API key + rate limit + pool) against runagent serve:\n")
+		tw = tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "metric\tserve\tserver\tgateway adds\t")
+		for _, m := range rep.metrics() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", m.name, rep.cell(m, "ours"), rep.cell(m, "platform"), rep.overhead(m))
+		}
+		for _, row := range rep.coldRows() {
+			fmt.Fprintf(tw, "%s\t\t%s\t\t\n", row[0], row[1])
+		}
+		tw.Flush()
+	}
 	for _, name := range serverOrder {
 		r := rep.byName(name)
 		if r == nil {
@@ -383,7 +443,9 @@ func (rep *report) markdown() string {
 	w("```sh\nmake bench BENCHFLAGS=\"-write docs/benchmarks.md\"\n```\n\n")
 	w("Three servers serve the same mock agent (`bench/agent`: the default template's `minimal` and\n")
 	w("`minimal_stream`, plus `count_stream(n)`, a sync generator of `n` short strings), one after the\n")
-	w("other, on the same machine as the load generator. Run on %s; the whole run took %s.\n\n",
+	w("other, on the same machine as the load generator; a fourth run serves it from the platform server\n")
+	w("(`runagent server`) behind its gateway, for the [gateway's overhead](#platform-server) and the time a\n")
+	w("call takes from zero instances. Run on %s; the whole run took %s.\n\n",
 		info.date.Format("2006-01-02 15:04 UTC"), rep.elapsed.Round(time.Second))
 
 	w("## Machine\n\n| | |\n|---|---|\n")
@@ -421,6 +483,33 @@ func (rep *report) markdown() string {
 	w("\nRatios are ours / theirs: above 1 is better for calls/s and chunks/s, below 1 is better for ms and MiB.\n")
 	if n := rep.totalErrors(); n > 0 {
 		w("\n**This run had %d failed calls or streams**; the values marked with errors are not clean.\n", n)
+	}
+
+	if p := rep.byName("platform"); p != nil {
+		w("\n## Platform server\n\n")
+		w("The same agent deployed to `runagent server` with `runagent deploy`, pinned to one instance that takes\n")
+		w("32 calls at once (as `runagent serve` runs its one Python process with 32 threads), called with a run\n")
+		w("key whose rate and concurrency limits are checked on every call but set high enough never to refuse\n")
+		w("one. Each call goes through the key check (SHA-256 and constant-time compare), the token bucket and\n")
+		w("concurrency limiter, and the pool's least-busy dispatch. \"Gateway adds\" is server minus serve\n")
+		w("(times and sizes) or server / serve (rates).\n\n")
+		if !p.measured() {
+			w("**Not measured**: %s\n", mdEscape(strings.ReplaceAll(p.skipped, "\n", " ⏎ ")))
+		} else {
+			w("| metric | `runagent serve` | `runagent server` | gateway adds |\n|---|--:|--:|--:|\n")
+			for _, m := range rep.metrics() {
+				w("| %s | %s | %s | %s |\n", m.name, rep.cell(m, "ours"), rep.cell(m, "platform"), rep.overhead(m))
+			}
+			w("\n\"Start to first answer\" of the server includes `runagent deploy` (pack, upload, start).\n\n")
+			w("**Scale from zero.** A second copy of the agent is deployed with `min_instances` 0 and a 1 s idle\n")
+			w("timeout. %d times, the harness waits until its pool has no instance left, then times one `/run` call\n", rep.opts.coldStarts)
+			w("(new connection) from the request to the answer's first byte: the server starts a runner, imports the\n")
+			w("agent, and the call runs once the instance is ready.\n\n")
+			w("| | `runagent server` |\n|---|--:|\n")
+			for _, row := range rep.coldRows() {
+				w("| %s | %s |\n", row[0], row[1])
+			}
+		}
 	}
 
 	w("\n## Targets\n\nThe targets set for this server, checked against the numbers above:\n\n")
@@ -464,7 +553,9 @@ func (rep *report) markdown() string {
 	w("  console logging on every call, exactly as users run it. *fastapi*: `bench/fastapi_app.py` on uvicorn,\n")
 	w("  one worker, no access log, in a virtualenv with `%s`: the same wire format\n", o.fastapiPkgs)
 	w("  (envelope, structured string, WebSocket frames) and the same way of running sync functions and\n")
-	w("  generators as the original, without its database and logging. The servers run one at a time.\n")
+	w("  generators as the original, without its database and logging. *platform*: `bin/runagent server`\n")
+	w("  (SQLite, process instances), the agent deployed with `runagent deploy` and called with a run key (see\n")
+	w("  [Platform server](#platform-server)). The servers run one at a time.\n")
 	w("- **Load generator.** Go, in the same run: a minimal HTTP/1.1 keep-alive client on raw `net.Conn`\n")
 	w("  (one pre-encoded request; status line, `Content-Length` or chunked body read; a call counts only if\n")
 	w("  it is HTTP 200 with `\"success\":true` in the body, otherwise it is an error), and gorilla/websocket for\n")

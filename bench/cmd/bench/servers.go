@@ -26,6 +26,11 @@ type kind struct {
 	// start launches the server on 127.0.0.1:port for the agent folder;
 	// dir is this server's own scratch folder.
 	start func(b *bench, agentDir, dir string, port int) (*procs.Proc, error)
+	// prepare, if set, runs once the server is started and before it is
+	// first called: the platform deploys the agent and makes a key here.
+	prepare func(b *bench, r *result, p *procs.Proc, dir, agentDir, addr string) error
+	// after, if set, measures what only this server has, after the load.
+	after func(b *bench, r *result, p *procs.Proc, dir, addr string)
 }
 
 func kinds() map[string]kind {
@@ -33,6 +38,10 @@ func kinds() map[string]kind {
 		"ours": {
 			name: "ours", label: "runagent (Go, this repo)",
 			setup: setupOurs, start: startOurs,
+		},
+		"platform": {
+			name: "platform", label: "runagent server (Go, this repo): the platform gateway",
+			setup: setupOurs, start: startPlatform, prepare: preparePlatform, after: scaleFromZero,
 		},
 		"original": {
 			name: "original", label: "RunAgent 0.1.49 (Python)",

@@ -19,11 +19,15 @@ import (
 // success: the envelope of a failed call has "success":false.
 var SuccessMarker = []byte(`"success":true`)
 
-// RunRequest is the pre-encoded bytes of POST /api/v1/agents/{id}/run.
-func RunRequest(addr, agentID string, body []byte) []byte {
+// RunRequest is the pre-encoded bytes of POST /api/v1/agents/{id}/run; a
+// token ("" for none) goes in an Authorization: Bearer header.
+func RunRequest(addr, agentID, token string, body []byte) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "POST /api/v1/agents/%s/run HTTP/1.1\r\n", agentID)
 	fmt.Fprintf(&b, "Host: %s\r\n", addr)
+	if token != "" {
+		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", token)
+	}
 	b.WriteString("Content-Type: application/json\r\n")
 	b.WriteString("Accept: application/json\r\n")
 	fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n", len(body))

@@ -99,7 +99,7 @@ func TestThroughputCountsFailures(t *testing.T) {
 	go srv.Serve(l)
 	defer srv.Close()
 	addr := l.Addr().String()
-	req := RunRequest(addr, "id", []byte(`{}`))
+	req := RunRequest(addr, "id", "", []byte(`{}`))
 	res := Throughput(context.Background(), addr, req, 1, 50*time.Millisecond, 300*time.Millisecond, time.Second)
 	if res.OK == 0 || res.Errors == 0 {
 		t.Fatalf("ok=%d errors=%d", res.OK, res.Errors)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	neturl "net/url"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -47,8 +48,9 @@ type frame struct {
 
 // Stream opens ws://addr/api/v1/agents/{agentID}/run-stream, sends req and
 // reads frames until stream_completed, an error frame, or the timeout (which
-// bounds the whole stream, dial included).
-func Stream(ctx context.Context, addr, agentID string, req []byte, timeout time.Duration) (res StreamResult) {
+// bounds the whole stream, dial included). A token ("" for none) goes in the
+// query as ?token=, the way the official SDKs send it.
+func Stream(ctx context.Context, addr, agentID, token string, req []byte, timeout time.Duration) (res StreamResult) {
 	res.TotalChunks = -1
 	if err := CheckLoopback(addr); err != nil {
 		res.Err = err
@@ -70,6 +72,9 @@ func Stream(ctx context.Context, addr, agentID string, req []byte, timeout time.
 		},
 	}
 	url := fmt.Sprintf("ws://%s/api/v1/agents/%s/run-stream", addr, agentID)
+	if token != "" {
+		url += "?token=" + neturl.QueryEscape(token)
+	}
 	conn, _, err := d.DialContext(dctx, url, nil)
 	if err != nil {
 		res.Err = fmt.Errorf("dial: %w", err)
