@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/sandbox"
 )
 
 // Deployment is how an agent version runs: the server's defaults, with the
@@ -21,16 +23,50 @@ type Deployment struct {
 	CPUSeconds        float64
 	MaxPids           int
 	CallTimeout       time.Duration
+	// Sandbox is the driver that isolates the instances; an agent may ask
+	// for a stronger one than the server's default, never a weaker one.
+	Sandbox string
+	// Network lets a sandboxed instance reach the network.
+	Network   bool
+	WorkDirMB int // size of the writable work directory and /tmp in a sandbox
+	OpenFiles int // descriptors per process
 }
 
 // DefaultDeployment is what a server uses without flags.
 var DefaultDeployment = Deployment{
 	MinInstances: 0, MaxInstances: 4, TargetConcurrency: 4, MaxConcurrency: 16, MaxQueue: 100,
 	IdleTimeout: 60 * time.Second, MemoryMB: 1024, MaxPids: 256, CallTimeout: 5 * time.Minute,
+	Sandbox: "process", WorkDirMB: 256, OpenFiles: 1024,
 }
 
-// deploymentFields are the keys of the config section, with how each is set.
-var deploymentFields = map[string]func(d *Deployment, v float64) string{
+// deploymentFields are the keys of the config section, with how each is set
+// (a message if the value is wrong).
+var deploymentFields = map[string]func(d *Deployment, v any) string{
+	"sandbox": func(d *Deployment, v any) string {
+		name, ok := v.(string)
+		if !ok {
+			return "expected a string"
+		}
+		if err := sandbox.CheckName(name); err != nil {
+			return "must be one of " + strings.Join(sandbox.Names(), ", ")
+		}
+		d.Sandbox = name
+		return ""
+	},
+	"network": func(d *Deployment, v any) string {
+		b, ok := v.(bool)
+		if !ok {
+			return "expected true or false"
+		}
+		d.Network = b
+		return ""
+	},
+}
+
+// numericFields are the settings that take a number.
+var numericFields = map[string]func(d *Deployment, v float64) string{
+	"work_dir_mb":   func(d *Deployment, v float64) string { d.WorkDirMB = int(v); return whole(v, 1) },
+	"open_files":    func(d *Deployment, v float64) string { d.OpenFiles = int(v); return whole(v, 16) },
 	"min_instances": func(d *Deployment, v float64) string { d.MinInstances = int(v); return whole(v, 0) },
 	"max_instances": func(d *Deployment, v float64) string { d.MaxInstances = int(v); return whole(v, 1) },
 	"target_concurrency": func(d *Deployment, v float64) string {
@@ -47,6 +83,18 @@ var deploymentFields = map[string]func(d *Deployment, v float64) string{
 	"cpu_seconds":          func(d *Deployment, v float64) string { d.CPUSeconds = v; return nonNegative(v) },
 	"max_pids":             func(d *Deployment, v float64) string { d.MaxPids = int(v); return whole(v, 0) },
 	"call_timeout_seconds": func(d *Deployment, v float64) string { d.CallTimeout = seconds(v); return positive(v) },
+}
+
+func init() {
+	for k, set := range numericFields {
+		deploymentFields[k] = func(d *Deployment, v any) string {
+			n, ok := number(v)
+			if !ok {
+				return "expected a number"
+			}
+			return set(d, n)
+		}
+	}
 }
 
 func seconds(v float64) time.Duration { return time.Duration(v * float64(time.Second)) }
@@ -100,12 +148,7 @@ func ParseDeployment(section any, defaults Deployment) (Deployment, error) {
 			problems = append(problems, fmt.Sprintf("deployment.%s: unknown setting; the settings are %s", k, strings.Join(names, ", ")))
 			continue
 		}
-		v, ok := number(m[k])
-		if !ok {
-			problems = append(problems, fmt.Sprintf("deployment.%s: expected a number, got %v", k, m[k]))
-			continue
-		}
-		if msg := set(&d, v); msg != "" {
+		if msg := set(&d, m[k]); msg != "" {
 			problems = append(problems, fmt.Sprintf("deployment.%s: %s, got %v", k, msg, m[k]))
 		}
 	}
@@ -152,6 +195,15 @@ func (d Deployment) Capped(ceiling Deployment) Deployment {
 	}
 	if ceiling.CallTimeout > 0 && d.CallTimeout > ceiling.CallTimeout {
 		d.CallTimeout = ceiling.CallTimeout
+	}
+	if ceiling.WorkDirMB > 0 && (d.WorkDirMB == 0 || d.WorkDirMB > ceiling.WorkDirMB) {
+		d.WorkDirMB = ceiling.WorkDirMB
+	}
+	if ceiling.OpenFiles > 0 && (d.OpenFiles == 0 || d.OpenFiles > ceiling.OpenFiles) {
+		d.OpenFiles = ceiling.OpenFiles
+	}
+	if sandbox.Strength[d.Sandbox] < sandbox.Strength[ceiling.Sandbox] {
+		d.Sandbox = ceiling.Sandbox
 	}
 	return d
 }

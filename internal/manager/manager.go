@@ -26,6 +26,7 @@ import (
 	"github.com/runagent-go/runagent/internal/bundle"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
@@ -60,6 +61,9 @@ type Config struct {
 	Logs         LogSink
 	Log          *slog.Logger
 	StartTimeout time.Duration // one instance's start-up (default 2 min)
+	// Sandbox opens a sandbox driver by name (nil: only "process"). A
+	// driver whose tool is missing is an error naming what to install.
+	Sandbox func(name string) (sandbox.Driver, error)
 }
 
 // Manager owns the deployed agents.
@@ -347,7 +351,13 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 	if err != nil {
 		return nil, err
 	}
+	drv, err := m.driver(dep.Sandbox)
+	if err != nil {
+		return nil, err
+	}
 	v := &version{n: vrec.Version, folder: folder, dep: dep}
+	limits := sandbox.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, Pids: dep.MaxPids,
+		OpenFiles: dep.OpenFiles, WorkDirBytes: int64(dep.WorkDirMB) << 20}
 	threads := dep.MaxConcurrency + 2 // a free thread answers health pings
 	init := runner.InitFor(folder, threads)
 	procEnv := runner.Environ(m.cfg.Env, env.Venv, folder.Env)
@@ -361,6 +371,7 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 		defer cancel()
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: env.Python, Script: m.cfg.Script, Env: procEnv, Init: init, Logger: instLog.With("instance", instanceID),
+			Driver: drv, InstanceID: agentID + "-" + instanceID, Venv: env.Venv, Network: dep.Network, Limits: limits,
 			OnLog:        line,
 			OnOutput:     func(stream, text string) { line("", stream, text) },
 			ReadyTimeout: m.cfg.StartTimeout,
@@ -398,6 +409,21 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 		}
 	}
 	return v, nil
+}
+
+// driver opens the named sandbox driver.
+func (m *Manager) driver(name string) (sandbox.Driver, error) {
+	if name == "" || (name == "process" && m.cfg.Sandbox == nil) {
+		return sandbox.ProcessDriver{}, nil
+	}
+	if m.cfg.Sandbox == nil {
+		return nil, fmt.Errorf("deployment.sandbox: %q is not available on this server", name)
+	}
+	d, err := m.cfg.Sandbox(name)
+	if err != nil {
+		return nil, fmt.Errorf("deployment.sandbox %q: %w", name, err)
+	}
+	return d, nil
 }
 
 // Restore loads the agents recorded in the store and brings their active

@@ -501,6 +501,11 @@ func (p *Pool) tick(now time.Time, usage map[int]Usage) {
 			continue
 		}
 		u, ok := usage[in.proc.PID()]
+		if su, has := in.proc.Usage(); has {
+			// The sandbox's own accounting (a cgroup) sees everything in it,
+			// even processes that left the runner's process group.
+			u, ok = Usage{RSSBytes: su.MemoryBytes, CPUSeconds: su.CPUSeconds, Tasks: su.Tasks, LimitHit: su.LimitHit}, true
+		}
 		if ok {
 			in.usage = u
 			p.obs.InstanceUsage(p, in.id, u)
@@ -533,6 +538,10 @@ func (p *Pool) tick(now time.Time, usage map[int]Usage) {
 func (p *Pool) overLimit(u Usage) (limit, msg string) {
 	l := p.cfg.Limits
 	switch {
+	case u.LimitHit == "pids":
+		// The kernel refused a fork: an instance that tries to go past its
+		// process limit (a fork bomb) is stopped rather than left crippled.
+		return "pids", fmt.Sprintf("RESOURCE_LIMIT: processes %d exceeded (a fork was refused); the instance was stopped and replaced", l.MaxTasks)
 	case l.MemoryBytes > 0 && u.RSSBytes > l.MemoryBytes:
 		return "memory", fmt.Sprintf("RESOURCE_LIMIT: memory %d MiB exceeded (the instance used %d MiB); the instance was stopped and replaced",
 			l.MemoryBytes>>20, u.RSSBytes>>20)
@@ -540,7 +549,7 @@ func (p *Pool) overLimit(u Usage) (limit, msg string) {
 		return "cpu", fmt.Sprintf("RESOURCE_LIMIT: CPU time %gs exceeded (the instance used %.1fs); the instance was stopped and replaced",
 			l.CPUSeconds, u.CPUSeconds)
 	case l.MaxTasks > 0 && u.Tasks > l.MaxTasks:
-		return "pids", fmt.Sprintf("RESOURCE_LIMIT: %d processes/threads exceeded (the instance had %d); the instance was stopped and replaced",
+		return "pids", fmt.Sprintf("RESOURCE_LIMIT: processes %d exceeded (the instance had %d processes and threads); the instance was stopped and replaced",
 			l.MaxTasks, u.Tasks)
 	}
 	return "", ""

@@ -12,6 +12,7 @@ type Usage struct {
 	CPUSeconds float64 // user + system, of the live processes
 	Tasks      int     // threads of all its processes, as a pids cgroup counts them
 	Processes  int
+	LimitHit   string // a limit the kernel enforced ("pids": a refused fork), from a cgroup
 }
 
 const (

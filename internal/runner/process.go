@@ -7,15 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -25,6 +23,14 @@ type Init struct {
 	Entrypoints []InitEntrypoint  `json:"entrypoints"`
 	Env         map[string]string `json:"env"`
 	Threads     int               `json:"threads"`
+	Limits      *InitLimits       `json:"limits,omitempty"`
+}
+
+// InitLimits are per-process limits the runner sets on itself (setrlimit)
+// before it imports the agent, so that the kernel enforces them.
+type InitLimits struct {
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+	OpenFiles  int     `json:"open_files,omitempty"`
 }
 
 // InitEntrypoint is one entrypoint the runner imports.
@@ -47,8 +53,15 @@ type Spec struct {
 	Script string   // runagent_runner.py on disk (see WriteScript)
 	Env    []string // the process environment; nil means the server's
 	Init   Init
-	Logger *slog.Logger
-	OnLog  LogFunc
+	// Driver isolates the runner (nil: a plain process); the fields below
+	// are what it needs beyond the command.
+	Driver     sandbox.Driver
+	InstanceID string // unique per instance ("" picks one)
+	Venv       string
+	Network    bool
+	Limits     sandbox.Limits
+	Logger     *slog.Logger
+	OnLog      LogFunc
 	// OnOutput, when set, gets every line the process itself printed on
 	// stdout or stderr outside a call (start-up, threads of its own).
 	OnOutput func(stream, line string)
@@ -62,7 +75,8 @@ type Process struct {
 	Ready   *Ready
 	Started time.Time
 
-	cmd     *exec.Cmd
+	inst    sandbox.Instance
+	limits  sandbox.Limits
 	log     *slog.Logger
 	tail    *tail
 	exited  chan struct{}
@@ -82,61 +96,45 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if spec.ReadyTimeout == 0 {
 		spec.ReadyTimeout = 2 * time.Minute
 	}
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("runner channel: %w", err)
+	driver := spec.Driver
+	if driver == nil {
+		driver = sandbox.ProcessDriver{}
 	}
-	hostEnd := os.NewFile(uintptr(fds[0]), "runner-host")
-	childEnd := os.NewFile(uintptr(fds[1]), "runner-child")
-	sock, err := net.FileConn(hostEnd)
-	hostEnd.Close()
-	if err != nil {
-		return nil, fmt.Errorf("runner channel: %w", err)
+	id := spec.InstanceID
+	if id == "" {
+		id = fmt.Sprintf("r%d-%d", os.Getpid(), instanceSeq.Add(1))
 	}
-
-	cmd := exec.Command(spec.Python, "-u", "-X", "utf8", spec.Script, "--fd", "3")
-	cmd.Dir = spec.Init.AgentDir
-	cmd.Env = spec.Env
-	cmd.ExtraFiles = []*os.File{childEnd}
-	cmd.SysProcAttr = sysProcAttr()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		sock.Close()
-		childEnd.Close()
-		return nil, err
+	if spec.Limits.CPUSeconds > 0 || spec.Limits.OpenFiles > 0 {
+		spec.Init.Limits = &InitLimits{CPUSeconds: spec.Limits.CPUSeconds, OpenFiles: spec.Limits.OpenFiles}
 	}
-	stderr, err := cmd.StderrPipe()
+	inst, err := driver.Start(ctx, sandbox.Spec{
+		ID: id, Python: spec.Python, Args: []string{"-u", "-X", "utf8", spec.Script}, Env: spec.Env,
+		AgentDir: spec.Init.AgentDir, Venv: spec.Venv, Script: spec.Script, Network: spec.Network, Limits: spec.Limits,
+	})
 	if err != nil {
-		sock.Close()
-		childEnd.Close()
-		return nil, err
-	}
-	err = cmd.Start()
-	// Our copy of the child's end must go now: while we hold it, a runner
-	// that dies would never show as the end of the stream.
-	childEnd.Close()
-	if err != nil {
-		sock.Close()
-		return nil, fmt.Errorf("start python runner %q: %w", spec.Python, err)
+		return nil, fmt.Errorf("start python runner %q (%s sandbox): %w", spec.Python, driver.Name(), err)
 	}
 	p := &Process{
 		Started: time.Now(),
-		cmd:     cmd,
-		log:     spec.Logger.With("pid", cmd.Process.Pid),
+		inst:    inst,
+		limits:  spec.Limits,
+		log:     spec.Logger.With("pid", inst.PID()),
 		tail:    &tail{max: 20},
 		exited:  make(chan struct{}),
 		closing: make(chan struct{}),
 		onOut:   spec.OnOutput,
 	}
+	stdout, stderr := inst.Output()
 	var outputs sync.WaitGroup
 	outputs.Add(2)
 	go p.pump(&outputs, "stdout", stdout)
 	go p.pump(&outputs, "stderr", stderr)
 	go func() {
-		outputs.Wait() // Wait must not close the pipes before they are read
-		cmd.Wait()
+		<-inst.Done()
+		outputs.Wait()
 		close(p.exited)
 	}()
+	sock := inst.Channel()
 	p.Conn = NewConn(sock, spec.OnLog, p.lost)
 
 	ictx, cancel := context.WithTimeoutCause(ctx, spec.ReadyTimeout,
@@ -155,7 +153,12 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 }
 
 // PID is the runner's process id.
-func (p *Process) PID() int { return p.cmd.Process.Pid }
+func (p *Process) PID() int { return p.inst.PID() }
+
+// Usage is the sandbox's accounting of the instance, if its driver has one.
+func (p *Process) Usage() (sandbox.Usage, bool) { return p.inst.Usage() }
+
+var instanceSeq atomic.Int64
 
 // Exited is closed once the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.exited }
@@ -190,18 +193,22 @@ func (p *Process) lost(err error) error {
 	select {
 	case <-p.exited:
 	case <-time.After(time.Second):
-		p.signalGroup(syscall.SIGKILL)
+		p.inst.Kill()
 		select {
 		case <-p.exited:
 		case <-time.After(time.Second):
 		}
 	}
 	how := "its connection broke: " + err.Error()
-	if st := p.cmd.ProcessState; st != nil {
-		how = st.String()
-		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			how = "killed by signal " + ws.Signal().String()
+	select {
+	case <-p.inst.Done():
+		exit := p.inst.Exit()
+		how = exit.Status
+		if limit := p.limitOf(exit); limit != "" {
+			p.log.Warn("agent runner killed by a limit", "limit", limit)
+			return &wire.Error{Code: wire.CodeResourceLimit, Message: "RESOURCE_LIMIT: " + limit + " exceeded; the instance was stopped", Err: err}
 		}
+	default:
 	}
 	p.log.Warn("agent runner died", "how", how)
 	return &wire.Error{
@@ -219,7 +226,7 @@ func (p *Process) Close() error {
 	select {
 	case <-p.exited:
 	case <-time.After(2 * time.Second):
-		p.signalGroup(syscall.SIGKILL)
+		p.inst.Kill()
 		<-p.exited
 	}
 	return nil
@@ -228,7 +235,7 @@ func (p *Process) Close() error {
 // Kill stops the runner and everything it started at once.
 func (p *Process) Kill() {
 	p.once.Do(func() { close(p.closing) })
-	p.signalGroup(syscall.SIGKILL)
+	p.inst.Kill()
 	p.Conn.Close()
 	<-p.exited
 }
@@ -237,14 +244,19 @@ func (p *Process) Kill() {
 // in-flight calls with e (a resource limit, a failed health check).
 func (p *Process) KillWith(e *wire.Error) {
 	p.killed.CompareAndSwap(nil, e)
-	p.signalGroup(syscall.SIGKILL)
+	p.inst.Kill()
 }
 
-func (p *Process) signalGroup(sig syscall.Signal) {
-	// The runner leads its own process group, so agent subprocesses go too.
-	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil {
-		p.cmd.Process.Signal(sig)
+// limitOf names the limit that ended the runner, if one did: the sandbox's
+// (a cgroup's OOM kill), or the CPU rlimit the runner set on itself.
+func (p *Process) limitOf(e sandbox.Exit) string {
+	if e.Limit != "" {
+		return e.Limit
 	}
+	if e.Signal == "SIGXCPU" && p.limits.CPUSeconds > 0 {
+		return fmt.Sprintf("cpu time %g s", p.limits.CPUSeconds)
+	}
+	return ""
 }
 
 // tail keeps the last lines a process printed, for crash reports.

@@ -1853,6 +1853,25 @@ _pool = None
 # Start-up
 # ---------------------------------------------------------------------------
 
+def _apply_limits(limits):
+    """Kernel-enforced per-process limits, set before the agent is imported
+    so that it cannot raise them again (raising a hard limit needs a
+    capability the runner does not have in a sandbox)."""
+    import resource
+    cpu = limits.get("cpu_seconds")
+    if isinstance(cpu, (int, float)) and cpu > 0:
+        # SIGXCPU at the limit, SIGKILL one second later if it is ignored.
+        soft = max(1, int(-(-cpu // 1)))
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    nofile = limits.get("open_files")
+    if isinstance(nofile, int) and nofile > 0:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY:
+            nofile = min(nofile, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def do_init(body):
     init = _json_loads(body.decode("utf-8"))
     if not isinstance(init, dict):
@@ -1862,6 +1881,7 @@ def do_init(body):
     for k, v in env.items():
         os.environ[str(k)] = str(v)
     os.chdir(agent_dir)
+    _apply_limits(init.get("limits") or {})
     threads = init.get("threads") or 0
     if not isinstance(threads, int) or threads <= 0:
         threads = min(32, (os.cpu_count() or 1) + 4)
@@ -1996,6 +2016,14 @@ def _open_stream(argv):
         else:
             raise SystemExit("runagent runner: unknown argument %r\n"
                              "usage: runagent_runner.py --fd N | --connect unix:/path" % a)
+    if fd == 0:
+        # The channel came in as standard input (runsc passes only stdio):
+        # move it off fd 0, so that an agent reading stdin reads nothing
+        # rather than protocol frames.
+        fd = os.dup(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     if fd is not None:
         sock = socket.socket(fileno=fd)
     elif target is not None and target.startswith("unix:"):
