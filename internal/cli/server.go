@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +20,8 @@ import (
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/ratelimit"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/sandbox"
+	"github.com/runagent-go/runagent/internal/sandbox/drivers"
 	"github.com/runagent-go/runagent/internal/server"
 )
 
@@ -60,6 +63,8 @@ The API is described in docs/platform-api.md.`,
 	f.StringVar(&o.dataDir, "data-dir", "", "where the platform keeps its database and agent bundles (default $RUNAGENT_CACHE_DIR/server)")
 	f.StringVar(&o.python, "python", "", "Python interpreter (default: $RUNAGENT_PYTHON, then python3 on PATH)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of the main listener")
+	f.StringVar(&o.dep.Sandbox, "sandbox", o.dep.Sandbox, "how instances are isolated: "+strings.Join(sandbox.Names(), ", ")+
+		" (agents may ask for a stronger one in their deployment section, never a weaker one)")
 	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
 	f.Float64Var(&o.rate, "rate", 50, "default requests per second per API key (0: no limit)")
 	f.IntVar(&o.burst, "burst", 100, "default burst per API key")
@@ -104,6 +109,13 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := sandbox.CheckName(o.dep.Sandbox); err != nil {
+		return fmt.Errorf("--sandbox: %w", err)
+	}
+	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log})
+	if _, err := sandboxes.Get(o.dep.Sandbox); err != nil {
+		return fmt.Errorf("--sandbox %s: %w", o.dep.Sandbox, err)
+	}
 	script, err := runner.WriteScript(cache)
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		AllowPublic:   o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, AsyncWorkers: o.asyncWorkers,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,
-		Log: log, Version: a.version,
+		Sandbox: sandboxes.Get, Log: log, Version: a.version,
 	})
 	if err != nil {
 		return err

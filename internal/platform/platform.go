@@ -20,6 +20,7 @@ import (
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/ratelimit"
+	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
@@ -48,6 +49,10 @@ type Config struct {
 
 	Tick, HealthInterval      time.Duration
 	StableWindow, PanicWindow time.Duration
+
+	// Sandbox opens sandbox drivers by name (Defaults.Sandbox is the
+	// server's); nil: only the process driver.
+	Sandbox func(name string) (sandbox.Driver, error)
 
 	Log     *slog.Logger
 	Version string
@@ -110,6 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		Defaults: cfg.Defaults, StableWindow: cfg.StableWindow, PanicWindow: cfg.PanicWindow,
 		Tick: cfg.Tick, HealthInterval: cfg.HealthInterval, Env: instanceEnv(cfg.DataDir),
 		Bundle: cfg.Bundle, Host: cfg.Host, Port: cfg.Port, Obs: p.metrics, Logs: p.logs, Log: cfg.Log,
+		Sandbox: cfg.Sandbox,
 	})
 	if err := p.mgr.Restore(ctx); err != nil {
 		db.Close()

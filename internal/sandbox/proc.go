@@ -114,7 +114,7 @@ func (p *Proc) wait() {
 	err := p.cmd.Wait()
 	e := Exit{Status: "exited"}
 	if st := p.cmd.ProcessState; st != nil {
-		e.Status = st.String()
+		e.Status, e.Code = st.String(), st.ExitCode()
 		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			e.Signal = unix.SignalName(ws.Signal())
 			e.Status = "killed by signal " + e.Signal

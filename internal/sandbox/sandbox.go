@@ -64,6 +64,7 @@ type Usage struct {
 // Exit is how an instance ended.
 type Exit struct {
 	Status string // "exit status 1", "killed by signal SIGKILL"
+	Code   int    // the exit status, -1 if a signal ended it
 	// Signal is the signal that ended the runner, if one did ("SIGKILL").
 	Signal string
 	// Limit names the limit the kernel enforced when that is why it ended:

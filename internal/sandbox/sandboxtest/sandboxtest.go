@@ -1,0 +1,309 @@
+// Package sandboxtest is the conformance suite every sandbox driver passes:
+// it starts the real Python runner through the driver and checks the
+// contract the manager relies on (channel, output, environment, usage,
+// limits, kill, exit, nothing left behind).
+package sandboxtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/sandbox"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+const agentPy = `
+import os, sys, tempfile, time
+print("imported", flush=True)
+
+def hello(name="world"):
+    print("saying hello to", name)
+    return "hello " + name
+
+def env(name):
+    return os.environ.get(name, "")
+
+def count_stream(n):
+    for i in range(n):
+        yield i
+
+def die(code):
+    os._exit(code)
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+def write_tmp():
+    with tempfile.NamedTemporaryFile("w", delete=False) as f:
+        f.write("x" * 1000)
+    os.remove(f.name)
+    return f.name
+
+def spin():
+    end = time.time() + 60
+    n = 0
+    while time.time() < end:
+        n += 1
+    return n
+
+def hog():
+    keep = []
+    for _ in range(4096):
+        b = bytearray(16 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        keep.append(b)
+    return len(keep)
+`
+
+var tags = []string{"hello", "env", "count_stream", "die", "nap", "write_tmp", "spin", "hog"}
+
+// Features says what a driver enforces with the kernel, so the suite knows
+// which limits to expect to be enforced by the driver itself.
+type Features struct {
+	// MemoryLimit: the driver's instance dies with Exit.Limit "memory ..."
+	// when it goes over Limits.MemoryBytes (a cgroup). The process driver
+	// leaves memory to the manager's /proc sampling.
+	MemoryLimit bool
+}
+
+// Run runs the suite against d.
+func Run(t *testing.T, d sandbox.Driver, f Features) {
+	python := realPython(t)
+	script, err := runner.WriteScript(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(agentDir, "main.py"), []byte(agentPy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var seq int
+	start := func(t *testing.T, limits sandbox.Limits) (*runner.Process, *output, string) {
+		t.Helper()
+		seq++
+		id := fmt.Sprintf("conf-%s-%d-%d", d.Name(), os.Getpid(), seq)
+		out := &output{}
+		eps := make([]runner.InitEntrypoint, 0, len(tags))
+		for _, tag := range tags {
+			eps = append(eps, runner.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
+		}
+		if limits.WorkDirBytes == 0 {
+			limits.WorkDirBytes = 16 << 20
+		}
+		env := []string{"PATH=/usr/bin:/bin", "SANDBOX_TEST_SECRET=" + id, "RUNAGENT_CONFORMANCE=" + id}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		p, err := runner.Start(ctx, runner.Spec{
+			Python: python, Script: script, Env: env, Driver: d, InstanceID: id, Limits: limits,
+			Init:     runner.Init{AgentDir: agentDir, Entrypoints: eps, Threads: 4},
+			OnLog:    out.log,
+			OnOutput: func(stream, line string) { out.log("", stream, line) },
+		})
+		if err != nil {
+			t.Fatalf("%s: start: %v", d.Name(), err)
+		}
+		t.Cleanup(func() { p.Kill(); assertNothingLeft(t, id) })
+		return p, out, id
+	}
+	ctx := context.Background()
+
+	t.Run("calls, streams, output, environment", func(t *testing.T) {
+		p, out, id := start(t, sandbox.Limits{})
+		if len(p.Ready.Errors) > 0 {
+			t.Fatalf("READY errors: %v", p.Ready.Errors)
+		}
+		v, err := p.Call(runner.WithInvocation(ctx, "inv-1"), "hello", []byte(`["sandbox"]`), nil)
+		if err != nil || !strings.Contains(string(v), `hello sandbox`) {
+			t.Fatalf("hello = %s, %v", v, err)
+		}
+		n, err := p.Stream(ctx, "count_stream", []byte(`[50]`), nil, nil, func(runner.Kind, []byte) error { return nil })
+		if err != nil || n != 50 {
+			t.Fatalf("count_stream(50) = %d chunks, %v", n, err)
+		}
+		v, err = p.Call(ctx, "env", []byte(`["SANDBOX_TEST_SECRET"]`), nil)
+		if err != nil || !strings.Contains(string(v), id) {
+			t.Fatalf("the instance's own environment: env = %s, %v", v, err)
+		}
+		if _, err := p.Call(ctx, "write_tmp", nil, nil); err != nil {
+			t.Fatalf("writing a temporary file: %v", err)
+		}
+		waitFor(t, func() bool { return out.has("imported") && out.has("inv-1/stdout:saying hello to sandbox") },
+			func() string { return "the agent's prints were not captured: " + out.String() })
+	})
+
+	t.Run("usage", func(t *testing.T) {
+		p, _, _ := start(t, sandbox.Limits{})
+		if _, err := p.Call(ctx, "hello", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		if u, ok := p.Usage(); ok {
+			if u.MemoryBytes <= 0 || u.Tasks < 1 {
+				t.Fatalf("usage = %+v: a running runner uses memory and at least one task", u)
+			}
+		} else if p.PID() <= 0 {
+			t.Fatalf("no usage and no pid to sample")
+		}
+	})
+
+	t.Run("crash ends calls and the instance", func(t *testing.T) {
+		p, _, _ := start(t, sandbox.Limits{})
+		_, err := p.Call(ctx, "die", []byte(`[7]`), nil)
+		var we *wire.Error
+		if !errors.As(err, &we) || we.Code != wire.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
+			t.Fatalf("die(7) = %v; want AGENT_CRASHED naming exit status 7", err)
+		}
+		waitExited(t, p)
+	})
+
+	t.Run("kill stops everything", func(t *testing.T) {
+		p, _, id := start(t, sandbox.Limits{})
+		done := make(chan error, 1)
+		go func() { _, err := p.Call(ctx, "nap", []byte(`[30]`), nil); done <- err }()
+		time.Sleep(200 * time.Millisecond)
+		p.KillWith(&wire.Error{Code: wire.CodeAgentCrashed, Message: "killed by the test"})
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "killed by the test") {
+				t.Fatalf("the call in flight ended with %v; want the kill's error", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the call in flight did not end after a kill")
+		}
+		waitExited(t, p)
+		assertNothingLeft(t, id)
+	})
+
+	t.Run("cpu time limit", func(t *testing.T) {
+		p, _, _ := start(t, sandbox.Limits{CPUSeconds: 1})
+		_, err := p.Call(ctx, "spin", nil, nil)
+		var we *wire.Error
+		if !errors.As(err, &we) || we.Code != wire.CodeResourceLimit || !strings.Contains(we.Message, "cpu time 1 s") {
+			t.Fatalf("spin with a 1 s CPU limit = %v; want RESOURCE_LIMIT naming cpu time 1 s", err)
+		}
+		waitExited(t, p)
+	})
+
+	if f.MemoryLimit {
+		t.Run("memory limit", func(t *testing.T) {
+			p, _, _ := start(t, sandbox.Limits{MemoryBytes: 96 << 20})
+			_, err := p.Call(ctx, "hog", nil, nil)
+			var we *wire.Error
+			if !errors.As(err, &we) || we.Code != wire.CodeResourceLimit || !strings.Contains(we.Message, "memory 96 MiB") {
+				t.Fatalf("hog with a 96 MiB limit = %v; want RESOURCE_LIMIT naming memory 96 MiB", err)
+			}
+			waitExited(t, p)
+		})
+	}
+}
+
+// realPython is the interpreter itself, not a launcher (pyenv's shims are
+// shell scripts a sandbox cannot run).
+func realPython(t *testing.T) string {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("python3 is needed:", err)
+	}
+	out, err := exec.Command(py, "-c", "import sys; print(sys.executable)").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func waitExited(t *testing.T, p *runner.Process) {
+	t.Helper()
+	select {
+	case <-p.Exited():
+	case <-time.After(15 * time.Second):
+		t.Fatal("the instance has not exited")
+	}
+}
+
+func waitFor(t *testing.T, ok func() bool, msg func() string) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatal(msg())
+}
+
+// assertNothingLeft fails if a process of instance id is still on the host:
+// every process the suite starts carries RUNAGENT_CONFORMANCE=id.
+func assertNothingLeft(t *testing.T, id string) {
+	t.Helper()
+	marker := []byte("RUNAGENT_CONFORMANCE=" + id + "\x00")
+	var left []int
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left = left[:0]
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+			if err == nil && strings.Contains(string(env), string(marker)) && !zombie(pid) {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 || time.Now().After(end) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("processes of instance %s are still running: %v", id, left)
+	}
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+type output struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (o *output) log(invocation, stream, text string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.lines = append(o.lines, invocation+"/"+stream+":"+strings.TrimRight(text, "\n"))
+}
+
+func (o *output) has(s string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, l := range o.lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return strings.Join(o.lines, "\n")
+}
