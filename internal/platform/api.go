@@ -428,7 +428,8 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 		s["limits"] = map[string]any{"min_instances": d.MinInstances, "max_instances": d.MaxInstances,
 			"target_concurrency": d.TargetConcurrency, "max_concurrency": d.MaxConcurrency, "max_queue": d.MaxQueue,
 			"idle_timeout_seconds": d.IdleTimeout.Seconds(), "memory_mb": d.MemoryMB, "cpu_seconds": d.CPUSeconds,
-			"max_pids": d.MaxPids, "call_timeout_seconds": d.CallTimeout.Seconds()}
+			"max_pids": d.MaxPids, "call_timeout_seconds": d.CallTimeout.Seconds(),
+			"sandbox": d.Sandbox, "network": d.Network, "work_dir_mb": d.WorkDirMB, "open_files": d.OpenFiles}
 	}
 	s["pool"] = map[string]any{"in_flight": st.Pool.InFlight, "queued": st.Pool.Queued, "instances": st.Pool.Instances, "retiring_versions": st.Retiring}
 	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent")

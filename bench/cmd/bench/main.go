@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/runagent-go/runagent/bench/internal/procs"
+	"github.com/runagent-go/runagent/internal/sandbox"
 )
 
 type options struct {
@@ -49,6 +50,8 @@ type options struct {
 	ttfbStreams   int
 	ttfbMax       time.Duration
 	coldStarts    int
+	sandboxes     []string
+	sandboxStarts int
 	callTimeout   time.Duration
 	startTimeout  time.Duration
 	settle        time.Duration
@@ -83,6 +86,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.streamTimeout, "stream-timeout", 120*time.Second, "time limit of one long stream")
 	fs.IntVar(&o.ttfbStreams, "ttfb-streams", 50, "small streams (minimal_stream) for time to first chunk")
 	fs.DurationVar(&o.ttfbMax, "ttfb-max", 60*time.Second, "time limit of the time-to-first-chunk test")
+	sbx := fs.String("sandboxes", "process,namespace,gvisor", "sandbox drivers to measure (start to ready, idle RSS, call round trip); empty: none")
+	fs.IntVar(&o.sandboxStarts, "sandbox-starts", 10, "instance starts timed per sandbox driver")
 	fs.IntVar(&o.coldStarts, "cold-starts", 5, "platform: calls timed from zero instances (each after the agent scaled to zero)")
 	fs.DurationVar(&o.callTimeout, "call-timeout", 30*time.Second, "time limit of one /run call")
 	fs.DurationVar(&o.startTimeout, "start-timeout", 120*time.Second, "time limit for a server to start and answer")
@@ -112,6 +117,18 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("-only: unknown server %q (want %s)", k, strings.Join(allKinds, ","))
 		}
 		o.only = append(o.only, k)
+	}
+	for name := range strings.SplitSeq(*sbx, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		if err := sandbox.CheckName(name); err != nil {
+			return nil, fmt.Errorf("-sandboxes: %w", err)
+		}
+		o.sandboxes = append(o.sandboxes, name)
+	}
+	if o.sandboxStarts < 1 {
+		return nil, errors.New("-sandbox-starts must be positive")
 	}
 	if len(o.only) == 0 {
 		return nil, errors.New("-only: no server selected")
@@ -189,12 +206,13 @@ func run(args []string) int {
 	defer b.cleanup()
 
 	results := b.runAll()
+	sandboxes := b.runSandboxes()
 	if ctx.Err() != nil {
 		procs.StopAll(3 * time.Second)
 		fmt.Fprintln(os.Stderr, "\nbench: interrupted; servers stopped, nothing written")
 		return 130
 	}
-	rep := &report{opts: o, info: b.info, results: results, elapsed: time.Since(b.started)}
+	rep := &report{opts: o, info: b.info, results: results, sandboxes: sandboxes, elapsed: time.Since(b.started)}
 	fmt.Print(rep.text())
 	if o.write != "" {
 		if err := os.WriteFile(o.write, []byte(rep.markdown()), 0o644); err != nil {

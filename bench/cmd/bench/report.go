@@ -14,10 +14,11 @@ import (
 )
 
 type report struct {
-	opts    *options
-	info    machineInfo
-	results []*result
-	elapsed time.Duration
+	opts      *options
+	info      machineInfo
+	results   []*result
+	sandboxes []*sandboxResult
+	elapsed   time.Duration
 }
 
 // metric is one row of the results table.
@@ -144,6 +145,9 @@ func (rep *report) byName(name string) *result {
 
 func (rep *report) totalErrors() int64 {
 	var n int64
+	for _, s := range rep.sandboxes {
+		n += int64(s.errors)
+	}
 	for _, r := range rep.results {
 		if r.measured() {
 			n += r.errors()
@@ -335,6 +339,44 @@ func (rep *report) coldRows() [][2]string {
 	}
 }
 
+// sandboxRows are the sandbox table's header and rows.
+func (rep *report) sandboxRows() [][]string {
+	var base *sandboxResult
+	for _, s := range rep.sandboxes {
+		if s.name == "process" && s.skipped == "" && len(s.calls) > 0 {
+			base = s
+		}
+	}
+	rows := [][]string{{"driver", "start → ready p50", "min … max", "floor: bare tool, python -c pass", "idle RSS", "call p50", "call p99", "call adds (p50)"}}
+	for _, s := range rep.sandboxes {
+		if s.skipped != "" {
+			rows = append(rows, []string{s.name, "not measured: " + firstLine(s.skipped), "", "", "", "", "", ""})
+			continue
+		}
+		row := []string{s.name, "—", "—", "—", formatValue(mib(s.idleRSS), "MiB"), "—", "—", "—"}
+		if len(s.starts) > 0 {
+			row[1] = formatValue(msf(loadgen.Percentile(s.starts, 50)), "ms")
+			row[2] = formatValue(msf(slices.Min(s.starts)), "ms") + " … " + formatValue(msf(slices.Max(s.starts)), "ms")
+		}
+		if len(s.floor) > 0 {
+			row[3] = formatValue(msf(loadgen.Percentile(s.floor, 50)), "ms")
+		}
+		if len(s.calls) > 0 {
+			row[5] = formatValue(msf(loadgen.Percentile(s.calls, 50)), "ms")
+			row[6] = formatValue(msf(loadgen.Percentile(s.calls, 99)), "ms")
+			if base != nil {
+				d := msf(loadgen.Percentile(s.calls, 50)) - msf(loadgen.Percentile(base.calls, 50))
+				row[7] = fmt.Sprintf("%+.3f ms", d)
+			}
+		}
+		if s.errors > 0 {
+			row[0] += fmt.Sprintf(" (%s; first: %s)", errNote(int64(s.errors)), s.firstErr)
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
 // text is the console summary.
 func (rep *report) text() string {
 	var sb strings.Builder
@@ -358,6 +400,14 @@ func (rep *report) text() string {
 		}
 		for _, row := range rep.coldRows() {
 			fmt.Fprintf(tw, "%s\t\t%s\t\t\n", row[0], row[1])
+		}
+		tw.Flush()
+	}
+	if len(rep.sandboxes) > 0 {
+		sb.WriteString("\nSandbox drivers (the runner started and called through each, no HTTP):\n")
+		tw = tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+		for _, row := range rep.sandboxRows() {
+			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 		}
 		tw.Flush()
 	}
@@ -509,6 +559,24 @@ func (rep *report) markdown() string {
 			for _, row := range rep.coldRows() {
 				w("| %s | %s |\n", row[0], row[1])
 			}
+		}
+	}
+
+	if len(rep.sandboxes) > 0 {
+		w("\n## Sandboxes\n\n")
+		w("The runner started and called through each sandbox driver directly (`runner.Start`, as the manager\n")
+		w("does; no HTTP), serving the same agent: %d timed starts after a first one (start → READY: the\n", rep.opts.sandboxStarts)
+		w("sandbox set up, Python started, the runner and the agent imported), the RSS of the last instance's\n")
+		w("whole process tree when idle, and %d sequential `minimal` calls over its channel. The floor is the\n", max(1, rep.opts.latCalls/3))
+		w("driver's tool alone starting `python -c pass` (`python`, `bwrap --unshare-all`, `runsc do`), the least\n")
+		w("a start through it can cost. \"Call adds\" is the call p50 minus the process driver's.\n\n")
+		rows := rep.sandboxRows()
+		w("| %s |\n|---|--:|--:|--:|--:|--:|--:|--:|\n", strings.Join(rows[0], " | "))
+		for _, row := range rows[1:] {
+			for i := range row {
+				row[i] = mdEscape(row[i])
+			}
+			w("| %s |\n", strings.Join(row, " | "))
 		}
 	}
 
