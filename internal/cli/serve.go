@@ -19,6 +19,8 @@ import (
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/sandbox"
+	"github.com/runagent-go/runagent/internal/sandbox/drivers"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 )
@@ -33,6 +35,8 @@ type serveOptions struct {
 	timeout   time.Duration
 	maxBody   int64
 	threads   int
+	sandbox   string
+	network   bool
 	logFormat string
 	logLevel  string
 	debugAddr string
@@ -63,6 +67,8 @@ registered in the local registry so that SDKs can find it by id alone.`,
 	f.DurationVar(&o.timeout, "timeout", server.DefaultCallTimeout, "longest a call may run before it fails with TIMEOUT")
 	f.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBodyBytes, "largest request body in bytes (413 beyond)")
 	f.IntVar(&o.threads, "threads", 32, "worker threads for the agent's sync functions")
+	f.StringVar(&o.sandbox, "sandbox", "process", "isolate the agent as the platform server would: "+strings.Join(sandbox.Names(), ", "))
+	f.BoolVar(&o.network, "network", true, "with a sandbox other than process: let the agent reach the network")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060)")
@@ -118,12 +124,17 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	}
 	defer db.Close()
 
+	drv, err := drivers.New(sandbox.Options{StateDir: filepath.Join(cache, "sandbox"), Log: log}).Get(o.sandbox)
+	if err != nil {
+		return fmt.Errorf("--sandbox %s: %w", o.sandbox, err)
+	}
 	init := runner.InitFor(folder, o.threads)
 	procEnv := runner.Environ(nil, env.Venv, folder.Env)
 	agentLog := log.With("agent_id", cfg.AgentID)
 	start := func(ctx context.Context) (*runner.Process, error) {
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: env.Python, Script: script, Env: procEnv, Init: init, Logger: agentLog,
+			Driver: drv, Venv: env.Venv, Network: o.network, Limits: sandbox.Limits{WorkDirBytes: 256 << 20},
 			OnLog: func(invocation, stream, text string) {
 				agentLog.Info("agent print", "stream", stream, "invocation_id", invocation, "text", strings.TrimRight(text, "\n"))
 			},
