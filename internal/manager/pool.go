@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/runagent-go/runagent/internal/autoscale"
@@ -57,6 +59,8 @@ type instance struct {
 	missed   int // consecutive failed health checks
 	pinging  bool
 	usage    Usage
+	// limitCounted: the manager stopped it for a limit and counted that.
+	limitCounted atomic.Bool
 }
 
 type waiter struct {
@@ -331,10 +335,32 @@ func (p *Pool) watch(in *instance) {
 		p.activateLocked()
 	}
 	p.mu.Unlock()
-	if gone && !errors.Is(in.proc.Err(), runner.ErrClosed) {
-		p.log.Warn("instance died", "instance", in.id, "error", in.proc.Err())
+	err := in.proc.Err()
+	var we *wire.Error
+	if errors.As(err, &we) && we.Code == wire.CodeResourceLimit && !in.limitCounted.Load() {
+		// The kernel enforced the limit (a cgroup's OOM kill, the CPU
+		// rlimit): count it as the manager's own limit kills are.
+		limit := limitLabel(we.Message)
+		p.log.Warn("instance stopped by a limit", "instance", in.id, "limit", limit, "detail", we.Message)
+		p.obs.LimitExceeded(p, in.id, limit)
+	}
+	if gone && !errors.Is(err, runner.ErrClosed) {
+		p.log.Warn("instance died", "instance", in.id, "error", err)
 		p.obs.InstanceGone(p, in.id, "died")
 	}
+}
+
+// limitLabel is the metric label of a RESOURCE_LIMIT message.
+func limitLabel(msg string) string {
+	switch {
+	case strings.Contains(msg, "memory"):
+		return "memory"
+	case strings.Contains(msg, "cpu"), strings.Contains(msg, "CPU"):
+		return "cpu"
+	case strings.Contains(msg, "processes"):
+		return "pids"
+	}
+	return "other"
 }
 
 func (p *Pool) removeLocked(in *instance) {
@@ -513,6 +539,7 @@ func (p *Pool) tick(now time.Time, usage map[int]Usage) {
 				proc, id := in.proc, in.id
 				p.log.Warn("instance over its limit; killing it", "instance", id, "limit", limit, "detail", msg)
 				p.obs.LimitExceeded(p, id, limit)
+				in.limitCounted.Store(true)
 				kill = append(kill, func() { proc.KillWith(&wire.Error{Code: wire.CodeResourceLimit, Message: msg}) })
 				continue
 			}
