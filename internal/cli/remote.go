@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/runagent-go/runagent/internal/platformclient"
 )
@@ -161,8 +162,8 @@ var isTerminal = func(f any) bool {
 	if !ok {
 		return false
 	}
-	st, err := file.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	// A character device is not enough: /dev/null is one (cron, CI).
+	return term.IsTerminal(int(file.Fd()))
 }
 
 // fancy reports whether progress may be drawn on w (bars, spinners): a

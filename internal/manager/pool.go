@@ -59,8 +59,9 @@ type instance struct {
 	missed   int // consecutive failed health checks
 	pinging  bool
 	usage    Usage
-	// limitCounted: the manager stopped it for a limit and counted that.
-	limitCounted atomic.Bool
+	// limitCounted: the manager stopped it for a limit and counted that;
+	// hung: for failed health checks, counted as such.
+	limitCounted, hung atomic.Bool
 }
 
 type waiter struct {
@@ -337,14 +338,17 @@ func (p *Pool) watch(in *instance) {
 	p.mu.Unlock()
 	err := in.proc.Err()
 	var we *wire.Error
-	if errors.As(err, &we) && we.Code == wire.CodeResourceLimit && !in.limitCounted.Load() {
+	limited := errors.As(err, &we) && we.Code == wire.CodeResourceLimit
+	if limited && !in.limitCounted.Load() {
 		// The kernel enforced the limit (a cgroup's OOM kill, the CPU
 		// rlimit): count it as the manager's own limit kills are.
 		limit := limitLabel(we.Message)
 		p.log.Warn("instance stopped by a limit", "instance", in.id, "limit", limit, "detail", we.Message)
 		p.obs.LimitExceeded(p, in.id, limit)
 	}
-	if gone && !errors.Is(err, runner.ErrClosed) {
+	// Each failure is counted once, under its reason: a hung instance was
+	// counted by its health check, a limit kill by the limit metric.
+	if gone && !limited && !in.hung.Load() && !errors.Is(err, runner.ErrClosed) {
 		p.log.Warn("instance died", "instance", in.id, "error", err)
 		p.obs.InstanceGone(p, in.id, "died")
 	}
@@ -602,6 +606,7 @@ func (p *Pool) healthCheck(in *instance) {
 	p.mu.Unlock()
 	if missed >= 2 && in.proc.Err() == nil {
 		p.log.Warn("instance does not answer health checks; replacing it", "instance", in.id, "error", err)
+		in.hung.Store(true)
 		p.obs.InstanceGone(p, in.id, "hung")
 		in.proc.KillWith(&wire.Error{Code: wire.CodeAgentCrashed, Message: fmt.Sprintf(
 			"the agent instance stopped answering health checks for %s and was replaced", 2*p.cfg.HealthTimeout)})

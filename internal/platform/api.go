@@ -419,11 +419,11 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 	s["versions"] = versions
 	st, _ := p.mgr.Status(id)
 	if a, _, _ := p.mgr.Lookup(id); a != nil {
-		tags := []string{}
+		eps := []json.RawMessage{}
 		for _, ep := range a.Entrypoints {
-			tags = append(tags, ep.Tag)
+			eps = append(eps, ep.JSON) // as /architecture lists them
 		}
-		s["entrypoints"] = tags
+		s["entrypoints"] = eps
 		d := st.Deployment
 		s["limits"] = map[string]any{"min_instances": d.MinInstances, "max_instances": d.MaxInstances,
 			"target_concurrency": d.TargetConcurrency, "max_concurrency": d.MaxConcurrency, "max_queue": d.MaxQueue,
