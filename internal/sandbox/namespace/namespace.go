@@ -193,7 +193,9 @@ func Args(s sandbox.Spec, pyPrefix string, seccompFD int) []string {
 	for _, p := range ro {
 		a = append(a, "--ro-bind", p, p)
 	}
-	a = append(a, "--chdir", s.AgentDir, "--seccomp", strconv.Itoa(seccompFD))
+	// bwrap builds the root on a tmpfs; made read-only, only /tmp and /work
+	// (mounts of their own, sized) stay writable.
+	a = append(a, "--remount-ro", "/", "--chdir", s.AgentDir, "--seccomp", strconv.Itoa(seccompFD))
 	return a
 }
 
