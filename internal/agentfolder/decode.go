@@ -299,6 +299,7 @@ var topLevel = []string{
 	"agent_name", "description", "framework", "template", "version", "created_at",
 	"template_source", "agent_id", "agent_architecture", "env_vars", "auth_settings",
 	"persistent_folders", "metadata",
+	"deployment", // how the platform server runs it: checked by internal/manager
 }
 
 func (c *checker) config(m map[string]any) *Config {

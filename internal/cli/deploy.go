@@ -17,6 +17,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/platformclient"
 )
 
@@ -155,6 +156,10 @@ func loadForDeploy(dir string) (*agentfolder.Folder, error) {
 	if folder.Config.AgentArchitecture == nil || len(folder.Config.AgentArchitecture.Entrypoints) == 0 {
 		return nil, fmt.Errorf("%s: agent_architecture.entrypoints: the agent has no entrypoints to deploy; add at least one {\"file\", \"module\", \"tag\"}",
 			filepath.Join(folder.Dir, folder.ConfigFile))
+	}
+	// The server checks the deployment section too; failing here saves an upload.
+	if _, err := manager.ParseDeployment(folder.RawConfig["deployment"], manager.DefaultDeployment); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(folder.Dir, folder.ConfigFile), err)
 	}
 	return folder, nil
 }

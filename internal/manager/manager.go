@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,8 +69,9 @@ type Config struct {
 
 // Manager owns the deployed agents.
 type Manager struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	runID string
 
 	mu     sync.RWMutex
 	agents map[string]*agentState
@@ -107,7 +109,11 @@ func New(cfg Config) *Manager {
 	if cfg.Obs == nil {
 		cfg.Obs = nopObserver{}
 	}
-	return &Manager{cfg: cfg, log: cfg.Log, agents: map[string]*agentState{}}
+	// Sandboxes are named after their instance; the run id keeps the names
+	// of this server's instances apart from any another server (or this one
+	// before a restart) left on the machine.
+	runID := strconv.FormatUint(uint64(time.Now().UnixNano())%(36*36*36*36*36*36), 36)
+	return &Manager{cfg: cfg, log: cfg.Log, agents: map[string]*agentState{}, runID: runID}
 }
 
 type nopObserver struct{}
@@ -371,7 +377,7 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 		defer cancel()
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: env.Python, Script: m.cfg.Script, Env: procEnv, Init: init, Logger: instLog.With("instance", instanceID),
-			Driver: drv, InstanceID: agentID + "-" + instanceID, Venv: env.Venv, Network: dep.Network, Limits: limits,
+			Driver: drv, InstanceID: agentID + "-" + m.runID + "-" + instanceID, Venv: env.Venv, Network: dep.Network, Limits: limits,
 			OnLog:        line,
 			OnOutput:     func(stream, text string) { line("", stream, text) },
 			ReadyTimeout: m.cfg.StartTimeout,

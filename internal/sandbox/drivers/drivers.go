@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/runagent-go/runagent/internal/sandbox"
+	"github.com/runagent-go/runagent/internal/sandbox/gvisor"
 	"github.com/runagent-go/runagent/internal/sandbox/namespace"
 )
 
@@ -40,6 +41,8 @@ func (s *Set) Get(name string) (sandbox.Driver, error) {
 	switch name {
 	case "namespace":
 		d, err = namespace.New(o)
+	case "gvisor":
+		d, err = gvisor.New(o)
 	default:
 		return nil, fmt.Errorf("the %s sandbox is not built yet", name)
 	}
