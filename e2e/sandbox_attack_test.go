@@ -103,9 +103,9 @@ func runAttackSuite(t *testing.T, driver string) {
 	})
 
 	victimDir := attackFixture(t, "victim")
-	attackEditConfig(t, victimDir, func(cfg map[string]any) { cfg["env_vars"] = map[string]any{"VICTIM_SECRET": secret} })
+	editConfig(t, victimDir, func(cfg map[string]any) { cfg["env_vars"] = map[string]any{"VICTIM_SECRET": secret} })
 	attackerDir := attackFixture(t, "attacker")
-	attackEditConfig(t, attackerDir, func(cfg map[string]any) {
+	editConfig(t, attackerDir, func(cfg map[string]any) {
 		k, v, _ := strings.Cut(attackerEnv, "=")
 		cfg["env_vars"] = map[string]any{k: v}
 	})
@@ -586,25 +586,6 @@ func attackKillNamed(name string) int {
 		}
 	}
 	return len(pids)
-}
-
-// attackEditConfig rewrites the agent's runagent.config.json through fn.
-func attackEditConfig(t *testing.T, dir string, fn func(cfg map[string]any)) {
-	t.Helper()
-	path := filepath.Join(dir, "runagent.config.json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	fn(cfg)
-	b, _ = json.MarshalIndent(cfg, "", "  ")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // attackPoll polls cond every 100ms until it holds or timeout passes.

@@ -46,7 +46,7 @@ type Driver struct {
 	log     *slog.Logger
 
 	mu       sync.Mutex
-	prefixes map[string]string // interpreter -> its installation prefix
+	prefixes sandbox.Prefixes
 }
 
 // New finds runsc and prepares the driver's state directories under
@@ -72,7 +72,7 @@ func New(o sandbox.Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{
-		runsc: runsc, sh: sh, log: log, prefixes: map[string]string{},
+		runsc: runsc, sh: sh, log: log,
 		state: filepath.Join(base, "state"), bundles: filepath.Join(base, "bundles"),
 	}
 	for _, dir := range []string{d.state, d.bundles} {
@@ -574,29 +574,12 @@ func processesNaming(bundle string) []int {
 	return pids
 }
 
-// prefix is the installation prefix of python (sys.base_prefix), which the
-// sandbox must see; asked once per interpreter.
+// prefix is the installation prefix of python, which the sandbox must see.
 func (d *Driver) prefix(ctx context.Context, python string) (string, error) {
-	d.mu.Lock()
-	p, ok := d.prefixes[python]
-	d.mu.Unlock()
-	if ok {
-		return p, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	// -I -S: no site, so no .pth file of the agent's packages runs on the host.
-	out, err := exec.CommandContext(ctx, python, "-I", "-S", "-c", "import sys; print(sys.base_prefix)").Output()
+	p, err := d.prefixes.Get(ctx, python)
 	if err != nil {
-		return "", fmt.Errorf("gvisor sandbox: find the installation of %s: %w", python, err)
+		return "", fmt.Errorf("gvisor sandbox: %w", err)
 	}
-	p = strings.TrimSpace(string(out))
-	if !filepath.IsAbs(p) {
-		return "", fmt.Errorf("gvisor sandbox: %s reports prefix %q", python, p)
-	}
-	d.mu.Lock()
-	d.prefixes[python] = p
-	d.mu.Unlock()
 	return p, nil
 }
 

@@ -39,7 +39,7 @@ type Driver struct {
 	log     *slog.Logger
 
 	mu       sync.Mutex
-	prefixes map[string]string // interpreter -> its installation prefix
+	prefixes sandbox.Prefixes
 }
 
 // New finds bwrap and prepares what every instance shares.
@@ -56,7 +56,7 @@ func New(o sandbox.Options) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{bwrap: path, filter: filter, log: log, prefixes: map[string]string{}}
+	d := &Driver{bwrap: path, filter: filter, log: log}
 	if v, err := cgroup.Available(); err == nil {
 		d.cgroups = true
 		log.Info("namespace sandbox: instances get a cgroup", "cgroup", v)
@@ -199,28 +199,12 @@ func Args(s sandbox.Spec, pyPrefix string, seccompFD int) []string {
 	return a
 }
 
-// prefix is the installation prefix of python (sys.base_prefix), which the
-// sandbox must see; asked once per interpreter.
+// prefix is the installation prefix of python, which the sandbox must see.
 func (d *Driver) prefix(ctx context.Context, python string) (string, error) {
-	d.mu.Lock()
-	p, ok := d.prefixes[python]
-	d.mu.Unlock()
-	if ok {
-		return p, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, python, "-c", "import sys; print(sys.base_prefix)").Output()
+	p, err := d.prefixes.Get(ctx, python)
 	if err != nil {
-		return "", fmt.Errorf("namespace sandbox: find the installation of %s: %w", python, err)
+		return "", fmt.Errorf("namespace sandbox: %w", err)
 	}
-	p = strings.TrimSpace(string(out))
-	if !filepath.IsAbs(p) {
-		return "", fmt.Errorf("namespace sandbox: %s reports prefix %q", python, p)
-	}
-	d.mu.Lock()
-	d.prefixes[python] = p
-	d.mu.Unlock()
 	return p, nil
 }
 
