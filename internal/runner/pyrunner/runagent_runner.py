@@ -48,6 +48,9 @@ MAX_FRAME = 256 << 20
 
 # Frame kinds, host -> runner.
 K_INIT, K_CALL, K_CANCEL, K_PING = 1, 2, 3, 4
+# RESUME: the instance was restored from a snapshot taken after READY (the
+# microvm sandbox); state every copy of the snapshot shares is made its own.
+K_RESUME = 5
 # Frame kinds, runner -> host.
 K_READY, K_RESULT, K_CHUNK, K_END, K_ERROR, K_CHUNK_ERROR, K_LOG, K_PONG = (
     10, 11, 12, 13, 14, 15, 16, 17)
@@ -1601,6 +1604,8 @@ def dispatch(batch):
                 ops.append((1, c))
         elif kind == K_PING:
             send_now(K_PONG, cid, b"")
+        elif kind == K_RESUME:
+            _resume()
         elif kind == K_INIT:
             os.write(2, b"runagent runner: ignoring a second INIT frame\n")
         else:
@@ -1995,6 +2000,43 @@ def webhook(e):
     return call_webhook
 
 
+def _resume():
+    """Every instance restored from one snapshot starts with the same
+    memory: reseed the random module's generator (the guest kernel's was
+    reseeded by the host before this frame), so that instances do not draw
+    the same numbers."""
+    import random
+    random.seed()
+
+
+class _DeviceStream:
+    """The channel as a character device (a virtio serial port in a
+    microVM) behind the few socket methods the runner uses."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+    def recv(self, n):
+        return os.read(self.fd, n)
+
+    def send(self, data, flags=0):
+        return os.write(self.fd, data)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def set_inheritable(self, v):
+        os.set_inheritable(self.fd, v)
+
+    def setblocking(self, v):
+        os.set_blocking(self.fd, v)
+
+
 def _open_stream(argv):
     fd = None
     target = None
@@ -2025,7 +2067,11 @@ def _open_stream(argv):
         os.dup2(null, 0)
         os.close(null)
     if fd is not None:
-        sock = socket.socket(fileno=fd)
+        import stat
+        if stat.S_ISCHR(os.fstat(fd).st_mode):
+            sock = _DeviceStream(fd)
+        else:
+            sock = socket.socket(fileno=fd)
     elif target is not None and target.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(target[5:])

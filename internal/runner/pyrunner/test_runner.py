@@ -1673,3 +1673,54 @@ def test_loop_got_at_import_time_is_the_runners(lazy_dir):
         assert r.value("via_loop", 4) == [8, True]
     finally:
         assert r.close() == 0
+
+
+def test_channel_on_a_character_device_and_resume(tmp_path):
+    """In a microVM the channel is a virtio serial port, a character device,
+    not a socket: the runner reads and writes it as a file. Here a raw pty
+    stands in for it. RESUME (sent after a snapshot restore) reseeds the
+    random module and the runner goes on serving."""
+    import pty
+    import tty
+    (tmp_path / "main.py").write_text(
+        "import random\n"
+        "def draw():\n"
+        "    return random.getrandbits(64)\n", encoding="utf-8")
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    proc = subprocess.Popen([PYTHON, "-u", "-X", "utf8", RUNNER, "--fd", str(slave)],
+                            pass_fds=(slave,), cwd="/")
+    os.close(slave)
+    try:
+        def send(kind, cid, body=b""):
+            os.write(master, HDR.pack(len(body) + 5, kind, cid) + body)
+
+        buf = b""
+
+        def recv():
+            nonlocal buf
+            while True:
+                if len(buf) >= 9:
+                    n, kind, cid = HDR.unpack_from(buf, 0)
+                    if len(buf) >= 4 + n:
+                        body, buf = buf[9:4 + n], buf[4 + n:]
+                        return kind, cid, body
+                r, _, _ = __import__("select").select([master], [], [], 20)
+                assert r, "the runner did not answer on the pty"
+                buf += os.read(master, 65536)
+
+        send(INIT, 0, json.dumps({"agent_dir": str(tmp_path), "entrypoints": [
+            {"tag": "draw", "file": "main.py", "module": "draw"}]}).encode())
+        kind, _, body = recv()
+        assert kind == READY and json.loads(body)["entrypoints"] == {"draw": "sync_function"}, body
+        send(5, 0)  # RESUME
+        send(CALL, 1, json.dumps({"tag": "draw", "args": [], "kwargs": {}}).encode())
+        kind, cid, body = recv()
+        assert (kind, cid) == (RESULT, 1), (kind, cid, body)
+        send(PING, 2)
+        assert recv()[:2] == (PONG, 2)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
