@@ -3,6 +3,7 @@ package runner
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -107,9 +108,17 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if spec.Limits.CPUSeconds > 0 || spec.Limits.OpenFiles > 0 {
 		spec.Init.Limits = &InitLimits{CPUSeconds: spec.Limits.CPUSeconds, OpenFiles: spec.Limits.OpenFiles}
 	}
-	inst, err := driver.Start(ctx, sandbox.Spec{
+	initBody, err := json.Marshal(spec.Init)
+	if err != nil {
+		return nil, err
+	}
+	ictx, cancel := context.WithTimeoutCause(ctx, spec.ReadyTimeout,
+		fmt.Errorf("the agent did not finish importing within %s", spec.ReadyTimeout))
+	defer cancel()
+	inst, err := driver.Start(ictx, sandbox.Spec{
 		ID: id, Python: spec.Python, Args: []string{"-u", "-X", "utf8", spec.Script}, Env: spec.Env,
 		AgentDir: spec.Init.AgentDir, Venv: spec.Venv, Script: spec.Script, Network: spec.Network, Limits: spec.Limits,
+		Init: initBody,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start python runner %q (%s sandbox): %w", spec.Python, driver.Name(), err)
@@ -137,10 +146,17 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	sock := inst.Channel()
 	p.Conn = NewConn(sock, spec.OnLog, p.lost)
 
-	ictx, cancel := context.WithTimeoutCause(ctx, spec.ReadyTimeout,
-		fmt.Errorf("the agent did not finish importing within %s", spec.ReadyTimeout))
-	defer cancel()
-	ready, err := p.Conn.Init(ictx, spec.Init)
+	var ready *Ready
+	if in, ok := inst.(sandbox.Initialized); ok && in.Ready() != nil {
+		// The driver sent INIT itself (a snapshot-restored microVM).
+		ready = new(Ready)
+		if err := json.Unmarshal(in.Ready(), ready); err != nil {
+			p.Kill()
+			return nil, fmt.Errorf("runner protocol: bad READY frame: %w", err)
+		}
+	} else {
+		ready, err = p.Conn.Init(ictx, spec.Init)
+	}
 	if err != nil {
 		p.Kill()
 		if errors.Is(err, ErrClosed) || wire.CodeOf(err) == wire.CodeAgentCrashed {

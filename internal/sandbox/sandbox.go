@@ -40,6 +40,18 @@ type Spec struct {
 	// allows it); without it a sandbox has no network interface but loopback.
 	Network bool
 	Limits  Limits
+	// Init is the body of the runner's INIT frame. A driver that restores
+	// instances from snapshots taken after READY (microvm) sends it itself
+	// and hands back READY through Initialized; others leave it to the
+	// caller.
+	Init []byte
+}
+
+// Initialized is an Instance whose driver sent INIT itself: Ready is the
+// runner's READY body (nil if the driver did not), and the caller must not
+// send INIT again.
+type Initialized interface {
+	Ready() []byte
 }
 
 // Limits are per instance; 0 means none.
@@ -78,6 +90,21 @@ type Options struct {
 	// bundles, runtime state); created if missing.
 	StateDir string
 	Log      *slog.Logger
+	// MicroVM configures the microvm driver.
+	MicroVM MicroVMOptions
+}
+
+// MicroVMOptions configure the microvm driver.
+type MicroVMOptions struct {
+	// Image is the guest image folder ("" for the default, see
+	// `runagent microvm image build`).
+	Image string
+	// Accel is "auto" (probe hardware acceleration by booting with a
+	// deadline, else emulate), "kvm" or "tcg" ("" is "auto").
+	Accel string
+	// Warm is how many VMs restored from an agent's snapshot are kept ready
+	// for its next instances (0: 1; negative: none).
+	Warm int
 }
 
 // Driver starts instances one way.
