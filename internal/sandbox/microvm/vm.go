@@ -80,14 +80,15 @@ func (c vmConfig) args(dir string, incoming bool) []string {
 	// The guest's console (kernel messages, the initramfs) goes to QEMU's
 	// own stderr. The runner's channel, its output and the supervisor's
 	// control port are unix sockets QEMU listens on and this process
-	// connects to once QEMU runs: a chardev connected before the guest's
-	// driver is up (a socketpair) does not reliably tell the guest port it
-	// is open, and then the port neither reads nor writes.
-	a = append(a, "-device", "virtio-serial-device",
-		"-chardev", "file,id=con,path=/dev/stderr", "-device", "virtconsole,chardev=con")
+	// connects to. Each port has a virtio-serial device of its own: with
+	// several ports on one device, QEMU dropped the host's connection to
+	// one of them (measured: the channel's, every time).
+	a = append(a, "-device", "virtio-serial-device,id=vcon",
+		"-chardev", "file,id=con,path=/dev/stderr", "-device", "virtconsole,chardev=con,bus=vcon.0")
 	for _, p := range portSockets {
-		a = append(a, "-chardev", fmt.Sprintf("socket,id=%s,path=%s,server=on,wait=off", p.id, filepath.Join(dir, p.file)),
-			"-device", fmt.Sprintf("virtserialport,chardev=%s,name=%s", p.id, p.name))
+		a = append(a, "-device", "virtio-serial-device,id=v"+p.id,
+			"-chardev", fmt.Sprintf("socket,id=%s,path=%s,server=on,wait=off", p.id, filepath.Join(dir, p.file)),
+			"-device", fmt.Sprintf("virtserialport,chardev=%s,name=%s,bus=v%s.0", p.id, p.name, p.id))
 	}
 	if incoming {
 		// Deferred: the ports are connected first, so that the restored
