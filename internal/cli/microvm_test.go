@@ -71,6 +71,7 @@ func TestMicroVMImageShow(t *testing.T) {
 }
 
 func TestPrintBuiltImageNextStep(t *testing.T) {
+	const next = "RUNAGENT_TEST_MICROVM=1 go test ./internal/sandbox/microvm/ (the server's --sandbox microvm is not wired in yet)"
 	dir := fakeMicroVMImage(t)
 	im, err := microvm.LoadImage(dir)
 	if err != nil {
@@ -79,8 +80,8 @@ func TestPrintBuiltImageNextStep(t *testing.T) {
 	for _, tc := range []struct {
 		name, env, out, want string
 	}{
-		{"default folder", dir, "", "Next: runagent server --sandbox microvm\n"},
-		{"other folder", filepath.Join(t.TempDir(), "elsewhere"), dir, "Next: RUNAGENT_MICROVM_IMAGE=" + dir + " runagent server --sandbox microvm\n"},
+		{"default folder", dir, "", "Next: " + next + "\n"},
+		{"other folder", filepath.Join(t.TempDir(), "elsewhere"), dir, "Next: RUNAGENT_MICROVM_IMAGE=" + dir + " " + next + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("RUNAGENT_MICROVM_IMAGE", tc.env)

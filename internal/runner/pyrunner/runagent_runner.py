@@ -1866,7 +1866,10 @@ def _apply_limits(limits):
     cpu = limits.get("cpu_seconds")
     if isinstance(cpu, (int, float)) and cpu > 0:
         # SIGXCPU at the limit, SIGKILL one second later if it is ignored.
-        soft = max(1, int(-(-cpu // 1)))
+        # The limit is the agent's: on top of what starting the runner took
+        # (over a second in an emulated microVM).
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        soft = max(1, int(-(-(cpu + ru.ru_utime + ru.ru_stime) // 1)))
         resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
     nofile = limits.get("open_files")
     if isinstance(nofile, int) and nofile > 0:

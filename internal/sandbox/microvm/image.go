@@ -108,9 +108,9 @@ type Image struct {
 	Manifest
 }
 
-func (im *Image) Kernel() string { return filepath.Join(im.Dir, KernelFile) }
-func (im *Image) Initrd() string { return filepath.Join(im.Dir, InitrdFile) }
-func (im *Image) Root() string   { return filepath.Join(im.Dir, RootFile) }
+func (im *Image) KernelPath() string { return filepath.Join(im.Dir, KernelFile) }
+func (im *Image) InitrdPath() string { return filepath.Join(im.Dir, InitrdFile) }
+func (im *Image) RootPath() string   { return filepath.Join(im.Dir, RootFile) }
 
 // ErrNoImage is returned by LoadImage when there is no image to load.
 var ErrNoImage = errors.New("no microVM image")

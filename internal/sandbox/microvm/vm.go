@@ -65,9 +65,9 @@ func (c vmConfig) args(dir string, incoming bool) []string {
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(c.memoryMiB) + "M", "-smp", strconv.Itoa(c.cpus),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", c.image.Kernel(), "-initrd", c.image.Initrd(), "-append", cmdline,
+		"-kernel", c.image.KernelPath(), "-initrd", c.image.InitrdPath(), "-append", cmdline,
 		"-qmp", "unix:" + filepath.Join(dir, "q") + ",server=on,wait=off",
-		"-drive", "if=none,id=root,format=raw,readonly=on,file=" + c.image.Root(),
+		"-drive", "if=none,id=root,format=raw,readonly=on,file=" + c.image.RootPath(),
 		"-device", "virtio-blk-device,drive=root,serial=ra-root",
 	}
 	if c.agentDisk != "" {

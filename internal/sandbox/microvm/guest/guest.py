@@ -237,6 +237,13 @@ def power_off():
 
 
 def main():
+    # fds 0-2 must be taken before the ports are opened, or a port lands on
+    # one of them and the dup2s below overwrite it.
+    while True:
+        fd = os.open("/dev/null", os.O_RDWR)
+        if fd > 2:
+            os.close(fd)
+            break
     ports = {}
     for name in ("ra.control", "ra.channel", "ra.stdout", "ra.stderr"):
         ports[name] = os.open(find_port(name), os.O_RDWR | os.O_CLOEXEC)

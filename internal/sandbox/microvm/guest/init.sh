@@ -20,6 +20,14 @@ for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console failover net_f
 		$B insmod /lib/modules/$m.ko || fail "insmod $m"
 	fi
 done
+# PID 1 starts with no stdin, stdout or stderr (the console driver was a
+# module): give it some, or the supervisor's first ports land on fds 0-2.
+# hvc0 appears once QEMU has announced the console port.
+exec </dev/null >/dev/null 2>&1
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	[ -c /dev/hvc0 ] && break
+	$B usleep 20000
+done
 [ -c /dev/hvc0 ] && exec >/dev/hvc0 2>&1
 
 work=16
