@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -389,8 +388,6 @@ func (t *tail) describe() string {
 	}
 	return b.String()
 }
-
-var errGone = errors.New("the microVM is gone")
 
 // debugConsole (RUNAGENT_MICROVM_DEBUG=1) copies every VM's console to
 // stderr as it comes, and boots the kernel without "quiet".
