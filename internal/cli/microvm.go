@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 )
 
@@ -73,11 +75,9 @@ func (a *app) printBuiltImage(im *microvm.Image, out string, took time.Duration)
 		a.printJSON(map[string]any{"dir": im.Dir, "size_bytes": size, "manifest": im.Manifest})
 		return nil
 	}
-	// The server does not offer the microvm sandbox yet (issue 7); its
-	// driver's own tests boot this image.
-	next := "RUNAGENT_TEST_MICROVM=1 go test ./internal/sandbox/microvm/ (the server's --sandbox microvm is not wired in yet)"
+	next := "runagent server --sandbox microvm (or runagent serve PATH --sandbox microvm)"
 	if out != "" && filepath.Clean(out) != filepath.Clean(microvm.DefaultImageDir()) {
-		next = "RUNAGENT_MICROVM_IMAGE=" + im.Dir + " " + next
+		next = "runagent server --sandbox microvm --microvm-image " + im.Dir
 	}
 	fmt.Fprintf(a.stdout, "Built the microVM image in %s.\n", took.Round(100*time.Millisecond))
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -161,4 +161,11 @@ func packageSummary(pkgs map[string]string) string {
 	}
 	sort.Strings(key)
 	return fmt.Sprintf("%d (%s; --json lists all)", len(pkgs), strings.Join(key, ", "))
+}
+
+// addMicroVMFlags adds the microvm sandbox's flags, shared by serve and server.
+func addMicroVMFlags(f *pflag.FlagSet, o *sandbox.MicroVMOptions) {
+	f.StringVar(&o.Image, "microvm-image", "", "with --sandbox microvm: the guest image folder (default $RUNAGENT_MICROVM_IMAGE, else "+microvm.DefaultImageDir()+"; build it with runagent microvm image build)")
+	f.StringVar(&o.Accel, "microvm-accel", "auto", "with --sandbox microvm: kvm, tcg (QEMU's emulation) or auto (use KVM if a probe VM boots under it in time)")
+	f.IntVar(&o.Warm, "microvm-warm", 1, "with --sandbox microvm: VMs restored from each agent's snapshot kept ready for its next instances (0: none)")
 }

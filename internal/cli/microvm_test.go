@@ -71,7 +71,7 @@ func TestMicroVMImageShow(t *testing.T) {
 }
 
 func TestPrintBuiltImageNextStep(t *testing.T) {
-	const next = "RUNAGENT_TEST_MICROVM=1 go test ./internal/sandbox/microvm/ (the server's --sandbox microvm is not wired in yet)"
+	const next = "runagent server --sandbox microvm (or runagent serve PATH --sandbox microvm)"
 	dir := fakeMicroVMImage(t)
 	im, err := microvm.LoadImage(dir)
 	if err != nil {
@@ -81,7 +81,7 @@ func TestPrintBuiltImageNextStep(t *testing.T) {
 		name, env, out, want string
 	}{
 		{"default folder", dir, "", "Next: " + next + "\n"},
-		{"other folder", filepath.Join(t.TempDir(), "elsewhere"), dir, "Next: RUNAGENT_MICROVM_IMAGE=" + dir + " " + next + "\n"},
+		{"other folder", filepath.Join(t.TempDir(), "elsewhere"), dir, "Next: runagent server --sandbox microvm --microvm-image " + dir + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("RUNAGENT_MICROVM_IMAGE", tc.env)

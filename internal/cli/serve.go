@@ -40,6 +40,7 @@ type serveOptions struct {
 	logFormat string
 	logLevel  string
 	debugAddr string
+	microVM   sandbox.MicroVMOptions
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -68,6 +69,7 @@ registered in the local registry so that SDKs can find it by id alone.`,
 	f.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBodyBytes, "largest request body in bytes (413 beyond)")
 	f.IntVar(&o.threads, "threads", 32, "worker threads for the agent's sync functions")
 	f.StringVar(&o.sandbox, "sandbox", "process", "isolate the agent as the platform server would: "+strings.Join(sandbox.Names(), ", "))
+	addMicroVMFlags(f, &o.microVM)
 	f.BoolVar(&o.network, "network", true, "with a sandbox other than process: let the agent reach the network")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -124,7 +126,9 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	}
 	defer db.Close()
 
-	drv, err := drivers.New(sandbox.Options{StateDir: filepath.Join(cache, "sandbox"), Log: log}).Get(o.sandbox)
+	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(cache, "sandbox"), Log: log, MicroVM: o.microVM})
+	defer sandboxes.Close()
+	drv, err := sandboxes.Get(o.sandbox)
 	if err != nil {
 		return fmt.Errorf("--sandbox %s: %w", o.sandbox, err)
 	}

@@ -39,6 +39,7 @@ type serverOptions struct {
 	maxFiles, asyncWorkers             int
 	tick, health, stable, panic        time.Duration
 	logFormat, logLevel                string
+	microVM                            sandbox.MicroVMOptions
 }
 
 func (a *app) serverCommand() *cobra.Command {
@@ -65,6 +66,7 @@ The API is described in docs/platform-api.md.`,
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of the main listener")
 	f.StringVar(&o.dep.Sandbox, "sandbox", o.dep.Sandbox, "how instances are isolated: "+strings.Join(sandbox.Names(), ", ")+
 		" (agents may ask for a stronger one in their deployment section, never a weaker one)")
+	addMicroVMFlags(f, &o.microVM)
 	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
 	f.Float64Var(&o.rate, "rate", 50, "default requests per second per API key (0: no limit)")
 	f.IntVar(&o.burst, "burst", 100, "default burst per API key")
@@ -112,7 +114,8 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if err := sandbox.CheckName(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox: %w", err)
 	}
-	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log})
+	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log, MicroVM: o.microVM})
+	defer sandboxes.Close()
 	if _, err := sandboxes.Get(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox %s: %w", o.dep.Sandbox, err)
 	}

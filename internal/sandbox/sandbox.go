@@ -103,7 +103,7 @@ type MicroVMOptions struct {
 	// deadline, else emulate), "kvm" or "tcg" ("" is "auto").
 	Accel string
 	// Warm is how many VMs restored from an agent's snapshot are kept ready
-	// for its next instances (0: 1; negative: none).
+	// for its next instances (0: none; the CLI's default is 1).
 	Warm int
 }
 

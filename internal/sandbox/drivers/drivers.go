@@ -2,12 +2,15 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync"
 
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/gvisor"
+	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 	"github.com/runagent-go/runagent/internal/sandbox/namespace"
 )
 
@@ -43,6 +46,8 @@ func (s *Set) Get(name string) (sandbox.Driver, error) {
 		d, err = namespace.New(o)
 	case "gvisor":
 		d, err = gvisor.New(o)
+	case "microvm":
+		d, err = microvm.New(o)
 	default:
 		return nil, fmt.Errorf("the %s sandbox is not built yet", name)
 	}
@@ -51,4 +56,20 @@ func (s *Set) Get(name string) (sandbox.Driver, error) {
 	}
 	s.opened[name] = d
 	return d, nil
+}
+
+// Close closes the drivers that hold resources of their own (the microvm
+// driver's warm VMs); instances already started are their owners' to close.
+func (s *Set) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for name, d := range s.opened {
+		if c, ok := d.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close the %s sandbox: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -104,11 +104,7 @@ func New(o sandbox.Options) (*Driver, error) {
 			return nil, err
 		}
 	}
-	warm := o.MicroVM.Warm
-	if warm == 0 {
-		warm = 1
-	}
-	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(warm, 0),
+	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(o.MicroVM.Warm, 0),
 		snaps: map[string]*snapshot{}, taking: map[string]bool{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
 	d.disks.dir = filepath.Join(o.StateDir, "disks")
 	d.disks.image = im

@@ -32,5 +32,5 @@ func newDriver(t *testing.T, warm int) *microvm.Driver {
 }
 
 func TestMicroVMDriverConformance(t *testing.T) {
-	sandboxtest.Run(t, newDriver(t, 0), sandboxtest.Features{MemoryLimit: true})
+	sandboxtest.Run(t, newDriver(t, 1), sandboxtest.Features{MemoryLimit: true})
 }
