@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 )
 
 var (
@@ -41,6 +43,11 @@ func TestMain(m *testing.M) {
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build runagent: %v\n%s", err, out)
 		os.Exit(1)
+	}
+	// The microVM image the tests boot is the one `make microvm-image`
+	// built in the developer's cache, not one in the tests' fresh caches.
+	if os.Getenv("RUNAGENT_MICROVM_IMAGE") == "" {
+		os.Setenv("RUNAGENT_MICROVM_IMAGE", microvm.DefaultImageDir())
 	}
 	sharedCache = filepath.Join(dir, "cache")
 	code := m.Run()

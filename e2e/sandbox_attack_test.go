@@ -34,11 +34,12 @@ import (
 // Fixtures: testdata/attacker (one entrypoint per case, each reporting
 // {"attempted", "blocked", "detail"}) and testdata/victim.
 //
-// CI installs bubblewrap and runsc; without them the namespace and gvisor
-// subtests fail, unless RUNAGENT_TEST_NO_BWRAP=1 / RUNAGENT_TEST_NO_GVISOR=1
-// makes them skip.
+// CI installs bubblewrap, runsc and QEMU and builds the microVM image (make
+// microvm-image); without them the namespace, gvisor and microvm subtests
+// fail, unless RUNAGENT_TEST_NO_BWRAP=1 / RUNAGENT_TEST_NO_GVISOR=1 /
+// RUNAGENT_TEST_NO_MICROVM=1 makes them skip.
 func TestSandboxAttacks(t *testing.T) {
-	for _, driver := range []string{"process", "namespace", "gvisor"} {
+	for _, driver := range []string{"process", "namespace", "gvisor", "microvm"} {
 		t.Run(driver, func(t *testing.T) { runAttackSuite(t, driver) })
 	}
 }
@@ -405,6 +406,8 @@ func attackPrecheck(t *testing.T, driver string) {
 		tool, env = "bwrap", "RUNAGENT_TEST_NO_BWRAP"
 	case "gvisor":
 		tool, env = "runsc", "RUNAGENT_TEST_NO_GVISOR"
+	case "microvm":
+		tool, env = "qemu-system-x86_64", "RUNAGENT_TEST_NO_MICROVM"
 	default:
 		return
 	}

@@ -43,7 +43,7 @@ func (d *Driver) acceleration() string {
 }
 
 func (d *Driver) probeKVM() error {
-	cfg := vmConfig{image: d.image, memoryMiB: minMemoryMiB, cpus: 1, workMiB: 1, accel: "kvm"}
+	cfg := vmConfig{image: d.image, memoryMiB: minMemoryMiB, cpus: 1, workMiB: 1, accel: "kvm", kernelArgs: d.kernelArgs}
 	v, err := launch(d.qemu, d.vmDir(), cfg, nil, time.Now().Add(kvmDeadline))
 	if err != nil {
 		return err

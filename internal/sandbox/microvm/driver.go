@@ -48,6 +48,8 @@ type Driver struct {
 	qemu  string
 	image *Image
 	warmN int
+	// kernelArgs tell guest kernels the host's TSC rate (tscKernelArgs).
+	kernelArgs string
 
 	accelOnce sync.Once
 	accel     string
@@ -104,7 +106,7 @@ func New(o sandbox.Options) (*Driver, error) {
 			return nil, err
 		}
 	}
-	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(o.MicroVM.Warm, 0),
+	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(o.MicroVM.Warm, 0), kernelArgs: tscKernelArgs(),
 		snaps: map[string]*snapshot{}, taking: map[string]bool{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
 	d.disks.dir = filepath.Join(o.StateDir, "disks")
 	d.disks.image = im
@@ -150,6 +152,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 	cfg := vmConfig{
 		image: d.image, agentDisk: disk, memoryMiB: memoryMiB(spec.Limits.MemoryBytes), cpus: 1,
 		workMiB: workMiB(spec.Limits.WorkDirBytes), network: spec.Network, accel: d.acceleration(),
+		kernelArgs: d.kernelArgs,
 	}
 	start := d.startMessage(spec)
 	init, err := guestInit(spec.Init)

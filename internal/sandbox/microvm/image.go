@@ -89,17 +89,22 @@ func GuestHash() string {
 }
 
 // DefaultImageDir is where `runagent microvm image build` puts the image
-// and where the driver looks for it: $RUNAGENT_MICROVM_IMAGE, else the
-// user's cache folder.
+// and where the driver looks for it: $RUNAGENT_MICROVM_IMAGE, else
+// microvm/image in RunAgent's cache folder.
 func DefaultImageDir() string {
 	if d := os.Getenv("RUNAGENT_MICROVM_IMAGE"); d != "" {
 		return d
 	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
+	// The CLI's cache folder (cli.CacheDir): $RUNAGENT_CACHE_DIR, else ~/.runagent.
+	cache := os.Getenv("RUNAGENT_CACHE_DIR")
+	if cache == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = os.TempDir()
+		}
+		cache = filepath.Join(home, ".runagent")
 	}
-	return filepath.Join(cache, "runagent", "microvm", "image")
+	return filepath.Join(cache, "microvm", "image")
 }
 
 // Image is a built guest image.

@@ -24,13 +24,14 @@ import (
 // the same config have the same device model, which a snapshot restore
 // needs.
 type vmConfig struct {
-	image     *Image
-	agentDisk string // "" for none
-	memoryMiB int
-	cpus      int
-	workMiB   int
-	network   bool
-	accel     string // "tcg" or "kvm"
+	image      *Image
+	agentDisk  string // "" for none
+	memoryMiB  int
+	cpus       int
+	workMiB    int
+	network    bool
+	accel      string // "tcg" or "kvm"
+	kernelArgs string // more guest kernel arguments (tscKernelArgs)
 }
 
 // tbSizeMiB bounds TCG's translation cache: QEMU's default (1 GiB in
@@ -58,6 +59,9 @@ func (c vmConfig) args(dir string, incoming bool) []string {
 	}
 	if c.network {
 		cmdline += " ra.net=1"
+	}
+	if c.kernelArgs != "" {
+		cmdline += " " + c.kernelArgs
 	}
 	a := []string{
 		"-M", "microvm,x-option-roms=off,isa-serial=off",

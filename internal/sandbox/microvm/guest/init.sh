@@ -70,4 +70,9 @@ $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys
 $B mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /newroot/sys/fs/cgroup || fail "mount cgroup2"
+# POSIX shared memory (multiprocessing's locks and queues) and ptys, as a
+# Linux machine has them.
+$B mkdir -p /newroot/dev/shm /newroot/dev/pts
+$B mount -t tmpfs -o nosuid,nodev,noexec,size=${work}m,mode=1777 shm /newroot/dev/shm || fail "mount /dev/shm"
+$B mount -t devpts -o nosuid,noexec,newinstance,ptmxmode=0666,mode=0620 devpts /newroot/dev/pts || fail "mount /dev/pts"
 exec $B switch_root /newroot /usr/bin/python3 -I -S -B /opt/runagent/guest.py

@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package microvm
+
+func rdtsc() uint64 { return 0 }
+
+const haveRDTSC = false
