@@ -168,4 +168,5 @@ func addMicroVMFlags(f *pflag.FlagSet, o *sandbox.MicroVMOptions) {
 	f.StringVar(&o.Image, "microvm-image", "", "with --sandbox microvm: the guest image folder (default $RUNAGENT_MICROVM_IMAGE, else "+microvm.DefaultImageDir()+"; build it with runagent microvm image build)")
 	f.StringVar(&o.Accel, "microvm-accel", "auto", "with --sandbox microvm: kvm, tcg (QEMU's emulation) or auto (use KVM if a probe VM boots under it in time)")
 	f.IntVar(&o.Warm, "microvm-warm", 1, "with --sandbox microvm: VMs restored from each agent's snapshot kept ready for its next instances (0: none)")
+	f.DurationVar(&o.WarmTTL, "microvm-warm-ttl", microvm.DefaultWarmTTL, "with --sandbox microvm: stop an agent's warm VMs when none of its instances started for this long (its snapshot goes after six times as long)")
 }

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Spec is one instance of the runner to start.
@@ -105,6 +106,10 @@ type MicroVMOptions struct {
 	// Warm is how many VMs restored from an agent's snapshot are kept ready
 	// for its next instances (0: none; the CLI's default is 1).
 	Warm int
+	// WarmTTL: an agent's warm VMs are stopped when none of its instances
+	// started for this long, and its snapshot removed after six times as
+	// long (0: 10 minutes).
+	WarmTTL time.Duration
 }
 
 // Driver starts instances one way.

@@ -86,7 +86,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.streamTimeout, "stream-timeout", 120*time.Second, "time limit of one long stream")
 	fs.IntVar(&o.ttfbStreams, "ttfb-streams", 50, "small streams (minimal_stream) for time to first chunk")
 	fs.DurationVar(&o.ttfbMax, "ttfb-max", 60*time.Second, "time limit of the time-to-first-chunk test")
-	sbx := fs.String("sandboxes", "process,namespace,gvisor", "sandbox drivers to measure (start to ready, idle RSS, call round trip); empty: none")
+	sbx := fs.String("sandboxes", "process,namespace,gvisor,microvm", "sandbox drivers to measure (start to ready, idle RSS, call round trip); empty: none")
 	fs.IntVar(&o.sandboxStarts, "sandbox-starts", 10, "instance starts timed per sandbox driver")
 	fs.IntVar(&o.coldStarts, "cold-starts", 5, "platform: calls timed from zero instances (each after the agent scaled to zero)")
 	fs.DurationVar(&o.callTimeout, "call-timeout", 30*time.Second, "time limit of one /run call")

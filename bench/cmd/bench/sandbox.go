@@ -26,6 +26,7 @@ import (
 type sandboxResult struct {
 	name     string
 	skipped  string
+	first    time.Duration   // the first start (for microvm: the cold boot)
 	starts   []time.Duration // start -> READY
 	floor    []time.Duration // the driver's bare tool running python -c pass
 	idleRSS  int64
@@ -49,6 +50,7 @@ func (b *bench) runSandboxes() []*sandboxResult {
 	}
 	var out []*sandboxResult
 	set := drivers.New(sandbox.Options{StateDir: filepath.Join(b.tmp, "sandbox")})
+	defer set.Close()
 	script, err := runner.WriteScript(filepath.Join(b.tmp, "runner"))
 	agentDir := filepath.Join(b.tmp, "sandbox-agent")
 	if err == nil {
@@ -60,6 +62,18 @@ func (b *bench) runSandboxes() []*sandboxResult {
 	}
 	python, perr := realInterpreter(b.ctx, b.python)
 	for _, name := range o.sandboxes {
+		if err == nil && perr == nil && name == "microvm" {
+			// Two rows: every start restoring a new VM from the snapshot,
+			// then starts served from the warm pool.
+			for _, warm := range []int{0, 1} {
+				r := b.measureMicroVM(warm, python, script, folder)
+				out = append(out, r)
+				if b.ctx.Err() != nil {
+					return out
+				}
+			}
+			continue
+		}
 		r := &sandboxResult{name: name}
 		out = append(out, r)
 		switch {
@@ -77,7 +91,7 @@ func (b *bench) runSandboxes() []*sandboxResult {
 			continue
 		}
 		b.waitQuiet("sandbox " + name)
-		b.measureSandbox(r, d, python, script, folder)
+		b.measureSandbox(r, d, python, script, folder, 0)
 		if b.ctx.Err() != nil {
 			break
 		}
@@ -85,14 +99,46 @@ func (b *bench) runSandboxes() []*sandboxResult {
 	return out
 }
 
-func (b *bench) measureSandbox(r *sandboxResult, d sandbox.Driver, python, script string, folder *agentfolder.Folder) {
+// measureMicroVM measures the microvm driver with warm VMs kept ready per
+// agent (0: every start restores a new VM from the agent's snapshot). The
+// first start boots the VM and saves the snapshot.
+func (b *bench) measureMicroVM(warm int, python, script string, folder *agentfolder.Folder) *sandboxResult {
+	r := &sandboxResult{name: "microvm, restored"}
+	var pause time.Duration
+	if warm > 0 {
+		// Time for the pool to restore the next VM, so that each start is
+		// served from it as it would be between an agent's scale-ups.
+		r.name, pause = "microvm, warm pool", 2*time.Second
+	}
+	set := drivers.New(sandbox.Options{StateDir: filepath.Join(b.tmp, fmt.Sprintf("sandbox-microvm-%d", warm)),
+		MicroVM: sandbox.MicroVMOptions{Warm: warm}})
+	defer set.Close()
+	d, err := set.Get("microvm")
+	if err != nil {
+		r.skipped = err.Error()
+		b.logf("sandbox microvm: NOT MEASURED: %s", r.skipped)
+		return r
+	}
+	if a, ok := d.(interface{ Acceleration() string }); ok {
+		r.name += " (" + a.Acceleration() + ")"
+	}
+	b.waitQuiet("sandbox " + r.name)
+	b.measureSandbox(r, d, python, script, folder, pause)
+	return r
+}
+
+// measureSandbox times instance starts through d (pausing between them),
+// then the last instance's idle RSS and calls.
+func (b *bench) measureSandbox(r *sandboxResult, d sandbox.Driver, python, script string, folder *agentfolder.Folder, pause time.Duration) {
 	o := b.opts
 	r.floor = b.floor(r.name, python)
 	spec := func(i int) runner.Spec {
 		return runner.Spec{
 			Python: python, Script: script, Env: []string{"PATH=/usr/bin:/bin"}, Init: runner.InitFor(folder, 4),
 			Driver: d, InstanceID: fmt.Sprintf("bench-%s-%d-%d", r.name, os.Getpid(), i),
-			Limits:   sandbox.Limits{MemoryBytes: 512 << 20, Pids: 256, WorkDirBytes: 64 << 20},
+			// 96 MiB: the microvm driver's guest is then 256 MiB (the
+			// limit plus what the guest's kernel and supervisor need).
+			Limits:   sandbox.Limits{MemoryBytes: 96 << 20, Pids: 256, WorkDirBytes: 64 << 20},
 			OnOutput: func(string, string) {},
 		}
 	}
@@ -113,9 +159,12 @@ func (b *bench) measureSandbox(r *sandboxResult, d sandbox.Driver, python, scrip
 		}
 		if i > 0 { // the first start warms the page cache and the driver
 			r.starts = append(r.starts, dt)
+		} else {
+			r.first = dt
 		}
 		if i < o.sandboxStarts {
 			p.Close()
+			sleepCtx(b.ctx, pause)
 		} else {
 			keep = p
 		}

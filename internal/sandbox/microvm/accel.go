@@ -61,3 +61,7 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
+
+// Acceleration is how this driver's VMs run: "kvm", or "tcg" for QEMU's
+// emulation. In auto mode the first call probes (a few seconds at most).
+func (d *Driver) Acceleration() string { return d.acceleration() }

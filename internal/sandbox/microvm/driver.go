@@ -63,6 +63,7 @@ type Driver struct {
 	warm      map[string][]*vm // restored VMs ready to hand out, by snapshot key
 	refilling map[string]bool  // a warm VM is being restored
 	closed    bool
+	stopSweep chan struct{} // closed by Close: ends sweepLoop
 }
 
 // snapshot is a VM saved right after its runner answered INIT.
@@ -72,6 +73,7 @@ type snapshot struct {
 	cfg    vmConfig
 	ready  []byte // the READY body
 	before []byte // frames the runner sent before READY (its LOGs), replayed
+	used   time.Time // the last start that found it (guarded by Driver.mu)
 }
 
 // New checks for QEMU and the guest image.
@@ -107,9 +109,11 @@ func New(o sandbox.Options) (*Driver, error) {
 		}
 	}
 	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(o.MicroVM.Warm, 0), kernelArgs: tscKernelArgs(),
-		snaps: map[string]*snapshot{}, taking: map[string]bool{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
+		snaps: map[string]*snapshot{}, taking: map[string]bool{}, warm: map[string][]*vm{}, refilling: map[string]bool{},
+		stopSweep: make(chan struct{})}
 	d.disks.dir = filepath.Join(o.StateDir, "disks")
 	d.disks.image = im
+	go d.sweepLoop()
 	return d, nil
 }
 
@@ -121,6 +125,9 @@ func (d *Driver) Image() *Image { return d.image }
 // Close stops the warm VMs. Instances handed out are their owners' to stop.
 func (d *Driver) Close() error {
 	d.mu.Lock()
+	if !d.closed {
+		close(d.stopSweep)
+	}
 	d.closed = true
 	warm := d.warm
 	d.warm = map[string][]*vm{}
@@ -374,7 +381,11 @@ func snapshotKey(c vmConfig, start map[string]any, init []byte) string {
 func (d *Driver) snapshot(key string) *snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.snaps[key]
+	s := d.snaps[key]
+	if s != nil {
+		s.used = time.Now()
+	}
+	return s
 }
 
 // claim reports whether the caller is the one to save key's snapshot.
@@ -393,6 +404,7 @@ func (d *Driver) release(key string, snap *snapshot) {
 	defer d.mu.Unlock()
 	delete(d.taking, key)
 	if snap != nil {
+		snap.used = time.Now()
 		d.snaps[key] = snap
 	}
 }
