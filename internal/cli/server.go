@@ -79,6 +79,7 @@ The API is described in docs/platform-api.md.`,
 	f.DurationVar(&o.dep.IdleTimeout, "idle-timeout", o.dep.IdleTimeout, "scale an idle agent to zero after this long (with min 0)")
 	f.IntVar(&o.dep.MemoryMB, "memory-mb", o.dep.MemoryMB, "memory limit per instance in MiB (0: none)")
 	f.Float64Var(&o.dep.CPUSeconds, "cpu-seconds", 0, "CPU time limit per instance in seconds (0: none)")
+	f.Float64Var(&o.dep.CPUs, "cpus", 0, "CPU per instance in cores, e.g. 0.5 or 2 (0: no cap; the microvm sandbox's vCPUs, rounded up)")
 	f.IntVar(&o.dep.MaxPids, "max-pids", o.dep.MaxPids, "processes+threads limit per instance (0: none)")
 	f.DurationVar(&o.dep.CallTimeout, "timeout", o.dep.CallTimeout, "longest a call may run (agents may ask for less)")
 	f.Int64Var(&o.maxUpload, "max-upload", 128<<20, "largest bundle upload in bytes")

@@ -21,6 +21,7 @@ type Deployment struct {
 	IdleTimeout       time.Duration // scale to zero after this long idle (with min 0)
 	MemoryMB          int
 	CPUSeconds        float64
+	CPUs              float64 // cores' worth of CPU per instance (0: no cap)
 	MaxPids           int
 	CallTimeout       time.Duration
 	// Sandbox is the driver that isolates the instances; an agent may ask
@@ -81,6 +82,13 @@ var numericFields = map[string]func(d *Deployment, v float64) string{
 	"idle_timeout_seconds": func(d *Deployment, v float64) string { d.IdleTimeout = seconds(v); return positive(v) },
 	"memory_mb":            func(d *Deployment, v float64) string { d.MemoryMB = int(v); return whole(v, 0) },
 	"cpu_seconds":          func(d *Deployment, v float64) string { d.CPUSeconds = v; return nonNegative(v) },
+	"cpus": func(d *Deployment, v float64) string {
+		d.CPUs = v
+		if !(v >= 0) || v > 1024 || (v > 0 && v < 0.01) {
+			return "must be 0 (no cap) or a number of cores from 0.01 (e.g. 0.5, 2)"
+		}
+		return ""
+	},
 	"max_pids":             func(d *Deployment, v float64) string { d.MaxPids = int(v); return whole(v, 0) },
 	"call_timeout_seconds": func(d *Deployment, v float64) string { d.CallTimeout = seconds(v); return positive(v) },
 }
@@ -192,6 +200,9 @@ func (d Deployment) Capped(ceiling Deployment) Deployment {
 	}
 	if ceiling.CPUSeconds > 0 && (d.CPUSeconds == 0 || d.CPUSeconds > ceiling.CPUSeconds) {
 		d.CPUSeconds = ceiling.CPUSeconds
+	}
+	if ceiling.CPUs > 0 && (d.CPUs == 0 || d.CPUs > ceiling.CPUs) {
+		d.CPUs = ceiling.CPUs
 	}
 	if ceiling.CallTimeout > 0 && d.CallTimeout > ceiling.CallTimeout {
 		d.CallTimeout = ceiling.CallTimeout

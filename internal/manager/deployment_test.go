@@ -16,6 +16,8 @@ func TestParseDeployment(t *testing.T) {
 		{"none", nil, func(d Deployment) bool { return d == defaults }, ""},
 		{"numbers", map[string]any{"max_instances": 2.0, "memory_mb": 128.0, "work_dir_mb": 32.0},
 			func(d Deployment) bool { return d.MaxInstances == 2 && d.MemoryMB == 128 && d.WorkDirMB == 32 }, ""},
+		{"cpus", map[string]any{"cpus": 0.5}, func(d Deployment) bool { return d.CPUs == 0.5 }, ""},
+		{"negative cpus", map[string]any{"cpus": -1.0}, nil, "deployment.cpus: must be 0 (no cap) or a number of cores"},
 		{"sandbox and network", map[string]any{"sandbox": "namespace", "network": true},
 			func(d Deployment) bool { return d.Sandbox == "namespace" && d.Network }, ""},
 		{"unknown sandbox", map[string]any{"sandbox": "docker"}, nil, "deployment.sandbox: must be one of process, namespace, gvisor, microvm"},
@@ -53,6 +55,20 @@ func TestCappedSandboxNeverWeaker(t *testing.T) {
 		d.Sandbox = asked
 		if got := d.Capped(ceiling).Sandbox; got != want {
 			t.Errorf("agent asks %s on a %s server: gets %s, want %s", asked, ceiling.Sandbox, got, want)
+		}
+	}
+}
+
+func TestCappedCPUs(t *testing.T) {
+	for _, c := range []struct{ asked, ceiling, want float64 }{
+		{0, 0, 0}, {2, 0, 2}, {0, 1, 1}, {2, 1, 1}, {0.5, 1, 0.5},
+	} {
+		d := DefaultDeployment
+		d.CPUs = c.asked
+		ceiling := DefaultDeployment
+		ceiling.CPUs = c.ceiling
+		if got := d.Capped(ceiling).CPUs; got != c.want {
+			t.Errorf("cpus %v under a ceiling of %v = %v, want %v", c.asked, c.ceiling, got, c.want)
 		}
 	}
 }

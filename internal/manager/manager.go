@@ -362,7 +362,7 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 		return nil, err
 	}
 	v := &version{n: vrec.Version, folder: folder, dep: dep}
-	limits := sandbox.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, Pids: dep.MaxPids,
+	limits := sandbox.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, CPUs: dep.CPUs, Pids: dep.MaxPids,
 		OpenFiles: dep.OpenFiles, WorkDirBytes: int64(dep.WorkDirMB) << 20}
 	threads := dep.MaxConcurrency + 2 // a free thread answers health pings
 	init := runner.InitFor(folder, threads)

@@ -57,8 +57,12 @@ type Initialized interface {
 
 // Limits are per instance; 0 means none.
 type Limits struct {
-	MemoryBytes  int64
-	CPUSeconds   float64
+	MemoryBytes int64
+	CPUSeconds  float64
+	// CPUs caps the CPU time per wall-clock second, in cores (0.5: half a
+	// core; 0: no cap): a cgroup's CPU bandwidth, and for the microvm
+	// driver also its vCPUs (rounded up).
+	CPUs         float64
 	Pids         int   // processes plus threads
 	OpenFiles    int   // descriptors per process
 	WorkDirBytes int64 // size of the writable work directory, and of /tmp

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/runagent-go/runagent/bench/internal/loadgen"
 	"github.com/runagent-go/runagent/bench/internal/procs"
@@ -135,7 +136,7 @@ func (b *bench) measureSandbox(r *sandboxResult, d sandbox.Driver, python, scrip
 	spec := func(i int) runner.Spec {
 		return runner.Spec{
 			Python: python, Script: script, Env: []string{"PATH=/usr/bin:/bin"}, Init: runner.InitFor(folder, 4),
-			Driver: d, InstanceID: fmt.Sprintf("bench-%s-%d-%d", r.name, os.Getpid(), i),
+			Driver: d, InstanceID: fmt.Sprintf("bench-%s-%d-%d", instanceName(r.name), os.Getpid(), i),
 			// 96 MiB: the microvm driver's guest is then 256 MiB (the
 			// limit plus what the guest's kernel and supervisor need).
 			Limits:   sandbox.Limits{MemoryBytes: 96 << 20, Pids: 256, WorkDirBytes: 64 << 20},
@@ -243,4 +244,15 @@ func realInterpreter(ctx context.Context, python string) (string, error) {
 		return "", fmt.Errorf("%s: %w", python, err)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// instanceName makes a row's name fit an instance id ("microvm, warm pool
+// (tcg)" -> "microvm--warm-pool--tcg-").
+func instanceName(row string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r)) {
+			return r
+		}
+		return '-'
+	}, row)
 }

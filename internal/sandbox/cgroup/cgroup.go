@@ -2,7 +2,8 @@
 // (runagent/<name>) to cap its memory and process count, read its usage, tell
 // which limit the kernel enforced, and kill everything in it. It works on
 // cgroup v2 (unified, with the memory and pids controllers) and on cgroup v1
-// (separate memory, pids and cpuacct hierarchies, plus freezer if mounted).
+// (separate memory, pids and cpuacct hierarchies, plus freezer if mounted,
+// and cpu for a group with a CPU limit).
 package cgroup
 
 import (
@@ -25,7 +26,13 @@ import (
 type Limits struct {
 	MemoryBytes int64 // 0: none. v1: memory.limit_in_bytes and memory.memsw.limit_in_bytes (if present); v2: memory.max and memory.swap.max=0
 	Pids        int   // 0: none. pids.max
+	// CPUs caps CPU time per wall second, in cores (0: none): v2 cpu.max,
+	// v1 cpu.cfs_quota_us in the cpu hierarchy (used only when set).
+	CPUs float64
 }
+
+// cpuPeriodUsec is the CPU bandwidth period: the quota is CPUs times it.
+const cpuPeriodUsec = 100000
 
 // Usage of a group.
 type Usage struct {
@@ -43,6 +50,7 @@ type Group struct {
 	// v1: the group's directory in each hierarchy. cpuacct and freezer may be
 	// "" for an opened group; two may share a directory if co-mounted.
 	mem, pids, cpuacct, freezer string
+	cpu                         string // only for a group with a CPU limit
 }
 
 const (
@@ -71,7 +79,7 @@ func New(name string, l Limits) (*Group, error) {
 	if !nameRE.MatchString(name) || name == "." || name == ".." || len(name) > 200 {
 		return nil, fmt.Errorf("cgroup: invalid group name %q (want 1-200 of [A-Za-z0-9_.-], not . or ..)", name)
 	}
-	if l.MemoryBytes < 0 || l.Pids < 0 {
+	if l.MemoryBytes < 0 || l.Pids < 0 || l.CPUs < 0 {
 		return nil, fmt.Errorf("cgroup: negative limit %+v", l)
 	}
 	lay, err := detect()
@@ -80,7 +88,13 @@ func New(name string, l Limits) (*Group, error) {
 	}
 	rel := "/" + parentName + "/" + name
 	g := lay.group(rel)
-	if made, err := g.create(lay); err != nil {
+	if l.CPUs > 0 && !g.v2 {
+		if lay.v1["cpu"] == "" {
+			return nil, fmt.Errorf("cgroup: a CPU limit needs the v1 cpu hierarchy, which is not mounted")
+		}
+		g.cpu = filepath.Join(lay.v1["cpu"], filepath.FromSlash(rel))
+	}
+	if made, err := g.create(lay, l.CPUs > 0); err != nil {
 		// Only undo our own directories: a same-named live group stays.
 		for _, d := range slices.Backward(made) {
 			_ = syscall.Rmdir(d)
@@ -285,7 +299,7 @@ func (g *Group) dirs() []string {
 		return []string{g.dir}
 	}
 	var out []string
-	for _, d := range []string{g.pids, g.cpuacct, g.freezer, g.mem} {
+	for _, d := range []string{g.pids, g.cpuacct, g.cpu, g.freezer, g.mem} {
 		if d != "" && !slices.Contains(out, d) {
 			out = append(out, d)
 		}
@@ -320,16 +334,16 @@ func (g *Group) procs(gone bool) ([]int, error) {
 // create makes the group's directories (and runagent/ above them, which
 // stays), enabling the v2 controllers on the way down. It returns the group
 // directories it made, for New to undo on failure.
-func (g *Group) create(lay *layout) (made []string, err error) {
+func (g *Group) create(lay *layout, cpu bool) (made []string, err error) {
 	if g.v2 {
 		parent := filepath.Dir(g.dir)
-		if err := enableControllers(lay.v2Root); err != nil {
+		if err := enableControllers(lay.v2Root, cpu); err != nil {
 			return nil, err
 		}
 		if err := mkdir(parent); err != nil {
 			return nil, err
 		}
-		if err := enableControllers(parent); err != nil {
+		if err := enableControllers(parent, cpu); err != nil {
 			return nil, err
 		}
 	}
@@ -387,18 +401,32 @@ func (g *Group) setLimits(l Limits) error {
 			return err
 		}
 	}
+	if l.CPUs > 0 {
+		quota := max(1000, int64(l.CPUs*cpuPeriodUsec))
+		if g.v2 {
+			return writeFile(filepath.Join(g.dir, "cpu.max"), fmt.Sprintf("%d %d", quota, cpuPeriodUsec))
+		}
+		if err := writeFile(filepath.Join(g.cpu, "cpu.cfs_period_us"), strconv.Itoa(cpuPeriodUsec)); err != nil {
+			return err
+		}
+		return writeFile(filepath.Join(g.cpu, "cpu.cfs_quota_us"), strconv.FormatInt(quota, 10))
+	}
 	return nil
 }
 
-// enableControllers turns on memory and pids for dir's children (v2).
-func enableControllers(dir string) error {
+// enableControllers turns on memory and pids (and cpu) for dir's children (v2).
+func enableControllers(dir string, cpu bool) error {
 	f := filepath.Join(dir, "cgroup.subtree_control")
 	b, err := os.ReadFile(f)
 	if err != nil {
 		return fmt.Errorf("cgroup: %w", err)
 	}
 	have := strings.Fields(string(b))
-	for _, c := range []string{"memory", "pids"} {
+	want := []string{"memory", "pids"}
+	if cpu {
+		want = append(want, "cpu")
+	}
+	for _, c := range want {
 		if slices.Contains(have, c) {
 			continue
 		}
@@ -498,13 +526,16 @@ func detect() (*layout, error) {
 		}
 		if ok {
 			lay := &layout{version: "v1", v1: map[string]string{}}
-			for _, c := range []string{"memory", "pids", "cpuacct", "freezer"} {
+			for _, c := range []string{"memory", "pids", "cpuacct", "freezer", "cpu"} {
 				if mp, has := v1[c]; has {
 					lay.v1[c] = mp
 				}
 			}
 			if lay.v1["freezer"] != "" && writable(lay.v1["freezer"]) != nil {
 				delete(lay.v1, "freezer") // optional: Kill falls back to a kill loop
+			}
+			if lay.v1["cpu"] != "" && writable(lay.v1["cpu"]) != nil {
+				delete(lay.v1, "cpu") // needed only by groups with a CPU limit
 			}
 			return lay, nil
 		}

@@ -172,7 +172,7 @@ func (d *Driver) Start(ctx context.Context, s sandbox.Spec) (sandbox.Instance, e
 	}
 	var group *cgroup.Group
 	if d.cgroups {
-		if group, err = cgroup.New(s.ID, cgroup.Limits{MemoryBytes: s.Limits.MemoryBytes, Pids: hostPids(s.Limits.Pids)}); err != nil {
+		if group, err = cgroup.New(s.ID, cgroup.Limits{MemoryBytes: s.Limits.MemoryBytes, Pids: hostPids(s.Limits.Pids), CPUs: s.Limits.CPUs}); err != nil {
 			removeBundle(bundle)
 			return nil, fmt.Errorf("gvisor sandbox: cgroup for %s: %w", s.ID, err)
 		}

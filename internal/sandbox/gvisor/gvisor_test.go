@@ -287,7 +287,7 @@ func footprint(t *testing.T, id string) (rssKiB, pssKiB, threads int64, detail s
 // The contract every driver keeps.
 func TestGVisorDriverConformance(t *testing.T) {
 	d, _ := setup(t)
-	sandboxtest.Run(t, d, sandboxtest.Features{MemoryLimit: d.cgroups})
+	sandboxtest.Run(t, d, sandboxtest.Features{MemoryLimit: d.cgroups, CPUShare: d.cgroups})
 }
 
 func TestRunnerInGVisor(t *testing.T) {

@@ -71,8 +71,8 @@ type snapshot struct {
 	key    string
 	path   string
 	cfg    vmConfig
-	ready  []byte // the READY body
-	before []byte // frames the runner sent before READY (its LOGs), replayed
+	ready  []byte    // the READY body
+	before []byte    // frames the runner sent before READY (its LOGs), replayed
 	used   time.Time // the last start that found it (guarded by Driver.mu)
 }
 
@@ -157,7 +157,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 		return nil, err
 	}
 	cfg := vmConfig{
-		image: d.image, agentDisk: disk, memoryMiB: memoryMiB(spec.Limits.MemoryBytes), cpus: 1,
+		image: d.image, agentDisk: disk, memoryMiB: memoryMiB(spec.Limits.MemoryBytes), cpus: vCPUs(spec.Limits.CPUs),
 		workMiB: workMiB(spec.Limits.WorkDirBytes), network: spec.Network, accel: d.acceleration(),
 		kernelArgs: d.kernelArgs,
 	}
@@ -308,7 +308,7 @@ func (d *Driver) startMessage(spec sandbox.Spec) map[string]any {
 	argv = append(argv, "--fd", "3")
 	return map[string]any{
 		"op": "start", "argv": argv, "env": guestEnv(spec), "cwd": GuestAgentDir, "uid": GuestUID,
-		"memory": spec.Limits.MemoryBytes, "pids": spec.Limits.Pids,
+		"memory": spec.Limits.MemoryBytes, "pids": spec.Limits.Pids, "cpus": spec.Limits.CPUs,
 	}
 }
 
@@ -558,4 +558,10 @@ func readErr(err error) error {
 		return errors.New("the Python runner exited during start-up")
 	}
 	return err
+}
+
+// vCPUs is the VM's processor count for a CPU limit: whole vCPUs, rounded
+// up (the guest's cgroup caps a fraction), 1 without a limit.
+func vCPUs(cpus float64) int {
+	return max(1, int(math.Ceil(cpus)))
 }

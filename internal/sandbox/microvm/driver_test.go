@@ -45,5 +45,5 @@ func microvmUsable() error {
 }
 
 func TestMicroVMDriverConformance(t *testing.T) {
-	sandboxtest.Run(t, newDriver(t, 1), sandboxtest.Features{MemoryLimit: true})
+	sandboxtest.Run(t, newDriver(t, 1), sandboxtest.Features{MemoryLimit: true, CPUShare: true, Processors: true})
 }

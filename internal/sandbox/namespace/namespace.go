@@ -81,7 +81,7 @@ func (d *Driver) Start(ctx context.Context, s sandbox.Spec) (sandbox.Instance, e
 	}
 	var group *cgroup.Group
 	if d.cgroups {
-		if group, err = cgroup.New(s.ID, cgroup.Limits{MemoryBytes: s.Limits.MemoryBytes, Pids: s.Limits.Pids}); err != nil {
+		if group, err = cgroup.New(s.ID, cgroup.Limits{MemoryBytes: s.Limits.MemoryBytes, Pids: s.Limits.Pids, CPUs: s.Limits.CPUs}); err != nil {
 			return nil, fmt.Errorf("namespace sandbox: cgroup for %s: %w", s.ID, err)
 		}
 	}

@@ -25,5 +25,5 @@ func newDriver(t *testing.T) *namespace.Driver {
 
 func TestNamespaceDriverConformance(t *testing.T) {
 	_, cgErr := cgroup.Available()
-	sandboxtest.Run(t, newDriver(t), sandboxtest.Features{MemoryLimit: cgErr == nil})
+	sandboxtest.Run(t, newDriver(t), sandboxtest.Features{MemoryLimit: cgErr == nil, CPUShare: cgErr == nil})
 }

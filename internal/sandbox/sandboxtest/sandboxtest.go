@@ -57,6 +57,14 @@ def spin():
         n += 1
     return n
 
+def busy(seconds):
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+def cpu_count():
+    return os.cpu_count()
 def hog():
     keep = []
     for _ in range(4096):
@@ -67,7 +75,7 @@ def hog():
     return len(keep)
 `
 
-var tags = []string{"hello", "env", "count_stream", "die", "nap", "write_tmp", "spin", "hog"}
+var tags = []string{"hello", "env", "count_stream", "die", "nap", "write_tmp", "spin", "busy", "cpu_count", "hog"}
 
 // Features says what a driver enforces with the kernel, so the suite knows
 // which limits to expect to be enforced by the driver itself.
@@ -76,6 +84,12 @@ type Features struct {
 	// when it goes over Limits.MemoryBytes (a cgroup). The process driver
 	// leaves memory to the manager's /proc sampling.
 	MemoryLimit bool
+	// CPUShare: Limits.CPUs caps the instance's CPU time per second (a
+	// cgroup's CPU bandwidth). Drivers without a cgroup leave it alone.
+	CPUShare bool
+	// Processors: the instance has as many processors as Limits.CPUs,
+	// rounded up (a VM's vCPUs).
+	Processors bool
 }
 
 // Run runs the suite against d.
@@ -194,6 +208,43 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		}
 		waitExited(t, p)
 	})
+
+	if f.CPUShare {
+		t.Run("cpu share", func(t *testing.T) {
+			// Busy for 2 s of wall time with a quarter of a core: about 0.5 s
+			// of CPU (a busy machine only gives less). Without the cap it
+			// would be 2 s.
+			p, _, _ := start(t, sandbox.Limits{CPUs: 0.25})
+			// The kernel's accounting, read by the driver (inside gVisor a
+			// thread's own CPU clock runs while the host throttles it).
+			cpu := func() float64 {
+				time.Sleep(300 * time.Millisecond) // past any usage cache
+				u, ok := p.Usage()
+				if !ok {
+					t.Fatal("no usage: a driver with a CPU share accounts CPU")
+				}
+				return u.CPUSeconds
+			}
+			before := cpu()
+			if _, err := p.Call(ctx, "busy", []byte(`[2]`), nil); err != nil {
+				t.Fatal(err)
+			}
+			used := cpu() - before
+			if used > 1.0 {
+				t.Fatalf("with a quarter of a core, 2 s of busy loop used %.2f s of CPU; want about 0.5", used)
+			}
+			t.Logf("2 s of busy loop at 0.25 cores: %.2f s of CPU", used)
+		})
+	}
+
+	if f.Processors {
+		t.Run("processors", func(t *testing.T) {
+			p, _, _ := start(t, sandbox.Limits{CPUs: 1.5})
+			if v, err := p.Call(ctx, "cpu_count", nil, nil); err != nil || !strings.Contains(string(v), `"payload": "2"`) {
+				t.Fatalf("with a limit of 1.5 cores os.cpu_count() = %s, %v; want 2", v, err)
+			}
+		})
+	}
 
 	if f.MemoryLimit {
 		t.Run("memory limit", func(t *testing.T) {

@@ -6,7 +6,7 @@ one JSON object per line:
 
     guest -> host  {"op": "hello"}                       booted, waiting for start
     host -> guest  {"op": "start", "argv": [...], "env": [...], "cwd": "/agent",
-                    "uid": 1000, "memory": bytes, "pids": n}
+                    "uid": 1000, "memory": bytes, "pids": n, "cpus": float}
     guest -> host  {"op": "started", "pid": n}
     host -> guest  {"op": "usage"}
     guest -> host  {"op": "usage", "memory": bytes, "cpu_usec": n, "tasks": n, "limit": ""}
@@ -16,7 +16,7 @@ one JSON object per line:
     guest -> host  {"op": "error", "message": "..."}
 
 It starts the runner once, unprivileged (uid 1000, no capabilities) in a
-cgroup that holds the agent's memory and process limits, with the
+cgroup that holds the agent's memory, process and CPU limits, with the
 "ra.channel" port as its fd 3 and "ra.stdout"/"ra.stderr" as its output. It
 stays root for the two things only root may do after a restore: reseed the
 kernel's random generator and set the clock.
@@ -114,10 +114,16 @@ def cg_field(name, key):
     return 0
 
 
-def make_cgroup(memory, pids):
+CPU_PERIOD_USEC = 100000
+
+
+def make_cgroup(memory, pids, cpus):
     with open("/sys/fs/cgroup/cgroup.subtree_control", "w") as f:
-        f.write("+memory +pids")
+        f.write("+memory +pids +cpu" if cpus else "+memory +pids")
     os.makedirs(CGROUP, exist_ok=True)
+    if cpus:
+        # A share of the vCPUs (the host gives whole ones): "quota period".
+        cg_write("cpu.max", "%d %d" % (max(1000, int(cpus * CPU_PERIOD_USEC)), CPU_PERIOD_USEC))
     if memory:
         cg_write("memory.max", memory)
         try:
@@ -150,7 +156,7 @@ def usage():
 
 
 def start_runner(msg, ports):
-    make_cgroup(int(msg.get("memory") or 0), int(msg.get("pids") or 0))
+    make_cgroup(int(msg.get("memory") or 0), int(msg.get("pids") or 0), float(msg.get("cpus") or 0))
     uid = int(msg.get("uid", 1000))
     argv = [str(a) for a in msg["argv"]]
     env = [str(e) for e in msg.get("env") or []]
