@@ -130,8 +130,8 @@ func parseFlags(args []string) (*options, error) {
 	if o.sandboxStarts < 1 {
 		return nil, errors.New("-sandbox-starts must be positive")
 	}
-	if len(o.only) == 0 {
-		return nil, errors.New("-only: no server selected")
+	if len(o.only) == 0 && len(o.sandboxes) == 0 {
+		return nil, errors.New("-only: no server selected (-only '' measures only the -sandboxes)")
 	}
 	if o.conns < 1 || o.conns > 1024 {
 		return nil, errors.New("-conns must be between 1 and 1024")

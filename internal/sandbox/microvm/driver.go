@@ -224,7 +224,19 @@ func (d *Driver) boot(cfg vmConfig, key string, start map[string]any, init []byt
 			d.log.Warn("microVM snapshot failed; instances of this agent will boot", "instance", spec.ID, "err", err)
 		} else {
 			d.log.Debug("microVM snapshot saved", "instance", spec.ID, "took", time.Since(t0))
-			go d.refill(snap)
+			// The booted VM has touched more of its memory than a restored
+			// one ever does (the boot, the import, pages free now but not
+			// zero): measured 266 MiB of the host against 154 MiB for a
+			// 256 MiB guest. A restored copy takes its place, so that every
+			// instance costs the same; restore also refills the warm pool.
+			if r, err := d.restore(snap, spec, deadline); err == nil {
+				inst.Kill()
+				<-inst.Done()
+				return r, nil
+			} else {
+				d.log.Warn("microVM restore right after the snapshot failed; keeping the booted VM", "instance", spec.ID, "err", err)
+				go d.refill(snap)
+			}
 		}
 	}
 	return inst, nil
@@ -412,6 +424,12 @@ func (d *Driver) release(key string, snap *snapshot) {
 // save writes v's state to the key's snapshot file over QMP and lets v run
 // on. It runs before v is handed out: nothing of a call may be in it.
 func (d *Driver) save(v *vm, cfg vmConfig, key string, ready, before []byte) (*snapshot, error) {
+	if err := v.send(map[string]any{"op": "quiesce"}); err != nil {
+		return nil, err
+	}
+	if _, err := v.await("quiesced", time.Now().Add(30*time.Second)); err != nil {
+		return nil, err
+	}
 	mon, err := v.monitor()
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -133,9 +132,9 @@ func launch(qemu, dir string, c vmConfig, snapshot *os.File, deadline time.Time)
 	if len(v.qmpPath) > 100 {
 		return nil, fmt.Errorf("the microVM state folder %s is too deep for a unix socket path; use a shorter --data-dir", dir)
 	}
-	cmd := exec.Command(qemu, c.args(dir, snapshot != nil)...)
+	cmd := qemuCommand(qemu, c.args(dir, snapshot != nil))
 	cmd.Dir = dir
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "RUNAGENT_MICROVM=" + dir}
+	cmd.Env = append(cmd.Env, "PATH=/usr/bin:/bin", "RUNAGENT_MICROVM="+dir)
 	var o sandbox.ProcOptions
 	if snapshot != nil {
 		// StartProc's own channel is at fd 3 and unused; the state follows.

@@ -10,6 +10,8 @@ one JSON object per line:
     guest -> host  {"op": "started", "pid": n}
     host -> guest  {"op": "usage"}
     guest -> host  {"op": "usage", "memory": bytes, "cpu_usec": n, "tasks": n, "limit": ""}
+    host -> guest  {"op": "quiesce"}                     before a snapshot is saved
+    guest -> host  {"op": "quiesced"}
     host -> guest  {"op": "resume", "seed": hex, "time_ns": n}   after a snapshot restore
     guest -> host  {"op": "resumed"}
     guest -> host  {"op": "exit", "code": n, "signal": "SIGKILL", "limit": "memory"}
@@ -155,6 +157,15 @@ def usage():
             "tasks": tasks, "limit": limit_hit()}
 
 
+def quiesce():
+    """Before a snapshot: drop the page cache (the disks are read-only and
+    the host caches them anyway), so that the snapshot and the VMs restored
+    from it do not each carry a copy of it."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
 def start_runner(msg, ports):
     make_cgroup(int(msg.get("memory") or 0), int(msg.get("pids") or 0), float(msg.get("cpus") or 0))
     uid = int(msg.get("uid", 1000))
@@ -278,6 +289,9 @@ def main():
                             ctl.send(op="started", pid=child)
                         elif op == "usage":
                             ctl.send(**usage())
+                        elif op == "quiesce":
+                            quiesce()
+                            ctl.send(op="quiesced")
                         elif op == "resume":
                             resume(msg)
                             ctl.send(op="resumed")
