@@ -63,7 +63,11 @@ if [ "$net" = 1 ]; then
 	# QEMU's user-mode network: a fixed address, its gateway and DNS.
 	$B ip link set eth0 up &&
 		$B ip addr add 10.0.2.15/24 dev eth0 &&
-		$B ip route add default via 10.0.2.2 || fail "network"
+		$B ip route add default via 10.0.2.2 &&
+		# QEMU forwards connections to 10.0.2.2 to the host's own loopback:
+		# the agent gets the network, not the host's local services. (The
+		# gateway still routes: a next hop is not looked up as a route.)
+		$B ip route add blackhole 10.0.2.2/32 || fail "network"
 fi
 
 $B mount --move /dev /newroot/dev
