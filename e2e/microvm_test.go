@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -14,29 +13,9 @@ import (
 // services, which QEMU would forward 10.0.2.2 to (the guest blackholes it).
 func TestMicroVMNetwork(t *testing.T) {
 	attackPrecheck(t, "microvm")
-	greeter := func(addr, name string) (int, *atomic.Int64) {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		var accepted atomic.Int64
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				accepted.Add(1)
-				c.Write([]byte(name))
-				c.Close()
-			}
-		}()
-		return ln.Addr().(*net.TCPAddr).Port, &accepted
-	}
 	hostIP := nonLoopbackIPv4(t)
-	loPort, loAccepted := greeter("127.0.0.1:0", "loopback")
-	extPort, _ := greeter(net.JoinHostPort(hostIP, "0"), "external")
+	loPort, loAccepted := greetingListener(t, "127.0.0.1:0", "loopback")
+	extPort, _ := greetingListener(t, net.JoinHostPort(hostIP, "0"), "external")
 
 	dir := attackFixture(t, "netprobe")
 	s := serve(t, dir, "7a1c0e52-3b9d-4e6f-8a21-5c4d3e2f1a0b", serveOpts{args: []string{"--sandbox", "microvm", "--network=true"}, wait: 2 * time.Minute})

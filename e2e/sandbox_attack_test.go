@@ -146,23 +146,7 @@ func runAttackSuite(t *testing.T, driver string) {
 
 	// The host's loopback listener the network attack aims at; it greets
 	// whoever connects with the marker, so the attacker knows it got here.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Write([]byte("host-listener-" + marker + "\n"))
-			c.Close()
-		}
-	}()
+	lnPort, accepted := greetingListener(t, "127.0.0.1:0", "host-listener-"+marker+"\n")
 
 	// Under the process driver a signal reaches any process of the host's
 	// user: point it at decoys rather than the real victim and server.
@@ -227,7 +211,7 @@ func runAttackSuite(t *testing.T, driver string) {
 				}
 			}},
 		{name: "tcp to host loopback", tag: "tcp_connect",
-			kwargs: map[string]any{"port": ln.Addr().(*net.TCPAddr).Port, "marker": "host-listener-" + marker},
+			kwargs: map[string]any{"port": lnPort, "marker": "host-listener-" + marker},
 			check: func(t *testing.T, o *attackOutcome) {
 				if n := accepted.Load(); n > 0 && o.blocked {
 					o.blocked = false
@@ -621,4 +605,28 @@ func attackProcState(pid int) string {
 		return ""
 	}
 	return string(f[0])
+}
+
+// greetingListener listens on addr, writes greeting to whoever connects and
+// counts them, until the test ends; it returns its port and the count.
+func greetingListener(t *testing.T, addr, greeting string) (int, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Write([]byte(greeting))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, accepted
 }

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
 )
 
 // Limits for a group.
@@ -55,7 +57,6 @@ type Group struct {
 
 const (
 	parentName = "runagent"
-	mountinfo  = "/proc/self/mountinfo"
 	killWait   = 2 * time.Second
 	rmdirWait  = 2 * time.Second
 	pollEvery  = 10 * time.Millisecond
@@ -585,7 +586,7 @@ type mount struct{ point, fstype, opts string }
 // cgroupMounts parses mountinfo for cgroup and cgroup2 mounts, in order.
 // Line format: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
 func cgroupMounts() ([]mount, error) {
-	b, err := os.ReadFile(mountinfo)
+	b, err := os.ReadFile(mountinfo.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -603,29 +604,10 @@ func parseMountinfo(b []byte) []mount {
 			continue
 		}
 		if fstype := f[sep+1]; fstype == "cgroup" || fstype == "cgroup2" {
-			out = append(out, mount{point: unescape(f[4]), fstype: fstype, opts: f[sep+3]})
+			out = append(out, mount{point: mountinfo.Unescape(f[4]), fstype: fstype, opts: f[sep+3]})
 		}
 	}
 	return out
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 var errNoKey = errors.New("key not found")

@@ -33,6 +33,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/cgroup"
+	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -615,7 +616,7 @@ func removeBundle(bundle string) error {
 	if _, err := os.Lstat(bundle); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if m := mountsUnder(bundle); len(m) > 0 {
+	if m := mountinfo.UnderNow(bundle); len(m) > 0 {
 		return fmt.Errorf("%s has mounts (%s); not removing it", bundle, strings.Join(m, ", "))
 	}
 	os.Remove(filepath.Join(bundle, "config.json"))
@@ -648,43 +649,4 @@ func removeEmpty(dir string) error {
 		return err
 	}
 	return syscall.Rmdir(dir)
-}
-
-// mountsUnder lists this mount namespace's mount points at or under dir.
-func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescape(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	return out
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

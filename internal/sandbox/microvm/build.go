@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -1157,56 +1158,17 @@ func removeBuildTree(dir string) error {
 }
 
 func unmountBuildTree(dir string) error {
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := os.ReadFile(mountinfo.Path)
 	if err != nil {
 		return nil // no /proc (not Linux): nothing we could have mounted
 	}
-	points := mountsUnder(mounts, dir)
+	points := mountinfo.Under(mounts, dir)
 	for i := len(points) - 1; i >= 0; i-- { // the innermost first
 		if out, err := exec.Command("umount", "-l", points[i]).CombinedOutput(); err != nil {
 			return fmt.Errorf("%s is still mounted (umount: %v: %s): unmount it before building again", points[i], err, bytes.TrimSpace(out))
 		}
 	}
 	return nil
-}
-
-// mountsUnder lists the mount points in /proc/self/mountinfo that are dir
-// or below it, outermost first.
-func mountsUnder(mountinfo []byte, dir string) []string {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil
-	}
-	var points []string
-	for _, l := range strings.Split(string(mountinfo), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 5 {
-			continue
-		}
-		p := unescapeMountinfo(f[4])
-		if p == abs || strings.HasPrefix(p, abs+"/") {
-			points = append(points, p)
-		}
-	}
-	sort.Strings(points)
-	return points
-}
-
-// unescapeMountinfo decodes the octal escapes (\040 for a space) of a
-// mountinfo path.
-func unescapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // command is exec.CommandContext that asks the program to stop with

@@ -351,30 +351,6 @@ func TestUsedInodes(t *testing.T) {
 	}
 }
 
-func TestMountsUnder(t *testing.T) {
-	info := `22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
-80 22 0:5 / /cache/base.tmp/dev rw shared:2 - devtmpfs udev rw
-81 22 0:21 / /cache/base.tmp/proc rw - proc proc rw
-82 80 0:22 / /cache/base.tmp/dev/pts rw - devpts devpts rw
-83 22 0:23 / /cache/base.tmpx/proc rw - proc proc rw
-84 22 0:24 / /cache/a\040b/proc rw - proc proc rw
-`
-	for _, tc := range []struct {
-		dir  string
-		want []string
-	}{
-		{"/cache/base.tmp", []string{"/cache/base.tmp/dev", "/cache/base.tmp/dev/pts", "/cache/base.tmp/proc"}},
-		{"/cache/a b", []string{"/cache/a b/proc"}},
-		{"/elsewhere", nil},
-	} {
-		t.Run(tc.dir, func(t *testing.T) {
-			if got := mountsUnder([]byte(info), tc.dir); !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("got %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
 func TestStripBase(t *testing.T) {
 	dir := t.TempDir()
 	for _, p := range []string{"usr/share/doc/bash/copyright", "usr/share/man/man1/ls.1.gz", "usr/share/locale/de/x.mo",
