@@ -111,8 +111,8 @@ type MicroVMOptions struct {
 	// for its next instances (0: none; the CLI's default is 1).
 	Warm int
 	// WarmTTL: an agent's warm VMs are stopped when none of its instances
-	// started for this long, and its snapshot removed after six times as
-	// long (0: 10 minutes).
+	// started for this long, and its snapshot and agent disk removed after
+	// six times as long (0: 10 minutes).
 	WarmTTL time.Duration
 }
 

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 )
 
 // diskCache builds the read-only disk an agent's folder and virtualenv
@@ -24,6 +25,7 @@ type diskCache struct {
 	image *Image
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
+	used  map[string]time.Time // disk path -> its last get
 }
 
 func (c *diskCache) lock(key string) *sync.Mutex {
@@ -57,6 +59,12 @@ func (c *diskCache) get(agentDir, venv string) (string, error) {
 	l := c.lock(key)
 	l.Lock()
 	defer l.Unlock()
+	c.mu.Lock()
+	if c.used == nil {
+		c.used = map[string]time.Time{}
+	}
+	c.used[path] = time.Now()
+	c.mu.Unlock()
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}
@@ -64,6 +72,35 @@ func (c *diskCache) get(agentDir, venv string) (string, error) {
 		return "", fmt.Errorf("microVM agent disk for %s: %w", agentDir, err)
 	}
 	return path, nil
+}
+
+// sweep removes the disks not asked for since before idle and not in keep
+// (the disks snapshots restore with). A VM running on a removed disk keeps
+// reading it; the next start of its agent builds it again.
+func (c *diskCache) sweep(now time.Time, idle time.Duration, keep map[string]bool) int {
+	c.mu.Lock()
+	var stale []string
+	for path, at := range c.used {
+		if now.Sub(at) >= idle && !keep[path] {
+			stale = append(stale, path)
+		}
+	}
+	c.mu.Unlock()
+	removed := 0
+	for _, path := range stale {
+		l := c.lock(strings.TrimSuffix(filepath.Base(path), ".ext4"))
+		l.Lock()
+		c.mu.Lock()
+		if at, ok := c.used[path]; ok && now.Sub(at) >= idle { // not asked for meanwhile
+			delete(c.used, path)
+			if os.Remove(path) == nil {
+				removed++
+			}
+		}
+		c.mu.Unlock()
+		l.Unlock()
+	}
+	return removed
 }
 
 func fingerprint(w io.Writer, name, dir string) (int64, error) {

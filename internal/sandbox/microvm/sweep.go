@@ -5,9 +5,10 @@ import (
 	"time"
 )
 
-// An agent's warm VMs hold a few hundred MiB of the host each, and its
-// snapshot as much disk: an agent nobody starts any more (scaled to zero
-// for good, undeployed, replaced by a new version) gives them back.
+// An agent's warm VMs hold over a hundred MiB of the host each, its
+// snapshot as much disk, and its agent disk the size of its folder and
+// virtualenv: an agent nobody starts any more (scaled to zero for good,
+// undeployed, replaced by a new version) gives them back.
 const (
 	// DefaultWarmTTL is how long an agent's warm VMs wait for a start
 	// before they are stopped (sandbox.MicroVMOptions.WarmTTL).
@@ -57,7 +58,12 @@ func (d *Driver) sweep(now time.Time) {
 			remove = append(remove, s.path)
 		}
 	}
+	keep := map[string]bool{}
+	for _, s := range d.snaps {
+		keep[s.cfg.agentDisk] = true
+	}
 	d.mu.Unlock()
+	disks := d.disks.sweep(now, snapshotTTLFactor*warmTTL, keep)
 	for _, v := range stop {
 		v.kill()
 		<-v.proc.Done()
@@ -67,7 +73,7 @@ func (d *Driver) sweep(now time.Time) {
 		// A restore that has the file open keeps reading it.
 		os.Remove(p)
 	}
-	if len(stop)+len(remove) > 0 {
-		d.log.Debug("microVM: idle agents' warm VMs and snapshots released", "vms", len(stop), "snapshots", len(remove))
+	if len(stop)+len(remove)+disks > 0 {
+		d.log.Debug("microVM: idle agents' warm VMs, snapshots and disks released", "vms", len(stop), "snapshots", len(remove), "disks", disks)
 	}
 }

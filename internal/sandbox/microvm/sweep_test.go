@@ -72,3 +72,33 @@ func TestSweep(t *testing.T) {
 		})
 	}
 }
+
+func TestSweepDisks(t *testing.T) {
+	const ttl = time.Minute
+	now := time.Now()
+	dir := t.TempDir()
+	d := &Driver{o: sandbox.Options{MicroVM: sandbox.MicroVMOptions{WarmTTL: ttl}}, log: slog.New(slog.DiscardHandler),
+		snaps: map[string]*snapshot{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
+	disk := func(name string, idle time.Duration) string {
+		p := filepath.Join(dir, name+".ext4")
+		if err := os.WriteFile(p, []byte("disk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if d.disks.used == nil {
+			d.disks.used = map[string]time.Time{}
+		}
+		d.disks.used[p] = now.Add(-idle)
+		return p
+	}
+	old := snapshotTTLFactor*ttl + time.Second
+	recent := disk("recent", ttl)
+	stale := disk("stale", old)
+	snapshotted := disk("snapshotted", old)
+	d.snaps["k"] = &snapshot{key: "k", path: filepath.Join(dir, "k.snap"), used: now, cfg: vmConfig{agentDisk: snapshotted}}
+	d.sweep(now)
+	for p, want := range map[string]bool{recent: true, stale: false, snapshotted: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: kept=%v, want %v", filepath.Base(p), err == nil, want)
+		}
+	}
+}
