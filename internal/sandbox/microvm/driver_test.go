@@ -2,14 +2,20 @@ package microvm_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 	"github.com/runagent-go/runagent/internal/sandbox/sandboxtest"
@@ -86,5 +92,79 @@ func TestMicroVMDriverConformance(t *testing.T) {
 	}
 	if len(left) > 0 {
 		t.Errorf("QEMU processes left after every instance stopped and the driver closed: %v", left)
+	}
+}
+
+const snapshotAgent = `
+import os, random, time, uuid
+AT_IMPORT = random.random()
+def probe():
+    return {"at_import": AT_IMPORT, "random": random.random(), "urandom": os.urandom(16).hex(),
+            "uuid": str(uuid.uuid4()), "time": time.time()}
+`
+
+// TestRestoredInstancesDiverge: a second instance of an agent is restored
+// from the first one's snapshot (the value it computed at import is the
+// same), yet its randomness is its own (Python's random, the kernel's, so
+// uuid4 too) and its clock is the host's.
+func TestRestoredInstancesDiverge(t *testing.T) {
+	d, _ := newDriver(t, 1)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(python, "-c", "import sys; print(sys.executable)").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	python = strings.TrimSpace(string(out))
+	script, err := runner.WriteScript(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(agentDir, "main.py"), []byte(snapshotAgent), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	probe := func(i int) map[string]any {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		p, err := runner.Start(ctx, runner.Spec{
+			Python: python, Script: script, Env: []string{"PATH=/usr/bin:/bin"}, Driver: d,
+			InstanceID: fmt.Sprintf("diverge-%d-%d", os.Getpid(), i),
+			Init: runner.Init{AgentDir: agentDir, Threads: 2,
+				Entrypoints: []runner.InitEntrypoint{{Tag: "probe", File: "main.py", Module: "probe"}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		v, err := p.Call(ctx, "probe", nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outer struct{ Payload string }
+		var m map[string]any
+		if err := json.Unmarshal(v, &outer); err != nil {
+			t.Fatalf("probe = %s: %v", v, err)
+		}
+		if err := json.Unmarshal([]byte(outer.Payload), &m); err != nil {
+			t.Fatalf("probe payload = %s: %v", outer.Payload, err)
+		}
+		if now := float64(time.Now().UnixNano()) / 1e9; math.Abs(m["time"].(float64)-now) > 5 {
+			t.Errorf("instance %d: the guest's clock says %v, the host's %v", i, m["time"], now)
+		}
+		return m
+	}
+	first, second, third := probe(0), probe(1), probe(2)
+	if first["at_import"] != second["at_import"] || first["at_import"] != third["at_import"] {
+		t.Fatalf("the later instances were not restored from the first's snapshot: import-time values %v, %v, %v",
+			first["at_import"], second["at_import"], third["at_import"])
+	}
+	for _, k := range []string{"random", "urandom", "uuid"} {
+		if first[k] == second[k] || second[k] == third[k] || first[k] == third[k] {
+			t.Errorf("%s is shared between restored instances: %v, %v, %v", k, first[k], second[k], third[k])
+		}
 	}
 }
