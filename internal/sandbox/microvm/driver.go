@@ -229,14 +229,14 @@ func (d *Driver) boot(cfg vmConfig, key string, start map[string]any, init []byt
 			// zero): measured 266 MiB of the host against 154 MiB for a
 			// 256 MiB guest. A restored copy takes its place, so that every
 			// instance costs the same; restore also refills the warm pool.
-			if r, err := d.restore(snap, spec, deadline); err == nil {
+			r, err := d.restore(snap, spec, deadline)
+			if err == nil {
 				inst.Kill()
 				<-inst.Done()
 				return r, nil
-			} else {
-				d.log.Warn("microVM restore right after the snapshot failed; keeping the booted VM", "instance", spec.ID, "err", err)
-				go d.refill(snap)
 			}
+			d.log.Warn("microVM restore right after the snapshot failed; keeping the booted VM", "instance", spec.ID, "err", err)
+			go d.refill(snap)
 		}
 	}
 	return inst, nil

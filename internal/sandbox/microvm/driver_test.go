@@ -1,7 +1,6 @@
 package microvm_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -43,27 +40,6 @@ func newDriver(t *testing.T, warm int) (*microvm.Driver, string) {
 	return d, state
 }
 
-// qemusUnder lists the live QEMU processes of the driver whose state is in
-// dir: the driver starts each with RUNAGENT_MICROVM=<its folder there>.
-func qemusUnder(dir string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil || !bytes.Contains(env, []byte("RUNAGENT_MICROVM="+dir+"/")) {
-			continue
-		}
-		if stat, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil && !bytes.Contains(stat, []byte(") Z ")) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // microvmUsable says why this machine cannot boot the driver's VMs.
 func microvmUsable() error {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -84,13 +60,8 @@ func TestMicroVMDriverConformance(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	var left []int
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if left = qemusUnder(state); len(left) == 0 {
-			break
-		}
-	}
-	if len(left) > 0 {
+	// The driver starts each QEMU with RUNAGENT_MICROVM=<its folder in state>.
+	if left := sandboxtest.WaitNoProcsWithEnv("RUNAGENT_MICROVM="+state+"/", 10*time.Second); len(left) > 0 {
 		t.Errorf("QEMU processes left after every instance stopped and the driver closed: %v", left)
 	}
 }
@@ -109,15 +80,7 @@ def probe():
 // uuid4 too) and its clock is the host's.
 func TestRestoredInstancesDiverge(t *testing.T) {
 	d, _ := newDriver(t, 1)
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(python, "-c", "import sys; print(sys.executable)").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	python = strings.TrimSpace(string(out))
+	python := sandboxtest.Python(t)
 	script, err := runner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

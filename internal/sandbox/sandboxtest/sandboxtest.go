@@ -94,7 +94,7 @@ type Features struct {
 
 // Run runs the suite against d.
 func Run(t *testing.T, d sandbox.Driver, f Features) {
-	python := realPython(t)
+	python := Python(t)
 	script, err := runner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -259,9 +259,9 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	}
 }
 
-// realPython is the interpreter itself, not a launcher (pyenv's shims are
+// Python is the interpreter itself, not a launcher (pyenv's shims are
 // shell scripts a sandbox cannot run).
-func realPython(t *testing.T) string {
+func Python(t *testing.T) string {
 	t.Helper()
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -297,9 +297,16 @@ func waitFor(t *testing.T, ok func() bool, msg func() string) {
 // every process the suite starts carries RUNAGENT_CONFORMANCE=id.
 func assertNothingLeft(t *testing.T, id string) {
 	t.Helper()
-	marker := []byte("RUNAGENT_CONFORMANCE=" + id + "\x00")
+	if left := WaitNoProcsWithEnv("RUNAGENT_CONFORMANCE="+id+"\x00", 10*time.Second); len(left) > 0 {
+		t.Errorf("processes of instance %s are still running: %v", id, left)
+	}
+}
+
+// WaitNoProcsWithEnv waits up to wait for every live (not zombie) process
+// whose environment contains entry to be gone, and returns those left.
+func WaitNoProcsWithEnv(entry string, wait time.Duration) []int {
 	var left []int
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for end := time.Now().Add(wait); ; time.Sleep(50 * time.Millisecond) {
 		left = left[:0]
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
@@ -308,16 +315,13 @@ func assertNothingLeft(t *testing.T, id string) {
 				continue
 			}
 			env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-			if err == nil && strings.Contains(string(env), string(marker)) && !zombie(pid) {
+			if err == nil && strings.Contains(string(env), entry) && !zombie(pid) {
 				left = append(left, pid)
 			}
 		}
 		if len(left) == 0 || time.Now().After(end) {
-			break
+			return left
 		}
-	}
-	if len(left) > 0 {
-		t.Errorf("processes of instance %s are still running: %v", id, left)
 	}
 }
 
