@@ -222,20 +222,24 @@ func orDefault(tenant string) string {
 	return tenant
 }
 
-// TokenFromRequest returns the key sent with r: an "Authorization: Bearer"
-// header (scheme in any case), else the "token" query parameter, which the
-// official SDKs use on WebSockets where browsers cannot set headers. It
-// returns "" when neither is there.
-func TokenFromRequest(r *http.Request) string {
+// BearerToken returns the key of an "Authorization: Bearer" header (scheme
+// in any case), "" when there is none.
+func BearerToken(r *http.Request) string {
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, rest, ok := strings.Cut(strings.TrimSpace(h), " ")
 		if ok && strings.EqualFold(scheme, "Bearer") {
-			if tok := strings.TrimSpace(rest); tok != "" {
-				return tok
-			}
+			return strings.TrimSpace(rest)
 		}
 	}
-	// Parsing the query allocates, so it is only done when no header was sent.
+	return ""
+}
+
+// QueryToken returns the "token" query parameter, which the official SDKs
+// send on WebSockets where browsers cannot set headers ("" when absent).
+// Only WebSocket handshakes should accept it: URLs end up in proxy and
+// access logs.
+func QueryToken(r *http.Request) string {
+	// Parsing the query allocates, so it is only done when there is one.
 	if r.URL != nil && r.URL.RawQuery != "" {
 		return r.URL.Query().Get("token")
 	}

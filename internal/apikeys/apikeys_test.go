@@ -198,31 +198,33 @@ func TestAuthorization(t *testing.T) {
 	}
 }
 
-func TestTokenFromRequest(t *testing.T) {
+func TestRequestTokens(t *testing.T) {
 	tests := []struct {
-		name, auth, url, want string
+		name, auth, url, bearer, query string
 	}{
-		{"bearer", "Bearer ra_x", "/", "ra_x"},
-		{"lowercase scheme", "bearer ra_x", "/", "ra_x"},
-		{"uppercase scheme", "BEARER ra_x", "/", "ra_x"},
-		{"extra spaces", "  Bearer   ra_x  ", "/", "ra_x"},
-		{"query", "", "/ws?token=ra_q", "ra_q"},
-		{"query among others", "", "/ws?a=1&token=ra_q&b=2", "ra_q"},
-		{"header wins over query", "Bearer ra_h", "/ws?token=ra_q", "ra_h"},
-		{"basic falls back to query", "Basic dXNlcjpwYXNz", "/ws?token=ra_q", "ra_q"},
-		{"empty bearer falls back to query", "Bearer ", "/ws?token=ra_q", "ra_q"},
-		{"basic only", "Basic dXNlcjpwYXNz", "/", ""},
-		{"scheme alone", "Bearer", "/", ""},
-		{"nothing", "", "/", ""},
-		{"empty query token", "", "/ws?token=", ""},
+		{"bearer", "Bearer ra_x", "/", "ra_x", ""},
+		{"lowercase scheme", "bearer ra_x", "/", "ra_x", ""},
+		{"uppercase scheme", "BEARER ra_x", "/", "ra_x", ""},
+		{"extra spaces", "  Bearer   ra_x  ", "/", "ra_x", ""},
+		{"query", "", "/ws?token=ra_q", "", "ra_q"},
+		{"query among others", "", "/ws?a=1&token=ra_q&b=2", "", "ra_q"},
+		{"header and query", "Bearer ra_h", "/ws?token=ra_q", "ra_h", "ra_q"},
+		{"basic is no bearer", "Basic dXNlcjpwYXNz", "/ws?token=ra_q", "", "ra_q"},
+		{"empty bearer", "Bearer ", "/", "", ""},
+		{"scheme alone", "Bearer", "/", "", ""},
+		{"nothing", "", "/", "", ""},
+		{"empty query token", "", "/ws?token=", "", ""},
 	}
 	for _, tt := range tests {
 		r := httptest.NewRequest("GET", tt.url, nil)
 		if tt.auth != "" {
 			r.Header.Set("Authorization", tt.auth)
 		}
-		if got := TokenFromRequest(r); got != tt.want {
-			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		if got := BearerToken(r); got != tt.bearer {
+			t.Errorf("%s: BearerToken = %q, want %q", tt.name, got, tt.bearer)
+		}
+		if got := QueryToken(r); got != tt.query {
+			t.Errorf("%s: QueryToken = %q, want %q", tt.name, got, tt.query)
 		}
 	}
 }
