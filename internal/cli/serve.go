@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // only reachable through --debug-addr
@@ -41,6 +40,7 @@ type serveOptions struct {
 	logLevel  string
 	debugAddr string
 	microVM   sandbox.MicroVMOptions
+	http      httpTimeouts
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -70,6 +70,7 @@ registered in the local registry so that SDKs can find it by id alone.`,
 	f.IntVar(&o.threads, "threads", 32, "worker threads for the agent's sync functions")
 	f.StringVar(&o.sandbox, "sandbox", "process", "isolate the agent as the platform server would: "+strings.Join(sandbox.Names(), ", "))
 	addMicroVMFlags(f, &o.microVM)
+	addHTTPFlags(f, &o.http)
 	f.BoolVar(&o.network, "network", true, "with a sandbox other than process: let the agent reach the network")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -172,6 +173,9 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		OnCall: func(_ *server.Agent, _, code string, _ time.Duration) { registry.Record(code == "") },
 		Host:   o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,
+		// As the original: any page may call the local server (it has no
+		// keys or cookies to protect).
+		CORS: server.CORSPolicy{Credentials: true},
 		Health: func() map[string]any {
 			state := map[string]any{"runner": "starting"}
 			if p := inst.Current(); p != nil {
@@ -190,10 +194,12 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	if o.debugAddr != "" {
 		go func() {
 			log.Info("pprof listening", "addr", o.debugAddr)
-			log.Warn("pprof stopped", "error", http.ListenAndServe(o.debugAddr, nil))
+			ds := httpServer(http.DefaultServeMux, o.http, log)
+			ds.Addr = o.debugAddr
+			log.Warn("pprof stopped", "error", ds.ListenAndServe())
 		}()
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := httpServer(srv.Handler(), o.http, log)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	a.banner(folder, o.host, port)

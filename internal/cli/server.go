@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,7 +29,7 @@ const DefaultServerPort = 8400
 type serverOptions struct {
 	host, dataDir, python, metricsAddr string
 	port                               int
-	allowPublic                        bool
+	allowPublic, allowNetwork          bool
 	rate                               float64
 	burst, keyConcurrency              int
 	dep                                manager.Deployment
@@ -40,6 +38,8 @@ type serverOptions struct {
 	tick, health, stable, panic        time.Duration
 	logFormat, logLevel                string
 	microVM                            sandbox.MicroVMOptions
+	http                               httpTimeouts
+	corsOrigins                        []string
 }
 
 func (a *app) serverCommand() *cobra.Command {
@@ -67,6 +67,9 @@ The API is described in docs/platform-api.md.`,
 	f.StringVar(&o.dep.Sandbox, "sandbox", o.dep.Sandbox, "how instances are isolated: "+strings.Join(sandbox.Names(), ", ")+
 		" (agents may ask for a stronger one in their deployment section, never a weaker one)")
 	addMicroVMFlags(f, &o.microVM)
+	addHTTPFlags(f, &o.http)
+	f.StringSliceVar(&o.corsOrigins, "cors-origin", nil, "web pages (origins like https://app.example.com) that may call the server from a browser; repeat or comma-separate (default: any page, never with cookies)")
+	f.BoolVar(&o.allowNetwork, "allow-agent-network", true, "let agents that ask for it (deployment.network) reach the network; false refuses them (needs a sandbox other than process)")
 	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
 	f.Float64Var(&o.rate, "rate", 50, "default requests per second per API key (0: no limit)")
 	f.IntVar(&o.burst, "burst", 100, "default burst per API key")
@@ -115,6 +118,9 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if err := sandbox.CheckName(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox: %w", err)
 	}
+	if !o.allowNetwork && o.dep.Sandbox == "process" {
+		return fmt.Errorf("--allow-agent-network=false needs --sandbox namespace, gvisor or microvm: the process sandbox cannot cut an agent off the network")
+	}
 	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log, MicroVM: o.microVM})
 	defer sandboxes.Close()
 	if _, err := sandboxes.Get(o.dep.Sandbox); err != nil {
@@ -135,10 +141,11 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		DataDir: o.dataDir, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
+		CORSOrigins:   o.corsOrigins,
 		AllowPublic:   o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, AsyncWorkers: o.asyncWorkers,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,
-		Sandbox: sandboxes.Get, Log: log, Version: a.version,
+		Sandbox: sandboxes.Get, DenyNetwork: !o.allowNetwork, Log: log, Version: a.version,
 	})
 	if err != nil {
 		return err
@@ -151,11 +158,12 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if o.metricsAddr != "" {
 		go func() {
 			log.Info("metrics listening", "addr", o.metricsAddr)
-			log.Warn("metrics listener stopped", "error", http.ListenAndServe(o.metricsAddr, p.MetricsHandler()))
+			ms := httpServer(p.MetricsHandler(), o.http, log)
+			ms.Addr = o.metricsAddr
+			log.Warn("metrics listener stopped", "error", ms.ListenAndServe())
 		}()
 	}
-	hs := &http.Server{Handler: p.Handler(o.metricsAddr == ""), ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := httpServer(p.Handler(o.metricsAddr == ""), o.http, log)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	base := "http://" + net.JoinHostPort(o.host, strconv.Itoa(port))

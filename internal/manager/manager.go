@@ -65,6 +65,10 @@ type Config struct {
 	// Sandbox opens a sandbox driver by name (nil: only "process"). A
 	// driver whose tool is missing is an error naming what to install.
 	Sandbox func(name string) (sandbox.Driver, error)
+	// DenyNetwork refuses agents that ask for the network
+	// (deployment.network) at upload, and runs any already deployed
+	// without it.
+	DenyNetwork bool
 }
 
 // Manager owns the deployed agents.
@@ -81,6 +85,7 @@ type agentState struct {
 	id, tenant string
 	deploy     sync.Mutex // one upload or start at a time per agent
 	active     atomic.Pointer[version]
+	claimed    bool // guarded by Manager.mu: recorded in the store (a version or metadata)
 
 	mu       sync.Mutex
 	retiring []*version
@@ -131,20 +136,41 @@ func validationError(field, format string, a ...any) *wire.Error {
 	return &wire.Error{Code: wire.CodeValidation, Field: field, Message: fmt.Sprintf(format, a...)}
 }
 
-func (m *Manager) putState(id, tenant string) *agentState {
+// putState returns the agent's state, creating it for tenant if it is new.
+func (m *Manager) putState(id, tenant string) (st *agentState, created bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := m.agents[id]
+	st = m.agents[id]
 	if st == nil {
 		st = &agentState{id: id, tenant: tenant}
 		m.agents[id] = st
+		created = true
 	}
-	return st
+	return st, created
 }
 
-// Claim records a new agent of tenant (from a metadata upload) so that it
-// can be found before its first bundle arrives.
-func (m *Manager) Claim(id, tenant string) { m.putState(id, tenant) }
+// forget removes a state that putState created for an upload that failed,
+// unless something else (a version, a metadata claim) made it real since.
+func (m *Manager) forget(st *agentState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.agents[st.id] == st && !st.claimed && st.active.Load() == nil {
+		delete(m.agents, st.id)
+	}
+}
+
+// Claim records a new agent of tenant (from a metadata upload, already in
+// the store) so that it can be found before its first bundle arrives.
+func (m *Manager) Claim(id, tenant string) {
+	st, _ := m.putState(id, tenant)
+	m.markClaimed(st)
+}
+
+func (m *Manager) markClaimed(st *agentState) {
+	m.mu.Lock()
+	st.claimed = true
+	m.mu.Unlock()
+}
 
 // Lookup returns the agent's tenant and the version serving it (nil agent
 // while none is started). ok is false for an agent that does not exist.
@@ -187,8 +213,10 @@ func NormalizeID(id string) (string, error) {
 
 // Stage extracts and checks an uploaded bundle and records it as the
 // agent's next version. agentID "" takes the id from the bundle's config.
-// Nothing is left behind when it fails.
-func (m *Manager) Stage(ctx context.Context, tenant, agentID string, zip io.ReaderAt, size int64, fileName string) (string, int, error) {
+// authorize decides whether the uploader may deploy the agent, once its id
+// is known and before anything about it is recorded. Nothing is left
+// behind when it fails.
+func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize func(id string) error, zip io.ReaderAt, size int64, fileName string) (string, int, error) {
 	incoming := filepath.Join(m.cfg.DataDir, "agents", ".incoming")
 	if err := os.MkdirAll(incoming, 0o755); err != nil {
 		return "", 0, err
@@ -215,8 +243,11 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, zip io.Read
 	if cfg.AgentArchitecture == nil || len(cfg.AgentArchitecture.Entrypoints) == 0 {
 		return "", 0, validationError("file", "%s: agent_architecture.entrypoints: the agent has no entrypoints to serve", folder.ConfigFile)
 	}
-	if _, err := ParseDeployment(folder.RawConfig["deployment"], m.cfg.Defaults); err != nil {
+	if dep, err := ParseDeployment(folder.RawConfig["deployment"], m.cfg.Defaults); err != nil {
 		return "", 0, validationError("file", "%s: %v", folder.ConfigFile, err)
+	} else if dep.Network && m.cfg.DenyNetwork {
+		return "", 0, validationError("file", "%s: deployment.network: this server does not let agents reach the network "+
+			"(runagent server --allow-agent-network=false); remove the setting, or ask the operator", folder.ConfigFile)
 	}
 	if agentID == "" {
 		agentID = cfg.AgentID
@@ -225,17 +256,27 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, zip io.Read
 	if err != nil {
 		return "", 0, validationError("agent_id", "%v", err)
 	}
+	if err := authorize(id); err != nil {
+		return "", 0, err
+	}
 	sum, err := hashReader(zip, size)
 	if err != nil {
 		return "", 0, err
 	}
 
-	st := m.putState(id, tenant)
+	st, created := m.putState(id, tenant)
 	if st.tenant != tenant {
 		return "", 0, ErrOtherTenant
 	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()
+	if created {
+		defer func() {
+			if !keep {
+				m.forget(st)
+			}
+		}()
+	}
 	final := filepath.Join(m.cfg.DataDir, "agents", id, uuid.NewString())
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return "", 0, err
@@ -254,6 +295,7 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, zip io.Read
 		return "", 0, err
 	}
 	keep = true
+	m.markClaimed(st)
 	m.system(id, n, "", fmt.Sprintf("version %d uploaded (%s, %d bytes)", n, fileName, size))
 	return id, n, nil
 }
@@ -339,9 +381,49 @@ func (m *Manager) retire(st *agentState, old *version) {
 	}()
 }
 
+// redactor hides the server's own folders in what the platform tells an
+// agent's owner and callers (start errors, install progress): paths in a
+// version's bundle become relative to it, the data and cache folders are
+// named rather than spelled out.
+func (m *Manager) redactor(bundleDir string) *strings.Replacer {
+	var pairs []string
+	add := func(old, new string) {
+		if old != "" && old != "/" {
+			pairs = append(pairs, old, new)
+		}
+	}
+	add(bundleDir+string(filepath.Separator), "")
+	add(bundleDir, "the bundle")
+	add(m.cfg.DataDir, "$DATA_DIR")
+	add(m.cfg.CacheDir, "$CACHE_DIR")
+	return strings.NewReplacer(pairs...)
+}
+
+// redactedError is an error whose text had the server's paths taken out.
+type redactedError struct {
+	msg   string
+	cause error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.cause }
+
+func redact(r *strings.Replacer, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &redactedError{msg: r.Replace(err.Error()), cause: err}
+}
+
 // bringUp prepares a version's environment and pool, warming n instances
 // (0: none, for a restore that scales from zero).
 func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentVersion, n int) (*version, error) {
+	r := m.redactor(vrec.Dir)
+	v, err := m.bringUpWith(ctx, agentID, vrec, n, r)
+	return v, redact(r, err)
+}
+
+func (m *Manager) bringUpWith(ctx context.Context, agentID string, vrec store.AgentVersion, n int, r *strings.Replacer) (*version, error) {
 	folder, err := agentfolder.Load(vrec.Dir)
 	if err != nil {
 		return nil, err
@@ -351,7 +433,11 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 		return nil, err
 	}
 	dep = dep.Capped(m.cfg.Defaults)
-	progress := &lineWriter{fn: func(line string) { m.system(agentID, vrec.Version, "", line) }}
+	if dep.Network && m.cfg.DenyNetwork {
+		dep.Network = false
+		m.system(agentID, vrec.Version, "", "deployment.network is ignored: this server does not let agents reach the network")
+	}
+	progress := &lineWriter{fn: func(line string) { m.system(agentID, vrec.Version, "", r.Replace(line)) }}
 	env, err := pyenv.Prepare(ctx, m.cfg.Python, folder.Dir, m.cfg.CacheDir, progress)
 	progress.Flush()
 	if err != nil {
@@ -383,11 +469,11 @@ func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentV
 			ReadyTimeout: m.cfg.StartTimeout,
 		})
 		if err != nil {
-			return nil, err
+			return nil, redact(r, err)
 		}
 		if len(p.Ready.Errors) > 0 {
 			p.Close()
-			return nil, runner.LoadErrors(folder, p.Ready.Errors)
+			return nil, redact(r, runner.LoadErrors(folder, p.Ready.Errors))
 		}
 		return p, nil
 	}
@@ -440,7 +526,8 @@ func (m *Manager) Restore(ctx context.Context) error {
 		return err
 	}
 	for _, pa := range agents {
-		st := m.putState(pa.ID, pa.Tenant)
+		st, _ := m.putState(pa.ID, pa.Tenant)
+		m.markClaimed(st)
 		vs, err := m.cfg.DB.Versions(ctx, pa.ID)
 		if err != nil {
 			return err

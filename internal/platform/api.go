@@ -50,7 +50,7 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 		mux.Handle("GET /metrics", p.MetricsHandler())
 	}
 	mux.HandleFunc("/", p.wire.NotFound)
-	return p.middleware(server.CORS(mux))
+	return p.middleware(server.CORSPolicy{Origins: p.cfg.CORSOrigins}.Handler(mux))
 }
 
 // MetricsHandler serves the Prometheus metrics.
@@ -138,9 +138,10 @@ func (p *Platform) handleInfo(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleValidate(w http.ResponseWriter, r *http.Request) {
-	tok := r.URL.Query().Get("token")
+	// The original CLI sends the key in the query here; a header is fine too.
+	tok := apikeys.BearerToken(r)
 	if tok == "" {
-		tok = apikeys.TokenFromRequest(r)
+		tok = apikeys.QueryToken(r)
 	}
 	k, err := p.keys.Authenticate(tok)
 	if err != nil {
@@ -188,10 +189,11 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if _, tenant, exists := p.mgr.Lookup(id); exists && tenant != k.Tenant {
-		p.wire.WriteError(w, manager.ErrOtherTenant)
+	if e := p.mayDeploy(k, id); e != nil {
+		p.wire.WriteError(w, e)
 		return
-	} else if exists && !body.Overwrite {
+	}
+	if _, _, exists := p.mgr.Lookup(id); exists && !body.Overwrite {
 		p.wire.WriteError(w, &wire.Error{Code: "RESOURCE_ALREADY_EXISTS", Message: fmt.Sprintf("agent %s already exists; send overwrite: true to deploy a new version", id)})
 		return
 	}
@@ -208,6 +210,18 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 		"Agent metadata uploaded")
 }
 
+// mayDeploy decides whether key k may create or change agent id: the key's
+// agent list allows it, and the id is not another tenant's.
+func (p *Platform) mayDeploy(k *apikeys.Key, id string) *wire.Error {
+	if !k.AllowsAgent(id) {
+		return &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)}
+	}
+	if _, tenant, exists := p.mgr.Lookup(id); exists && tenant != k.Tenant {
+		return manager.ErrOtherTenant
+	}
+	return nil
+}
+
 func (p *Platform) storeError(w http.ResponseWriter, err error) {
 	var we *wire.Error
 	if errors.As(err, &we) {
@@ -218,8 +232,11 @@ func (p *Platform) storeError(w http.ResponseWriter, err error) {
 		p.wire.WriteError(w, manager.ErrOtherTenant)
 		return
 	}
-	p.log.Error("platform request failed", "error", err)
-	p.wire.WriteError(w, &wire.Error{Code: wire.CodeInternal, Message: "the server failed: " + err.Error()})
+	// The cause (paths, SQL) is for the operator's log, not the client.
+	id := w.Header().Get("X-Request-Id")
+	p.log.Error("platform request failed", "request_id", id, "error", err)
+	p.wire.WriteError(w, &wire.Error{Code: wire.CodeInternal,
+		Message: "the server could not complete the request; its log has the cause under request_id " + id})
 }
 
 // handleUpload takes a multipart zip, streams it to a temporary file (never
@@ -268,6 +285,14 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 		case "agent_id":
 			b, _ := io.ReadAll(io.LimitReader(part, 256))
 			agentID = strings.TrimSpace(string(b))
+			// Refuse before the bundle is read, when the id comes first
+			// (runagent deploy sends it first).
+			if id, err := manager.NormalizeID(agentID); err == nil {
+				if e := p.mayDeploy(k, id); e != nil {
+					p.wire.WriteError(w, e)
+					return
+				}
+			}
 		case "file":
 			if tmp != nil {
 				p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "send one file"})
@@ -295,13 +320,15 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "no bundle: send the zip of the agent folder in the form field \"file\""})
 		return
 	}
-	id, n, err := p.mgr.Stage(r.Context(), k.Tenant, agentID, tmp, size, fileName)
+	authorize := func(id string) error {
+		if e := p.mayDeploy(k, id); e != nil {
+			return e
+		}
+		return nil
+	}
+	id, n, err := p.mgr.Stage(r.Context(), k.Tenant, agentID, authorize, tmp, size, fileName)
 	if err != nil {
 		p.storeError(w, err)
-		return
-	}
-	if !k.AllowsAgent(id) {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)})
 		return
 	}
 	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": store.VersionUploaded,
@@ -478,6 +505,10 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// A follower that stops reading is cut off instead of holding the
+	// handler (and its connection) forever.
+	deadline := func() { rc.SetWriteDeadline(time.Now().Add(followWriteWait)) }
+	deadline()
 	enc := json.NewEncoder(w)
 	last := after
 	for {
@@ -501,18 +532,25 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case <-keepAlive.C:
-			w.Write([]byte("\n"))
-			rc.Flush()
+			deadline()
+			if _, err := w.Write([]byte("\n")); err != nil || rc.Flush() != nil {
+				return
+			}
 		case l := <-ch:
 			if l.Seq <= last || (inv != "" && l.InvocationID != inv) {
 				continue
 			}
-			enc.Encode(l)
+			deadline()
+			if enc.Encode(l) != nil || rc.Flush() != nil {
+				return
+			}
 			last = l.Seq
-			rc.Flush()
 		}
 	}
 }
+
+// followWriteWait is how long a log follower may leave a write unread.
+const followWriteWait = 30 * time.Second
 
 func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)

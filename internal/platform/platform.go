@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/apikeys"
 	"github.com/runagent-go/runagent/internal/bundle"
@@ -41,7 +42,10 @@ type Config struct {
 	DefaultPolicy ratelimit.Policy
 	// AllowPublic lets agents whose auth_settings.type is "none" be called
 	// without a key.
-	AllowPublic  bool
+	AllowPublic bool
+	// CORSOrigins are the web pages that may call the server from a
+	// browser (none: any page, without cookies).
+	CORSOrigins  []string
 	MaxUpload    int64
 	Bundle       bundle.Limits
 	MaxBody      int64
@@ -53,6 +57,9 @@ type Config struct {
 	// Sandbox opens sandbox drivers by name (Defaults.Sandbox is the
 	// server's); nil: only the process driver.
 	Sandbox func(name string) (sandbox.Driver, error)
+	// DenyNetwork: no agent may reach the network (deployment.network is
+	// refused at upload).
+	DenyNetwork bool
 
 	Log     *slog.Logger
 	Version string
@@ -115,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		Defaults: cfg.Defaults, StableWindow: cfg.StableWindow, PanicWindow: cfg.PanicWindow,
 		Tick: cfg.Tick, HealthInterval: cfg.HealthInterval, Env: instanceEnv(cfg.DataDir),
 		Bundle: cfg.Bundle, Host: cfg.Host, Port: cfg.Port, Obs: p.metrics, Logs: p.logs, Log: cfg.Log,
-		Sandbox: cfg.Sandbox,
+		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork,
 	})
 	if err := p.mgr.Restore(ctx); err != nil {
 		db.Close()
@@ -125,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	p.wire = server.New(server.Config{
 		Directory: p, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
-		Logger: cfg.Log, Version: cfg.Version,
+		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins},
 	})
 	p.async = newAsyncRunner(p)
 	if err := p.async.resume(ctx); err != nil {
@@ -231,13 +238,33 @@ func (p *Platform) policy(k *apikeys.Key) ratelimit.Policy {
 var (
 	errNoKey = &wire.Error{Code: wire.CodeAuthentication,
 		Message: "an API key is required: send it as Authorization: Bearer <key> (or ?token=<key> on a WebSocket)"}
-	errBadKey = &wire.Error{Code: wire.CodeAuthentication, Message: "invalid or revoked API key"}
+	errBadKey   = &wire.Error{Code: wire.CodeAuthentication, Message: "invalid or revoked API key"}
+	errKeyInURL = &wire.Error{Code: wire.CodeAuthentication,
+		Message: "an API key in the URL (?token=) is accepted only on WebSocket routes, because URLs end up in proxy and access logs; send it as Authorization: Bearer <key>"}
 )
+
+// requestToken is the key a request sends: its Authorization header, or on
+// a WebSocket handshake the token query parameter (browsers cannot set
+// headers there). A key in the URL of any other route is refused rather
+// than ignored, so that the caller learns why.
+func requestToken(r *http.Request) (string, *wire.Error) {
+	if tok := apikeys.BearerToken(r); tok != "" {
+		return tok, nil
+	}
+	tok := apikeys.QueryToken(r)
+	if tok != "" && !websocket.IsWebSocketUpgrade(r) {
+		return "", errKeyInURL
+	}
+	return tok, nil
+}
 
 // authenticate checks the request's key and takes its rate-limit token.
 // release is nil when e is not.
 func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apikeys.Key, release func(), e *wire.Error) {
-	tok := apikeys.TokenFromRequest(r)
+	tok, e := requestToken(r)
+	if e != nil {
+		return nil, nil, e
+	}
 	if tok == "" {
 		return nil, nil, errNoKey
 	}
@@ -259,11 +286,19 @@ func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy,
 	return k, release, nil
 }
 
+// publicAction reports whether act may be done on a public agent without a
+// key: reading its architecture and running it, never reading its history
+// (which holds other callers' inputs and outputs).
+func publicAction(act server.Action) bool {
+	return act == server.ActReadArchitecture || act == server.ActRun
+}
+
 // Admit implements server.Directory: key, tenant, agent restriction, scope
 // and rate limit, in that order; another tenant's agent is not found.
 func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string, act server.Action) (*server.Agent, func(), *wire.Error) {
 	a, tenant, exists := p.mgr.Lookup(agentID)
-	if agentID != "" && apikeys.TokenFromRequest(r) == "" && exists && a != nil && p.cfg.AllowPublic && act != server.ActReadInvocation && public(a) {
+	if agentID != "" && exists && a != nil && p.cfg.AllowPublic && publicAction(act) && public(a) &&
+		apikeys.BearerToken(r) == "" && apikeys.QueryToken(r) == "" {
 		// Public agents are limited per client address instead of per key.
 		_, release, e := p.limit(w, "ip:"+clientIP(r), p.cfg.DefaultPolicy, nil)
 		if e != nil {

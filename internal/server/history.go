@@ -55,7 +55,7 @@ func (s *Server) handleStats(w http.ResponseWriter, r *http.Request, a *Agent) {
 func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("invocation_id")
 	// Authenticate before looking: whether an id exists is not for strangers.
-	if _, _, e := s.dir.Admit(w, r, "", ActRead); e != nil {
+	if _, _, e := s.dir.Admit(w, r, "", ActReadHistory); e != nil {
 		s.WriteError(w, e)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/store"
@@ -87,11 +88,15 @@ type Entrypoint struct {
 type Action int
 
 const (
-	// ActRead reads the agent's architecture or invocation history.
-	ActRead Action = iota
+	// ActReadArchitecture reads the agent's entrypoints.
+	ActReadArchitecture Action = iota
 	// ActRun calls one of its entrypoints.
 	ActRun
-	// ActReadInvocation reads one invocation record of the agent.
+	// ActReadHistory reads the agent's invocation history (the list and the
+	// stats). It holds other callers' inputs and outputs: never public.
+	ActReadHistory
+	// ActReadInvocation reads one invocation record of the agent: never
+	// public either.
 	ActReadInvocation
 )
 
@@ -155,8 +160,11 @@ type Config struct {
 	// CallTimeout bounds one call; a request may ask for less with
 	// "timeout_seconds".
 	CallTimeout time.Duration
-	Logger      *slog.Logger
-	Version     string
+	// CORS is the browser policy; its origins also bound which pages may
+	// open a WebSocket (zero: any page, as the original).
+	CORS    CORSPolicy
+	Logger  *slog.Logger
+	Version string
 }
 
 // Defaults for Config fields left zero.
@@ -167,11 +175,12 @@ const (
 
 // Server serves agents over the wire protocol.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	dir     Directory
-	started time.Time
-	bufs    sync.Pool
+	cfg      Config
+	log      *slog.Logger
+	dir      Directory
+	started  time.Time
+	bufs     sync.Pool
+	upgrader *websocket.Upgrader
 }
 
 // New returns a Server; call Handler (local mode) or Register (platform)
@@ -193,7 +202,7 @@ func New(cfg Config) *Server {
 		cfg.SDKType = "local_server"
 	}
 	uuid.EnableRandPool()
-	s := &Server{cfg: cfg, log: cfg.Logger, dir: cfg.Directory, started: time.Now()}
+	s := &Server{cfg: cfg, log: cfg.Logger, dir: cfg.Directory, started: time.Now(), upgrader: newUpgrader(cfg.CORS)}
 	if s.dir == nil {
 		if cfg.Agent.tags == nil {
 			cfg.Agent.Prepare(cfg.Host, cfg.Port)
@@ -207,11 +216,11 @@ func New(cfg Config) *Server {
 // Register adds the agent routes of the wire protocol to mux: architecture,
 // run, run-stream, invocation history and one invocation.
 func (s *Server) Register(mux *http.ServeMux) {
-	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(ActRead, s.handleArchitecture))
+	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(ActReadArchitecture, s.handleArchitecture))
 	mux.HandleFunc("POST /api/v1/agents/{id}/run", s.agentRoute(ActRun, s.handleRun))
 	mux.HandleFunc("GET /api/v1/agents/{id}/run-stream", s.agentRoute(ActRun, s.handleStream))
-	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActRead, s.handleInvocations))
-	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActRead, s.handleStats))
+	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActReadHistory, s.handleInvocations))
+	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActReadHistory, s.handleStats))
 	mux.HandleFunc("GET /api/v1/invocations/{invocation_id}", s.handleInvocation)
 }
 
@@ -224,7 +233,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1", s.handleInfo)
 	mux.HandleFunc("GET /api/v1/{$}", s.handleInfo)
 	mux.HandleFunc("/", s.NotFound)
-	return CORS(mux)
+	return s.cfg.CORS.Handler(mux)
 }
 
 // NotFound answers a request for a route that does not exist.
@@ -252,8 +261,33 @@ func (s *Server) agentRoute(act Action, h agentHandler) http.HandlerFunc {
 }
 
 // CORS answers browsers the way the original's CORSMiddleware
-// (allow_origins=*, allow_credentials=True, all methods and headers) does.
+// (allow_origins=*, allow_credentials=True, all methods and headers) does:
+// the local server's policy, where there are no keys or cookies to protect.
 func CORS(next http.Handler) http.Handler {
+	return CORSPolicy{Credentials: true}.Handler(next)
+}
+
+// CORSPolicy says which web pages may call the server from a browser.
+type CORSPolicy struct {
+	// Origins may call ("https://app.example.com"); none: any origin.
+	Origins []string
+	// Credentials lets pages send cookies (Access-Control-Allow-Credentials).
+	// With any origin allowed it turns any web page the user visits into a
+	// caller with the user's cookies: the platform server never sets it.
+	Credentials bool
+}
+
+func (c CORSPolicy) allowed() map[string]bool {
+	allowed := make(map[string]bool, len(c.Origins))
+	for _, o := range c.Origins {
+		allowed[strings.TrimRight(o, "/")] = true
+	}
+	return allowed
+}
+
+// Handler wraps next with the policy.
+func (c CORSPolicy) Handler(next http.Handler) http.Handler {
+	allowed := c.allowed()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
 		if origin == "" {
@@ -261,9 +295,22 @@ func CORS(next http.Handler) http.Handler {
 			return
 		}
 		h := w.Header()
-		h.Set("Access-Control-Allow-Origin", origin)
-		h.Set("Access-Control-Allow-Credentials", "true")
-		h.Add("Vary", "Origin")
+		switch {
+		case len(allowed) > 0 && !allowed[origin]:
+			// Not an allowed page: no CORS headers, so the browser keeps
+			// the answer from it (a preflight gets none either).
+			h.Add("Vary", "Origin")
+			next.ServeHTTP(w, r)
+			return
+		case len(allowed) == 0 && !c.Credentials:
+			h.Set("Access-Control-Allow-Origin", "*")
+		default:
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			if c.Credentials {
+				h.Set("Access-Control-Allow-Credentials", "true")
+			}
+		}
 		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 			h.Set("Access-Control-Allow-Methods", "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT")
 			if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
@@ -396,10 +443,9 @@ func (s *Server) callContext(parent context.Context, a *Agent, requested float64
 	if a.CallTimeout > 0 {
 		d = a.CallTimeout
 	}
-	if requested > 0 {
-		if r := time.Duration(requested * float64(time.Second)); r < d {
-			d = r
-		}
+	// Compared in seconds: a huge request (1e308) would overflow a Duration.
+	if requested > 0 && requested < d.Seconds() {
+		d = time.Duration(requested * float64(time.Second))
 	}
 	return context.WithTimeoutCause(parent, d, &wire.Error{Code: wire.CodeTimeout,
 		Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", d)})

@@ -16,11 +16,18 @@ import (
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
-var upgrader = websocket.Upgrader{
-	ReadBufferSize:  4 << 10,
-	WriteBufferSize: 32 << 10,
-	// Any origin may connect, as the original's CORS policy allows.
-	CheckOrigin: func(*http.Request) bool { return true },
+// newUpgrader accepts WebSockets from the pages the CORS policy allows
+// (browsers apply no CORS to WebSockets: the server must check Origin).
+func newUpgrader(cors CORSPolicy) *websocket.Upgrader {
+	allowed := cors.allowed()
+	return &websocket.Upgrader{
+		ReadBufferSize:  4 << 10,
+		WriteBufferSize: 32 << 10,
+		CheckOrigin: func(r *http.Request) bool {
+			origin := r.Header.Get("Origin")
+			return origin == "" || len(allowed) == 0 || allowed[origin]
+		},
+	}
 }
 
 const (
@@ -68,7 +75,7 @@ func (s *Server) parseStreamRequest(a *Agent, msg []byte) (runRequest, *wire.Err
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) {
-	conn, err := upgrader.Upgrade(w, r, nil)
+	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered the HTTP request
 	}

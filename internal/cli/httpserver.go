@@ -1,0 +1,40 @@
+package cli
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// httpTimeouts bound what a client may hold on a listener without doing
+// anything: an idle keep-alive connection, or request headers that never
+// finish (slowloris). Without them idle connections pile up until the
+// process runs out of file descriptors.
+type httpTimeouts struct {
+	idle, header time.Duration
+}
+
+// addHTTPFlags adds the listener timeouts, shared by serve and server.
+func addHTTPFlags(f *pflag.FlagSet, t *httpTimeouts) {
+	f.DurationVar(&t.idle, "http-idle-timeout", 90*time.Second, "close a keep-alive connection idle for this long")
+	f.DurationVar(&t.header, "http-header-timeout", 20*time.Second, "close a connection whose request headers take longer than this")
+}
+
+// httpServer is the http.Server of every listener the binary opens.
+func httpServer(h http.Handler, t httpTimeouts, log *slog.Logger) *http.Server {
+	if t.idle <= 0 {
+		t.idle = 90 * time.Second
+	}
+	if t.header <= 0 {
+		t.header = 20 * time.Second
+	}
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.header,
+		IdleTimeout:       t.idle,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
