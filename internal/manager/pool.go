@@ -226,11 +226,12 @@ func (p *Pool) release(in *instance) {
 	}
 }
 
-// pickLocked returns the ready instance with the fewest calls that has room.
+// pickLocked returns the ready instance with the fewest calls that has room
+// (not one whose runner is gone and that watch has yet to remove).
 func (p *Pool) pickLocked() *instance {
 	var best *instance
 	for _, in := range p.insts {
-		if in.state != StateReady || in.inflight >= p.cfg.MaxConcurrency {
+		if in.state != StateReady || in.inflight >= p.cfg.MaxConcurrency || in.gone() {
 			continue
 		}
 		if best == nil || in.inflight < best.inflight {
@@ -367,30 +368,55 @@ func limitLabel(msg string) string {
 	return "other"
 }
 
+func (in *instance) gone() bool {
+	select {
+	case <-in.proc.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *Pool) removeLocked(in *instance) {
 	if i := slices.Index(p.insts, in); i >= 0 {
 		p.insts = slices.Delete(p.insts, i, i+1)
 	}
 }
 
+// sendAttempts: a call that did not reach its instance's runner (it died
+// just before) did not run, and is sent to another instance.
+const sendAttempts = 3
+
 // Call runs a non-streaming entrypoint on an instance of the pool.
 func (p *Pool) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
-	in, err := p.acquire(ctx)
-	if err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		in, err := p.acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out, err := in.proc.Call(ctx, tag, args, kwargs)
+		p.release(in)
+		if attempt < sendAttempts && errors.Is(err, runner.ErrNotSent) {
+			continue
+		}
+		return out, err
 	}
-	defer p.release(in)
-	return in.proc.Call(ctx, tag, args, kwargs)
 }
 
 // Stream runs a streaming entrypoint on an instance of the pool.
 func (p *Pool) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn runner.ChunkFunc) (int, error) {
-	in, err := p.acquire(ctx)
-	if err != nil {
-		return 0, err
+	for attempt := 1; ; attempt++ {
+		in, err := p.acquire(ctx)
+		if err != nil {
+			return 0, err
+		}
+		n, err := in.proc.Stream(ctx, tag, args, kwargs, started, fn)
+		p.release(in)
+		if attempt < sendAttempts && errors.Is(err, runner.ErrNotSent) {
+			continue
+		}
+		return n, err
 	}
-	defer p.release(in)
-	return in.proc.Stream(ctx, tag, args, kwargs, started, fn)
 }
 
 // Warm starts instances until n are ready, and fails with the start error

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -55,13 +56,25 @@ func WithInvocation(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, invocationKey{}, id)
 }
 
+// ConnOptions configure a Conn.
+type ConnOptions struct {
+	// OnLog receives what the agent prints (nil: dropped).
+	OnLog LogFunc
+	// Lost turns the error that ended the stream (a read or write error, a
+	// *ProtocolError) into the error handed to in-flight and later calls
+	// (the Process adds the exit status).
+	Lost func(error) error
+	// Flow bounds what the runner sends (zero fields: the defaults); the
+	// runner must have been told the same in INIT.
+	Flow Flow
+}
+
 // Conn multiplexes calls over one runner byte stream.
 type Conn struct {
 	rw    io.ReadWriteCloser
 	onLog LogFunc
-	// lost turns the read error that ended the stream into the error handed
-	// to in-flight and later calls (the Process adds the exit status).
-	lost func(error) error
+	lost  func(error) error
+	flow  Flow
 
 	wmu  sync.Mutex // guards wbuf and writes to rw
 	wbuf []byte
@@ -79,14 +92,19 @@ type pending struct {
 	ch    chan Frame
 	gone  chan struct{} // closed when the caller stops listening
 	label string        // the invocation, for LOG frames
+	// stream: a stream call, under flow control; unacked is the bytes of
+	// its chunks read and not yet credited back to the runner.
+	stream                 bool
+	unacked, unackedChunks atomic.Int64
 }
 
 // NewConn starts serving the runner protocol over rw.
-func NewConn(rw io.ReadWriteCloser, onLog LogFunc, lost func(error) error) *Conn {
+func NewConn(rw io.ReadWriteCloser, o ConnOptions) *Conn {
 	c := &Conn{
 		rw:    rw,
-		onLog: onLog,
-		lost:  lost,
+		onLog: o.OnLog,
+		lost:  o.Lost,
+		flow:  o.Flow.WithDefaults(),
 		calls: make(map[uint32]*pending),
 		done:  make(chan struct{}),
 		ready: make(chan Frame, 1),
@@ -118,52 +136,94 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// readLoop reads frames and hands them to their calls. It never waits for
+// a caller: a call's frames fit its channel by the protocol (one final
+// frame; a stream's window of chunks), so one slow consumer cannot stall
+// the others or hide that the runner died.
 func (c *Conn) readLoop() {
 	br := bufio.NewReaderSize(c.rw, 64<<10)
+	limit := c.flow.maxFrame()
 	for {
-		f, err := readFrame(br)
+		f, err := readFrame(br, limit)
+		if err == nil {
+			err = c.deliver(f)
+		}
 		if err != nil {
-			if c.lost != nil {
-				err = c.lost(err)
-			}
-			c.shutdown(err)
+			c.broken(err)
 			return
 		}
-		switch f.Kind {
-		case KindReady:
-			select {
-			case c.ready <- f:
-			default:
-			}
-		case KindLog:
-			if c.onLog != nil {
-				var l struct{ Stream, Text string }
-				if json.Unmarshal(f.Body, &l) == nil {
-					label := ""
-					c.mu.Lock()
-					if p := c.calls[f.Call]; p != nil {
-						label = p.label
-					}
-					c.mu.Unlock()
-					c.onLog(label, l.Stream, l.Text)
-				}
-			}
+	}
+}
+
+// deliver hands one frame to whoever waits for it; an error is the runner
+// breaking the protocol.
+func (c *Conn) deliver(f Frame) error {
+	switch f.Kind {
+	case KindReady:
+		select {
+		case c.ready <- f:
 		default:
-			c.mu.Lock()
-			p := c.calls[f.Call]
-			if p != nil && f.Kind.final() {
-				delete(c.calls, f.Call)
-			}
-			c.mu.Unlock()
-			if p == nil {
-				continue // a call the host gave up on
-			}
-			select {
-			case p.ch <- f:
-			case <-p.gone:
+		}
+		return nil
+	case KindLog:
+		if c.onLog != nil {
+			var l struct{ Stream, Text string }
+			if json.Unmarshal(f.Body, &l) == nil {
+				label := ""
+				c.mu.Lock()
+				if p := c.calls[f.Call]; p != nil {
+					label = p.label
+				}
+				c.mu.Unlock()
+				c.onLog(label, l.Stream, l.Text)
 			}
 		}
+		return nil
 	}
+	switch {
+	case f.Kind == KindResult && len(f.Body) > c.flow.MaxResult:
+		return &ProtocolError{fmt.Sprintf("a result of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxResult)}
+	case f.Kind == KindChunk && len(f.Body) > c.flow.MaxChunk:
+		return &ProtocolError{fmt.Sprintf("a chunk of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxChunk)}
+	}
+	c.mu.Lock()
+	p := c.calls[f.Call]
+	if p != nil && f.Kind.final() {
+		delete(c.calls, f.Call)
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return nil // a call the host gave up on
+	}
+	chunk := f.Kind == KindChunk || f.Kind == KindChunkError
+	if p.stream != (chunk || f.Kind == KindEnd) && f.Kind != KindError {
+		return &ProtocolError{fmt.Sprintf("a %s frame for call %d, which does not take one", f.Kind, f.Call)}
+	}
+	if chunk {
+		if p.unackedChunks.Add(1) > int64(c.flow.WindowChunks) {
+			return &ProtocolError{fmt.Sprintf("a stream sent more than its window of %d chunks", c.flow.WindowChunks)}
+		}
+		if p.unacked.Add(int64(len(f.Body))) > int64(c.flow.WindowBytes+c.flow.MaxChunk) {
+			return &ProtocolError{fmt.Sprintf("a stream sent more than its window of %d bytes", c.flow.WindowBytes)}
+		}
+	}
+	select {
+	case p.ch <- f:
+	case <-p.gone:
+	default:
+		return &ProtocolError{fmt.Sprintf("call %d was sent more frames than its window of %d chunks", f.Call, c.flow.WindowChunks)}
+	}
+	return nil
+}
+
+// broken ends the stream after a read or write error or a protocol
+// violation and returns the error calls get.
+func (c *Conn) broken(err error) error {
+	if c.lost != nil {
+		err = c.lost(err)
+	}
+	c.shutdown(err)
+	return c.Err()
 }
 
 func (c *Conn) shutdown(err error) {
@@ -179,13 +239,13 @@ func (c *Conn) shutdown(err error) {
 	c.rw.Close()
 }
 
-func (c *Conn) register(ctx context.Context, buffer int) (uint32, *pending, error) {
-	p := &pending{ch: make(chan Frame, buffer), gone: make(chan struct{})}
+func (c *Conn) register(ctx context.Context, buffer int, stream bool) (uint32, *pending, error) {
+	p := &pending{ch: make(chan Frame, buffer), gone: make(chan struct{}), stream: stream}
 	p.label, _ = ctx.Value(invocationKey{}).(string)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
-		return 0, nil, c.err
+		return 0, nil, notSent{c.err}
 	}
 	c.next++
 	if c.next == 0 {
@@ -207,14 +267,24 @@ func (c *Conn) abandon(id uint32, p *pending) {
 	}
 }
 
-// send writes one frame.
+// send writes one frame. A failed write means the stream is broken: the
+// error is the one every call gets.
 func (c *Conn) send(kind Kind, call uint32, body []byte) error {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	c.wbuf = appendHeader(c.wbuf[:0], kind, call, len(body))
 	c.wbuf = append(c.wbuf, body...)
 	_, err := c.rw.Write(c.wbuf)
-	return err
+	c.wmu.Unlock()
+	if err != nil {
+		return c.broken(err)
+	}
+	return nil
+}
+
+// credit tells the runner that the host took chunks of a stream.
+func (c *Conn) credit(call uint32, chunks, bytes int) {
+	var b [48]byte
+	c.send(KindCredit, call, appendCredit(b[:0], chunks, bytes))
 }
 
 func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
@@ -225,7 +295,6 @@ func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
 		kwargs = []byte("{}")
 	}
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	b := append(c.wbuf[:0], 0, 0, 0, 0, byte(KindCall), 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(b[5:9], id)
 	b = append(b, `{"tag":`...)
@@ -236,9 +305,16 @@ func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
 	b = append(b, kwargs...)
 	b = append(b, '}')
 	binary.BigEndian.PutUint32(b[0:4], uint32(len(b)-4))
-	c.wbuf = b
 	_, err := c.rw.Write(b)
-	return err
+	if cap(b) <= 64<<10 {
+		c.wbuf = b // a big request's buffer is not kept
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		// The runner is gone (a write to a broken stream): the call never ran.
+		return notSent{c.broken(err)}
+	}
+	return nil
 }
 
 // Init sends INIT and waits for READY.
@@ -248,7 +324,7 @@ func (c *Conn) Init(ctx context.Context, init any) (*Ready, error) {
 		return nil, err
 	}
 	if err := c.send(KindInit, 0, body); err != nil {
-		return nil, c.errOr(err)
+		return nil, err
 	}
 	select {
 	case f := <-c.ready:
@@ -264,26 +340,17 @@ func (c *Conn) Init(ctx context.Context, init any) (*Ready, error) {
 	}
 }
 
-func (c *Conn) errOr(err error) error {
-	select {
-	case <-c.done:
-		return c.Err()
-	default:
-		return err
-	}
-}
-
 // Call runs a non-streaming entrypoint and returns its structured string.
 // A ctx that ends first cancels the call in the runner and returns
 // context.Cause(ctx).
 func (c *Conn) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
-	id, p, err := c.register(ctx, 1)
+	id, p, err := c.register(ctx, 1, false)
 	if err != nil {
 		return nil, err
 	}
 	if err := c.sendCall(id, tag, args, kwargs); err != nil {
 		c.abandon(id, p)
-		return nil, c.errOr(err)
+		return nil, err
 	}
 	select {
 	case f := <-p.ch:
@@ -324,32 +391,41 @@ func callError(body []byte) error {
 // cancels the generator in the runner.
 type ChunkFunc func(kind Kind, body []byte) error
 
-// streamBuffer bounds the chunks queued between the runner and a slow
-// consumer; past it the runner connection waits (back-pressure).
-const streamBuffer = 256
-
 // Stream runs a streaming entrypoint, handing each chunk to fn in order, and
 // returns the number of chunks the runner reported at the end. started, when
 // not nil, is called once the call is on its way to the runner: the caller
 // announces the stream then, so the runner is not kept waiting for it.
 func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
-	id, p, err := c.register(ctx, streamBuffer)
+	// The window's chunks plus the final frame.
+	id, p, err := c.register(ctx, c.flow.WindowChunks+1, true)
 	if err != nil {
 		return 0, err
 	}
 	if err := c.sendCall(id, tag, args, kwargs); err != nil {
 		c.abandon(id, p)
-		return 0, c.errOr(err)
+		return 0, err
 	}
 	if started != nil {
 		started()
 	}
+	// What the consumer took is credited back in halves of the window, so
+	// the runner rarely waits while the consumer keeps up.
+	halfChunks, halfBytes := max(1, c.flow.WindowChunks/2), max(1, c.flow.WindowBytes/2)
+	took, tookBytes := 0, 0
 	handle := func(f Frame) (done bool, n int, err error) {
 		switch f.Kind {
 		case KindChunk, KindChunkError:
 			if err := fn(f.Kind, f.Body); err != nil {
 				c.abandon(id, p)
 				return true, 0, err
+			}
+			took++
+			tookBytes += len(f.Body)
+			if took >= halfChunks || tookBytes >= halfBytes {
+				p.unacked.Add(-int64(tookBytes))
+				p.unackedChunks.Add(-int64(took))
+				c.credit(id, took, tookBytes)
+				took, tookBytes = 0, 0
 			}
 			return false, 0, nil
 		case KindEnd:
@@ -388,13 +464,13 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, star
 
 // Ping round-trips a PING frame: a cheap liveness check of the runner's loop.
 func (c *Conn) Ping(ctx context.Context) error {
-	id, p, err := c.register(ctx, 1)
+	id, p, err := c.register(ctx, 1, false)
 	if err != nil {
 		return err
 	}
 	if err := c.send(KindPing, id, nil); err != nil {
 		c.abandon(id, p)
-		return c.errOr(err)
+		return err
 	}
 	select {
 	case <-p.ch:

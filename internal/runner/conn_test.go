@@ -27,7 +27,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		b := appendHeader(nil, tt.kind, tt.call, len(tt.body))
 		b = append(b, tt.body...)
-		f, err := readFrame(bufio.NewReader(strings.NewReader(string(b))))
+		f, err := readFrame(bufio.NewReader(strings.NewReader(string(b))), MaxFrame)
 		if err != nil || f.Kind != tt.kind || f.Call != tt.call || string(f.Body) != tt.body {
 			t.Errorf("round trip of %s/%d: got %v %d %q, %v", tt.kind, tt.call, f.Kind, f.Call, f.Body, err)
 		}
@@ -38,7 +38,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		"cut body":   {0, 0, 0, 9, 11, 0, 0, 0, 1, 'a'},
 		"cut header": {0, 0},
 	} {
-		if _, err := readFrame(bufio.NewReader(strings.NewReader(string(raw)))); err == nil {
+		if _, err := readFrame(bufio.NewReader(strings.NewReader(string(raw))), MaxFrame); err == nil {
 			t.Errorf("%s: readFrame accepted %v", name, raw)
 		}
 	}
@@ -52,6 +52,10 @@ type fakeRunner struct {
 }
 
 func newPair(t *testing.T, lost func(error) error) (*Conn, *fakeRunner) {
+	return newPairWith(t, ConnOptions{Lost: lost})
+}
+
+func newPairWith(t *testing.T, o ConnOptions) (*Conn, *fakeRunner) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -67,7 +71,7 @@ func newPair(t *testing.T, lost func(error) error) (*Conn, *fakeRunner) {
 		return c
 	}
 	host, peer := toConn(fds[0]), toConn(fds[1])
-	conn := NewConn(host, nil, lost)
+	conn := NewConn(host, o)
 	t.Cleanup(func() { conn.Close(); peer.Close() })
 	return conn, &fakeRunner{t: t, c: peer, br: bufio.NewReader(peer)}
 }
@@ -75,7 +79,7 @@ func newPair(t *testing.T, lost func(error) error) (*Conn, *fakeRunner) {
 func (r *fakeRunner) read() Frame {
 	r.t.Helper()
 	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	f, err := readFrame(r.br)
+	f, err := readFrame(r.br, MaxFrame)
 	if err != nil {
 		r.t.Fatalf("fake runner read: %v", err)
 	}
@@ -169,7 +173,19 @@ func TestConnStream(t *testing.T) {
 		done <- result{got, n, err}
 	}()
 	f := r.read()
-	for i := 0; i < 300; i++ { // more than the buffer: back-pressure, not loss
+	// More than the window, sent as a runner does: a window's worth, then
+	// more as the host credits what it took.
+	window := DefaultWindowChunks
+	credited := 0
+	for i := 0; i < 300; i++ {
+		for i-credited >= window {
+			c := r.read()
+			var cr struct{ Chunks, Bytes int }
+			if c.Kind != KindCredit || c.Call != f.Call || json.Unmarshal(c.Body, &cr) != nil || cr.Chunks < 1 || cr.Bytes != cr.Chunks {
+				t.Fatalf("runner got %s %s while waiting for credit", c.Kind, c.Body)
+			}
+			credited += cr.Chunks
+		}
 		r.send(KindChunk, f.Call, "c")
 	}
 	r.send(KindChunkError, f.Call, `{"message":"x"}`)
@@ -178,6 +194,9 @@ func TestConnStream(t *testing.T) {
 	if res.err != nil || res.n != 301 || len(res.chunks) != 301 || res.chunks[300] != `CHUNK_ERROR:{"message":"x"}` {
 		t.Fatalf("stream: n %d, %d chunks, err %v", res.n, len(res.chunks), res.err)
 	}
+	if credited == 0 {
+		t.Fatal("the host never credited the stream")
+	}
 
 	// A consumer that stops cancels the generator.
 	stop := errors.New("client gone")
@@ -185,7 +204,8 @@ func TestConnStream(t *testing.T) {
 		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error { return stop })
 		done <- result{err: err}
 	}()
-	f = r.read()
+	for f = r.read(); f.Kind == KindCredit; f = r.read() { // the first stream's last credit
+	}
 	r.send(KindChunk, f.Call, "c")
 	if res := <-done; res.err != stop {
 		t.Fatalf("stopped stream = %v", res.err)
@@ -213,14 +233,14 @@ func TestConnLostFailsEveryCall(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		select {
 		case err := <-errs:
-			if err != crashed {
+			if !errors.Is(err, crashed) {
 				t.Fatalf("call %d: %v, want the crash error", i, err)
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatal("a call hangs after the runner died")
 		}
 	}
-	if _, err := conn.Call(context.Background(), "x", nil, nil); err != crashed {
+	if _, err := conn.Call(context.Background(), "x", nil, nil); !errors.Is(err, crashed) {
 		t.Fatalf("call after death = %v", err)
 	}
 	<-conn.Done()
@@ -260,4 +280,125 @@ func TestConnInitAndPing(t *testing.T) {
 		t.Fatalf("Ping: %v", err)
 	}
 	var _ io.Closer = conn
+}
+
+// A consumer that does not take its chunks holds only its own call: the
+// runner's answers to other calls still arrive at once.
+func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
+	conn, r := newPairWith(t, ConnOptions{Flow: Flow{WindowChunks: 4}})
+	release := make(chan struct{})
+	streamDone := make(chan error, 1)
+	go func() {
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error {
+			<-release // a client that stopped reading
+			return nil
+		})
+		streamDone <- err
+	}()
+	s := r.read()
+	for range 4 { // the window: the consumer holds one, three wait in the channel
+		r.send(KindChunk, s.Call, "c")
+	}
+	callDone := make(chan error, 1)
+	go func() {
+		_, err := conn.Call(context.Background(), "x", nil, nil)
+		callDone <- err
+	}()
+	c := r.read()
+	r.send(KindResult, c.Call, `{"type": "null", "payload": "null"}`)
+	select {
+	case err := <-callDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call waited behind a stalled stream")
+	}
+	close(release)
+	if f := r.read(); f.Kind != KindCredit || f.Call != s.Call {
+		t.Fatalf("after the consumer took 2 chunks the runner got %s, want CREDIT", f.Kind)
+	}
+	r.send(KindEnd, s.Call, `{"chunks": 4}`)
+	if err := <-streamDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A runner that does not keep to the flow it was given has its connection
+// cut with a ProtocolError: more chunks than the window, more bytes, a
+// result or chunk over its limit, a frame over the Conn's bound.
+func TestConnProtocolViolations(t *testing.T) {
+	flow := Flow{MaxResult: 100, MaxChunk: 10, WindowChunks: 2, WindowBytes: 15}
+	tests := []struct {
+		name   string
+		stream bool
+		send   func(r *fakeRunner, call uint32)
+	}{
+		{"chunks past the window", true, func(r *fakeRunner, call uint32) {
+			for range 4 {
+				r.send(KindChunk, call, "c")
+			}
+		}},
+		{"bytes past the window", true, func(r *fakeRunner, call uint32) {
+			r.send(KindChunk, call, "0123456789")
+			r.send(KindChunk, call, "0123456789")
+			r.send(KindChunk, call, "0123456789")
+		}},
+		{"a chunk over its limit", true, func(r *fakeRunner, call uint32) { r.send(KindChunk, call, strings.Repeat("x", 11)) }},
+		{"a result over its limit", false, func(r *fakeRunner, call uint32) { r.send(KindResult, call, strings.Repeat("x", 101)) }},
+		{"a frame over the bound", false, func(r *fakeRunner, call uint32) {
+			r.c.Write(appendHeader(nil, KindLog, call, maxControlFrame+1)) // the body never comes
+		}},
+		{"chunks for a plain call", false, func(r *fakeRunner, call uint32) {
+			r.send(KindChunk, call, "c")
+			r.send(KindChunk, call, "c")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lostWith := make(chan error, 1)
+			conn, r := newPairWith(t, ConnOptions{Flow: flow, Lost: func(err error) error { lostWith <- err; return err }})
+			done := make(chan error, 1)
+			go func() {
+				var err error
+				if tt.stream {
+					block := make(chan struct{})
+					_, err = conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error { <-block; return nil })
+				} else {
+					_, err = conn.Call(context.Background(), "x", nil, nil)
+				}
+				done <- err
+			}()
+			tt.send(r, r.read().Call)
+			var pe *ProtocolError
+			select {
+			case err := <-lostWith:
+				if !errors.As(err, &pe) {
+					t.Fatalf("the connection ended with %v, want a ProtocolError", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the violation was not noticed")
+			}
+			if tt.stream {
+				return // its consumer is blocked on purpose
+			}
+			if err := <-done; !errors.As(err, &pe) {
+				t.Fatalf("the call got %v, want the ProtocolError", err)
+			}
+		})
+	}
+}
+
+// A call on a connection that is already gone says it was not sent, so a
+// pool may try another instance.
+func TestConnCallNotSent(t *testing.T) {
+	crashed := &wire.Error{Code: wire.CodeAgentCrashed, Message: "gone"}
+	conn, r := newPair(t, func(error) error { return crashed })
+	r.c.Close()
+	<-conn.Done()
+	_, err := conn.Call(context.Background(), "x", nil, nil)
+	var we *wire.Error
+	if !errors.Is(err, ErrNotSent) || !errors.As(err, &we) || we != crashed {
+		t.Fatalf("call on a dead connection = %v, want ErrNotSent wrapping the crash", err)
+	}
 }

@@ -19,6 +19,9 @@ const (
 	KindCall   Kind = 2
 	KindCancel Kind = 3
 	KindPing   Kind = 4
+	// KindCredit lets a stream send more: JSON {"chunks": N, "bytes": M},
+	// what the host took of it since the last CREDIT (see Flow).
+	KindCredit Kind = 6
 )
 
 // Frame kinds, runner → host.
@@ -43,6 +46,8 @@ func (k Kind) String() string {
 		return "CANCEL"
 	case KindPing:
 		return "PING"
+	case KindCredit:
+		return "CREDIT"
 	case KindReady:
 		return "READY"
 	case KindResult:
@@ -71,6 +76,7 @@ func (k Kind) final() bool {
 const (
 	headerSize = 9
 	// MaxFrame bounds one frame; a larger length is a protocol error.
+	// A Conn bounds its frames far lower (Flow.maxFrame).
 	MaxFrame = 256 << 20
 )
 
@@ -88,9 +94,10 @@ func appendHeader(b []byte, kind Kind, call uint32, n int) []byte {
 	return binary.BigEndian.AppendUint32(b, call)
 }
 
-// readFrame reads one frame. The body is freshly allocated: it is handed to
+// readFrame reads one frame whose body is at most max bytes (checked before
+// anything is allocated). The body is freshly allocated: it is handed to
 // another goroutine.
-func readFrame(r *bufio.Reader) (Frame, error) {
+func readFrame(r *bufio.Reader, max int) (Frame, error) {
 	var hdr [headerSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Frame{}, err
@@ -98,6 +105,9 @@ func readFrame(r *bufio.Reader) (Frame, error) {
 	n := binary.BigEndian.Uint32(hdr[:4])
 	if n < 5 || n > MaxFrame {
 		return Frame{}, fmt.Errorf("runner protocol: bad frame length %d", n)
+	}
+	if int(n-5) > max {
+		return Frame{}, &ProtocolError{fmt.Sprintf("a %s frame of %d bytes, more than the limit of %d", Kind(hdr[4]), n-5, max)}
 	}
 	f := Frame{Kind: Kind(hdr[4]), Call: binary.BigEndian.Uint32(hdr[5:9])}
 	if n > 5 {

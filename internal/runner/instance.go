@@ -144,20 +144,33 @@ func (in *Instance) Close() error {
 	return nil
 }
 
-// Call runs a non-streaming entrypoint on the live runner.
+// Call runs a non-streaming entrypoint on the live runner. A call that did
+// not reach a runner that just died (ErrNotSent) goes to its replacement.
 func (in *Instance) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
-	p, err := in.Get(ctx)
-	if err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		p, err := in.Get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out, err := p.Call(ctx, tag, args, kwargs)
+		if attempt == 1 && errors.Is(err, ErrNotSent) {
+			continue
+		}
+		return out, err
 	}
-	return p.Call(ctx, tag, args, kwargs)
 }
 
-// Stream runs a streaming entrypoint on the live runner.
+// Stream runs a streaming entrypoint on the live runner (see Call).
 func (in *Instance) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
-	p, err := in.Get(ctx)
-	if err != nil {
-		return 0, err
+	for attempt := 1; ; attempt++ {
+		p, err := in.Get(ctx)
+		if err != nil {
+			return 0, err
+		}
+		n, err := p.Stream(ctx, tag, args, kwargs, started, fn)
+		if attempt == 1 && errors.Is(err, ErrNotSent) {
+			continue
+		}
+		return n, err
 	}
-	return p.Stream(ctx, tag, args, kwargs, started, fn)
 }

@@ -25,6 +25,9 @@ type Init struct {
 	Env         map[string]string `json:"env"`
 	Threads     int               `json:"threads"`
 	Limits      *InitLimits       `json:"limits,omitempty"`
+	// Flow bounds results, chunks and streams in flight (Start sets it
+	// from Spec.Flow).
+	Flow *Flow `json:"flow,omitempty"`
 }
 
 // InitLimits are per-process limits the runner sets on itself (setrlimit)
@@ -68,6 +71,8 @@ type Spec struct {
 	OnOutput func(stream, line string)
 	// ReadyTimeout bounds start-up: process start plus importing the agent.
 	ReadyTimeout time.Duration
+	// Flow bounds the data of calls (zero fields: the defaults).
+	Flow Flow
 }
 
 // Process is one running runner: a Python process and its protocol stream.
@@ -108,6 +113,8 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if spec.Limits.CPUSeconds > 0 || spec.Limits.OpenFiles > 0 {
 		spec.Init.Limits = &InitLimits{CPUSeconds: spec.Limits.CPUSeconds, OpenFiles: spec.Limits.OpenFiles}
 	}
+	flow := spec.Flow.WithDefaults()
+	spec.Init.Flow = &flow
 	initBody, err := json.Marshal(spec.Init)
 	if err != nil {
 		return nil, err
@@ -144,7 +151,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		close(p.exited)
 	}()
 	sock := inst.Channel()
-	p.Conn = NewConn(sock, spec.OnLog, p.lost)
+	p.Conn = NewConn(sock, ConnOptions{OnLog: spec.OnLog, Lost: p.lost, Flow: flow})
 
 	var ready *Ready
 	if in, ok := inst.(sandbox.Initialized); ok && in.Ready() != nil {
@@ -204,6 +211,14 @@ func (p *Process) lost(err error) error {
 	}
 	if e := p.killed.Load(); e != nil {
 		return e
+	}
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		// Only agent code tampering with the runner gets here.
+		p.inst.Kill()
+		p.log.Warn("agent runner broke the protocol; stopped", "error", err)
+		return &wire.Error{Code: wire.CodeAgentCrashed, Err: err,
+			Message: "the agent's runner broke the runner protocol (" + pe.What + "); the instance was stopped and replaced"}
 	}
 	// The exit status usually follows the end of the stream closely.
 	select {

@@ -51,6 +51,9 @@ K_INIT, K_CALL, K_CANCEL, K_PING = 1, 2, 3, 4
 # RESUME: the instance was restored from a snapshot taken after READY (the
 # microvm sandbox); state every copy of the snapshot shares is made its own.
 K_RESUME = 5
+# CREDIT: the host took some of a stream's chunks; the stream may send that
+# many more (flow control, see _flow and Call.take_credit).
+K_CREDIT = 6
 # Frame kinds, runner -> host.
 K_READY, K_RESULT, K_CHUNK, K_END, K_ERROR, K_CHUNK_ERROR, K_LOG, K_PONG = (
     10, 11, 12, 13, 14, 15, 16, 17)
@@ -899,7 +902,10 @@ def _emit_log(cid, stream, text):
     if _writer is None:
         os.write(2, text.encode("utf-8", "replace"))
         return
-    send_json(K_LOG, cid, {"stream": stream, "text": text})
+    # One huge print becomes several LOG frames of bounded size.
+    step = Capture.MAX_LINE
+    for i in range(0, len(text), step):
+        send_json(K_LOG, cid, {"stream": stream, "text": text[i:i + step]})
 
 
 _stdout = None
@@ -1117,7 +1123,8 @@ def resolve(module, attr_path, file):
 # ---------------------------------------------------------------------------
 
 class Call:
-    __slots__ = ("cid", "ep", "args", "kwargs", "cancelled", "task")
+    __slots__ = ("cid", "ep", "args", "kwargs", "cancelled", "task",
+                 "cv", "credit_n", "credit_b", "fut")
 
     def __init__(self, cid, ep, args, kwargs):
         self.cid = cid
@@ -1126,6 +1133,84 @@ class Call:
         self.kwargs = kwargs
         self.cancelled = False
         self.task = None
+        self.cv = None  # a stream's flow control, once it starts (open_window)
+
+    def open_window(self):
+        """Start a stream's flow control: it may send the window's worth of
+        chunks before the host credits it (no-op without flow control)."""
+        if _window is not None and self.cv is None:
+            self.credit_n, self.credit_b = _window
+            self.fut = None
+            self.cv = threading.Condition()
+
+    def grant(self, n, b):
+        """On the reading thread: the host credited n chunks of b bytes."""
+        cv = self.cv
+        if cv is None:
+            return
+        with cv:
+            self.credit_n += n
+            self.credit_b += b
+            cv.notify()
+            fut = self.fut
+        if fut is not None:
+            loop.call_soon_threadsafe(_wake, fut)
+
+    def take_credit(self, size):
+        """In a worker thread, before sending a chunk of size bytes: wait
+        while the window is used up (the generator is not resumed meanwhile).
+        False if the call was cancelled while it waited."""
+        cv = self.cv
+        if cv is None:
+            return True
+        with cv:
+            while (self.credit_n <= 0 or self.credit_b <= 0) and not self.cancelled:
+                cv.wait()
+            self.credit_n -= 1
+            self.credit_b -= size
+        return not self.cancelled
+
+    async def take_credit_async(self, size):
+        """take_credit on the event loop (a cancelled task stops here)."""
+        cv = self.cv
+        if cv is None:
+            return
+        while True:
+            with cv:
+                if self.credit_n > 0 and self.credit_b > 0:
+                    self.credit_n -= 1
+                    self.credit_b -= size
+                    self.fut = None
+                    return
+                fut = self.fut = loop.create_future()
+            await fut
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(None)
+
+
+# Data limits, from INIT's "flow" (None: unbounded, as without a host that
+# asks): the largest RESULT and CHUNK bodies, and a stream's window.
+_max_result = None
+_max_chunk = None
+_window = None  # (chunks, bytes) a stream may send before the host credits it
+
+
+class DataLimitError(Exception):
+    """A result or chunk larger than the host accepts (RESOURCE_LIMIT)."""
+
+
+def _mib(n):
+    return "%.1f MiB" % (n / 1048576.0) if n >= 1048576 else "%d bytes" % n
+
+
+def _check_chunk(data, n):
+    if _max_chunk is not None and len(data) > _max_chunk:
+        raise DataLimitError(
+            "chunk %d is %s, more than this server's limit of %s for one chunk "
+            "(runagent server --max-chunk); yield smaller chunks" % (n, _mib(len(data)), _mib(_max_chunk)))
 
 
 ENTRYPOINTS = {}   # tag -> Entrypoint
@@ -1233,13 +1318,24 @@ def _traceback(e):
         return ""
 
 
+MAX_ERROR_TEXT = 64 << 10  # characters of an error's message or traceback
+
+
+def _bounded(text):
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[:MAX_ERROR_TEXT] + "... (%d characters cut)" % (len(text) - MAX_ERROR_TEXT)
+
+
 def send_error(cid, e, code="INTERNAL_ERROR"):
+    if isinstance(e, DataLimitError):
+        code = "RESOURCE_LIMIT"
     try:
         msg = str(e)
     except Exception:
         msg = "<unprintable %s>" % type(e).__name__
     send_json_now(K_ERROR, cid, {"code": code, "type": type(e).__name__,
-                             "message": msg, "traceback": _traceback(e)})
+                             "message": _bounded(msg), "traceback": _bounded(_traceback(e))})
 
 
 def send_fail(cid, code, type_name, message):
@@ -1260,6 +1356,10 @@ def _answer(c, r):
         if ext is not None:
             r = ext(r)
         data = structured_bytes(r)
+        if _max_result is not None and len(data) > _max_result:
+            raise DataLimitError(
+                "the result is %s, more than this server's limit of %s for one result "
+                "(runagent server --max-result); return less, or stream it" % (_mib(len(data)), _mib(_max_result)))
     except BaseException as e:
         _answer_error(c, e)
         return
@@ -1316,6 +1416,7 @@ def run_sync_stream(c):
                     _start_task, c, run_async_stream(c, r), r)
                 return
             it = iter(r)
+            c.open_window()
             for chunk in it:
                 if c.cancelled:
                     break
@@ -1325,8 +1426,14 @@ def run_sync_stream(c):
                 try:
                     data = chunk_bytes(chunk, n)
                 except Exception as e:
-                    send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
+                    data = _json_dumps({"message": str(e)}).encode("ascii")
+                    if not c.take_credit(len(data)):
+                        break
+                    send(K_CHUNK_ERROR, cid, data)
                 else:
+                    _check_chunk(data, n)
+                    if not c.take_credit(len(data)):
+                        break
                     if n == 1:
                         send_now(K_CHUNK, cid, data)  # the first chunk at once
                     else:
@@ -1396,6 +1503,24 @@ async def run_async_call(c, awaitable=None):
         active.pop(cid, None)
 
 
+async def _send_chunk_async(c, chunk, n):
+    """Encode and send a stream's n-th chunk from the loop, within its window."""
+    cid = c.cid
+    try:
+        data = chunk_bytes(chunk, n)
+    except Exception as e:
+        data = _json_dumps({"message": str(e)}).encode("ascii")
+        await c.take_credit_async(len(data))
+        send(K_CHUNK_ERROR, cid, data)
+        return
+    _check_chunk(data, n)
+    await c.take_credit_async(len(data))
+    if n == 1:
+        send_now(K_CHUNK, cid, data)  # the first chunk at once
+    else:
+        send(K_CHUNK, cid, data)
+
+
 async def run_async_stream(c, source=None):
     cid = c.cid
     ep = c.ep
@@ -1414,6 +1539,7 @@ async def run_async_stream(c, source=None):
                     source = await ep.fn(*c.args, **c.kwargs)
             elif hasattr(type(source), "__await__"):
                 source = await source
+            c.open_window()
             if hasattr(type(source), "__aiter__"):
                 it = source.__aiter__()
                 anext_ = type(it).__anext__
@@ -1425,15 +1551,7 @@ async def run_async_stream(c, source=None):
                     if ext is not None:
                         chunk = ext(chunk)
                     n += 1
-                    try:
-                        data = chunk_bytes(chunk, n)
-                    except Exception as e:
-                        send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
-                    else:
-                        if n == 1:
-                            send_now(K_CHUNK, cid, data)  # the first chunk at once
-                        else:
-                            send(K_CHUNK, cid, data)
+                    await _send_chunk_async(c, chunk, n)
                     await sleep(0)
             else:
                 # an async function returning a (sync) iterable: iterated on
@@ -1443,15 +1561,7 @@ async def run_async_stream(c, source=None):
                     if ext is not None:
                         chunk = ext(chunk)
                     n += 1
-                    try:
-                        data = chunk_bytes(chunk, n)
-                    except Exception as e:
-                        send_json(K_CHUNK_ERROR, cid, {"message": str(e)})
-                    else:
-                        if n == 1:
-                            send_now(K_CHUNK, cid, data)  # the first chunk at once
-                        else:
-                            send(K_CHUNK, cid, data)
+                    await _send_chunk_async(c, chunk, n)
                     await sleep(0)
             ok = True
         finally:
@@ -1599,9 +1709,21 @@ def dispatch(batch):
             c = active.get(cid)
             if c is not None:
                 c.cancelled = True
+                cv = c.cv
+                if cv is not None:
+                    with cv:
+                        cv.notify_all()  # a stream waiting for credit stops
                 if ops is None:
                     ops = []
                 ops.append((1, c))
+        elif kind == K_CREDIT:
+            c = active.get(cid)
+            if c is not None:
+                try:
+                    g = loads(body.decode("ascii"))
+                    c.grant(int(g["chunks"]), int(g["bytes"]))
+                except Exception as e:
+                    os.write(2, ("runagent runner: bad CREDIT frame: %s\n" % _describe(e)).encode())
         elif kind == K_PING:
             send_now(K_PONG, cid, b"")
         elif kind == K_RESUME:
@@ -1880,6 +2002,21 @@ def _apply_limits(limits):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _set_flow(flow):
+    """INIT's "flow": {"max_result", "max_chunk", "window_chunks",
+    "window_bytes"} (bytes; 0 or missing: no bound)."""
+    global _max_result, _max_chunk, _window
+    if not isinstance(flow, dict):
+        return
+    def bound(k):
+        v = flow.get(k)
+        return v if isinstance(v, int) and v > 0 else None
+    _max_result, _max_chunk = bound("max_result"), bound("max_chunk")
+    wn, wb = bound("window_chunks"), bound("window_bytes")
+    if wn and wb:
+        _window = (wn, wb)
+
+
 def do_init(body):
     init = _json_loads(body.decode("utf-8"))
     if not isinstance(init, dict):
@@ -1890,6 +2027,7 @@ def do_init(body):
         os.environ[str(k)] = str(v)
     os.chdir(agent_dir)
     _apply_limits(init.get("limits") or {})
+    _set_flow(init.get("flow"))
     threads = init.get("threads") or 0
     if not isinstance(threads, int) or threads <= 0:
         threads = min(32, (os.cpu_count() or 1) + 4)
@@ -1959,7 +2097,7 @@ def _load_entrypoints(entries, importer, agent_dir):
                 fn = resolve(module, e.get("module"), os.path.join(agent_dir, file))
                 kind = classify(fn)
         except BaseException as exc:  # noqa: report, keep serving the others
-            FAILED[tag] = _describe(exc)
+            FAILED[tag] = _describe(exc)[:8192]
             continue
         ENTRYPOINTS[tag] = Entrypoint(tag, fn, kind, extract)
         kinds[tag] = kind

@@ -697,7 +697,7 @@ def agent_dir(tmp_path_factory):
 class Runner:
     """A runner subprocess driven like the Go host drives it."""
 
-    def __init__(self, agent_dir, entrypoints, threads=8, env=None):
+    def __init__(self, agent_dir, entrypoints, threads=8, env=None, flow=None):
         host, child = socket.socketpair()
         fd = child.fileno()
         self.out_path = os.path.join(agent_dir, "runner-%d.out" % id(self))
@@ -714,10 +714,13 @@ class Runner:
         self.next_id = 0
         self.eof = threading.Event()
         self.wlock = threading.Lock()
-        self.send(INIT, 0, json.dumps({
+        init = {
             "agent_dir": agent_dir, "entrypoints": entrypoints, "threads": threads,
             "env": dict(env or {}, MARK_DIR=os.path.join(agent_dir, "marks")),
-        }).encode())
+        }
+        if flow is not None:
+            init["flow"] = flow
+        self.send(INIT, 0, json.dumps(init).encode())
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         kind, body = self.next(0, timeout=30)
@@ -1724,3 +1727,185 @@ def test_channel_on_a_character_device_and_resume(tmp_path):
         proc.kill()
         proc.wait()
         os.close(master)
+
+
+# ---------------------------------------------------------------------------
+# Data limits and flow control (INIT "flow", CREDIT frames)
+# ---------------------------------------------------------------------------
+
+CREDIT = 6
+
+FLOW_AGENT = """
+import asyncio
+import os
+
+MARK_DIR = os.environ["MARK_DIR"]
+
+
+def _mark(name, text):
+    with open(os.path.join(MARK_DIR, name), "w") as f:
+        f.write(text)
+
+
+def count_stream(n, mark):
+    try:
+        for i in range(n):
+            _mark(mark, str(i))
+            yield i
+    finally:
+        _mark(mark + ".closed", "closed")
+
+
+async def acount_stream(n, mark):
+    try:
+        for i in range(n):
+            _mark(mark, str(i))
+            yield i
+    finally:
+        _mark(mark + ".closed", "closed")
+
+
+def big_result(kb):
+    return "x" * (kb << 10)
+
+
+def big_chunk_stream(kb):
+    yield "small"
+    yield "x" * (kb << 10)
+    yield "never"
+
+
+async def abig_chunk_stream(kb):
+    yield "small"
+    yield "x" * (kb << 10)
+
+
+def shout(kb):
+    print("y" * (kb << 10))
+    return 1
+
+
+def huge_error(kb):
+    raise ValueError("z" * (kb << 10))
+"""
+
+FLOW_EPS = [EP(t, t, file="flow.py") for t in (
+    "count_stream", "acount_stream", "big_result", "big_chunk_stream",
+    "abig_chunk_stream", "shout", "huge_error")]
+
+FLOW = {"max_result": 64 << 10, "max_chunk": 16 << 10, "window_chunks": 4, "window_bytes": 1 << 20}
+
+
+@pytest.fixture(scope="module")
+def flow_runner(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flow")
+    (d / "flow.py").write_text(FLOW_AGENT, encoding="utf-8")
+    (d / "marks").mkdir()
+    r = Runner(str(d), FLOW_EPS, threads=4, flow=FLOW)
+    r.dir = str(d)
+    yield r
+    assert r.close() == 0
+
+
+def _read_mark(r, name):
+    try:
+        with open(os.path.join(r.dir, "marks", name)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _credit(r, cid, chunks, nbytes):
+    r.send(CREDIT, cid, json.dumps({"chunks": chunks, "bytes": nbytes}).encode())
+
+
+@pytest.mark.parametrize("tag", ["count_stream", "acount_stream"])
+def test_stream_waits_for_credit(flow_runner, tag):
+    """A stream sends its window (4 chunks), and its generator is not
+    resumed again until the host credits it."""
+    r = flow_runner
+    mark = "flow-" + tag
+    cid = r.start(tag, 10, mark)
+    got = [r.next(cid)[0] for _ in range(4)]
+    assert got == [CHUNK] * 4
+    time.sleep(0.3)
+    assert r._q(cid).empty(), "a chunk beyond the window was sent"
+    # The generator produced the 5th value and waits to send it.
+    assert _read_mark(r, mark) == "4"
+    _credit(r, cid, 2, 100)
+    assert [r.next(cid)[0] for _ in range(2)] == [CHUNK] * 2
+    time.sleep(0.2)
+    assert r._q(cid).empty()
+    _credit(r, cid, 100, 1 << 20)
+    rest = r.collect(cid)
+    assert [k for k, _ in rest] == [CHUNK] * 4 + [END]
+    assert json.loads(rest[-1][1]) == {"chunks": 10}
+
+
+@pytest.mark.parametrize("tag", ["count_stream", "acount_stream"])
+def test_cancel_while_waiting_for_credit_runs_finally(flow_runner, tag):
+    r = flow_runner
+    mark = "flow-cancel-" + tag
+    cid = r.start(tag, 100, mark)
+    for _ in range(4):
+        assert r.next(cid)[0] == CHUNK
+    r.send(CANCEL, cid)
+    assert _wait_for(os.path.join(r.dir, "marks", mark + ".closed")) == "closed"
+    r.ping()
+    assert r._q(cid).empty()
+    assert r.value("big_result", 1) == "x" * 1024  # the worker was given back
+
+
+def test_window_in_bytes(flow_runner):
+    """Chunks count against the byte window too: with a 10 KiB window a
+    small chunk and then a 10 KiB one go (the last chunk sent may overshoot
+    the window), a third waits for credit."""
+    r = Runner(flow_runner.dir, FLOW_EPS, threads=4,
+               flow=dict(FLOW, window_chunks=100, window_bytes=10 << 10, max_chunk=32 << 10))
+    try:
+        cid = r.start("big_chunk_stream", 10)
+        assert r.next(cid)[0] == CHUNK  # "small"
+        kind, body = r.next(cid)
+        assert kind == CHUNK and len(body) > 10 << 10
+        time.sleep(0.3)
+        assert r._q(cid).empty()
+        _credit(r, cid, 2, 20 << 10)
+        rest = r.collect(cid)
+        assert [k for k, _ in rest] == [CHUNK, END]
+    finally:
+        assert r.close() == 0
+
+
+def test_result_over_the_limit(flow_runner):
+    r = flow_runner
+    assert r.value("big_result", 60) == "x" * (60 << 10)
+    kind, body = r.call("big_result", 100)
+    e = json.loads(body)
+    assert kind == ERROR and e["code"] == "RESOURCE_LIMIT", (kind, body[:200])
+    assert "more than this server's limit of 65536 bytes for one result" in e["message"], e["message"]
+    assert "--max-result" in e["message"]
+
+
+@pytest.mark.parametrize("tag", ["big_chunk_stream", "abig_chunk_stream"])
+def test_chunk_over_the_limit_ends_the_stream(flow_runner, tag):
+    r = flow_runner
+    cid, frames = r.stream(tag, 20)
+    assert [k for k, _ in frames] == [CHUNK, ERROR], frames
+    e = json.loads(frames[-1][1])
+    assert e["code"] == "RESOURCE_LIMIT" and "chunk 2 is" in e["message"] and "--max-chunk" in e["message"], e
+
+
+def test_huge_print_is_split_into_bounded_log_frames(flow_runner):
+    r = flow_runner
+    cid = r.start("shout", 200)
+    assert r.next(cid)[0] == RESULT
+    sizes = [len(body) for kind, c, body in list(r.frames) if kind == LOG and c == cid]
+    assert len(sizes) >= 4 and max(sizes) < 70 << 10, sizes
+    assert len("".join(t for s, t in r.logs_of(cid))) == (200 << 10) + 1
+
+
+def test_huge_error_message_is_cut(flow_runner):
+    kind, body = flow_runner.call("huge_error", 1000)
+    e = json.loads(body)
+    assert kind == ERROR and len(body) < 200 << 10
+    assert e["message"].endswith("characters cut)"), e["message"][-60:]
