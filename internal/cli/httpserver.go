@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/server"
 )
 
 // httpTimeouts bound what a client may hold on a listener without doing
@@ -20,6 +23,20 @@ type httpTimeouts struct {
 func addHTTPFlags(f *pflag.FlagSet, t *httpTimeouts) {
 	f.DurationVar(&t.idle, "http-idle-timeout", 90*time.Second, "close a keep-alive connection idle for this long")
 	f.DurationVar(&t.header, "http-header-timeout", 20*time.Second, "close a connection whose request headers take longer than this")
+}
+
+// dataFlags bound what one call may send back and how a stream's slow
+// reader is treated, shared by serve and server.
+type dataFlags struct {
+	flow  runner.Flow
+	stall time.Duration
+}
+
+func addDataFlags(f *pflag.FlagSet, d *dataFlags) {
+	f.IntVar(&d.flow.MaxResult, "max-result", runner.DefaultMaxResult, "largest result of one call in bytes, as encoded (a bigger one fails with RESOURCE_LIMIT)")
+	f.IntVar(&d.flow.MaxChunk, "max-chunk", runner.DefaultMaxChunk, "largest stream chunk in bytes, as encoded (a bigger one ends its stream with RESOURCE_LIMIT)")
+	f.IntVar(&d.flow.WindowBytes, "stream-window", runner.DefaultWindowBytes, "bytes of a stream that may wait for a slow reader; past them the agent's generator is paused")
+	f.DurationVar(&d.stall, "stream-stall-timeout", server.DefaultStallTimeout, "cut off a stream whose reader takes nothing for this long (its call is cancelled)")
 }
 
 // httpServer is the http.Server of every listener the binary opens.

@@ -41,6 +41,7 @@ type serveOptions struct {
 	debugAddr string
 	microVM   sandbox.MicroVMOptions
 	http      httpTimeouts
+	data      dataFlags
 }
 
 func (a *app) serveCommand() *cobra.Command {
@@ -71,6 +72,7 @@ registered in the local registry so that SDKs can find it by id alone.`,
 	f.StringVar(&o.sandbox, "sandbox", "process", "isolate the agent as the platform server would: "+strings.Join(sandbox.Names(), ", "))
 	addMicroVMFlags(f, &o.microVM)
 	addHTTPFlags(f, &o.http)
+	addDataFlags(f, &o.data)
 	f.BoolVar(&o.network, "network", true, "with a sandbox other than process: let the agent reach the network")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -139,7 +141,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	start := func(ctx context.Context) (*runner.Process, error) {
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: env.Python, Script: script, Env: procEnv, Init: init, Logger: agentLog,
-			Driver: drv, Venv: env.Venv, Network: o.network, Limits: sandbox.Limits{WorkDirBytes: 256 << 20},
+			Driver: drv, Venv: env.Venv, Network: o.network, Limits: sandbox.Limits{WorkDirBytes: 256 << 20}, Flow: o.data.flow,
 			OnLog: func(invocation, stream, text string) {
 				agentLog.Info("agent print", "stream", stream, "invocation_id", invocation, "text", strings.TrimRight(text, "\n"))
 			},
@@ -175,7 +177,8 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		Logger: log, Version: a.version,
 		// As the original: any page may call the local server (it has no
 		// keys or cookies to protect).
-		CORS: server.CORSPolicy{Credentials: true},
+		CORS:         server.CORSPolicy{Credentials: true},
+		StallTimeout: o.data.stall,
 		Health: func() map[string]any {
 			state := map[string]any{"runner": "starting"}
 			if p := inst.Current(); p != nil {

@@ -34,11 +34,13 @@ type serverOptions struct {
 	burst, keyConcurrency              int
 	dep                                manager.Deployment
 	maxUpload, maxBundle, maxBody      int64
-	maxFiles, asyncWorkers             int
+	maxFiles                           int
+	async                              platformserver.AsyncLimits
 	tick, health, stable, panic        time.Duration
 	logFormat, logLevel                string
 	microVM                            sandbox.MicroVMOptions
 	http                               httpTimeouts
+	data                               dataFlags
 	corsOrigins                        []string
 }
 
@@ -68,6 +70,7 @@ The API is described in docs/platform-api.md.`,
 		" (agents may ask for a stronger one in their deployment section, never a weaker one)")
 	addMicroVMFlags(f, &o.microVM)
 	addHTTPFlags(f, &o.http)
+	addDataFlags(f, &o.data)
 	f.StringSliceVar(&o.corsOrigins, "cors-origin", nil, "web pages (origins like https://app.example.com) that may call the server from a browser; repeat or comma-separate (default: any page, never with cookies)")
 	f.BoolVar(&o.allowNetwork, "allow-agent-network", true, "let agents that ask for it (deployment.network) reach the network; false refuses them (needs a sandbox other than process)")
 	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
@@ -89,7 +92,10 @@ The API is described in docs/platform-api.md.`,
 	f.Int64Var(&o.maxBundle, "max-bundle", 512<<20, "largest unpacked bundle in bytes")
 	f.IntVar(&o.maxFiles, "max-files", 10000, "most files in a bundle")
 	f.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBodyBytes, "largest request body in bytes (413 beyond)")
-	f.IntVar(&o.asyncWorkers, "async-workers", 16, "async invocations run at once")
+	f.IntVar(&o.async.Workers, "async-workers", 16, "async invocations run at once")
+	f.IntVar(&o.async.TenantWorkers, "async-tenant-workers", 0, "async invocations one tenant may run at once (default: half the async workers), so that others' start while it has a backlog")
+	f.IntVar(&o.async.TenantBacklog, "async-tenant-backlog", 2000, "async invocations a tenant may have waiting or running (429 beyond)")
+	f.IntVar(&o.async.AgentBacklog, "async-agent-backlog", 1000, "async invocations an agent may have waiting or running (429 beyond)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&o.tick, "scale-tick", time.Second, "how often pools sample load and usage")
@@ -141,8 +147,8 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		DataDir: o.dataDir, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
-		CORSOrigins:   o.corsOrigins,
-		AllowPublic:   o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, AsyncWorkers: o.asyncWorkers,
+		CORSOrigins:   o.corsOrigins, Flow: o.data.flow, StallTimeout: o.data.stall,
+		AllowPublic: o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, Async: o.async,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,
 		Sandbox: sandboxes.Get, DenyNetwork: !o.allowNetwork, Log: log, Version: a.version,

@@ -2,8 +2,11 @@ package platform
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/runagent-go/runagent/internal/store"
@@ -18,6 +21,7 @@ type logHub struct {
 	metrics *Metrics
 	log     *slog.Logger
 	in      chan store.LogLine
+	queued  atomic.Int64 // bytes of the lines in in
 	done    chan struct{}
 
 	mu   sync.Mutex
@@ -25,12 +29,14 @@ type logHub struct {
 }
 
 const (
-	logQueue    = 16384
-	logBatch    = 512
-	logLinger   = 100 * time.Millisecond
-	logKeep     = 20000 // lines kept per agent
-	pruneEvery  = 10 * time.Minute
-	followQueue = 1024
+	logQueue      = 16384
+	logQueueBytes = 8 << 20
+	maxLogLine    = 16 << 10
+	logBatch      = 512
+	logLinger     = 100 * time.Millisecond
+	logKeep       = 20000 // lines kept per agent
+	pruneEvery    = 10 * time.Minute
+	followQueue   = 1024
 )
 
 func newLogHub(db *store.DB, m *Metrics, log *slog.Logger) *logHub {
@@ -38,14 +44,29 @@ func newLogHub(db *store.DB, m *Metrics, log *slog.Logger) *logHub {
 		subs: map[string]map[chan store.LogLine]struct{}{}}
 }
 
-// Add implements manager.LogSink.
+// Add implements manager.LogSink. A line longer than maxLogLine is cut;
+// past logQueueBytes queued, lines are dropped (and counted), so that an
+// agent printing megabytes cannot grow the server.
 func (h *logHub) Add(l store.LogLine) {
+	if n := len(l.Line); n > maxLogLine {
+		l.Line = fmt.Sprintf("%s... (%d bytes cut)", strings.ToValidUTF8(l.Line[:maxLogLine], ""), n-maxLogLine)
+	}
+	size := int64(len(l.Line))
+	if h.queued.Add(size) > logQueueBytes {
+		h.queued.Add(-size)
+		h.metrics.logsDropped.Inc()
+		return
+	}
 	select {
 	case h.in <- l:
 	default:
+		h.queued.Add(-size)
 		h.metrics.logsDropped.Inc()
 	}
 }
+
+// took accounts for lines taken off the queue.
+func (h *logHub) took(l store.LogLine) { h.queued.Add(-int64(len(l.Line))) }
 
 func (h *logHub) run(ctx context.Context) {
 	prune := time.NewTicker(pruneEvery)
@@ -60,12 +81,14 @@ func (h *logHub) run(ctx context.Context) {
 				h.log.Warn("prune agent logs", "error", err)
 			}
 		case l := <-h.in:
+			h.took(l)
 			batch = append(batch[:0], l)
 			timer := time.NewTimer(logLinger)
 		gather:
 			for len(batch) < logBatch {
 				select {
 				case l := <-h.in:
+					h.took(l)
 					batch = append(batch, l)
 				case <-timer.C:
 					break gather
@@ -83,6 +106,7 @@ func (h *logHub) flush() {
 	for {
 		select {
 		case l := <-h.in:
+			h.took(l)
 			batch = append(batch, l)
 		default:
 			if len(batch) > 0 {

@@ -2,12 +2,14 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
+	"unsafe"
 
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/store"
@@ -190,14 +192,14 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 
 	if err == nil {
-		bp := s.bufs.Get().(*[]byte)
-		data := wire.AppendString((*bp)[:0], string(result))
-		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Success: true, Data: data, Message: wire.MessageRunOK})
-		*bp = data
-		s.bufs.Put(bp)
 		inv.Status = store.StatusCompleted
 		inv.Output = payloadOf(result)
-		s.cfg.Recorder.Finish(inv)
+		s.finish(r.Context(), inv)
+		bp := s.bufs.Get().(*[]byte)
+		// result is not changed after this: no copy into a string.
+		data := wire.AppendString((*bp)[:0], unsafe.String(unsafe.SliceData(result), len(result)))
+		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Success: true, Data: data, Message: wire.MessageRunOK})
+		s.putBuf(bp, data)
 		s.cfg.OnCall(a, tag, "", elapsed)
 		return
 	}
@@ -207,16 +209,33 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	if agentRaised {
 		detail := fmt.Sprintf("Server error running agent %s: %s", a.ID, we.Message)
 		inv.ErrorDetail = detail
+		s.finish(r.Context(), inv)
 		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Error: &wire.Error{Code: wire.CodeInternal, Message: "Agent execution failed: " + detail}})
 	} else {
 		inv.ErrorDetail = we.Code + ": " + we.Message
 		if we.Code != wire.CodeCancelled {
+			s.finish(r.Context(), inv)
 			s.writeError(w, wire.HTTPStatus(we.Code), we)
+		} else {
+			s.cfg.Recorder.Finish(inv) // nobody is answered
 		}
 		s.log.Warn("call failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
 	}
-	s.cfg.Recorder.Finish(inv)
 	s.cfg.OnCall(a, tag, we.Code, elapsed)
+}
+
+// finish records a call's outcome before its answer goes out. With
+// DurableHistory it waits for the commit: no call that was answered is
+// missing from the history after a crash (the wait shares commits with
+// the calls finishing meanwhile).
+func (s *Server) finish(ctx context.Context, inv store.Invocation) {
+	if !s.cfg.DurableHistory {
+		s.cfg.Recorder.Finish(inv)
+		return
+	}
+	if err := s.cfg.Recorder.FinishDurable(context.WithoutCancel(ctx), inv); err != nil {
+		s.log.Error("the history could not record an answered call", "invocation_id", inv.ID, "error", err)
+	}
 }
 
 // runAsync answers an async invocation once it is durable: 202 and the id to

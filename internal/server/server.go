@@ -34,6 +34,8 @@ type Invoker interface {
 type Recorder interface {
 	Start(store.Invocation)
 	Finish(store.Invocation)
+	// FinishDurable is Finish that returns once the record is durable.
+	FinishDurable(ctx context.Context, inv store.Invocation) error
 	Get(ctx context.Context, id string) (store.Invocation, error)
 	List(ctx context.Context, agentID, status string, limit int) ([]store.Invocation, error)
 	Stats(ctx context.Context, agentID string) (store.Stats, error)
@@ -61,6 +63,16 @@ type Agent struct {
 	clientInfo json.RawMessage // recorded with REST invocations
 }
 
+// Idempotent reports whether the config declares tag idempotent.
+func (a *Agent) Idempotent(tag string) bool {
+	for _, ep := range a.Entrypoints {
+		if ep.Tag == tag {
+			return ep.Idempotent
+		}
+	}
+	return false
+}
+
 // Prepare computes what serving the agent needs; host and port are recorded
 // as the invocations' client_info.
 func (a *Agent) Prepare(host string, port int) *Agent {
@@ -82,6 +94,8 @@ func (a *Agent) Prepare(host string, port int) *Agent {
 type Entrypoint struct {
 	Tag  string
 	JSON json.RawMessage // as listed by /architecture
+	// Idempotent: the config declares that a call may run twice.
+	Idempotent bool
 }
 
 // Action is what a request wants to do with an agent.
@@ -160,6 +174,14 @@ type Config struct {
 	// CallTimeout bounds one call; a request may ask for less with
 	// "timeout_seconds".
 	CallTimeout time.Duration
+	// DurableHistory: a call is answered only once its history record is
+	// committed (the platform server); otherwise the record is written a
+	// few milliseconds after the answer, and a crash may lose the last
+	// ones (runagent serve).
+	DurableHistory bool
+	// StallTimeout cuts off a stream whose client takes no frame for this
+	// long (DefaultStallTimeout if zero): its call is cancelled.
+	StallTimeout time.Duration
 	// CORS is the browser policy; its origins also bound which pages may
 	// open a WebSocket (zero: any page, as the original).
 	CORS    CORSPolicy
@@ -171,6 +193,7 @@ type Config struct {
 const (
 	DefaultMaxBodyBytes = 32 << 20
 	DefaultCallTimeout  = 5 * time.Minute
+	DefaultStallTimeout = 30 * time.Second
 )
 
 // Server serves agents over the wire protocol.
@@ -191,6 +214,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -387,11 +413,22 @@ func (s *Server) writeEnvelope(w http.ResponseWriter, status int, env *wire.Enve
 	h["Content-Type"] = jsonContentType
 	w.WriteHeader(status)
 	w.Write(b)
+	s.putBuf(bp, b)
+}
+
+var jsonContentType = []string{"application/json"}
+
+// putBuf returns a buffer to the pool, unless a big answer grew it: the
+// pool would keep that memory for the next small one.
+func (s *Server) putBuf(bp *[]byte, b []byte) {
+	if cap(b) > maxPooledBuf {
+		return
+	}
 	*bp = b
 	s.bufs.Put(bp)
 }
 
-var jsonContentType = []string{"application/json"}
+const maxPooledBuf = 64 << 10
 
 func (s *Server) writeError(w http.ResponseWriter, status int, e *wire.Error) {
 	if e.RetryAfter > 0 {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/gorilla/websocket"
 
@@ -31,9 +32,8 @@ func newUpgrader(cors CORSPolicy) *websocket.Upgrader {
 }
 
 const (
-	firstMessageWait = time.Minute      // for the request frame
-	writeWait        = 30 * time.Second // for a client to take a frame
-	sampleChunks     = 10               // chunks kept in the invocation record
+	firstMessageWait = time.Minute // for the request frame
+	sampleChunks     = 10          // chunks kept in the invocation record
 )
 
 var (
@@ -144,7 +144,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 				samples = append(samples, payloadOf(body))
 			}
 			frame = append(frame[:0], `{"type":"data","content":`...)
-			frame = append(wire.AppendString(frame, string(body)), '}')
+			frame = append(wire.AppendString(frame, unsafe.String(unsafe.SliceData(body), len(body))), '}')
 		}
 		return s.writeFrame(conn, frame)
 	})
@@ -153,6 +153,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 
 	if err == nil {
+		inv.Status = store.StatusCompleted
+		inv.Output = streamOutput(n, elapsed, samples)
+		s.finish(r.Context(), inv)
 		frame = append(frame[:0], `{"type":"status","status":"stream_completed","total_chunks":`...)
 		frame = strconv.AppendInt(frame, int64(n), 10)
 		frame = append(frame, `,"execution_time":`...)
@@ -161,9 +164,6 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		frame = append(wire.AppendString(frame, inv.ID), '}')
 		s.writeFrame(conn, frame)
 		closeWith(conn, websocket.CloseNormalClosure, "")
-		inv.Status = store.StatusCompleted
-		inv.Output = streamOutput(n, elapsed, samples)
-		s.cfg.Recorder.Finish(inv)
 		s.cfg.OnCall(a, tag, "", elapsed)
 		return
 	}
@@ -173,6 +173,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	if errors.Is(err, errClientGone) || errors.Is(context.Cause(base), errClientGone) {
 		inv.ErrorDetail = "WebSocket disconnected"
 		s.log.Info("stream client went away", "tag", tag, "invocation_id", inv.ID, "chunks", seen)
+		s.cfg.Recorder.Finish(inv) // nobody is answered
 	} else {
 		we, agentRaised := s.callFailure(err)
 		code = we.Code
@@ -181,6 +182,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 			inv.ErrorDetail = "Streaming error: " + we.Code + ": " + we.Message
 			s.log.Warn("stream failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
 		}
+		s.finish(r.Context(), inv)
 		frame = append(frame[:0], `{"type":"error","error":`...)
 		frame = wire.AppendString(frame, "Streaming error: "+we.Message)
 		frame = append(frame, `,"code":`...)
@@ -188,12 +190,11 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		s.writeFrame(conn, frame)
 		closeWith(conn, websocket.CloseNormalClosure, "")
 	}
-	s.cfg.Recorder.Finish(inv)
 	s.cfg.OnCall(a, tag, code, elapsed)
 }
 
 func (s *Server) writeFrame(conn *websocket.Conn, frame []byte) error {
-	conn.SetWriteDeadline(time.Now().Add(writeWait))
+	conn.SetWriteDeadline(time.Now().Add(s.cfg.StallTimeout))
 	if err := conn.WriteMessage(websocket.TextMessage, frame); err != nil {
 		return errClientGone
 	}

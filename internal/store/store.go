@@ -261,22 +261,52 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 // Start records a pending invocation. It returns once the record is queued;
 // it blocks only while the queue is full. A record that arrives after Close
 // is logged and counted in WriteErrors, not written.
-func (db *DB) Start(inv Invocation) { db.enqueue(opStart, &inv) }
+func (db *DB) Start(inv Invocation) { db.enqueue(opStart, &inv, nil) }
 
 // Finish records the outcome of an invocation started with Start (same ID):
 // status, output or error, response time and execution time.
-func (db *DB) Finish(inv Invocation) { db.enqueue(opFinish, &inv) }
+func (db *DB) Finish(inv Invocation) { db.enqueue(opFinish, &inv, nil) }
 
-func (db *DB) enqueue(kind opKind, inv *Invocation) {
+// FinishDurable is Finish that returns once the record is committed: a
+// server answers the call after it, so that no answered call is missing
+// from the history after a crash. The writer commits at once for it
+// (without lingering), together with whatever else is queued, so waiting
+// callers share commits. It returns ErrClosed if the store closed first,
+// ctx's error if ctx ends first (the record is still written).
+func (db *DB) FinishDurable(ctx context.Context, inv Invocation) error {
+	ack := make(chan struct{})
+	if !db.enqueue(opFinish, &inv, ack) {
+		return ErrClosed
+	}
+	select {
+	case <-ack:
+		return nil
+	case <-db.done:
+		select {
+		case <-ack:
+			return nil
+		default:
+			return ErrClosed
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enqueue queues an op; ack, if not nil, is closed once it is committed.
+// It reports whether the op was queued.
+func (db *DB) enqueue(kind opKind, inv *Invocation, ack chan struct{}) bool {
 	if db.closed.Load() {
 		db.lost(kind, inv)
-		return
+		return false
 	}
 	db.enqueued.Add(1)
 	select {
-	case db.queue <- op{kind: kind, inv: *inv}:
+	case db.queue <- op{kind: kind, inv: *inv, ack: ack}:
+		return true
 	case <-db.done:
 		db.lost(kind, inv)
+		return false
 	}
 }
 

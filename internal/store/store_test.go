@@ -427,8 +427,8 @@ func TestMigrations(t *testing.T) {
 	raw.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'invocations'`).Scan(&tables)
 	raw.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invocations' AND name LIKE 'idx_%'`).Scan(&indexes)
 	raw.QueryRow(`PRAGMA journal_mode`).Scan(&journal)
-	if version != 2 || tables != 1 || indexes != 1 || journal != "wal" {
-		t.Errorf("user_version %d, tables %d, indexes %d, journal %q; want 2, 1, 1, wal", version, tables, indexes, journal)
+	if version != 3 || tables != 1 || indexes != 1 || journal != "wal" {
+		t.Errorf("user_version %d, tables %d, indexes %d, journal %q; want 3, 1, 1, wal", version, tables, indexes, journal)
 	}
 	var rows int
 	raw.QueryRow(`SELECT COUNT(*) FROM invocations`).Scan(&rows)
@@ -639,5 +639,47 @@ func TestFlushHonoursContext(t *testing.T) {
 	defer cancel()
 	if err := db.Flush(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Flush with a paused writer: %v, want DeadlineExceeded", err)
+	}
+}
+
+// FinishDurable returns once the record is committed, even with a long
+// linger: another connection (another process, after a kill) sees it
+// without a Flush. Waiters that arrive together share commits.
+func TestFinishDurable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inv.db")
+	db, err := store.Open(path, store.WithBatch(0, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	raw := rawDB(t, path)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inv := pending(fmt.Sprintf("d%02d", i), "agent", t0)
+			db.Start(inv)
+			if err := db.FinishDurable(ctx, completed(inv, 1, `"ok"`)); err != nil {
+				t.Error(err)
+				return
+			}
+			var status string
+			if err := raw.QueryRow(`SELECT status FROM invocations WHERE invocation_id = ?`, inv.ID).Scan(&status); err != nil || status != "completed" {
+				t.Errorf("%s after FinishDurable: %q, %v", inv.ID, status, err)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("FinishDurable waited for the linger")
+	}
+	db.Close()
+	if err := db.FinishDurable(ctx, completed(pending("late", "agent", t0), 1, `"ok"`)); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("FinishDurable after Close = %v, want ErrClosed", err)
 	}
 }

@@ -35,6 +35,7 @@ func (k opKind) String() string {
 }
 
 // op travels by value on the queue, so Start and Finish allocate nothing.
+// ack (a Flush, a FinishDurable) is closed once the batch is committed.
 type op struct {
 	kind opKind
 	inv  Invocation
@@ -152,7 +153,7 @@ func (w *writer) run() {
 func (w *writer) gather() (stop bool) {
 	q := w.db.queue
 	lingered := false
-	for len(w.recs) < w.opts.maxBatch && len(w.acks) == 0 {
+	for len(w.recs) < w.opts.maxBatch {
 		select {
 		case o := <-q:
 			if w.add(o) {
@@ -161,7 +162,8 @@ func (w *writer) gather() (stop bool) {
 			continue
 		default:
 		}
-		if w.opts.linger <= 0 || lingered {
+		// Someone waits for this batch: commit what is queued now.
+		if len(w.acks) > 0 || w.opts.linger <= 0 || lingered {
 			return false
 		}
 		// Sleep rather than wait on the queue: records arriving meanwhile
@@ -193,6 +195,9 @@ func (w *writer) add(o op) (stop bool) {
 		w.recs = append(w.recs, rec{inv: o.inv, started: true})
 	case opFinish:
 		w.nOps++
+		if o.ack != nil {
+			w.acks = append(w.acks, o.ack)
+		}
 		if i, ok := w.idx[o.inv.ID]; ok {
 			r := &w.recs[i]
 			r.inv = merge(r.inv, o.inv)
