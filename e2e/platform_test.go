@@ -532,12 +532,11 @@ func (s *platformServer) agentDetail(t *testing.T, id string) (ready int, pids [
 
 func metricValue(t *testing.T, s *platformServer, prefix string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	r := s.do(t, "GET", "/metrics", s.Admin, nil)
+	if r.Status != 200 {
+		t.Fatalf("GET /metrics: %d %s", r.Status, r.Body)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := r.Body
 	sum := 0.0
 	for _, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, prefix) {

@@ -105,6 +105,9 @@ type Entrypoint struct {
 	Method string `json:"method,omitempty"`
 	// Timeout is in seconds, DefaultWebhookTimeout when not given; webhooks only.
 	Timeout int `json:"timeout,omitempty"`
+	// Idempotent says a call may safely run twice: a background run whose
+	// worker was lost is retried only then (otherwise it fails).
+	Idempotent bool `json:"idempotent,omitempty"`
 }
 
 // Streaming reports whether the entrypoint streams: its tag ends in "_stream".

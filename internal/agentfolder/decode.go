@@ -470,6 +470,13 @@ func (c *checker) architecture(m map[string]any, cfg *Config) {
 			ep = c.pythonEntrypoint(e, path, cfg.Framework)
 		}
 		ep.Extractor = c.extractor(e, path)
+		if v, present := e["idempotent"]; present {
+			if b, ok := v.(bool); ok {
+				ep.Idempotent = b
+			} else {
+				c.add(path+".idempotent", "expected true or false, got %s", typeName(v))
+			}
+		}
 		if ep.Tag != "" {
 			if j, dup := firstUse[ep.Tag]; dup {
 				c.add(path+".tag", "duplicate tag %q (first used by entrypoints[%d])", ep.Tag, j)
@@ -482,8 +489,8 @@ func (c *checker) architecture(m map[string]any, cfg *Config) {
 }
 
 var (
-	pythonFields  = []string{"file", "module", "tag", "extractor"}
-	webhookFields = []string{"webhook_url", "method", "tag", "timeout", "extractor"}
+	pythonFields  = []string{"file", "module", "tag", "extractor", "idempotent"}
+	webhookFields = []string{"webhook_url", "method", "tag", "timeout", "extractor", "idempotent"}
 )
 
 func (c *checker) tag(e map[string]any, path string) string {

@@ -65,6 +65,8 @@ type Config struct {
 	// Sandbox opens a sandbox driver by name (nil: only "process"). A
 	// driver whose tool is missing is an error naming what to install.
 	Sandbox func(name string) (sandbox.Driver, error)
+	// Flow bounds the data of calls (results, chunks, streams in flight).
+	Flow runner.Flow
 	// DenyNetwork refuses agents that ask for the network
 	// (deployment.network) at upload, and runs any already deployed
 	// without it.
@@ -467,6 +469,7 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID string, vrec store.Ag
 			OnLog:        line,
 			OnOutput:     func(stream, text string) { line("", stream, text) },
 			ReadyTimeout: m.cfg.StartTimeout,
+			Flow:         m.cfg.Flow,
 		})
 		if err != nil {
 			return nil, redact(r, err)

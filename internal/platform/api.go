@@ -47,15 +47,35 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 	mux.HandleFunc("GET /api/v1/keys", p.handleKeys)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", p.handleRevokeKey)
 	if metrics {
-		mux.Handle("GET /metrics", p.MetricsHandler())
+		mux.HandleFunc("GET /metrics", p.handleMetrics)
 	}
 	mux.HandleFunc("/", p.wire.NotFound)
 	return p.middleware(server.CORSPolicy{Origins: p.cfg.CORSOrigins}.Handler(mux))
 }
 
-// MetricsHandler serves the Prometheus metrics.
+// MetricsHandler serves every Prometheus metric without a key: for
+// --metrics-addr, a listener the operator keeps to their own network.
 func (p *Platform) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(p.metrics.reg, promhttp.HandlerOpts{})
+}
+
+// handleMetrics serves /metrics on the main listener to a key: an admin key
+// sees every metric, another key only the series of the agents it may see
+// (server-wide series are the operator's).
+func (p *Platform) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, apikeys.ScopeAdmin, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	if !ok {
+		return
+	}
+	if k.Has(apikeys.ScopeAdmin) {
+		p.MetricsHandler().ServeHTTP(w, r)
+		return
+	}
+	visible := map[string]bool{}
+	for _, id := range p.visibleAgents(k) {
+		visible[id] = true
+	}
+	promhttp.HandlerFor(agentGatherer{p.metrics.reg, visible}, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 }
 
 // statusWriter remembers the status for the access log and metrics; it

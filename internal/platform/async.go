@@ -3,7 +3,9 @@ package platform
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/runagent-go/runagent/internal/runner"
@@ -12,73 +14,343 @@ import (
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
-// asyncRunner runs accepted async invocations. Each is in the store's
-// async queue from acceptance until its outcome is written, so a restart
-// runs whatever was left.
-type asyncRunner struct {
-	p    *Platform
-	jobs chan store.AsyncJob
+// AsyncLimits bound the async invocations of the server.
+type AsyncLimits struct {
+	// Workers run async invocations at once (default 16); one tenant
+	// takes at most TenantWorkers of them (default half), so that another
+	// tenant's invocation starts while one tenant has a backlog.
+	Workers, TenantWorkers int
+	// TenantBacklog and AgentBacklog bound the invocations a tenant and an
+	// agent may have waiting or running (429 beyond; defaults 2000 and
+	// 1000); Backlog bounds the whole server (503 beyond; default 65536).
+	TenantBacklog, AgentBacklog, Backlog int
+	// MaxAttempts bounds how often an interrupted invocation of an
+	// entrypoint declared idempotent is started (default 3).
+	MaxAttempts int
 }
 
-const asyncQueue = 65536
+func (l AsyncLimits) withDefaults() AsyncLimits {
+	if l.Workers <= 0 {
+		l.Workers = 16
+	}
+	if l.TenantWorkers <= 0 {
+		l.TenantWorkers = max(1, l.Workers/2)
+	}
+	if l.TenantBacklog <= 0 {
+		l.TenantBacklog = 2000
+	}
+	if l.AgentBacklog <= 0 {
+		l.AgentBacklog = 1000
+	}
+	if l.Backlog <= 0 {
+		l.Backlog = 65536
+	}
+	if l.MaxAttempts <= 0 {
+		l.MaxAttempts = 3
+	}
+	return l
+}
 
-func newAsyncRunner(p *Platform) *asyncRunner {
-	return &asyncRunner{p: p, jobs: make(chan store.AsyncJob, asyncQueue)}
+// asyncRunner runs accepted async invocations. Each is in the store's
+// async queue from acceptance until its outcome is written, and is marked
+// started (durably) before it runs, so that a restart runs what never
+// started and never silently runs again what did: an interrupted
+// invocation is retried only if its entrypoint is declared idempotent,
+// otherwise it fails with the reason.
+//
+// Workers take invocations round-robin across tenants, each tenant with at
+// most TenantWorkers running, so one tenant's backlog does not hold
+// another's invocation; backlogs are bounded per tenant, agent and server.
+type asyncRunner struct {
+	p   *Platform
+	lim AsyncLimits
+
+	mu      sync.Mutex // guards the fields below
+	wake    *sync.Cond // a job was queued, finished, or the runner closes
+	tenants map[string]*tenantQueue
+	ring    []*tenantQueue // tenants with queued jobs, served in turn
+	turn    int            // where in ring the next pick starts
+	agents  map[string]int // waiting + running, per agent
+	total   int            // waiting + running
+	closing bool
+	cancels map[string]context.CancelFunc // of running jobs, by invocation
+	running sync.WaitGroup
+}
+
+type tenantQueue struct {
+	name    string
+	jobs    []store.AsyncJob // waiting, oldest first
+	running int
+	backlog int // waiting + running
+	inRing  bool
+}
+
+func newAsyncRunner(p *Platform, lim AsyncLimits) *asyncRunner {
+	ar := &asyncRunner{p: p, lim: lim.withDefaults(), tenants: map[string]*tenantQueue{},
+		agents: map[string]int{}, cancels: map[string]context.CancelFunc{}}
+	ar.wake = sync.NewCond(&ar.mu)
+	return ar
 }
 
 // resume queues what the store still holds (before the workers start).
+// An invocation that had started was interrupted by the server stopping:
+// it runs again only if its entrypoint is declared idempotent (and it has
+// attempts left), otherwise it fails now with the reason.
 func (ar *asyncRunner) resume(ctx context.Context) error {
 	jobs, err := ar.p.db.PendingAsync(ctx)
 	if err != nil {
 		return err
 	}
+	queued, failed := 0, 0
 	for _, j := range jobs {
-		ar.jobs <- j
+		if !j.StartedAt.IsZero() {
+			a, _, _ := ar.p.mgr.Lookup(j.AgentID)
+			if a == nil || !a.Idempotent(j.EntrypointTag) || j.Attempts >= ar.lim.MaxAttempts {
+				if err := ar.failInterrupted(ctx, j, a != nil && a.Idempotent(j.EntrypointTag)); err != nil {
+					return err
+				}
+				failed++
+				continue
+			}
+			if err := ar.p.db.RequeueAsync(ctx, j.ID); err != nil {
+				return err
+			}
+			j.StartedAt = time.Time{}
+		}
+		ar.reserve(j.Tenant, j.AgentID)
+		ar.push(j)
+		queued++
 	}
-	if len(jobs) > 0 {
-		ar.p.log.Info("resuming async invocations accepted before the restart", "count", len(jobs))
+	if queued > 0 {
+		ar.p.log.Info("resuming async invocations accepted before the restart", "count", queued)
 	}
-	ar.p.metrics.asyncQueued.Set(float64(len(jobs)))
+	if failed > 0 {
+		ar.p.log.Warn("async invocations that were running when the server stopped are marked failed, not run again", "count", failed)
+	}
 	return nil
 }
 
-func (ar *asyncRunner) start(ctx context.Context, workers int) {
+// failInterrupted records the outcome of an invocation the server stopped
+// under: failed, saying why it was not run again.
+func (ar *asyncRunner) failInterrupted(ctx context.Context, j store.AsyncJob, idempotent bool) error {
+	inv := j.Invocation
+	inv.Status, inv.ResponseTime = store.StatusFailed, time.Now()
+	inv.ExecutionMS = float64(inv.ResponseTime.Sub(j.StartedAt).Microseconds()) / 1000
+	why := fmt.Sprintf("entrypoint %s is not declared idempotent (add \"idempotent\": true to its entry in runagent.config.json if running it twice is safe)", inv.EntrypointTag)
+	if idempotent {
+		why = fmt.Sprintf("it was started %d times, the most allowed", j.Attempts)
+	}
+	inv.ErrorDetail = fmt.Sprintf("%s: the server running this invocation stopped while it ran (attempt %d, started %s); it was not run again because %s",
+		wire.CodeAgentCrashed, j.Attempts, store.IsoFormat(j.StartedAt), why)
+	return ar.p.db.FinishAsync(ctx, inv)
+}
+
+// admit reserves a place in the backlogs of tenant and agent, or says which
+// limit is full.
+func (ar *asyncRunner) admit(tenant, agent string) *wire.Error {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	retry := 5 * time.Second
+	switch {
+	case ar.closing:
+		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: retry, Message: "the server is shutting down; retry the call"}
+	case ar.total >= ar.lim.Backlog:
+		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
+			"the server has %d async invocations waiting or running, its limit; retry later", ar.total)}
+	case ar.tenant(tenant).backlog >= ar.lim.TenantBacklog:
+		return &wire.Error{Code: wire.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+			"tenant %s has %d async invocations waiting or running, the most a tenant may have (runagent server --async-tenant-backlog); retry once some have finished",
+			tenant, ar.lim.TenantBacklog)}
+	case ar.agents[agent] >= ar.lim.AgentBacklog:
+		return &wire.Error{Code: wire.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+			"agent %s has %d async invocations waiting or running, the most an agent may have (runagent server --async-agent-backlog); retry once some have finished",
+			agent, ar.lim.AgentBacklog)}
+	}
+	ar.reserveLocked(tenant, agent)
+	return nil
+}
+
+func (ar *asyncRunner) reserve(tenant, agent string) {
+	ar.mu.Lock()
+	ar.reserveLocked(tenant, agent)
+	ar.mu.Unlock()
+}
+
+func (ar *asyncRunner) reserveLocked(tenant, agent string) {
+	ar.tenant(tenant).backlog++
+	ar.agents[agent]++
+	ar.total++
+	ar.p.metrics.asyncQueued.Set(float64(ar.total))
+}
+
+// unreserve gives a place back: the job finished, or was never queued.
+func (ar *asyncRunner) unreserveLocked(tenant, agent string) {
+	t := ar.tenant(tenant)
+	t.backlog--
+	if ar.agents[agent]--; ar.agents[agent] <= 0 {
+		delete(ar.agents, agent)
+	}
+	ar.total--
+	if t.backlog == 0 && !t.inRing {
+		delete(ar.tenants, t.name)
+	}
+	ar.p.metrics.asyncQueued.Set(float64(ar.total))
+}
+
+func (ar *asyncRunner) tenant(name string) *tenantQueue {
+	t := ar.tenants[name]
+	if t == nil {
+		t = &tenantQueue{name: name}
+		ar.tenants[name] = t
+	}
+	return t
+}
+
+// push queues a reserved job for the workers.
+func (ar *asyncRunner) push(j store.AsyncJob) {
+	ar.mu.Lock()
+	t := ar.tenant(j.Tenant)
+	t.jobs = append(t.jobs, j)
+	if !t.inRing {
+		t.inRing = true
+		ar.ring = append(ar.ring, t)
+	}
+	ar.mu.Unlock()
+	ar.wake.Signal()
+}
+
+// take waits for the next job a worker may run: the oldest of the next
+// tenant in turn that has one waiting and a worker to spare. ctx ends when
+// close cuts the job off; ok is false once the runner closes.
+func (ar *asyncRunner) take() (j store.AsyncJob, ctx context.Context, ok bool) {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	for {
+		if ar.closing {
+			return j, nil, false
+		}
+		for i := range ar.ring {
+			k := (ar.turn + i) % len(ar.ring)
+			t := ar.ring[k]
+			if t.running >= ar.lim.TenantWorkers {
+				continue
+			}
+			j = t.jobs[0]
+			t.jobs[0] = store.AsyncJob{}
+			t.jobs = t.jobs[1:]
+			t.running++
+			if len(t.jobs) == 0 {
+				t.inRing = false
+				ar.ring = append(ar.ring[:k], ar.ring[k+1:]...)
+				ar.turn = k
+			} else {
+				ar.turn = k + 1
+			}
+			if len(ar.ring) > 0 {
+				ar.turn %= len(ar.ring)
+			} else {
+				ar.turn = 0
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			ar.cancels[j.ID] = cancel
+			ar.running.Add(1)
+			return j, ctx, true
+		}
+		ar.wake.Wait()
+	}
+}
+
+// done accounts for a job that ran (or was cut off by close).
+func (ar *asyncRunner) done(j store.AsyncJob) {
+	ar.mu.Lock()
+	if cancel := ar.cancels[j.ID]; cancel != nil {
+		cancel()
+		delete(ar.cancels, j.ID)
+	}
+	ar.tenant(j.Tenant).running--
+	ar.unreserveLocked(j.Tenant, j.AgentID)
+	ar.mu.Unlock()
+	ar.running.Done()
+	ar.wake.Broadcast() // the tenant may have a worker to spare again
+}
+
+func (ar *asyncRunner) start(workers int) {
 	for range workers {
 		go func() {
 			for {
-				select {
-				case <-ctx.Done():
+				j, ctx, ok := ar.take()
+				if !ok {
 					return
-				case j := <-ar.jobs:
-					ar.run(ctx, j)
 				}
+				ar.run(ctx, j)
 			}
 		}()
 	}
 }
 
-// enqueueAsync is server.Config.Async: durable first, then queued.
+// close stops taking jobs and lets the running ones finish for up to
+// grace; those still running then are cancelled and stay queued as
+// started, so the next start decides about them as about a crash.
+func (ar *asyncRunner) close(grace time.Duration) {
+	ar.mu.Lock()
+	ar.closing = true
+	ar.mu.Unlock()
+	ar.wake.Broadcast()
+	finished := make(chan struct{})
+	go func() { ar.running.Wait(); close(finished) }()
+	select {
+	case <-finished:
+		return
+	case <-time.After(grace):
+	}
+	ar.mu.Lock()
+	n := len(ar.cancels)
+	for _, cancel := range ar.cancels {
+		cancel()
+	}
+	ar.mu.Unlock()
+	ar.p.log.Warn("async invocations still running at shutdown were cancelled; they are marked failed at the next start unless idempotent", "count", n)
+	select {
+	case <-finished:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
+// then queued.
 func (p *Platform) enqueueAsync(ctx context.Context, a *server.Agent, inv store.Invocation) error {
-	if len(p.async.jobs) >= cap(p.async.jobs) {
-		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: 5 * time.Second,
-			Message: "too many async invocations are waiting; retry later"}
+	_, tenant, _ := p.mgr.Lookup(a.ID)
+	if e := p.async.admit(tenant, a.ID); e != nil {
+		return e
 	}
 	var timeout float64
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
 	}
-	if err := p.db.EnqueueAsync(ctx, inv, timeout); err != nil {
+	j := store.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}
+	if err := p.db.EnqueueAsync(ctx, inv, tenant, timeout); err != nil {
+		p.async.mu.Lock()
+		p.async.unreserveLocked(tenant, a.ID)
+		p.async.mu.Unlock()
 		return fmt.Errorf("record the async invocation: %w", err)
 	}
-	p.metrics.asyncQueued.Inc()
-	p.async.jobs <- store.AsyncJob{Invocation: inv, TimeoutSeconds: timeout}
+	p.async.push(j)
 	return nil
 }
 
 func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
+	defer ar.done(j)
 	p := ar.p
 	inv := j.Invocation
 	start := time.Now()
+	// Durably started before it runs: after a crash it is not run again
+	// unless declared idempotent.
+	if err := p.db.StartAsync(context.Background(), inv.ID, start); err != nil {
+		if !errors.Is(err, store.ErrNotFound) { // not found: its agent was deleted
+			p.log.Error("record the start of an async invocation; it stays queued", "invocation_id", inv.ID, "error", err)
+		}
+		return
+	}
 	a, _, _ := p.mgr.Lookup(inv.AgentID)
 	var result []byte
 	var err error
@@ -95,7 +367,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 		cancel()
 	}
 	if ctx.Err() != nil {
-		return // shutting down: it stays queued and runs after the restart
+		return // cut off by shutdown: it stays queued, as started
 	}
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)
@@ -122,7 +394,5 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	}
 	if err := p.db.FinishAsync(context.Background(), inv); err != nil {
 		p.log.Error("record the outcome of an async invocation", "invocation_id", inv.ID, "error", err)
-		return
 	}
-	p.metrics.asyncQueued.Dec()
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/server"
@@ -82,6 +83,33 @@ func (m *Metrics) InstanceGone(p *manager.Pool, _ string, why string) {
 }
 func (m *Metrics) LimitExceeded(p *manager.Pool, _ string, limit string) {
 	m.limitKills.WithLabelValues(p.Agent, limit).Inc()
+}
+
+// agentGatherer keeps only the series whose "agent" label is one of agents.
+type agentGatherer struct {
+	g      prometheus.Gatherer
+	agents map[string]bool
+}
+
+func (a agentGatherer) Gather() ([]*dto.MetricFamily, error) {
+	fams, err := a.g.Gather()
+	out := fams[:0]
+	for _, f := range fams {
+		kept := f.Metric[:0]
+		for _, m := range f.Metric {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "agent" && a.agents[l.GetValue()] {
+					kept = append(kept, m)
+					break
+				}
+			}
+		}
+		if len(kept) > 0 {
+			f.Metric = kept
+			out = append(out, f)
+		}
+	}
+	return out, err
 }
 
 // watch registers the collector that reads pools at scrape time.

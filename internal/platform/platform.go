@@ -21,6 +21,7 @@ import (
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/ratelimit"
+	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
@@ -45,11 +46,15 @@ type Config struct {
 	AllowPublic bool
 	// CORSOrigins are the web pages that may call the server from a
 	// browser (none: any page, without cookies).
-	CORSOrigins  []string
+	CORSOrigins []string
+	// Flow bounds results, chunks and streams in flight; StallTimeout cuts
+	// off a stream reader that takes nothing for that long.
+	Flow         runner.Flow
+	StallTimeout time.Duration
 	MaxUpload    int64
 	Bundle       bundle.Limits
 	MaxBody      int64
-	AsyncWorkers int
+	Async        AsyncLimits
 
 	Tick, HealthInterval      time.Duration
 	StableWindow, PanicWindow time.Duration
@@ -94,9 +99,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	if cfg.MaxUpload <= 0 {
 		cfg.MaxUpload = 128 << 20
 	}
-	if cfg.AsyncWorkers <= 0 {
-		cfg.AsyncWorkers = 16
-	}
+	cfg.Async = cfg.Async.withDefaults()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
@@ -122,7 +125,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		Defaults: cfg.Defaults, StableWindow: cfg.StableWindow, PanicWindow: cfg.PanicWindow,
 		Tick: cfg.Tick, HealthInterval: cfg.HealthInterval, Env: instanceEnv(cfg.DataDir),
 		Bundle: cfg.Bundle, Host: cfg.Host, Port: cfg.Port, Obs: p.metrics, Logs: p.logs, Log: cfg.Log,
-		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork,
+		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork, Flow: cfg.Flow,
 	})
 	if err := p.mgr.Restore(ctx); err != nil {
 		db.Close()
@@ -132,9 +135,10 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	p.wire = server.New(server.Config{
 		Directory: p, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
-		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins},
+		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins}, DurableHistory: true,
+		StallTimeout: cfg.StallTimeout,
 	})
-	p.async = newAsyncRunner(p)
+	p.async = newAsyncRunner(p, cfg.Async)
 	if err := p.async.resume(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -209,12 +213,18 @@ func toStored(k apikeys.Key) store.APIKey {
 // ends.
 func (p *Platform) Run(ctx context.Context) {
 	go p.logs.run(ctx)
-	p.async.start(ctx, p.cfg.AsyncWorkers)
+	p.async.start(p.cfg.Async.Workers)
 	p.mgr.Run(ctx)
 }
 
-// Close stops every instance and closes the store.
+// asyncGrace is how long async invocations running at shutdown may take
+// to finish before they are cut off.
+const asyncGrace = 10 * time.Second
+
+// Close lets running async invocations finish (for a while), stops every
+// instance and closes the store.
 func (p *Platform) Close() error {
+	p.async.close(asyncGrace)
 	p.mgr.Close()
 	p.logs.flush()
 	return p.db.Close()

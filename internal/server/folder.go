@@ -14,7 +14,7 @@ func AgentFromFolder(folder *agentfolder.Folder) Agent {
 	cfg := folder.Config
 	a := Agent{ID: cfg.AgentID, Name: cfg.AgentName, Version: cfg.Version, Framework: cfg.Framework}
 	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		a.Entrypoints = append(a.Entrypoints, Entrypoint{Tag: ep.Tag, JSON: entrypointJSON(ep)})
+		a.Entrypoints = append(a.Entrypoints, Entrypoint{Tag: ep.Tag, JSON: entrypointJSON(ep), Idempotent: ep.Idempotent})
 	}
 	a.Config = map[string]any{}
 	for k, v := range folder.RawConfig {

@@ -412,22 +412,51 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 // AsyncJob is an accepted async invocation that has not finished.
 type AsyncJob struct {
 	Invocation
+	Tenant         string
 	TimeoutSeconds float64
+	// Attempts counts the times it was started (StartAsync); StartedAt is
+	// when the last one began (zero: not started since it was queued). A
+	// job still queued after it started was interrupted: the server
+	// stopped while it ran.
+	Attempts  int
+	StartedAt time.Time
 }
 
-// EnqueueAsync durably records an accepted async invocation (pending) and
-// its place in the queue, in one transaction.
-func (db *DB) EnqueueAsync(ctx context.Context, inv Invocation, timeoutSeconds float64) error {
+// EnqueueAsync durably records an accepted async invocation (pending) of
+// tenant and its place in the queue, in one transaction.
+func (db *DB) EnqueueAsync(ctx context.Context, inv Invocation, tenant string, timeoutSeconds float64) error {
 	return db.tx(ctx, func(t *sql.Tx) error {
 		if _, err := t.ExecContext(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
 			nil, nil, StatusPending, inv.RequestTime.UnixMicro(), nil, nil, jsonText(inv.ClientInfo)); err != nil {
 			return err
 		}
-		_, err := t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?)`,
-			inv.ID, inv.AgentID, timeoutSeconds, time.Now().UnixMicro())
+		_, err := t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?, ?)`,
+			inv.ID, inv.AgentID, tenant, timeoutSeconds, time.Now().UnixMicro())
 		return err
 	})
+}
+
+// StartAsync durably records that a queued async invocation is starting
+// (one more attempt), before it runs; ErrNotFound if it is not queued.
+func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) error {
+	res, err := db.sql.ExecContext(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// RequeueAsync puts an interrupted async invocation back in the queue as
+// not started (its attempts stay counted).
+func (db *DB) RequeueAsync(ctx context.Context, id string) error {
+	_, err := db.sql.ExecContext(ctx, `UPDATE async_queue SET started_at = NULL WHERE invocation_id = ?`, id)
+	return err
 }
 
 // FinishAsync writes an async invocation's outcome and takes it off the
@@ -445,7 +474,7 @@ func (db *DB) FinishAsync(ctx context.Context, inv Invocation) error {
 
 // PendingAsync returns the queued async invocations, oldest first.
 func (db *DB) PendingAsync(ctx context.Context) ([]AsyncJob, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.timeout_seconds
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at`)
 	if err != nil {
 		return nil, err
@@ -456,24 +485,26 @@ func (db *DB) PendingAsync(ctx context.Context) ([]AsyncJob, error) {
 		var j AsyncJob
 		var inv Invocation
 		var err error
-		// scanInvocation reads the 13 columns; the timeout comes last.
-		inv, err = scanInvocation(scanPlus{rows, &j.TimeoutSeconds})
+		var started sql.NullInt64
+		// scanInvocation reads the 13 columns; the queue's come last.
+		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started}})
 		if err != nil {
 			return nil, err
 		}
 		j.Invocation = inv
+		j.StartedAt = fromMicros(started)
 		out = append(out, j)
 	}
 	return out, rows.Err()
 }
 
-// scanPlus scans one extra trailing column into extra.
+// scanPlus scans extra trailing columns into extra.
 type scanPlus struct {
 	r     *sql.Rows
-	extra any
+	extra []any
 }
 
-func (s scanPlus) Scan(dest ...any) error { return s.r.Scan(append(dest, s.extra)...) }
+func (s scanPlus) Scan(dest ...any) error { return s.r.Scan(append(dest, s.extra...)...) }
 
 func prefixed(p, cols string) string {
 	parts := strings.Split(cols, ",")

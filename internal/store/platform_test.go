@@ -133,8 +133,18 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 	db, path := openPlatform(t)
 	inv := pending("async1", "a", t0)
 	inv.SDKType = "async"
-	if err := db.EnqueueAsync(ctx, inv, 30); err != nil {
+	if err := db.EnqueueAsync(ctx, inv, "acme", 30); err != nil {
 		t.Fatal(err)
+	}
+	started := pending("async2", "a", t0)
+	if err := db.EnqueueAsync(ctx, started, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.StartAsync(ctx, "async2", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.StartAsync(ctx, "nope", t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("StartAsync of an unknown invocation: %v", err)
 	}
 	db.Start(pending("sync1", "a", t0)) // a sync call the server was running
 	db.Close()
@@ -149,8 +159,24 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 		t.Fatalf("FailAbandoned: %d, %v (want the one sync call)", n, err)
 	}
 	jobs, err := db2.PendingAsync(ctx)
-	if err != nil || len(jobs) != 1 || jobs[0].ID != "async1" || jobs[0].TimeoutSeconds != 30 || jobs[0].SDKType != "async" {
+	if err != nil || len(jobs) != 2 || jobs[0].ID != "async1" || jobs[0].TimeoutSeconds != 30 || jobs[0].SDKType != "async" ||
+		jobs[0].Tenant != "acme" || !jobs[0].StartedAt.IsZero() || jobs[0].Attempts != 0 {
 		t.Fatalf("pending async: %+v, %v", jobs, err)
+	}
+	// The one that was started when the server stopped says so.
+	if j := jobs[1]; j.ID != "async2" || !j.StartedAt.Equal(t0) || j.Attempts != 1 {
+		t.Fatalf("interrupted async job: %+v", j)
+	}
+	if err := db2.RequeueAsync(ctx, "async2"); err != nil {
+		t.Fatal(err)
+	}
+	if jobs, _ := db2.PendingAsync(ctx); len(jobs) != 2 || !jobs[1].StartedAt.IsZero() || jobs[1].Attempts != 1 {
+		t.Fatalf("requeued: %+v", jobs)
+	}
+	interrupted := jobs[1].Invocation
+	interrupted.Status, interrupted.ResponseTime = store.StatusFailed, time.Now()
+	if err := db2.FinishAsync(ctx, interrupted); err != nil {
+		t.Fatal(err)
 	}
 	done := jobs[0].Invocation
 	done.Status, done.Output, done.ResponseTime, done.ExecutionMS = store.StatusCompleted, []byte(`"ok"`), time.Now(), 12
@@ -168,7 +194,7 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 		t.Fatalf("abandoned sync call: %+v", s)
 	}
 	list, _ := db2.ListForAgents(ctx, []string{"a", "zzz"}, "", 10)
-	if len(list) != 2 {
+	if len(list) != 3 {
 		t.Fatalf("ListForAgents: %d", len(list))
 	}
 	if list, _ := db2.ListForAgents(ctx, []string{}, "", 10); len(list) != 0 {

@@ -1,0 +1,105 @@
+package platform
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+func testAsyncRunner(lim AsyncLimits) *asyncRunner {
+	return newAsyncRunner(&Platform{metrics: newMetrics(), log: slog.New(slog.DiscardHandler)}, lim)
+}
+
+func job(id, tenant, agent string) store.AsyncJob {
+	return store.AsyncJob{Invocation: store.Invocation{ID: id, AgentID: agent}, Tenant: tenant}
+}
+
+// Workers take jobs in turn across tenants, and no tenant runs more than
+// its share at once, however long its backlog.
+func TestAsyncTakesTenantsInTurn(t *testing.T) {
+	ar := testAsyncRunner(AsyncLimits{Workers: 4, TenantWorkers: 2})
+	for i := range 5 {
+		ar.reserve("big", "a1")
+		ar.push(job("big"+string(rune('0'+i)), "big", "a1"))
+	}
+	ar.reserve("small", "a2")
+	ar.push(job("small0", "small", "a2"))
+	ar.reserve("other", "a3")
+	ar.push(job("other0", "other", "a3"))
+
+	var order []string
+	var taken []store.AsyncJob
+	for range 4 {
+		j, _, ok := ar.take()
+		if !ok {
+			t.Fatal("take: closed")
+		}
+		order = append(order, j.ID)
+		taken = append(taken, j)
+	}
+	if got, want := strings.Join(order, ","), "big0,small0,other0,big1"; got != want {
+		t.Fatalf("taken in order %s, want %s", got, want)
+	}
+	// big has its two workers busy: nothing more of it until one is done.
+	if n := ar.tenants["big"].running; n != 2 {
+		t.Fatalf("big runs %d, want 2", n)
+	}
+	ar.done(taken[0])
+	if j, _, _ := ar.take(); j.ID != "big2" {
+		t.Fatalf("after a big job finished, took %s, want big2", j.ID)
+	}
+	if ar.total != 6 || ar.agents["a1"] != 4 {
+		t.Fatalf("backlog total %d, agent a1 %d; want 6 and 4", ar.total, ar.agents["a1"])
+	}
+}
+
+func TestAsyncBacklogLimits(t *testing.T) {
+	tests := []struct {
+		name      string
+		lim       AsyncLimits
+		fill      [][2]string // tenant, agent already waiting
+		tenant    string
+		agent     string
+		code      string
+		messageIn string
+	}{
+		{"room", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}}, "t", "a", "", ""},
+		{"tenant full", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}, {"t", "b"}}, "t", "c", wire.CodeRateLimit, "--async-tenant-backlog"},
+		{"another tenant has room", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}, {"t", "b"}}, "u", "c", "", ""},
+		{"agent full", AsyncLimits{AgentBacklog: 1}, [][2]string{{"t", "a"}}, "t", "a", wire.CodeRateLimit, "--async-agent-backlog"},
+		{"server full", AsyncLimits{Backlog: 2}, [][2]string{{"t", "a"}, {"u", "b"}}, "v", "c", wire.CodeOverloaded, "its limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ar := testAsyncRunner(tt.lim)
+			for _, f := range tt.fill {
+				if e := ar.admit(f[0], f[1]); e != nil {
+					t.Fatalf("fill: %v", e)
+				}
+			}
+			e := ar.admit(tt.tenant, tt.agent)
+			switch {
+			case tt.code == "" && e != nil:
+				t.Fatalf("refused: %v", e)
+			case tt.code != "" && (e == nil || e.Code != tt.code || e.RetryAfter <= 0 || !strings.Contains(e.Message, tt.messageIn)):
+				t.Fatalf("got %+v, want %s with Retry-After naming %q", e, tt.code, tt.messageIn)
+			}
+		})
+	}
+}
+
+func TestAsyncCloseStopsTaking(t *testing.T) {
+	ar := testAsyncRunner(AsyncLimits{})
+	done := make(chan bool)
+	go func() { _, _, ok := ar.take(); done <- ok }()
+	ar.close(0)
+	if <-done {
+		t.Fatal("take after close handed out a job")
+	}
+	if e := ar.admit("t", "a"); e == nil || e.Code != wire.CodeOverloaded {
+		t.Fatalf("admit after close: %v", e)
+	}
+}
