@@ -23,7 +23,12 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	CGO_ENABLED=0 $(GO) vet ./...
 
+# The e2e tests also run the official SDKs' wire checker, ../shared/tools/
+# check_wire.py beside the repository, when it is there.
+WIRE_CHECKER := $(abspath ../shared/tools/check_wire.py)
+
 test-go: microvm-image
+	@test -f '$(WIRE_CHECKER)' || echo "test-go: the shared wire checker is not at $(WIRE_CHECKER): its checks (e2e TestWireContractCheck, TestPlatformAuthMatrix/wire_check) are skipped"
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 20m ./...
 
 # The microvm sandbox's guest image, which its tests boot: built from Debian
