@@ -5,7 +5,7 @@ BIN       := bin/runagent
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: build demo test test-go test-python test-py-sdk test-js test-rust vet bench clean microvm-image
+.PHONY: build demo deps test test-go test-python test-py-sdk test-js test-rust vet bench clean microvm-image
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
@@ -15,15 +15,26 @@ demo: build
 	@test -d demo-agent || ./$(BIN) init demo-agent --template default
 	./$(BIN) serve demo-agent
 
-# The whole test suite: Go (unit + end-to-end through the built binary) and
-# the Python runner's own tests.
-test: vet test-python test-go test-py-sdk test-js test-rust
+# The whole test suite: Go (unit + end-to-end through the built binary),
+# the Python runner's own tests and the SDKs', after deps.
+test: deps vet test-python test-go test-py-sdk test-js test-rust
+
+# What the tests need on this machine, installed when missing (Debian
+# packages with apt-get as root, pytest with pip): scripts/test-deps.sh says
+# what and why, and what to run when it cannot install it itself.
+deps:
+	@PYTHON='$(PYTHON)' scripts/test-deps.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	CGO_ENABLED=0 $(GO) vet ./...
 
+# The e2e tests also run the official SDKs' wire checker, ../shared/tools/
+# check_wire.py beside the repository, when it is there.
+WIRE_CHECKER := $(abspath ../shared/tools/check_wire.py)
+
 test-go: microvm-image
+	@test -f '$(WIRE_CHECKER)' || echo "test-go: the shared wire checker is not at $(WIRE_CHECKER): its checks (e2e TestWireContractCheck, TestPlatformAuthMatrix/wire_check) are skipped"
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 20m ./...
 
 # The microvm sandbox's guest image, which its tests boot: built from Debian

@@ -55,6 +55,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// wireChecker is the official SDKs' wire checker, check_wire.py in the
+// shared folder beside the repository (../shared from its root). A clone of
+// the repository alone has no such folder: then ok is false and the caller
+// skips its check, naming path. RUNAGENT_TEST_REQUIRE_SHARED=1 makes a
+// missing checker fail the test instead.
+func wireChecker(t *testing.T) (path string, ok bool) {
+	t.Helper()
+	path, err := filepath.Abs(filepath.Join("..", "..", "shared", "tools", "check_wire.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("RUNAGENT_TEST_REQUIRE_SHARED") == "1" {
+			t.Fatalf("the shared wire checker is missing (RUNAGENT_TEST_REQUIRE_SHARED=1): %v", err)
+		}
+		return path, false
+	}
+	return path, true
+}
+
 // runCLI runs the binary with an isolated cache and returns stdout, stderr.
 func runCLI(t *testing.T, cache string, args ...string) (string, string, error) {
 	t.Helper()

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createServer as createHTTPServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -33,16 +33,65 @@ function freePort(): Promise<number> {
   });
 }
 
+// groupAlive says whether a process of group pgid may still run. Zombies
+// (dead, waiting for a parent that may never reap them, like a container's
+// PID 1) do not count: they write nothing.
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+  } catch (e: any) {
+    return e.code !== "ESRCH";
+  }
+  let pids: string[];
+  try {
+    pids = readdirSync("/proc").filter((n) => /^\d+$/.test(n));
+  } catch {
+    return true; // no /proc: trust kill
+  }
+  for (const pid of pids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(pgrp) === pgid && state !== "Z" && state !== "X") return true;
+  }
+  return false;
+}
+
+// killGroup SIGKILLs process group pgid and waits, at most timeoutMs, until
+// none of its processes runs. Chrome's renderers, zygotes, GPU and network
+// processes (its group) go on writing into the profile folder for a second
+// or two after the main process is killed. It returns whether some still
+// run when timeoutMs is over.
+async function killGroup(pgid: number, timeoutMs: number): Promise<boolean> {
+  try {
+    process.kill(-pgid, "SIGKILL");
+  } catch (e: any) {
+    if (e.code === "ESRCH") return false;
+    throw e;
+  }
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; ) {
+    if (!groupAlive(pgid)) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return groupAlive(pgid);
+}
+
 test("the SDK runs and streams in headless Chromium", async (t) => {
   const browser = chromium();
   if (!browser) {
-    // CI installs Chromium (.ci/run); elsewhere say clearly what was not run.
+    // make deps installs Chromium as root (CI requires it); elsewhere say
+    // clearly what was not run.
     if (process.env.CI) assert.fail("Chromium is not installed: the browser test cannot run");
     t.skip("Chromium not installed (apt-get install chromium): browser test not run");
     return;
   }
   const tmp = mkdtempSync(path.join(tmpdir(), "runagent-browser-"));
   const procs: ReturnType<typeof spawn>[] = [];
+  let chromeGroup = 0; // Chrome's process group, once started
   let logs = "";
   let resolveResult: (v: any) => void = () => {};
   const result = new Promise<any>((resolve) => (resolveResult = resolve));
@@ -120,12 +169,15 @@ test("the SDK runs and streams in headless Chromium", async (t) => {
     `;
     const pagePort = await freePort();
     await new Promise<void>((r) => page.listen(pagePort, "127.0.0.1", () => r()));
+    // Chrome leads a process group of its own (detached), so that the
+    // cleanup can kill and wait for all of it, not the main process alone.
     const chrome = spawn(browser, [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
       `--user-data-dir=${path.join(tmp, "chrome")}`, `http://127.0.0.1:${pagePort}/`,
-    ], { stdio: "ignore" });
+    ], { stdio: "ignore", detached: true });
     procs.push(chrome);
+    chromeGroup = chrome.pid ?? 0;
     let timer: NodeJS.Timeout | undefined;
     const got = await Promise.race([
       result,
@@ -141,6 +193,10 @@ test("the SDK runs and streams in headless Chromium", async (t) => {
     assert.match(got.error?.message ?? "", /raised for the browser/);
   } finally {
     page.close();
+    // Chrome first, the whole group, and only then its profile folder.
+    if (chromeGroup && (await killGroup(chromeGroup, 10_000))) {
+      t.diagnostic(`Chrome's process group ${chromeGroup} still runs 10 s after SIGKILL: removing ${tmp} may fail`);
+    }
     await Promise.all(procs.map((p) => {
       if (p.exitCode !== null || p.signalCode !== null) return undefined;
       const exited = new Promise((r) => p.once("exit", r));
