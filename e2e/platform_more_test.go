@@ -233,9 +233,14 @@ def crowd(kind, n, seconds, pidfile=""):
         for t in ts:
             t.join()
     else:
-        ps = [subprocess.Popen(["sleep", str(seconds)]) for _ in range(n)]
+        # Each child is recorded as it starts: the limit may stop the
+        # instance (or refuse a fork) before the last one.
+        ps = []
         with open(pidfile, "w") as f:
-            f.write(" ".join(str(p.pid) for p in ps))
+            for _ in range(n):
+                ps.append(subprocess.Popen(["sleep", str(seconds)]))
+                f.write("%d " % ps[-1].pid)
+                f.flush()
         for p in ps:
             p.wait()
     return n
@@ -258,8 +263,8 @@ def crowd(kind, n, seconds, pidfile=""):
 		t.Errorf("the agent did not record its children: %v", err)
 	}
 	children := strings.Fields(string(b))
-	if err == nil && len(children) != 30 {
-		t.Errorf("the agent recorded %d children, want 30: %q", len(children), b)
+	if err == nil && (len(children) == 0 || len(children) > 30) {
+		t.Errorf("the agent recorded %d children, want 1 to 30: %q", len(children), b)
 	}
 	for _, c := range children {
 		pid, _ := strconv.Atoi(c)
