@@ -673,12 +673,21 @@ func TestPlatformRedeployUnderLoad(t *testing.T) {
 	}
 }
 
-// An accepted async invocation survives a server restart and runs after it.
+// An accepted async invocation survives a server restart and runs after it
+// (it may have started before the kill: its entrypoint is declared
+// idempotent, so it runs again; see TestAttackAsyncInterruptedNotRunTwice).
 func TestPlatformAsyncSurvivesRestart(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	port := freePort(t)
 	s := startPlatform(t, data, port)
 	dir, _ := newAgent(t, "showcase")
+	editConfig(t, dir, func(cfg map[string]any) {
+		for _, ep := range cfg["agent_architecture"].(map[string]any)["entrypoints"].([]any) {
+			if e := ep.(map[string]any); e["tag"] == "slow" {
+				e["idempotent"] = true
+			}
+		}
+	})
 	id := s.deploy(t, dir, s.Admin)
 	body := runBody("slow", map[string]any{"seconds": 1})
 	body["async_execution"] = true
