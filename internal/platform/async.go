@@ -157,7 +157,7 @@ func (ar *asyncRunner) admit(tenant, agent string) *wire.Error {
 	case ar.total >= ar.lim.Backlog:
 		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
 			"the server has %d async invocations waiting or running, its limit; retry later", ar.total)}
-	case ar.tenant(tenant).backlog >= ar.lim.TenantBacklog:
+	case ar.tenants[tenant] != nil && ar.tenants[tenant].backlog >= ar.lim.TenantBacklog:
 		return &wire.Error{Code: wire.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
 			"tenant %s has %d async invocations waiting or running, the most a tenant may have (runagent server --async-tenant-backlog); retry once some have finished",
 			tenant, ar.lim.TenantBacklog)}

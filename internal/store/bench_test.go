@@ -112,3 +112,37 @@ func BenchmarkThroughput(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFinishDurable times a call's recording on the platform server:
+// Start, then FinishDurable (the call's answer waits for the commit), by 1
+// or 32 callers at once (the writer lingers 5 ms, as the server's does;
+// a durable finish cuts it short).
+func BenchmarkFinishDurable(b *testing.B) {
+	for _, callers := range []int{1, 2, 32} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			db, _ := openDB(b, store.WithBatch(0, 5*time.Millisecond))
+			ctx := context.Background()
+			args, kwargs := json.RawMessage(`["What is the capital of France?"]`), json.RawMessage(`{"role":"user"}`)
+			out := json.RawMessage(`"Paris is the capital of France."`)
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range callers {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						inv := store.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
+							SDKType: "platform_server", InputArgs: args, InputKwargs: kwargs, Status: store.StatusPending, RequestTime: time.Now()}
+						db.Start(inv)
+						inv.Status, inv.Output, inv.ResponseTime, inv.ExecutionMS = store.StatusCompleted, out, time.Now(), 0.2
+						if err := db.FinishDurable(ctx, inv); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+}

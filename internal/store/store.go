@@ -150,6 +150,7 @@ type DB struct {
 	opts options
 
 	queue chan op
+	hurry chan struct{} // a FinishDurable waits: the writer stops lingering
 	done  chan struct{} // closed when the writer has exited
 
 	enqueued  atomic.Uint64 // Start/Finish calls accepted
@@ -201,6 +202,7 @@ func Open(path string, opts ...Option) (*DB, error) {
 	db := &DB{
 		sql: sdb, log: o.log, opts: o, w: w,
 		queue: make(chan op, o.queue),
+		hurry: make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
 	w.db = db
@@ -277,6 +279,10 @@ func (db *DB) FinishDurable(ctx context.Context, inv Invocation) error {
 	ack := make(chan struct{})
 	if !db.enqueue(opFinish, &inv, ack) {
 		return ErrClosed
+	}
+	select {
+	case db.hurry <- struct{}{}:
+	default: // already told
 	}
 	select {
 	case <-ack:

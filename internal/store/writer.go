@@ -66,10 +66,11 @@ type writer struct {
 
 	// The batch being gathered: records in arrival order (one per id),
 	// where each id sits in recs, and the ops they came from.
-	recs []rec
-	idx  map[string]int
-	nOps uint64
-	acks []chan struct{}
+	recs  []rec
+	idx   map[string]int
+	nOps  uint64
+	acks  []chan struct{}
+	sleep *time.Timer // the linger
 }
 
 type rec struct {
@@ -97,7 +98,8 @@ func newWriter(ctx context.Context, sdb *sql.DB, o options) (_ *writer, err erro
 	if err := migrate(ctx, conn); err != nil {
 		return nil, err
 	}
-	w := &writer{conn: conn, opts: o, idx: make(map[string]int, o.maxBatch)}
+	w := &writer{conn: conn, opts: o, idx: make(map[string]int, o.maxBatch), sleep: time.NewTimer(time.Hour)}
+	w.sleep.Stop()
 	if w.insert, err = conn.PrepareContext(ctx, insertSQL); err != nil {
 		return nil, err
 	}
@@ -148,7 +150,8 @@ func (w *writer) run() {
 }
 
 // gather adds queued ops to the batch until it is full, the queue is empty
-// (after lingering, if configured), or a flush or stop asks for a commit.
+// (after lingering, if configured, unless someone waits for the commit),
+// or a stop asks for a commit.
 // It reports whether a stop was seen.
 func (w *writer) gather() (stop bool) {
 	q := w.db.queue
@@ -168,9 +171,15 @@ func (w *writer) gather() (stop bool) {
 		}
 		// Sleep rather than wait on the queue: records arriving meanwhile
 		// then cost no wake-up each, and the batch commits once. A Flush
-		// waits at most this long.
+		// waits at most this long; a FinishDurable cuts the sleep short
+		// (its call's answer waits for the commit).
 		lingered = true
-		time.Sleep(w.opts.linger)
+		w.sleep.Reset(w.opts.linger)
+		select {
+		case <-w.db.hurry:
+		case <-w.sleep.C:
+		}
+		w.sleep.Stop()
 	}
 	return false
 }
@@ -276,6 +285,14 @@ func (w *writer) commit() {
 	}
 	w.db.processed.Add(w.nOps)
 	w.nOps = 0
+	// A hurry left from this batch's durable finishes would cut the next
+	// linger short for nothing (the next call's Start would commit alone,
+	// beside its first chunk). A durable finish still queued is seen by
+	// the next gather before it lingers.
+	select {
+	case <-w.db.hurry:
+	default:
+	}
 	for _, a := range w.acks {
 		close(a)
 	}

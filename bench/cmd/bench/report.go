@@ -544,7 +544,10 @@ func (rep *report) markdown() string {
 		w("32 calls at once (as `runagent serve` runs its one Python process with 32 threads), called with a run\n")
 		w("key whose rate and concurrency limits are checked on every call but set high enough never to refuse\n")
 		w("one. Each call goes through the key check (SHA-256 and constant-time compare), the token bucket and\n")
-		w("concurrency limiter, and the pool's least-busy dispatch. \"Gateway adds\" is server minus serve\n")
+		w("concurrency limiter, and the pool's least-busy dispatch, and is answered only once its history row\n")
+		w("is committed to SQLite (so that a crash loses no answered call; `runagent serve` writes its history\n")
+		w("a few milliseconds after the answer): under load that is about one commit per few calls, which is\n")
+		w("what the server's throughput at 32 connections pays. \"Gateway adds\" is server minus serve\n")
 		w("(times and sizes) or server / serve (rates).\n\n")
 		if !p.measured() {
 			w("**Not measured**: %s\n", mdEscape(strings.ReplaceAll(p.skipped, "\n", " ⏎ ")))
