@@ -2,8 +2,11 @@ package store_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,5 +202,38 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 	}
 	if list, _ := db2.ListForAgents(ctx, []string{}, "", 10); len(list) != 0 {
 		t.Fatalf("ListForAgents(none): %d", len(list))
+	}
+}
+
+// Platform writes (read, then write, in one transaction) wait for the
+// history writer's lock instead of failing with SQLITE_BUSY while calls
+// commit their rows one after another.
+func TestPlatformWritesBesideDurableHistory(t *testing.T) {
+	ctx := context.Background()
+	db, _ := openPlatform(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				inv := pending(fmt.Sprintf("h%d-%d", w, i), "a", time.Now())
+				db.Start(inv)
+				if err := db.FinishDurable(ctx, completed(inv, 1, `"ok"`)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for i := range 300 {
+		if _, err := db.PutAgentMetadata(ctx, fmt.Sprintf("agent-%d", i%7), "t", "n", "default", json.RawMessage(`{}`)); err != nil {
+			t.Fatalf("metadata write %d beside durable history: %v", i, err)
+		}
 	}
 }

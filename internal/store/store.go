@@ -171,7 +171,11 @@ func Open(path string, opts ...Option) (*DB, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	params := fmt.Sprintf("_pragma=busy_timeout(%d)", o.busyTimeout.Milliseconds())
+	// Write transactions (DB.tx) take the write lock when they begin: a
+	// deferred one that read first cannot wait for the lock when it wants
+	// to write (SQLITE_BUSY at once, whatever the busy timeout), and the
+	// history writer commits every few calls.
+	params := fmt.Sprintf("_pragma=busy_timeout(%d)&_txlock=immediate", o.busyTimeout.Milliseconds())
 	var dsn string
 	if path == ":memory:" {
 		// memdb is shared by the connections of this process, so the
