@@ -46,7 +46,7 @@ microvm-image: build
 	else ./$(BIN) microvm image build; fi
 
 test-python:
-	$(PYTHON) -m pytest -q internal/runner/pyrunner
+	$(PYTHON) -m pytest -q internal/pyrunner
 
 # The Python SDK, installed into its own virtualenv the standard way; its
 # tests include the shared conformance suite against the real server.

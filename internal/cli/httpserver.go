@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/server"
 )
 
@@ -28,14 +28,14 @@ func addHTTPFlags(f *pflag.FlagSet, t *httpTimeouts) {
 // dataFlags bound what one call may send back and how a stream's slow
 // reader is treated, shared by serve and server.
 type dataFlags struct {
-	flow  runner.Flow
+	flow  runproto.Flow
 	stall time.Duration
 }
 
 func addDataFlags(f *pflag.FlagSet, d *dataFlags) {
-	f.IntVar(&d.flow.MaxResult, "max-result", runner.DefaultMaxResult, "largest result of one call in bytes, as encoded (a bigger one fails with RESOURCE_LIMIT)")
-	f.IntVar(&d.flow.MaxChunk, "max-chunk", runner.DefaultMaxChunk, "largest stream chunk in bytes, as encoded (a bigger one ends its stream with RESOURCE_LIMIT)")
-	f.IntVar(&d.flow.WindowBytes, "stream-window", runner.DefaultWindowBytes, "bytes of a stream that may wait for a slow reader; past them the agent's generator is paused")
+	f.IntVar(&d.flow.MaxResult, "max-result", runproto.DefaultMaxResult, "largest result of one call in bytes, as encoded (a bigger one fails with RESOURCE_LIMIT)")
+	f.IntVar(&d.flow.MaxChunk, "max-chunk", runproto.DefaultMaxChunk, "largest stream chunk in bytes, as encoded (a bigger one ends its stream with RESOURCE_LIMIT)")
+	f.IntVar(&d.flow.WindowBytes, "stream-window", runproto.DefaultWindowBytes, "bytes of a stream that may wait for a slow reader; past them the agent's generator is paused")
 	f.DurationVar(&d.stall, "stream-stall-timeout", server.DefaultStallTimeout, "cut off a stream whose reader takes nothing for this long (its call is cancelled)")
 }
 

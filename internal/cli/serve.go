@@ -17,6 +17,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
@@ -108,7 +109,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	script, err := runner.WriteScript(cache)
+	script, err := pyrunner.WriteScript(cache)
 	if err != nil {
 		return err
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/runagent-go/runagent/internal/manager"
 	platformserver "github.com/runagent-go/runagent/internal/platform"
 	"github.com/runagent-go/runagent/internal/pyenv"
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/ratelimit"
-	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
 	"github.com/runagent-go/runagent/internal/server"
@@ -132,7 +132,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if _, err := sandboxes.Get(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox %s: %w", o.dep.Sandbox, err)
 	}
-	script, err := runner.WriteScript(cache)
+	script, err := pyrunner.WriteScript(cache)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/runagent-go/runagent/internal/bundle"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
@@ -66,7 +67,7 @@ type Config struct {
 	// driver whose tool is missing is an error naming what to install.
 	Sandbox func(name string) (sandbox.Driver, error)
 	// Flow bounds the data of calls (results, chunks, streams in flight).
-	Flow runner.Flow
+	Flow runproto.Flow
 	// DenyNetwork refuses agents that ask for the network
 	// (deployment.network) at upload, and runs any already deployed
 	// without it.

@@ -21,7 +21,7 @@ import (
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/ratelimit"
-	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
@@ -49,7 +49,7 @@ type Config struct {
 	CORSOrigins []string
 	// Flow bounds results, chunks and streams in flight; StallTimeout cuts
 	// off a stream reader that takes nothing for that long.
-	Flow         runner.Flow
+	Flow         runproto.Flow
 	StallTimeout time.Duration
 	MaxUpload    int64
 	Bundle       bundle.Limits

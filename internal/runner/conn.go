@@ -11,34 +11,19 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
-// CallError is a call that the runner answered with an ERROR frame: the agent
-// function raised (code INTERNAL_ERROR) or the call itself was malformed.
-type CallError struct {
-	Code      string `json:"code"`
-	Type      string `json:"type"`
-	Message   string `json:"message"`
-	Traceback string `json:"traceback"`
-}
+// ErrNotSent marks an error of a call that never reached the runner (its
+// connection was already gone): the call did not run, and may be sent to
+// another instance.
+var ErrNotSent = errors.New("the call was not sent to the runner")
 
-func (e *CallError) Error() string {
-	if e.Type == "" {
-		return e.Message
-	}
-	return e.Type + ": " + e.Message
-}
+type notSent struct{ err error }
 
-// Ready is the runner's answer to INIT.
-type Ready struct {
-	Protocol    int               `json:"protocol"`
-	Python      string            `json:"python"`
-	PID         int               `json:"pid"`
-	Entrypoints map[string]string `json:"entrypoints"`
-	// Errors maps the tag of every entrypoint that failed to load to why.
-	Errors map[string]string `json:"errors"`
-}
+func (e notSent) Error() string   { return e.err.Error() }
+func (e notSent) Unwrap() []error { return []error{e.err, ErrNotSent} }
 
 // ErrClosed is returned for calls on a connection that was closed on purpose.
 var ErrClosed = errors.New("runner connection closed")
@@ -61,12 +46,12 @@ type ConnOptions struct {
 	// OnLog receives what the agent prints (nil: dropped).
 	OnLog LogFunc
 	// Lost turns the error that ended the stream (a read or write error, a
-	// *ProtocolError) into the error handed to in-flight and later calls
+	// *runproto.ProtocolError) into the error handed to in-flight and later calls
 	// (the Process adds the exit status).
 	Lost func(error) error
 	// Flow bounds what the runner sends (zero fields: the defaults); the
 	// runner must have been told the same in INIT.
-	Flow Flow
+	Flow runproto.Flow
 }
 
 // Conn multiplexes calls over one runner byte stream.
@@ -74,7 +59,7 @@ type Conn struct {
 	rw    io.ReadWriteCloser
 	onLog LogFunc
 	lost  func(error) error
-	flow  Flow
+	flow  runproto.Flow
 
 	wmu  sync.Mutex // guards wbuf and writes to rw
 	wbuf []byte
@@ -85,11 +70,11 @@ type Conn struct {
 	err   error
 
 	done  chan struct{}
-	ready chan Frame
+	ready chan runproto.Frame
 }
 
 type pending struct {
-	ch    chan Frame
+	ch    chan runproto.Frame
 	gone  chan struct{} // closed when the caller stops listening
 	label string        // the invocation, for LOG frames
 	// stream: a stream call, under flow control; unacked is the bytes of
@@ -107,7 +92,7 @@ func NewConn(rw io.ReadWriteCloser, o ConnOptions) *Conn {
 		flow:  o.Flow.WithDefaults(),
 		calls: make(map[uint32]*pending),
 		done:  make(chan struct{}),
-		ready: make(chan Frame, 1),
+		ready: make(chan runproto.Frame, 1),
 	}
 	go c.readLoop()
 	return c
@@ -142,9 +127,9 @@ func (c *Conn) Close() error {
 // the others or hide that the runner died.
 func (c *Conn) readLoop() {
 	br := bufio.NewReaderSize(c.rw, 64<<10)
-	limit := c.flow.maxFrame()
+	limit := c.flow.MaxFrame()
 	for {
-		f, err := readFrame(br, limit)
+		f, err := runproto.ReadFrame(br, limit)
 		if err == nil {
 			err = c.deliver(f)
 		}
@@ -157,15 +142,15 @@ func (c *Conn) readLoop() {
 
 // deliver hands one frame to whoever waits for it; an error is the runner
 // breaking the protocol.
-func (c *Conn) deliver(f Frame) error {
+func (c *Conn) deliver(f runproto.Frame) error {
 	switch f.Kind {
-	case KindReady:
+	case runproto.KindReady:
 		select {
 		case c.ready <- f:
 		default:
 		}
 		return nil
-	case KindLog:
+	case runproto.KindLog:
 		if c.onLog != nil {
 			var l struct{ Stream, Text string }
 			if json.Unmarshal(f.Body, &l) == nil {
@@ -181,37 +166,37 @@ func (c *Conn) deliver(f Frame) error {
 		return nil
 	}
 	switch {
-	case f.Kind == KindResult && len(f.Body) > c.flow.MaxResult:
-		return &ProtocolError{fmt.Sprintf("a result of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxResult)}
-	case f.Kind == KindChunk && len(f.Body) > c.flow.MaxChunk:
-		return &ProtocolError{fmt.Sprintf("a chunk of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxChunk)}
+	case f.Kind == runproto.KindResult && len(f.Body) > c.flow.MaxResult:
+		return &runproto.ProtocolError{What: fmt.Sprintf("a result of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxResult)}
+	case f.Kind == runproto.KindChunk && len(f.Body) > c.flow.MaxChunk:
+		return &runproto.ProtocolError{What: fmt.Sprintf("a chunk of %d bytes, more than the limit of %d it was given", len(f.Body), c.flow.MaxChunk)}
 	}
 	c.mu.Lock()
 	p := c.calls[f.Call]
-	if p != nil && f.Kind.final() {
+	if p != nil && f.Kind.Final() {
 		delete(c.calls, f.Call)
 	}
 	c.mu.Unlock()
 	if p == nil {
 		return nil // a call the host gave up on
 	}
-	chunk := f.Kind == KindChunk || f.Kind == KindChunkError
-	if p.stream != (chunk || f.Kind == KindEnd) && f.Kind != KindError {
-		return &ProtocolError{fmt.Sprintf("a %s frame for call %d, which does not take one", f.Kind, f.Call)}
+	chunk := f.Kind == runproto.KindChunk || f.Kind == runproto.KindChunkError
+	if p.stream != (chunk || f.Kind == runproto.KindEnd) && f.Kind != runproto.KindError {
+		return &runproto.ProtocolError{What: fmt.Sprintf("a %s frame for call %d, which does not take one", f.Kind, f.Call)}
 	}
 	if chunk {
 		if p.unackedChunks.Add(1) > int64(c.flow.WindowChunks) {
-			return &ProtocolError{fmt.Sprintf("a stream sent more than its window of %d chunks", c.flow.WindowChunks)}
+			return &runproto.ProtocolError{What: fmt.Sprintf("a stream sent more than its window of %d chunks", c.flow.WindowChunks)}
 		}
 		if p.unacked.Add(int64(len(f.Body))) > int64(c.flow.WindowBytes+c.flow.MaxChunk) {
-			return &ProtocolError{fmt.Sprintf("a stream sent more than its window of %d bytes", c.flow.WindowBytes)}
+			return &runproto.ProtocolError{What: fmt.Sprintf("a stream sent more than its window of %d bytes", c.flow.WindowBytes)}
 		}
 	}
 	select {
 	case p.ch <- f:
 	case <-p.gone:
 	default:
-		return &ProtocolError{fmt.Sprintf("call %d was sent more frames than its window of %d chunks", f.Call, c.flow.WindowChunks)}
+		return &runproto.ProtocolError{What: fmt.Sprintf("call %d was sent more frames than its window of %d chunks", f.Call, c.flow.WindowChunks)}
 	}
 	return nil
 }
@@ -240,7 +225,7 @@ func (c *Conn) shutdown(err error) {
 }
 
 func (c *Conn) register(ctx context.Context, buffer int, stream bool) (uint32, *pending, error) {
-	p := &pending{ch: make(chan Frame, buffer), gone: make(chan struct{}), stream: stream}
+	p := &pending{ch: make(chan runproto.Frame, buffer), gone: make(chan struct{}), stream: stream}
 	p.label, _ = ctx.Value(invocationKey{}).(string)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -263,15 +248,15 @@ func (c *Conn) abandon(id uint32, p *pending) {
 	delete(c.calls, id)
 	c.mu.Unlock()
 	if live {
-		c.send(KindCancel, id, nil)
+		c.send(runproto.KindCancel, id, nil)
 	}
 }
 
 // send writes one frame. A failed write means the stream is broken: the
 // error is the one every call gets.
-func (c *Conn) send(kind Kind, call uint32, body []byte) error {
+func (c *Conn) send(kind runproto.Kind, call uint32, body []byte) error {
 	c.wmu.Lock()
-	c.wbuf = appendHeader(c.wbuf[:0], kind, call, len(body))
+	c.wbuf = runproto.AppendHeader(c.wbuf[:0], kind, call, len(body))
 	c.wbuf = append(c.wbuf, body...)
 	_, err := c.rw.Write(c.wbuf)
 	c.wmu.Unlock()
@@ -284,7 +269,7 @@ func (c *Conn) send(kind Kind, call uint32, body []byte) error {
 // credit tells the runner that the host took chunks of a stream.
 func (c *Conn) credit(call uint32, chunks, bytes int) {
 	var b [48]byte
-	c.send(KindCredit, call, appendCredit(b[:0], chunks, bytes))
+	c.send(runproto.KindCredit, call, runproto.AppendCredit(b[:0], chunks, bytes))
 }
 
 func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
@@ -295,7 +280,7 @@ func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
 		kwargs = []byte("{}")
 	}
 	c.wmu.Lock()
-	b := append(c.wbuf[:0], 0, 0, 0, 0, byte(KindCall), 0, 0, 0, 0)
+	b := append(c.wbuf[:0], 0, 0, 0, 0, byte(runproto.KindCall), 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(b[5:9], id)
 	b = append(b, `{"tag":`...)
 	b = wire.AppendString(b, tag)
@@ -318,17 +303,17 @@ func (c *Conn) sendCall(id uint32, tag string, args, kwargs []byte) error {
 }
 
 // Init sends INIT and waits for READY.
-func (c *Conn) Init(ctx context.Context, init any) (*Ready, error) {
+func (c *Conn) Init(ctx context.Context, init any) (*runproto.Ready, error) {
 	body, err := json.Marshal(init)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.send(KindInit, 0, body); err != nil {
+	if err := c.send(runproto.KindInit, 0, body); err != nil {
 		return nil, err
 	}
 	select {
 	case f := <-c.ready:
-		var r Ready
+		var r runproto.Ready
 		if err := json.Unmarshal(f.Body, &r); err != nil {
 			return nil, fmt.Errorf("runner protocol: bad READY frame: %w", err)
 		}
@@ -368,20 +353,20 @@ func (c *Conn) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byt
 	}
 }
 
-func finalResult(f Frame) ([]byte, error) {
+func finalResult(f runproto.Frame) ([]byte, error) {
 	switch f.Kind {
-	case KindResult:
+	case runproto.KindResult:
 		return f.Body, nil
-	case KindError:
+	case runproto.KindError:
 		return nil, callError(f.Body)
 	}
 	return nil, fmt.Errorf("runner protocol: unexpected %s frame for a call", f.Kind)
 }
 
 func callError(body []byte) error {
-	e := &CallError{}
+	e := &runproto.CallError{}
 	if err := json.Unmarshal(body, e); err != nil || e.Code == "" {
-		return &CallError{Code: wire.CodeInternal, Message: string(body)}
+		return &runproto.CallError{Code: wire.CodeInternal, Message: string(body)}
 	}
 	return e
 }
@@ -389,7 +374,7 @@ func callError(body []byte) error {
 // ChunkFunc receives each CHUNK (a structured string) or CHUNK_ERROR (a JSON
 // {"message"}) frame of a stream. Returning an error stops the stream and
 // cancels the generator in the runner.
-type ChunkFunc func(kind Kind, body []byte) error
+type ChunkFunc func(kind runproto.Kind, body []byte) error
 
 // Stream runs a streaming entrypoint, handing each chunk to fn in order, and
 // returns the number of chunks the runner reported at the end. started, when
@@ -412,9 +397,9 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, star
 	// the runner rarely waits while the consumer keeps up.
 	halfChunks, halfBytes := max(1, c.flow.WindowChunks/2), max(1, c.flow.WindowBytes/2)
 	took, tookBytes := 0, 0
-	handle := func(f Frame) (done bool, n int, err error) {
+	handle := func(f runproto.Frame) (done bool, n int, err error) {
 		switch f.Kind {
-		case KindChunk, KindChunkError:
+		case runproto.KindChunk, runproto.KindChunkError:
 			if err := fn(f.Kind, f.Body); err != nil {
 				c.abandon(id, p)
 				return true, 0, err
@@ -428,11 +413,11 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, star
 				took, tookBytes = 0, 0
 			}
 			return false, 0, nil
-		case KindEnd:
+		case runproto.KindEnd:
 			var end struct{ Chunks int }
 			json.Unmarshal(f.Body, &end)
 			return true, end.Chunks, nil
-		case KindError:
+		case runproto.KindError:
 			return true, 0, callError(f.Body)
 		}
 		return true, 0, fmt.Errorf("runner protocol: unexpected %s frame in a stream", f.Kind)
@@ -468,7 +453,7 @@ func (c *Conn) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.send(KindPing, id, nil); err != nil {
+	if err := c.send(runproto.KindPing, id, nil); err != nil {
 		c.abandon(id, p)
 		return err
 	}

@@ -13,36 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
-
-func TestFrameRoundTrip(t *testing.T) {
-	tests := []struct {
-		kind Kind
-		call uint32
-		body string
-	}{
-		{KindCall, 1, `{"tag":"x"}`}, {KindCancel, 7, ""}, {KindResult, 1 << 31, strings.Repeat("é", 1000)},
-	}
-	for _, tt := range tests {
-		b := appendHeader(nil, tt.kind, tt.call, len(tt.body))
-		b = append(b, tt.body...)
-		f, err := readFrame(bufio.NewReader(strings.NewReader(string(b))), MaxFrame)
-		if err != nil || f.Kind != tt.kind || f.Call != tt.call || string(f.Body) != tt.body {
-			t.Errorf("round trip of %s/%d: got %v %d %q, %v", tt.kind, tt.call, f.Kind, f.Call, f.Body, err)
-		}
-	}
-	for name, raw := range map[string][]byte{
-		"too short":  {0, 0, 0, 4, 1, 0, 0, 0},
-		"too long":   {0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0},
-		"cut body":   {0, 0, 0, 9, 11, 0, 0, 0, 1, 'a'},
-		"cut header": {0, 0},
-	} {
-		if _, err := readFrame(bufio.NewReader(strings.NewReader(string(raw))), MaxFrame); err == nil {
-			t.Errorf("%s: readFrame accepted %v", name, raw)
-		}
-	}
-}
 
 // fakeRunner is the runner end of a Conn, scripted by the test.
 type fakeRunner struct {
@@ -76,19 +49,19 @@ func newPairWith(t *testing.T, o ConnOptions) (*Conn, *fakeRunner) {
 	return conn, &fakeRunner{t: t, c: peer, br: bufio.NewReader(peer)}
 }
 
-func (r *fakeRunner) read() Frame {
+func (r *fakeRunner) read() runproto.Frame {
 	r.t.Helper()
 	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	f, err := readFrame(r.br, MaxFrame)
+	f, err := runproto.ReadFrame(r.br, runproto.MaxFrame)
 	if err != nil {
 		r.t.Fatalf("fake runner read: %v", err)
 	}
 	return f
 }
 
-func (r *fakeRunner) send(kind Kind, call uint32, body string) {
+func (r *fakeRunner) send(kind runproto.Kind, call uint32, body string) {
 	r.t.Helper()
-	b := append(appendHeader(nil, kind, call, len(body)), body...)
+	b := append(runproto.AppendHeader(nil, kind, call, len(body)), body...)
 	if _, err := r.c.Write(b); err != nil {
 		r.t.Fatalf("fake runner write: %v", err)
 	}
@@ -111,11 +84,11 @@ func TestConnCallAnswers(t *testing.T) {
 		Args   []int
 		Kwargs map[string]any
 	}
-	if err := json.Unmarshal(f.Body, &body); err != nil || f.Kind != KindCall || body.Tag != "echo" || len(body.Args) != 1 || body.Kwargs == nil {
+	if err := json.Unmarshal(f.Body, &body); err != nil || f.Kind != runproto.KindCall || body.Tag != "echo" || len(body.Args) != 1 || body.Kwargs == nil {
 		t.Fatalf("CALL frame %s %s: %v", f.Kind, f.Body, err)
 	}
-	r.send(KindLog, f.Call, `{"stream":"stdout","text":"ignored without a LogFunc\n"}`)
-	r.send(KindResult, f.Call, `{"type": "integer", "payload": "1"}`)
+	r.send(runproto.KindLog, f.Call, `{"stream":"stdout","text":"ignored without a LogFunc\n"}`)
+	r.send(runproto.KindResult, f.Call, `{"type": "integer", "payload": "1"}`)
 	if a := <-done; a.err != nil || string(a.v) != `{"type": "integer", "payload": "1"}` {
 		t.Fatalf("Call = %s, %v", a.v, a.err)
 	}
@@ -125,8 +98,8 @@ func TestConnCallAnswers(t *testing.T) {
 		done <- answer{nil, err}
 	}()
 	f = r.read()
-	r.send(KindError, f.Call, `{"code":"INTERNAL_ERROR","type":"ValueError","message":"bad","traceback":"..."}`)
-	var ce *CallError
+	r.send(runproto.KindError, f.Call, `{"code":"INTERNAL_ERROR","type":"ValueError","message":"bad","traceback":"..."}`)
+	var ce *runproto.CallError
 	if a := <-done; !errors.As(a.err, &ce) || ce.Code != wire.CodeInternal || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
 		t.Fatalf("Call error = %v", a.err)
 	}
@@ -147,10 +120,10 @@ func TestConnCancelSendsCancel(t *testing.T) {
 		t.Fatalf("cancelled Call = %v, want the context's cause", err)
 	}
 	c := r.read()
-	if c.Kind != KindCancel || c.Call != f.Call {
+	if c.Kind != runproto.KindCancel || c.Call != f.Call {
 		t.Fatalf("after cancel the runner got %s for call %d, want CANCEL for %d", c.Kind, c.Call, f.Call)
 	}
-	r.send(KindResult, f.Call, `late`) // ignored: nobody listens
+	r.send(runproto.KindResult, f.Call, `late`) // ignored: nobody listens
 	if conn.InFlight() != 0 {
 		t.Fatalf("in flight = %d after cancel", conn.InFlight())
 	}
@@ -166,7 +139,7 @@ func TestConnStream(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		var got []string
-		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(k Kind, b []byte) error {
+		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(k runproto.Kind, b []byte) error {
 			got = append(got, k.String()+":"+string(b))
 			return nil
 		})
@@ -175,21 +148,21 @@ func TestConnStream(t *testing.T) {
 	f := r.read()
 	// More than the window, sent as a runner does: a window's worth, then
 	// more as the host credits what it took.
-	window := DefaultWindowChunks
+	window := runproto.DefaultWindowChunks
 	credited := 0
 	for i := 0; i < 300; i++ {
 		for i-credited >= window {
 			c := r.read()
 			var cr struct{ Chunks, Bytes int }
-			if c.Kind != KindCredit || c.Call != f.Call || json.Unmarshal(c.Body, &cr) != nil || cr.Chunks < 1 || cr.Bytes != cr.Chunks {
+			if c.Kind != runproto.KindCredit || c.Call != f.Call || json.Unmarshal(c.Body, &cr) != nil || cr.Chunks < 1 || cr.Bytes != cr.Chunks {
 				t.Fatalf("runner got %s %s while waiting for credit", c.Kind, c.Body)
 			}
 			credited += cr.Chunks
 		}
-		r.send(KindChunk, f.Call, "c")
+		r.send(runproto.KindChunk, f.Call, "c")
 	}
-	r.send(KindChunkError, f.Call, `{"message":"x"}`)
-	r.send(KindEnd, f.Call, `{"chunks": 301}`)
+	r.send(runproto.KindChunkError, f.Call, `{"message":"x"}`)
+	r.send(runproto.KindEnd, f.Call, `{"chunks": 301}`)
 	res := <-done
 	if res.err != nil || res.n != 301 || len(res.chunks) != 301 || res.chunks[300] != `CHUNK_ERROR:{"message":"x"}` {
 		t.Fatalf("stream: n %d, %d chunks, err %v", res.n, len(res.chunks), res.err)
@@ -201,16 +174,16 @@ func TestConnStream(t *testing.T) {
 	// A consumer that stops cancels the generator.
 	stop := errors.New("client gone")
 	go func() {
-		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error { return stop })
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error { return stop })
 		done <- result{err: err}
 	}()
-	for f = r.read(); f.Kind == KindCredit; f = r.read() { // the first stream's last credit
+	for f = r.read(); f.Kind == runproto.KindCredit; f = r.read() { // the first stream's last credit
 	}
-	r.send(KindChunk, f.Call, "c")
+	r.send(runproto.KindChunk, f.Call, "c")
 	if res := <-done; res.err != stop {
 		t.Fatalf("stopped stream = %v", res.err)
 	}
-	if c := r.read(); c.Kind != KindCancel || c.Call != f.Call {
+	if c := r.read(); c.Kind != runproto.KindCancel || c.Call != f.Call {
 		t.Fatalf("stopped stream sent %s, want CANCEL", c.Kind)
 	}
 }
@@ -248,33 +221,33 @@ func TestConnLostFailsEveryCall(t *testing.T) {
 
 func TestConnInitAndPing(t *testing.T) {
 	conn, r := newPair(t, nil)
-	done := make(chan *Ready, 1)
+	done := make(chan *runproto.Ready, 1)
 	go func() {
-		rd, err := conn.Init(context.Background(), Init{AgentDir: "/a"})
+		rd, err := conn.Init(context.Background(), runproto.Init{AgentDir: "/a"})
 		if err != nil {
 			t.Error(err)
 		}
 		done <- rd
 	}()
-	if f := r.read(); f.Kind != KindInit || !strings.Contains(string(f.Body), `"agent_dir":"/a"`) {
+	if f := r.read(); f.Kind != runproto.KindInit || !strings.Contains(string(f.Body), `"agent_dir":"/a"`) {
 		t.Fatalf("INIT frame %s %s", f.Kind, f.Body)
 	}
-	r.send(KindReady, 0, `{"protocol":1,"entrypoints":{"a":"sync_function"},"errors":{"b":"ImportError: no"}}`)
+	r.send(runproto.KindReady, 0, `{"protocol":1,"entrypoints":{"a":"sync_function"},"errors":{"b":"ImportError: no"}}`)
 	if rd := <-done; rd == nil || rd.Errors["b"] != "ImportError: no" || rd.Entrypoints["a"] != "sync_function" {
-		t.Fatalf("Ready = %+v", rd)
+		t.Fatalf("runproto.Ready = %+v", rd)
 	}
 	go func() { done <- nil; _ = conn.Ping(context.Background()) }()
 	<-done
 	f := r.read()
-	if f.Kind != KindPing {
+	if f.Kind != runproto.KindPing {
 		t.Fatalf("got %s, want PING", f.Kind)
 	}
-	r.send(KindPong, f.Call, "")
+	r.send(runproto.KindPong, f.Call, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	go func() {
 		f := r.read()
-		r.send(KindPong, f.Call, "")
+		r.send(runproto.KindPong, f.Call, "")
 	}()
 	if err := conn.Ping(ctx); err != nil {
 		t.Fatalf("Ping: %v", err)
@@ -285,11 +258,11 @@ func TestConnInitAndPing(t *testing.T) {
 // A consumer that does not take its chunks holds only its own call: the
 // runner's answers to other calls still arrive at once.
 func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
-	conn, r := newPairWith(t, ConnOptions{Flow: Flow{WindowChunks: 4}})
+	conn, r := newPairWith(t, ConnOptions{Flow: runproto.Flow{WindowChunks: 4}})
 	release := make(chan struct{})
 	streamDone := make(chan error, 1)
 	go func() {
-		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error {
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error {
 			<-release // a client that stopped reading
 			return nil
 		})
@@ -297,7 +270,7 @@ func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
 	}()
 	s := r.read()
 	for range 4 { // the window: the consumer holds one, three wait in the channel
-		r.send(KindChunk, s.Call, "c")
+		r.send(runproto.KindChunk, s.Call, "c")
 	}
 	callDone := make(chan error, 1)
 	go func() {
@@ -305,7 +278,7 @@ func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
 		callDone <- err
 	}()
 	c := r.read()
-	r.send(KindResult, c.Call, `{"type": "null", "payload": "null"}`)
+	r.send(runproto.KindResult, c.Call, `{"type": "null", "payload": "null"}`)
 	select {
 	case err := <-callDone:
 		if err != nil {
@@ -315,20 +288,20 @@ func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
 		t.Fatal("a call waited behind a stalled stream")
 	}
 	close(release)
-	if f := r.read(); f.Kind != KindCredit || f.Call != s.Call {
+	if f := r.read(); f.Kind != runproto.KindCredit || f.Call != s.Call {
 		t.Fatalf("after the consumer took 2 chunks the runner got %s, want CREDIT", f.Kind)
 	}
-	r.send(KindEnd, s.Call, `{"chunks": 4}`)
+	r.send(runproto.KindEnd, s.Call, `{"chunks": 4}`)
 	if err := <-streamDone; err != nil {
 		t.Fatal(err)
 	}
 }
 
 // A runner that does not keep to the flow it was given has its connection
-// cut with a ProtocolError: more chunks than the window, more bytes, a
+// cut with a runproto.ProtocolError: more chunks than the window, more bytes, a
 // result or chunk over its limit, a frame over the Conn's bound.
 func TestConnProtocolViolations(t *testing.T) {
-	flow := Flow{MaxResult: 100, MaxChunk: 10, WindowChunks: 2, WindowBytes: 15}
+	flow := runproto.Flow{MaxResult: 100, MaxChunk: 10, WindowChunks: 2, WindowBytes: 15}
 	tests := []struct {
 		name   string
 		stream bool
@@ -336,22 +309,22 @@ func TestConnProtocolViolations(t *testing.T) {
 	}{
 		{"chunks past the window", true, func(r *fakeRunner, call uint32) {
 			for range 4 {
-				r.send(KindChunk, call, "c")
+				r.send(runproto.KindChunk, call, "c")
 			}
 		}},
 		{"bytes past the window", true, func(r *fakeRunner, call uint32) {
-			r.send(KindChunk, call, "0123456789")
-			r.send(KindChunk, call, "0123456789")
-			r.send(KindChunk, call, "0123456789")
+			r.send(runproto.KindChunk, call, "0123456789")
+			r.send(runproto.KindChunk, call, "0123456789")
+			r.send(runproto.KindChunk, call, "0123456789")
 		}},
-		{"a chunk over its limit", true, func(r *fakeRunner, call uint32) { r.send(KindChunk, call, strings.Repeat("x", 11)) }},
-		{"a result over its limit", false, func(r *fakeRunner, call uint32) { r.send(KindResult, call, strings.Repeat("x", 101)) }},
+		{"a chunk over its limit", true, func(r *fakeRunner, call uint32) { r.send(runproto.KindChunk, call, strings.Repeat("x", 11)) }},
+		{"a result over its limit", false, func(r *fakeRunner, call uint32) { r.send(runproto.KindResult, call, strings.Repeat("x", 101)) }},
 		{"a frame over the bound", false, func(r *fakeRunner, call uint32) {
-			r.c.Write(appendHeader(nil, KindLog, call, maxControlFrame+1)) // the body never comes
+			r.c.Write(runproto.AppendHeader(nil, runproto.KindLog, call, runproto.MaxControlFrame+1)) // the body never comes
 		}},
 		{"chunks for a plain call", false, func(r *fakeRunner, call uint32) {
-			r.send(KindChunk, call, "c")
-			r.send(KindChunk, call, "c")
+			r.send(runproto.KindChunk, call, "c")
+			r.send(runproto.KindChunk, call, "c")
 		}},
 	}
 	for _, tt := range tests {
@@ -363,18 +336,18 @@ func TestConnProtocolViolations(t *testing.T) {
 				var err error
 				if tt.stream {
 					block := make(chan struct{})
-					_, err = conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(Kind, []byte) error { <-block; return nil })
+					_, err = conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error { <-block; return nil })
 				} else {
 					_, err = conn.Call(context.Background(), "x", nil, nil)
 				}
 				done <- err
 			}()
 			tt.send(r, r.read().Call)
-			var pe *ProtocolError
+			var pe *runproto.ProtocolError
 			select {
 			case err := <-lostWith:
 				if !errors.As(err, &pe) {
-					t.Fatalf("the connection ended with %v, want a ProtocolError", err)
+					t.Fatalf("the connection ended with %v, want a runproto.ProtocolError", err)
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("the violation was not noticed")
@@ -383,7 +356,7 @@ func TestConnProtocolViolations(t *testing.T) {
 				return // its consumer is blocked on purpose
 			}
 			if err := <-done; !errors.As(err, &pe) {
-				t.Fatalf("the call got %v, want the ProtocolError", err)
+				t.Fatalf("the call got %v, want the runproto.ProtocolError", err)
 			}
 		})
 	}

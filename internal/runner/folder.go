@@ -9,16 +9,17 @@ import (
 	"strings"
 
 	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/runproto"
 )
 
 // InitFor is the INIT of a runner serving the agent in folder.
-func InitFor(folder *agentfolder.Folder, threads int) Init {
-	init := Init{AgentDir: folder.Dir, Env: folder.Env, Threads: threads}
+func InitFor(folder *agentfolder.Folder, threads int) runproto.Init {
+	init := runproto.Init{AgentDir: folder.Dir, Env: folder.Env, Threads: threads}
 	if folder.Config.AgentArchitecture == nil {
 		return init
 	}
 	for _, ep := range folder.Config.AgentArchitecture.Entrypoints {
-		ie := InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module,
+		ie := runproto.InitEntrypoint{Tag: ep.Tag, File: ep.File, Module: ep.Module,
 			WebhookURL: ep.WebhookURL, Method: ep.Method, Timeout: ep.Timeout}
 		for _, k := range ep.ExtractorKeys {
 			ie.Extractor = append(ie.Extractor, [2]string{k, ep.Extractor[k]})

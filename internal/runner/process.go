@@ -14,49 +14,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/wire"
 )
-
-// Init is the body of the INIT frame.
-type Init struct {
-	AgentDir    string            `json:"agent_dir"`
-	Entrypoints []InitEntrypoint  `json:"entrypoints"`
-	Env         map[string]string `json:"env"`
-	Threads     int               `json:"threads"`
-	Limits      *InitLimits       `json:"limits,omitempty"`
-	// Flow bounds results, chunks and streams in flight (Start sets it
-	// from Spec.Flow).
-	Flow *Flow `json:"flow,omitempty"`
-}
-
-// InitLimits are per-process limits the runner sets on itself (setrlimit)
-// before it imports the agent, so that the kernel enforces them.
-type InitLimits struct {
-	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
-	OpenFiles  int     `json:"open_files,omitempty"`
-}
-
-// InitEntrypoint is one entrypoint the runner imports.
-type InitEntrypoint struct {
-	Tag    string `json:"tag"`
-	File   string `json:"file"`
-	Module string `json:"module"`
-	// Extractor is [key, JSONPath] pairs in the config's order: the
-	// extracted result's keys come out in this order, as in the original.
-	Extractor [][2]string `json:"extractor,omitempty"`
-	// A webhook entrypoint (framework n8n) has these instead of File/Module.
-	WebhookURL string `json:"webhook_url,omitempty"`
-	Method     string `json:"method,omitempty"`
-	Timeout    int    `json:"timeout,omitempty"`
-}
 
 // Spec says how to start one runner process.
 type Spec struct {
 	Python string   // interpreter: the agent's virtualenv python, or python3
 	Script string   // runagent_runner.py on disk (see WriteScript)
 	Env    []string // the process environment; nil means the server's
-	Init   Init
+	Init   runproto.Init
 	// Driver isolates the runner (nil: a plain process); the fields below
 	// are what it needs beyond the command.
 	Driver     sandbox.Driver
@@ -72,13 +40,13 @@ type Spec struct {
 	// ReadyTimeout bounds start-up: process start plus importing the agent.
 	ReadyTimeout time.Duration
 	// Flow bounds the data of calls (zero fields: the defaults).
-	Flow Flow
+	Flow runproto.Flow
 }
 
 // Process is one running runner: a Python process and its protocol stream.
 type Process struct {
 	*Conn
-	Ready   *Ready
+	Ready   *runproto.Ready
 	Started time.Time
 
 	inst    sandbox.Instance
@@ -111,7 +79,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		id = fmt.Sprintf("r%d-%d", os.Getpid(), instanceSeq.Add(1))
 	}
 	if spec.Limits.CPUSeconds > 0 || spec.Limits.OpenFiles > 0 {
-		spec.Init.Limits = &InitLimits{CPUSeconds: spec.Limits.CPUSeconds, OpenFiles: spec.Limits.OpenFiles}
+		spec.Init.Limits = &runproto.InitLimits{CPUSeconds: spec.Limits.CPUSeconds, OpenFiles: spec.Limits.OpenFiles}
 	}
 	flow := spec.Flow.WithDefaults()
 	spec.Init.Flow = &flow
@@ -153,10 +121,10 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	sock := inst.Channel()
 	p.Conn = NewConn(sock, ConnOptions{OnLog: spec.OnLog, Lost: p.lost, Flow: flow})
 
-	var ready *Ready
+	var ready *runproto.Ready
 	if in, ok := inst.(sandbox.Initialized); ok && in.Ready() != nil {
 		// The driver sent INIT itself (a snapshot-restored microVM).
-		ready = new(Ready)
+		ready = new(runproto.Ready)
 		if err := json.Unmarshal(in.Ready(), ready); err != nil {
 			p.Kill()
 			return nil, fmt.Errorf("runner protocol: bad READY frame: %w", err)
@@ -212,7 +180,7 @@ func (p *Process) lost(err error) error {
 	if e := p.killed.Load(); e != nil {
 		return e
 	}
-	var pe *ProtocolError
+	var pe *runproto.ProtocolError
 	if errors.As(err, &pe) {
 		// Only agent code tampering with the runner gets here.
 		p.inst.Kill()

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -42,18 +44,18 @@ func startSpec(t *testing.T) (runner.Spec, *logs) {
 	if err := os.WriteFile(filepath.Join(dir, "main.py"), []byte(agentPy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	script, err := runner.WriteScript(t.TempDir())
+	script, err := pyrunner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := &logs{}
-	eps := []runner.InitEntrypoint{}
+	eps := []runproto.InitEntrypoint{}
 	for _, tag := range []string{"hello", "die", "nap", "count_stream", "missing"} {
-		eps = append(eps, runner.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
+		eps = append(eps, runproto.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
 	}
 	return runner.Spec{
 		Python: python, Script: script, OnLog: l.add, ReadyTimeout: 30 * time.Second,
-		Init: runner.Init{AgentDir: dir, Entrypoints: eps, Env: map[string]string{"X": "1"}, Threads: 4},
+		Init: runproto.Init{AgentDir: dir, Entrypoints: eps, Env: map[string]string{"X": "1"}, Threads: 4},
 	}, l
 }
 
@@ -92,7 +94,7 @@ func TestProcessLifecycle(t *testing.T) {
 	if got := l.joined(); !strings.Contains(got, "/stdout:imported") || !strings.Contains(got, "inv-1/stdout:saying hello to go") {
 		t.Fatalf("agent prints = %q", got)
 	}
-	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(runner.Kind, []byte) error { return nil })
+	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
 	if err != nil || n != 3 {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -495,7 +496,7 @@ func (s *Server) callFailure(err error) (e *wire.Error, agentRaised bool) { retu
 // CallFailure turns an error from an invoker into the wire error and
 // whether it is the agent's own exception.
 func CallFailure(err error) (e *wire.Error, agentRaised bool) {
-	var ce *runner.CallError
+	var ce *runproto.CallError
 	if errors.As(err, &ce) {
 		if ce.Code == wire.CodeInternal {
 			return &wire.Error{Code: wire.CodeInternal, Message: ce.Message}, true

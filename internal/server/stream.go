@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -132,9 +133,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 
 	var samples []json.RawMessage
 	seen := 0
-	n, err := a.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runner.Kind, body []byte) error {
+	n, err := a.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runproto.Kind, body []byte) error {
 		seen++
-		if kind == runner.KindChunkError {
+		if kind == runproto.KindChunkError {
 			var ce struct{ Message string }
 			json.Unmarshal(body, &ce)
 			frame = append(frame[:0], `{"type":"error","error":`...)

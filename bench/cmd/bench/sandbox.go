@@ -14,6 +14,7 @@ import (
 	"github.com/runagent-go/runagent/bench/internal/loadgen"
 	"github.com/runagent-go/runagent/bench/internal/procs"
 	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
@@ -52,7 +53,7 @@ func (b *bench) runSandboxes() []*sandboxResult {
 	var out []*sandboxResult
 	set := drivers.New(sandbox.Options{StateDir: filepath.Join(b.tmp, "sandbox")})
 	defer set.Close()
-	script, err := runner.WriteScript(filepath.Join(b.tmp, "runner"))
+	script, err := pyrunner.WriteScript(filepath.Join(b.tmp, "runner"))
 	agentDir := filepath.Join(b.tmp, "sandbox-agent")
 	if err == nil {
 		err = copyDir(filepath.Join(o.root, "bench", "agent"), agentDir)

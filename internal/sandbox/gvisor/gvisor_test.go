@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/cgroup"
 	"github.com/runagent-go/runagent/internal/sandbox/sandboxtest"
@@ -149,20 +151,20 @@ func setup(t testing.TB) (*Driver, runner.Spec) {
 	if err := os.WriteFile(filepath.Join(agent, "main.py"), []byte(agentPy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	script, err := runner.WriteScript(t.TempDir())
+	script, err := pyrunner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var eps []runner.InitEntrypoint
+	var eps []runproto.InitEntrypoint
 	for _, tag := range []string{"hello", "count_stream", "nap", "probe", "hog", "fork_bomb", "thread_bomb"} {
-		eps = append(eps, runner.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
+		eps = append(eps, runproto.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
 	}
 	return d, runner.Spec{
 		Python: python, Script: script, Driver: d,
 		Env:          runner.Environ([]string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "SECRET_OF_THE_HOST=1"}, "", map[string]string{"AGENT_VAR": "v"}),
 		InstanceID:   fmt.Sprintf("gvtest-%d-%d", os.Getpid(), seq.Add(1)),
 		Limits:       sandbox.Limits{MemoryBytes: 512 << 20, Pids: 256, OpenFiles: 256, WorkDirBytes: 16 << 20},
-		Init:         runner.Init{AgentDir: agent, Entrypoints: eps, Threads: 4},
+		Init:         runproto.Init{AgentDir: agent, Entrypoints: eps, Threads: 4},
 		ReadyTimeout: 30 * time.Second,
 	}
 }
@@ -331,7 +333,7 @@ func TestRunnerInGVisor(t *testing.T) {
 	if err != nil || v != "hello gvisor" {
 		t.Fatalf("hello = %v, %v", v, err)
 	}
-	n, err := p.Stream(context.Background(), "count_stream", []byte(`[3]`), nil, nil, func(runner.Kind, []byte) error { return nil })
+	n, err := p.Stream(context.Background(), "count_stream", []byte(`[3]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
 	if err != nil || n != 3 {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}
@@ -410,7 +412,7 @@ def from_venv():
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	spec.Init.Entrypoints = append(spec.Init.Entrypoints, runner.InitEntrypoint{Tag: "from_venv", File: "main.py", Module: "from_venv"})
+	spec.Init.Entrypoints = append(spec.Init.Entrypoints, runproto.InitEntrypoint{Tag: "from_venv", File: "main.py", Module: "from_venv"})
 	spec.Python, spec.Venv, spec.Network = filepath.Join(venv, "bin", "python"), venv, true
 	spec.Env = runner.Environ([]string{"PATH=/usr/bin:/bin"}, venv, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -24,8 +24,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
 )
 
 // BuildOptions say where and from what `runagent microvm image build`

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 )
 
@@ -265,7 +266,7 @@ func (d *Driver) restore(snap *snapshot, spec sandbox.Spec, deadline time.Time) 
 		v.kill()
 		return nil, err
 	}
-	if _, err := v.channel.Write(frame(kindResume, nil)); err != nil {
+	if _, err := v.channel.Write(runproto.AppendFrame(nil, runproto.KindResume, 0, nil)); err != nil {
 		v.kill()
 		return nil, err
 	}
@@ -531,26 +532,18 @@ func initialize(v *vm, init []byte, deadline time.Time) (before, ready []byte, e
 	ch := v.channel
 	ch.SetDeadline(deadline)
 	defer ch.SetDeadline(time.Time{})
-	if _, err := ch.Write(frame(kindInit, init)); err != nil {
+	if _, err := ch.Write(runproto.AppendFrame(nil, runproto.KindInit, 0, init)); err != nil {
 		return nil, nil, err
 	}
 	for {
-		hdr := make([]byte, headerSize)
-		if _, err := io.ReadFull(ch, hdr); err != nil {
+		f, err := runproto.ReadFrame(ch, runproto.MaxControlFrame)
+		if err != nil {
 			return nil, nil, readErr(err)
 		}
-		n, kind := frameLen(hdr), hdr[4]
-		if n < 0 || n > maxFrame {
-			return nil, nil, fmt.Errorf("runner protocol: bad frame length %d", n)
+		if f.Kind == runproto.KindReady {
+			return before, f.Body, nil
 		}
-		body := make([]byte, n)
-		if _, err := io.ReadFull(ch, body); err != nil {
-			return nil, nil, readErr(err)
-		}
-		if kind == kindReady {
-			return before, body, nil
-		}
-		before = append(append(before, hdr...), body...)
+		before = runproto.AppendFrame(before, f.Kind, f.Call, f.Body)
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 	"github.com/runagent-go/runagent/internal/sandbox/sandboxtest"
@@ -81,7 +83,7 @@ def probe():
 func TestRestoredInstancesDiverge(t *testing.T) {
 	d, _ := newDriver(t, 1)
 	python := sandboxtest.Python(t)
-	script, err := runner.WriteScript(t.TempDir())
+	script, err := pyrunner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +98,8 @@ func TestRestoredInstancesDiverge(t *testing.T) {
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: python, Script: script, Env: []string{"PATH=/usr/bin:/bin"}, Driver: d,
 			InstanceID: fmt.Sprintf("diverge-%d-%d", os.Getpid(), i),
-			Init: runner.Init{AgentDir: agentDir, Threads: 2,
-				Entrypoints: []runner.InitEntrypoint{{Tag: "probe", File: "main.py", Module: "probe"}}},
+			Init: runproto.Init{AgentDir: agentDir, Threads: 2,
+				Entrypoints: []runproto.InitEntrypoint{{Tag: "probe", File: "main.py", Module: "probe"}}},
 		})
 		if err != nil {
 			t.Fatal(err)

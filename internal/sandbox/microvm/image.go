@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/pyrunner"
 )
 
 // The guest's own code, baked into the image: the initramfs's /init and the
@@ -72,7 +72,7 @@ func GuestFiles() map[string][]byte {
 	return map[string][]byte{
 		"/init":         initScript,
 		GuestScriptPath: guestScript,
-		GuestRunnerPath: runner.Script(),
+		GuestRunnerPath: pyrunner.Script(),
 	}
 }
 

@@ -2,7 +2,6 @@ package microvm
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -11,25 +10,6 @@ import (
 
 	"github.com/runagent-go/runagent/internal/sandbox"
 )
-
-// The few runner-protocol frames the driver writes and reads itself
-// (docs/runner-protocol.md); the rest is internal/runner's.
-const (
-	kindInit   = 1
-	kindResume = 5
-	kindReady  = 10
-	headerSize = 9
-	maxFrame   = 256 << 20
-)
-
-func frame(kind byte, body []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, uint32(len(body)+5))
-	b = append(b, kind, 0, 0, 0, 0)
-	return append(b, body...)
-}
-
-// frameLen is the body length a header announces.
-func frameLen(hdr []byte) int { return int(binary.BigEndian.Uint32(hdr[:4])) - 5 }
 
 // instance is a VM handed out to the runner layer.
 type instance struct {

@@ -17,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
+	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -95,7 +97,7 @@ type Features struct {
 // Run runs the suite against d.
 func Run(t *testing.T, d sandbox.Driver, f Features) {
 	python := Python(t)
-	script, err := runner.WriteScript(t.TempDir())
+	script, err := pyrunner.WriteScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,9 +111,9 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		seq++
 		id := fmt.Sprintf("conf-%s-%d-%d", d.Name(), os.Getpid(), seq)
 		out := &output{}
-		eps := make([]runner.InitEntrypoint, 0, len(tags))
+		eps := make([]runproto.InitEntrypoint, 0, len(tags))
 		for _, tag := range tags {
-			eps = append(eps, runner.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
+			eps = append(eps, runproto.InitEntrypoint{Tag: tag, File: "main.py", Module: tag})
 		}
 		if limits.WorkDirBytes == 0 {
 			limits.WorkDirBytes = 16 << 20
@@ -121,7 +123,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		defer cancel()
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: python, Script: script, Env: env, Driver: d, InstanceID: id, Limits: limits,
-			Init:     runner.Init{AgentDir: agentDir, Entrypoints: eps, Threads: 4},
+			Init:     runproto.Init{AgentDir: agentDir, Entrypoints: eps, Threads: 4},
 			OnLog:    out.log,
 			OnOutput: func(stream, line string) { out.log("", stream, line) },
 		})
@@ -142,7 +144,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		if err != nil || !strings.Contains(string(v), `hello sandbox`) {
 			t.Fatalf("hello = %s, %v", v, err)
 		}
-		n, err := p.Stream(ctx, "count_stream", []byte(`[50]`), nil, nil, func(runner.Kind, []byte) error { return nil })
+		n, err := p.Stream(ctx, "count_stream", []byte(`[50]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
 		if err != nil || n != 50 {
 			t.Fatalf("count_stream(50) = %d chunks, %v", n, err)
 		}

@@ -1,4 +1,7 @@
-package runner
+// Package pyrunner embeds the Python runner (runagent_runner.py, standard
+// library only): the other end of the runner protocol (internal/runproto),
+// started in every agent instance.
+package pyrunner
 
 import (
 	"crypto/sha256"
@@ -9,7 +12,7 @@ import (
 	"path/filepath"
 )
 
-//go:embed pyrunner/runagent_runner.py
+//go:embed runagent_runner.py
 var script []byte
 
 // Script is the embedded runner program.

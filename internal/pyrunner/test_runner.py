@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "runagent_runner.py")
 # The interpreter the runner subprocesses use (the runner supports 3.9+).
 PYTHON = os.environ.get("RUNAGENT_TEST_PYTHON") or sys.executable
-VECTORS = os.path.normpath(os.path.join(HERE, "..", "..", "..", "testdata", "serializer",
+VECTORS = os.path.normpath(os.path.join(HERE, "..", "..", "testdata", "serializer",
                                         "vectors.json"))
 
 sys.path.insert(0, HERE)

@@ -1,10 +1,11 @@
-// Package runner is the Go side of the runner protocol (docs/runner-protocol.md):
-// it starts the embedded Python runner for an agent, multiplexes calls over its
-// one framed byte stream and turns a dying runner into AGENT_CRASHED errors.
-package runner
+// Package runproto is the runner protocol (docs/runner-protocol.md): the
+// frames between the Go host and the Python runner of an agent instance and
+// their bodies. It imports nothing of the project: internal/runner (the
+// host's connection) and the sandbox drivers that speak to a runner
+// themselves (microvm) share it.
+package runproto
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -19,6 +20,9 @@ const (
 	KindCall   Kind = 2
 	KindCancel Kind = 3
 	KindPing   Kind = 4
+	// KindResume: the instance was restored from a snapshot taken after
+	// READY (the microvm sandbox); the runner reseeds its random state.
+	KindResume Kind = 5
 	// KindCredit lets a stream send more: JSON {"chunks": N, "bytes": M},
 	// what the host took of it since the last CREDIT (see Flow).
 	KindCredit Kind = 6
@@ -46,6 +50,8 @@ func (k Kind) String() string {
 		return "CANCEL"
 	case KindPing:
 		return "PING"
+	case KindResume:
+		return "RESUME"
 	case KindCredit:
 		return "CREDIT"
 	case KindReady:
@@ -68,13 +74,14 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", byte(k))
 }
 
-// final reports whether a frame of this kind ends its call.
-func (k Kind) final() bool {
+// Final reports whether a frame of this kind ends its call.
+func (k Kind) Final() bool {
 	return k == KindResult || k == KindEnd || k == KindError || k == KindPong
 }
 
 const (
-	headerSize = 9
+	// HeaderSize is a frame's header: length, kind, call.
+	HeaderSize = 9
 	// MaxFrame bounds one frame; a larger length is a protocol error.
 	// A Conn bounds its frames far lower (Flow.maxFrame).
 	MaxFrame = 256 << 20
@@ -87,18 +94,26 @@ type Frame struct {
 	Body []byte
 }
 
-// appendHeader appends the 9-byte header of a frame with a body of n bytes.
-func appendHeader(b []byte, kind Kind, call uint32, n int) []byte {
+// AppendHeader appends the 9-byte header of a frame with a body of n bytes.
+func AppendHeader(b []byte, kind Kind, call uint32, n int) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(n+5))
 	b = append(b, byte(kind))
 	return binary.BigEndian.AppendUint32(b, call)
 }
 
-// readFrame reads one frame whose body is at most max bytes (checked before
-// anything is allocated). The body is freshly allocated: it is handed to
+// AppendFrame appends a whole frame.
+func AppendFrame(b []byte, kind Kind, call uint32, body []byte) []byte {
+	return append(AppendHeader(b, kind, call, len(body)), body...)
+}
+
+// BodyLen is the body length a header announces (-5 and less: malformed).
+func BodyLen(hdr []byte) int { return int(binary.BigEndian.Uint32(hdr[:4])) - 5 }
+
+// ReadFrame reads one frame whose body is at most max bytes (checked before
+// anything is allocated). The body is freshly allocated: it may be handed to
 // another goroutine.
-func readFrame(r *bufio.Reader, max int) (Frame, error) {
-	var hdr [headerSize]byte
+func ReadFrame(r io.Reader, max int) (Frame, error) {
+	var hdr [HeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Frame{}, err
 	}

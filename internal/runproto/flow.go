@@ -1,13 +1,12 @@
-package runner
+package runproto
 
 import (
-	"errors"
 	"strconv"
 )
 
 // Flow bounds the data a runner sends. It goes to the runner in INIT, which
 // keeps to it (a result or chunk over its limit becomes a RESOURCE_LIMIT
-// error of that call), and the Conn enforces it: a runner that breaks it
+// error of that call), and the host enforces it: a runner that breaks it
 // (only agent code tampering with the runner can) has its connection cut.
 //
 // A stream may have at most WindowChunks chunks and WindowBytes bytes (plus
@@ -29,11 +28,11 @@ const (
 	DefaultMaxChunk     = 4 << 20
 	DefaultWindowChunks = 256
 	DefaultWindowBytes  = 1 << 20
-	// maxControlFrame bounds the other frames: LOGs (the runner splits
+	// MaxControlFrame bounds the other frames: LOGs (the runner splits
 	// prints at 64 Ki characters), ERRORs (message and traceback cut at
 	// 64 Ki characters each), READY. JSON escapes can make a character 12
 	// bytes.
-	maxControlFrame = 2 << 20
+	MaxControlFrame = 2 << 20
 )
 
 // WithDefaults fills the fields left zero.
@@ -53,26 +52,16 @@ func (f Flow) WithDefaults() Flow {
 	return f
 }
 
-// maxFrame is the largest frame body a Conn reads.
-func (f Flow) maxFrame() int { return max(f.MaxResult, f.MaxChunk, maxControlFrame) }
+// MaxFrame is the largest frame body a host reads from a runner told f.
+func (f Flow) MaxFrame() int { return max(f.MaxResult, f.MaxChunk, MaxControlFrame) }
 
 // ProtocolError is a runner that broke the protocol: its connection is cut.
 type ProtocolError struct{ What string }
 
 func (e *ProtocolError) Error() string { return "runner protocol: " + e.What }
 
-// ErrNotSent marks an error of a call that never reached the runner (its
-// connection was already gone): the call did not run, and may be sent to
-// another instance.
-var ErrNotSent = errors.New("the call was not sent to the runner")
-
-type notSent struct{ err error }
-
-func (e notSent) Error() string   { return e.err.Error() }
-func (e notSent) Unwrap() []error { return []error{e.err, ErrNotSent} }
-
-// appendCredit appends the body of a CREDIT frame.
-func appendCredit(b []byte, chunks, bytes int) []byte {
+// AppendCredit appends the body of a CREDIT frame.
+func AppendCredit(b []byte, chunks, bytes int) []byte {
 	b = append(b, `{"chunks":`...)
 	b = strconv.AppendInt(b, int64(chunks), 10)
 	b = append(b, `,"bytes":`...)
