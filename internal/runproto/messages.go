@@ -57,4 +57,3 @@ type Ready struct {
 	// Errors maps the tag of every entrypoint that failed to load to why.
 	Errors map[string]string `json:"errors"`
 }
-
