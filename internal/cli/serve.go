@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
@@ -173,7 +174,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	defer registry.Close()
 	srv := server.New(server.Config{
 		Agent: &agent, Recorder: db,
-		OnCall: func(_ *server.Agent, _, code string, _ time.Duration) { registry.Record(code == "") },
+		OnCall: func(_ *server.Agent, _ string, code domain.Code, _ time.Duration) { registry.Record(code == "") },
 		Host:   o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,
 		// As the original: any page may call the local server (it has no

@@ -25,13 +25,13 @@ import (
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/autoscale"
 	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // LogSink takes the lines agent instances print (and system events).
@@ -135,8 +135,8 @@ func (m *Manager) state(id string) *agentState {
 	defer m.mu.RUnlock()
 	return m.agents[id]
 }
-func validationError(field, format string, a ...any) *wire.Error {
-	return &wire.Error{Code: wire.CodeValidation, Field: field, Message: fmt.Sprintf(format, a...)}
+func validationError(field, format string, a ...any) *domain.Error {
+	return &domain.Error{Code: domain.CodeValidation, Field: field, Message: fmt.Sprintf(format, a...)}
 }
 
 // putState returns the agent's state, creating it for tenant if it is new.
@@ -304,7 +304,7 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 }
 
 // ErrOtherTenant: the agent id is taken by another tenant.
-var ErrOtherTenant = &wire.Error{Code: wire.CodePermission,
+var ErrOtherTenant = &domain.Error{Code: domain.CodePermission,
 	Message: "this agent id is taken by another tenant; give your agent a new id (runagent init or a fresh UUID in agent_id)"}
 
 func hashReader(r io.ReaderAt, size int64) (string, error) {
@@ -321,7 +321,7 @@ func hashReader(r io.ReaderAt, size int64) (string, error) {
 func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	st := m.state(agentID)
 	if st == nil {
-		return 0, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+		return 0, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
 	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()
@@ -350,7 +350,7 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	if err != nil {
 		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, store.VersionFailed, err.Error())
 		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
-		return 0, &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
+		return 0, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
 	}
 	if err := m.cfg.DB.ActivateVersion(context.WithoutCancel(ctx), agentID, v.n); err != nil {
 		v.pool.Close()
@@ -564,7 +564,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 func (m *Manager) Delete(ctx context.Context, agentID string) error {
 	st := m.state(agentID)
 	if st == nil {
-		return &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+		return &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
 	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()

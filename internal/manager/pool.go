@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/runagent-go/runagent/internal/autoscale"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // Limits bound one instance; zero means no limit.
@@ -128,7 +128,7 @@ func NewPool(agentID string, version int, cfg PoolConfig, start StartFunc, obs O
 // Config is the pool's configuration with defaults filled in.
 func (p *Pool) Config() PoolConfig { return p.cfg }
 
-var errPoolClosed = &wire.Error{Code: wire.CodeOverloaded, RetryAfter: time.Second,
+var errPoolClosed = &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second,
 	Message: "this version of the agent has been replaced; retry the call"}
 
 // acquire takes a slot on the least busy ready instance, waiting in the
@@ -150,7 +150,7 @@ func (p *Pool) acquire(ctx context.Context) (*instance, error) {
 	}
 	if len(p.waiters) >= p.cfg.MaxQueue {
 		p.mu.Unlock()
-		return nil, &wire.Error{Code: wire.CodeOverloaded, RetryAfter: time.Second, Message: fmt.Sprintf(
+		return nil, &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second, Message: fmt.Sprintf(
 			"agent %s is overloaded: every instance is busy and %d calls are already waiting; retry later", p.Agent, p.cfg.MaxQueue)}
 	}
 	if err := p.startErrLocked(); err != nil {
@@ -207,7 +207,7 @@ func (p *Pool) failedStartLocked() error {
 	if p.lastErr != nil {
 		msg += ": " + p.lastErr.Error()
 	}
-	return &wire.Error{Code: wire.CodeAgentCrashed, Message: msg}
+	return &domain.Error{Code: domain.CodeAgentCrashed, Message: msg}
 }
 
 // release gives a call's slot back and hands the instance to a waiter.
@@ -338,8 +338,8 @@ func (p *Pool) watch(in *instance) {
 	}
 	p.mu.Unlock()
 	err := in.proc.Err()
-	var we *wire.Error
-	limited := errors.As(err, &we) && we.Code == wire.CodeResourceLimit
+	var we *domain.Error
+	limited := errors.As(err, &we) && we.Code == domain.CodeResourceLimit
 	if limited && !in.limitCounted.Load() {
 		// The kernel enforced the limit (a cgroup's OOM kill, the CPU
 		// rlimit): count it as the manager's own limit kills are.
@@ -570,7 +570,7 @@ func (p *Pool) tick(now time.Time, usage map[int]Usage) {
 				p.log.Warn("instance over its limit; killing it", "instance", id, "limit", limit, "detail", msg)
 				p.obs.LimitExceeded(p, id, limit)
 				in.limitCounted.Store(true)
-				kill = append(kill, func() { proc.KillWith(&wire.Error{Code: wire.CodeResourceLimit, Message: msg}) })
+				kill = append(kill, func() { proc.KillWith(&domain.Error{Code: domain.CodeResourceLimit, Message: msg}) })
 				continue
 			}
 		}
@@ -634,7 +634,7 @@ func (p *Pool) healthCheck(in *instance) {
 		p.log.Warn("instance does not answer health checks; replacing it", "instance", in.id, "error", err)
 		in.hung.Store(true)
 		p.obs.InstanceGone(p, in.id, "hung")
-		in.proc.KillWith(&wire.Error{Code: wire.CodeAgentCrashed, Message: fmt.Sprintf(
+		in.proc.KillWith(&domain.Error{Code: domain.CodeAgentCrashed, Message: fmt.Sprintf(
 			"the agent instance stopped answering health checks for %s and was replaced", 2*p.cfg.HealthTimeout)})
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/runagent-go/runagent/internal/apikeys"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
@@ -188,12 +189,12 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 		Overwrite bool           `json:"overwrite"`
 	}
 	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&body); err != nil {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: " + err.Error()})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "request body is not valid JSON: " + err.Error()})
 		return
 	}
 	id, err := manager.NormalizeID(body.AgentID)
 	if err != nil {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "agent_id", Message: err.Error()})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "agent_id", Message: err.Error()})
 		return
 	}
 	name, _ := body.Config["agent_name"].(string)
@@ -214,7 +215,7 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, _, exists := p.mgr.Lookup(id); exists && !body.Overwrite {
-		p.wire.WriteError(w, &wire.Error{Code: "RESOURCE_ALREADY_EXISTS", Message: fmt.Sprintf("agent %s already exists; send overwrite: true to deploy a new version", id)})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeAlreadyExists, Message: fmt.Sprintf("agent %s already exists; send overwrite: true to deploy a new version", id)})
 		return
 	}
 	meta, _ := json.Marshal(body)
@@ -232,9 +233,9 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 
 // mayDeploy decides whether key k may create or change agent id: the key's
 // agent list allows it, and the id is not another tenant's.
-func (p *Platform) mayDeploy(k *apikeys.Key, id string) *wire.Error {
+func (p *Platform) mayDeploy(k *apikeys.Key, id string) *domain.Error {
 	if !k.AllowsAgent(id) {
-		return &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)}
+		return &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)}
 	}
 	if _, tenant, exists := p.mgr.Lookup(id); exists && tenant != k.Tenant {
 		return manager.ErrOtherTenant
@@ -243,7 +244,7 @@ func (p *Platform) mayDeploy(k *apikeys.Key, id string) *wire.Error {
 }
 
 func (p *Platform) storeError(w http.ResponseWriter, err error) {
-	var we *wire.Error
+	var we *domain.Error
 	if errors.As(err, &we) {
 		p.wire.WriteError(w, we)
 		return
@@ -255,7 +256,7 @@ func (p *Platform) storeError(w http.ResponseWriter, err error) {
 	// The cause (paths, SQL) is for the operator's log, not the client.
 	id := w.Header().Get("X-Request-Id")
 	p.log.Error("platform request failed", "request_id", id, "error", err)
-	p.wire.WriteError(w, &wire.Error{Code: wire.CodeInternal,
+	p.wire.WriteError(w, &domain.Error{Code: domain.CodeInternal,
 		Message: "the server could not complete the request; its log has the cause under request_id " + id})
 }
 
@@ -268,10 +269,10 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct != "multipart/form-data" {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "send the bundle as multipart/form-data with the zip in the field \"file\""})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "send the bundle as multipart/form-data with the zip in the field \"file\""})
 		return
 	}
-	tooBig := &wire.Error{Code: wire.CodeValidation, Field: "file", Message: fmt.Sprintf(
+	tooBig := &domain.Error{Code: domain.CodeValidation, Field: "file", Message: fmt.Sprintf(
 		"the upload is larger than the server's limit of %d MiB (runagent server --max-upload); leave large data out of the bundle (.gitignore)", p.cfg.MaxUpload>>20)}
 	if r.ContentLength > p.cfg.MaxUpload+1<<20 {
 		p.wire.WriteErrorStatus(w, http.StatusRequestEntityTooLarge, tooBig)
@@ -280,7 +281,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, p.cfg.MaxUpload+1<<20)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "bad multipart body: " + err.Error()})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "bad multipart body: " + err.Error()})
 		return
 	}
 	var agentID, fileName string
@@ -298,7 +299,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		if err != nil {
-			p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "bad multipart body: " + err.Error()})
+			p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "bad multipart body: " + err.Error()})
 			return
 		}
 		switch part.FormName() {
@@ -315,7 +316,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 			}
 		case "file":
 			if tmp != nil {
-				p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "send one file"})
+				p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "file", Message: "send one file"})
 				return
 			}
 			fileName = part.FileName()
@@ -326,7 +327,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 			}
 			size, err = io.Copy(tmp, io.LimitReader(part, p.cfg.MaxUpload+1))
 			if err != nil {
-				p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "the upload broke off: " + err.Error()})
+				p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "file", Message: "the upload broke off: " + err.Error()})
 				return
 			}
 			if size > p.cfg.MaxUpload {
@@ -337,7 +338,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 		part.Close()
 	}
 	if tmp == nil {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "file", Message: "no bundle: send the zip of the agent folder in the form field \"file\""})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "file", Message: "no bundle: send the zip of the agent folder in the form field \"file\""})
 		return
 	}
 	authorize := func(id string) error {
@@ -582,7 +583,7 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "limit", Message: fmt.Sprintf("expected a whole number from 1 to 10000, got %q", v)})
+			p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "limit", Message: fmt.Sprintf("expected a whole number from 1 to 10000, got %q", v)})
 			return
 		}
 		limit = n
@@ -591,7 +592,7 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 	switch status {
 	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
 	default:
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: "status", Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "status", Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
 		return
 	}
 	ids := p.visibleAgents(k)
@@ -632,11 +633,11 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Message: "request body: " + err.Error()})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "request body: " + err.Error()})
 		return
 	}
 	bad := func(field, msg string) {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeValidation, Field: field, Message: msg})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: field, Message: msg})
 	}
 	if strings.TrimSpace(req.Name) == "" {
 		bad("name", "required: a name that says who or what uses the key")
@@ -717,7 +718,7 @@ func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	at := time.Now()
 	if err := p.db.RevokeAPIKey(r.Context(), id, at); errors.Is(err, store.ErrNotFound) {
-		p.wire.WriteError(w, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("API key %s not found", id)})
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("API key %s not found", id)})
 		return
 	} else if err != nil {
 		p.storeError(w, err)

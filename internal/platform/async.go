@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // AsyncLimits bound the async invocations of the server.
@@ -141,28 +141,28 @@ func (ar *asyncRunner) failInterrupted(ctx context.Context, j store.AsyncJob, id
 		why = fmt.Sprintf("it was started %d times, the most allowed", j.Attempts)
 	}
 	inv.ErrorDetail = fmt.Sprintf("%s: the server running this invocation stopped while it ran (attempt %d, started %s); it was not run again because %s",
-		wire.CodeAgentCrashed, j.Attempts, store.IsoFormat(j.StartedAt), why)
+		domain.CodeAgentCrashed, j.Attempts, store.IsoFormat(j.StartedAt), why)
 	return ar.p.db.FinishAsync(ctx, inv)
 }
 
 // admit reserves a place in the backlogs of tenant and agent, or says which
 // limit is full.
-func (ar *asyncRunner) admit(tenant, agent string) *wire.Error {
+func (ar *asyncRunner) admit(tenant, agent string) *domain.Error {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
 	retry := 5 * time.Second
 	switch {
 	case ar.closing:
-		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: retry, Message: "the server is shutting down; retry the call"}
+		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: retry, Message: "the server is shutting down; retry the call"}
 	case ar.total >= ar.lim.Backlog:
-		return &wire.Error{Code: wire.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
+		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
 			"the server has %d async invocations waiting or running, its limit; retry later", ar.total)}
 	case ar.tenants[tenant] != nil && ar.tenants[tenant].backlog >= ar.lim.TenantBacklog:
-		return &wire.Error{Code: wire.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
 			"tenant %s has %d async invocations waiting or running, the most a tenant may have (runagent server --async-tenant-backlog); retry once some have finished",
 			tenant, ar.lim.TenantBacklog)}
 	case ar.agents[agent] >= ar.lim.AgentBacklog:
-		return &wire.Error{Code: wire.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
 			"agent %s has %d async invocations waiting or running, the most an agent may have (runagent server --async-agent-backlog); retry once some have finished",
 			agent, ar.lim.AgentBacklog)}
 	}
@@ -355,13 +355,13 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	var result []byte
 	var err error
 	if a == nil {
-		err = &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("agent %s is not deployed or not started", inv.AgentID)}
+		err = &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("agent %s is not deployed or not started", inv.AgentID)}
 	} else {
 		timeout := p.cfg.Defaults.CallTimeout
 		if j.TimeoutSeconds > 0 {
 			timeout = time.Duration(j.TimeoutSeconds * float64(time.Second))
 		}
-		cctx, cancel := context.WithTimeoutCause(runner.WithInvocation(ctx, inv.ID), timeout, &wire.Error{Code: wire.CodeTimeout,
+		cctx, cancel := context.WithTimeoutCause(runner.WithInvocation(ctx, inv.ID), timeout, &domain.Error{Code: domain.CodeTimeout,
 			Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", timeout)})
 		result, err = a.Invoker.Call(cctx, inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
 		cancel()
@@ -372,7 +372,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
-	code := ""
+	var code domain.Code
 	if err == nil {
 		inv.Status = store.StatusCompleted
 		var v struct{ Payload string }
@@ -386,7 +386,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 		if agentRaised {
 			inv.ErrorDetail = fmt.Sprintf("Server error running agent %s: %s", inv.AgentID, we.Message)
 		} else {
-			inv.ErrorDetail = we.Code + ": " + we.Message
+			inv.ErrorDetail = string(we.Code) + ": " + we.Message
 		}
 	}
 	if a != nil {

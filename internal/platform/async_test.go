@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 func testAsyncRunner(lim AsyncLimits) *asyncRunner {
@@ -63,14 +63,14 @@ func TestAsyncBacklogLimits(t *testing.T) {
 		fill      [][2]string // tenant, agent already waiting
 		tenant    string
 		agent     string
-		code      string
+		code      domain.Code
 		messageIn string
 	}{
 		{"room", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}}, "t", "a", "", ""},
-		{"tenant full", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}, {"t", "b"}}, "t", "c", wire.CodeRateLimit, "--async-tenant-backlog"},
+		{"tenant full", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}, {"t", "b"}}, "t", "c", domain.CodeRateLimit, "--async-tenant-backlog"},
 		{"another tenant has room", AsyncLimits{TenantBacklog: 2}, [][2]string{{"t", "a"}, {"t", "b"}}, "u", "c", "", ""},
-		{"agent full", AsyncLimits{AgentBacklog: 1}, [][2]string{{"t", "a"}}, "t", "a", wire.CodeRateLimit, "--async-agent-backlog"},
-		{"server full", AsyncLimits{Backlog: 2}, [][2]string{{"t", "a"}, {"u", "b"}}, "v", "c", wire.CodeOverloaded, "its limit"},
+		{"agent full", AsyncLimits{AgentBacklog: 1}, [][2]string{{"t", "a"}}, "t", "a", domain.CodeRateLimit, "--async-agent-backlog"},
+		{"server full", AsyncLimits{Backlog: 2}, [][2]string{{"t", "a"}, {"u", "b"}}, "v", "c", domain.CodeOverloaded, "its limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,7 +99,7 @@ func TestAsyncCloseStopsTaking(t *testing.T) {
 	if <-done {
 		t.Fatal("take after close handed out a job")
 	}
-	if e := ar.admit("t", "a"); e == nil || e.Code != wire.CodeOverloaded {
+	if e := ar.admit("t", "a"); e == nil || e.Code != domain.CodeOverloaded {
 		t.Fatalf("admit after close: %v", e)
 	}
 }

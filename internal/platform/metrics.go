@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/server"
 )
@@ -58,13 +59,13 @@ func newMetrics() *Metrics {
 }
 
 // call is server.Config.OnCall.
-func (m *Metrics) call(a *server.Agent, tag, code string, elapsed time.Duration) {
-	if code == "" {
-		code = "OK"
-	} else {
-		m.errors.WithLabelValues(code).Inc()
+func (m *Metrics) call(a *server.Agent, tag string, code domain.Code, elapsed time.Duration) {
+	label := "OK"
+	if code != "" {
+		label = string(code)
+		m.errors.WithLabelValues(label).Inc()
 	}
-	m.calls.WithLabelValues(a.ID, tag, code).Inc()
+	m.calls.WithLabelValues(a.ID, tag, label).Inc()
 	m.callSeconds.WithLabelValues(a.ID, tag).Observe(elapsed.Seconds())
 }
 

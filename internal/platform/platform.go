@@ -18,6 +18,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/apikeys"
 	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/ratelimit"
@@ -25,7 +26,6 @@ import (
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // Config configures the platform server.
@@ -246,10 +246,10 @@ func (p *Platform) policy(k *apikeys.Key) ratelimit.Policy {
 }
 
 var (
-	errNoKey = &wire.Error{Code: wire.CodeAuthentication,
+	errNoKey = &domain.Error{Code: domain.CodeAuthentication,
 		Message: "an API key is required: send it as Authorization: Bearer <key> (or ?token=<key> on a WebSocket)"}
-	errBadKey   = &wire.Error{Code: wire.CodeAuthentication, Message: "invalid or revoked API key"}
-	errKeyInURL = &wire.Error{Code: wire.CodeAuthentication,
+	errBadKey   = &domain.Error{Code: domain.CodeAuthentication, Message: "invalid or revoked API key"}
+	errKeyInURL = &domain.Error{Code: domain.CodeAuthentication,
 		Message: "an API key in the URL (?token=) is accepted only on WebSocket routes, because URLs end up in proxy and access logs; send it as Authorization: Bearer <key>"}
 )
 
@@ -257,7 +257,7 @@ var (
 // a WebSocket handshake the token query parameter (browsers cannot set
 // headers there). A key in the URL of any other route is refused rather
 // than ignored, so that the caller learns why.
-func requestToken(r *http.Request) (string, *wire.Error) {
+func requestToken(r *http.Request) (string, *domain.Error) {
 	if tok := apikeys.BearerToken(r); tok != "" {
 		return tok, nil
 	}
@@ -270,7 +270,7 @@ func requestToken(r *http.Request) (string, *wire.Error) {
 
 // authenticate checks the request's key and takes its rate-limit token.
 // release is nil when e is not.
-func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apikeys.Key, release func(), e *wire.Error) {
+func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apikeys.Key, release func(), e *domain.Error) {
 	tok, e := requestToken(r)
 	if e != nil {
 		return nil, nil, e
@@ -286,12 +286,12 @@ func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apik
 }
 
 // limit takes a rate-limit token and a concurrency slot for id.
-func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy, k *apikeys.Key) (*apikeys.Key, func(), *wire.Error) {
+func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy, k *apikeys.Key) (*apikeys.Key, func(), *domain.Error) {
 	d, release := p.limiter.Acquire(id, pol)
 	ratelimit.SetHeaders(w.Header(), d)
 	if !d.Allowed {
 		p.metrics.rateLimited.WithLabelValues(d.Reason).Inc()
-		return nil, nil, &wire.Error{Code: wire.CodeRateLimit, Message: d.Message, RetryAfter: d.RetryAfter}
+		return nil, nil, &domain.Error{Code: domain.CodeRateLimit, Message: d.Message, RetryAfter: d.RetryAfter}
 	}
 	return k, release, nil
 }
@@ -305,7 +305,7 @@ func publicAction(act server.Action) bool {
 
 // Admit implements server.Directory: key, tenant, agent restriction, scope
 // and rate limit, in that order; another tenant's agent is not found.
-func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string, act server.Action) (*server.Agent, func(), *wire.Error) {
+func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string, act server.Action) (*server.Agent, func(), *domain.Error) {
 	a, tenant, exists := p.mgr.Lookup(agentID)
 	if agentID != "" && exists && a != nil && p.cfg.AllowPublic && publicAction(act) && public(a) &&
 		apikeys.BearerToken(r) == "" && apikeys.QueryToken(r) == "" {
@@ -324,23 +324,23 @@ func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string,
 		release()
 		return nil, nil, nil
 	}
-	notFound := &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+	notFound := &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
 	switch {
 	case !exists || !k.CanSee(tenant):
 		release()
 		return nil, nil, notFound
 	case !k.AllowsAgent(agentID):
 		release()
-		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", agentID)}
+		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", agentID)}
 	case act == server.ActRun && !k.Has(apikeys.ScopeRun):
 		release()
-		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: "this API key cannot run agents: it lacks the run scope"}
+		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: "this API key cannot run agents: it lacks the run scope"}
 	case !k.Has(apikeys.ScopeRun) && !k.Has(apikeys.ScopeDeploy):
 		release()
-		return nil, nil, &wire.Error{Code: wire.CodePermission, Message: "this API key cannot read agents: it needs the run or deploy scope"}
+		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: "this API key cannot read agents: it needs the run or deploy scope"}
 	case a == nil:
 		release()
-		return nil, nil, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf(
+		return nil, nil, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf(
 			"Agent %s is not started: start it with POST /api/v1/agents/%s/start (runagent deploy does this)", agentID, agentID)}
 	}
 	return a, release, nil
@@ -381,7 +381,7 @@ func (p *Platform) requireKey(w http.ResponseWriter, r *http.Request, scopes ...
 	for i, s := range scopes {
 		names[i] = string(s)
 	}
-	p.wire.WriteError(w, &wire.Error{Code: wire.CodePermission, Message: fmt.Sprintf("this API key lacks the %s scope", joinOr(names))})
+	p.wire.WriteError(w, &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key lacks the %s scope", joinOr(names))})
 	return nil, false
 }
 
@@ -408,7 +408,7 @@ func (p *Platform) ownedAgent(w http.ResponseWriter, k *apikeys.Key, id string) 
 			return norm, true
 		}
 	}
-	p.wire.WriteError(w, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", id)})
+	p.wire.WriteError(w, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", id)})
 	return "", false
 }
 

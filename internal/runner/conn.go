@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -366,7 +367,7 @@ func finalResult(f runproto.Frame) ([]byte, error) {
 func callError(body []byte) error {
 	e := &runproto.CallError{}
 	if err := json.Unmarshal(body, e); err != nil || e.Code == "" {
-		return &runproto.CallError{Code: wire.CodeInternal, Message: string(body)}
+		return &runproto.CallError{Code: string(domain.CodeInternal), Message: string(body)}
 	}
 	return e
 }

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runproto"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // fakeRunner is the runner end of a Conn, scripted by the test.
@@ -100,7 +100,7 @@ func TestConnCallAnswers(t *testing.T) {
 	f = r.read()
 	r.send(runproto.KindError, f.Call, `{"code":"INTERNAL_ERROR","type":"ValueError","message":"bad","traceback":"..."}`)
 	var ce *runproto.CallError
-	if a := <-done; !errors.As(a.err, &ce) || ce.Code != wire.CodeInternal || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
+	if a := <-done; !errors.As(a.err, &ce) || domain.Code(ce.Code) != domain.CodeInternal || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
 		t.Fatalf("Call error = %v", a.err)
 	}
 }
@@ -190,7 +190,7 @@ func TestConnStream(t *testing.T) {
 
 // When the stream dies every caller gets the error lost() builds, at once.
 func TestConnLostFailsEveryCall(t *testing.T) {
-	crashed := &wire.Error{Code: wire.CodeAgentCrashed, Message: "gone"}
+	crashed := &domain.Error{Code: domain.CodeAgentCrashed, Message: "gone"}
 	conn, r := newPair(t, func(error) error { return crashed })
 	errs := make(chan error, 3)
 	for i := 0; i < 3; i++ {
@@ -365,12 +365,12 @@ func TestConnProtocolViolations(t *testing.T) {
 // A call on a connection that is already gone says it was not sent, so a
 // pool may try another instance.
 func TestConnCallNotSent(t *testing.T) {
-	crashed := &wire.Error{Code: wire.CodeAgentCrashed, Message: "gone"}
+	crashed := &domain.Error{Code: domain.CodeAgentCrashed, Message: "gone"}
 	conn, r := newPair(t, func(error) error { return crashed })
 	r.c.Close()
 	<-conn.Done()
 	_, err := conn.Call(context.Background(), "x", nil, nil)
-	var we *wire.Error
+	var we *domain.Error
 	if !errors.Is(err, ErrNotSent) || !errors.As(err, &we) || we != crashed {
 		t.Fatalf("call on a dead connection = %v, want ErrNotSent wrapping the crash", err)
 	}

@@ -14,9 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // Spec says how to start one runner process.
@@ -59,7 +59,7 @@ type Process struct {
 	onOut   func(stream, line string)
 	// killed is why the process was killed on purpose (KillWith): what its
 	// in-flight calls fail with instead of a crash report.
-	killed atomic.Pointer[wire.Error]
+	killed atomic.Pointer[domain.Error]
 }
 
 // Start starts a runner process, sends INIT and waits for READY.
@@ -134,7 +134,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	}
 	if err != nil {
 		p.Kill()
-		if errors.Is(err, ErrClosed) || wire.CodeOf(err) == wire.CodeAgentCrashed {
+		if errors.Is(err, ErrClosed) || domain.CodeOf(err) == domain.CodeAgentCrashed {
 			return nil, fmt.Errorf("the Python runner exited during start-up%s", p.tail.describe())
 		}
 		return nil, err
@@ -185,7 +185,7 @@ func (p *Process) lost(err error) error {
 		// Only agent code tampering with the runner gets here.
 		p.inst.Kill()
 		p.log.Warn("agent runner broke the protocol; stopped", "error", err)
-		return &wire.Error{Code: wire.CodeAgentCrashed, Err: err,
+		return &domain.Error{Code: domain.CodeAgentCrashed, Err: err,
 			Message: "the agent's runner broke the runner protocol (" + pe.What + "); the instance was stopped and replaced"}
 	}
 	// The exit status usually follows the end of the stream closely.
@@ -205,13 +205,13 @@ func (p *Process) lost(err error) error {
 		how = exit.Status
 		if limit := p.limitOf(exit); limit != "" {
 			p.log.Warn("agent runner killed by a limit", "limit", limit)
-			return &wire.Error{Code: wire.CodeResourceLimit, Message: "RESOURCE_LIMIT: " + limit + " exceeded; the instance was stopped", Err: err}
+			return &domain.Error{Code: domain.CodeResourceLimit, Message: "RESOURCE_LIMIT: " + limit + " exceeded; the instance was stopped", Err: err}
 		}
 	default:
 	}
 	p.log.Warn("agent runner died", "how", how)
-	return &wire.Error{
-		Code:    wire.CodeAgentCrashed,
+	return &domain.Error{
+		Code:    domain.CodeAgentCrashed,
 		Message: "the agent process exited unexpectedly (" + how + ")" + p.tail.describe(),
 		Err:     err,
 	}
@@ -241,7 +241,7 @@ func (p *Process) Kill() {
 
 // KillWith kills the runner and everything it started, and fails its
 // in-flight calls with e (a resource limit, a failed health check).
-func (p *Process) KillWith(e *wire.Error) {
+func (p *Process) KillWith(e *domain.Error) {
 	p.killed.CompareAndSwap(nil, e)
 	p.inst.Kill()
 }

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 const agentPy = `
@@ -99,8 +99,8 @@ func TestProcessLifecycle(t *testing.T) {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}
 	_, err = p.Call(ctx, "die", nil, nil)
-	var we *wire.Error
-	if !errors.As(err, &we) || we.Code != wire.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
+	var we *domain.Error
+	if !errors.As(err, &we) || we.Code != domain.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
 		t.Fatalf("die = %v", err)
 	}
 	select {
@@ -137,7 +137,7 @@ func TestInstanceReplacesDeadRunner(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	syscall.Kill(first.PID(), syscall.SIGKILL)
-	if err := <-errc; wire.CodeOf(err) != wire.CodeAgentCrashed || !strings.Contains(err.Error(), "killed by signal") {
+	if err := <-errc; domain.CodeOf(err) != domain.CodeAgentCrashed || !strings.Contains(err.Error(), "killed by signal") {
 		t.Fatalf("in-flight call after SIGKILL = %v", err)
 	}
 	v, err := in.Call(ctx, "hello", nil, []byte(`{"name":"again"}`))

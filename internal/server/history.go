@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 const maxListLimit = 10000
@@ -18,7 +18,7 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request, a *Ag
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxListLimit {
-			s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Field: "limit",
+			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "limit",
 				Message: fmt.Sprintf("expected a whole number from 1 to %d, got %q", maxListLimit, v)})
 			return
 		}
@@ -28,7 +28,7 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request, a *Ag
 	switch status {
 	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
 	default:
-		s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Field: "status",
+		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "status",
 			Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
 		return
 	}
@@ -59,7 +59,7 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 		s.WriteError(w, e)
 		return
 	}
-	notFound := &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)}
+	notFound := &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)}
 	inv, err := s.cfg.Recorder.Get(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		s.WriteError(w, notFound)
@@ -71,7 +71,7 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 	}
 	// Another tenant's invocation looks exactly like a missing one.
 	if _, release, e := s.dir.Admit(w, r, inv.AgentID, ActReadInvocation); e != nil {
-		if e.Code == wire.CodeNotFound {
+		if e.Code == domain.CodeNotFound {
 			e = notFound
 		}
 		s.WriteError(w, e)
@@ -84,5 +84,5 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) storeFailure(w http.ResponseWriter, err error) {
 	s.log.Error("invocation store", "error", err)
-	s.writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "reading invocation history failed: %v", err))
+	s.writeError(w, http.StatusInternalServerError, domain.Errorf(domain.CodeInternal, "reading invocation history failed: %v", err))
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
@@ -29,19 +30,19 @@ type runRequest struct {
 
 // decodeRunRequest parses and checks a request body; the error names the
 // field at fault.
-func decodeRunRequest(body []byte) (runRequest, *wire.Error) {
+func decodeRunRequest(body []byte) (runRequest, *domain.Error) {
 	var req runRequest
 	if len(bytes.TrimSpace(body)) == 0 {
-		return req, &wire.Error{Code: wire.CodeValidation,
+		return req, &domain.Error{Code: domain.CodeValidation,
 			Message: `request body is empty; send a JSON object like {"entrypoint_tag": "...", "input_args": [], "input_kwargs": {}}`}
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return req, jsonError(err)
 	}
 	if req.EntrypointTag == nil {
-		return req, &wire.Error{Code: wire.CodeValidation, Field: "entrypoint_tag", Message: "required: the tag of the entrypoint to run"}
+		return req, &domain.Error{Code: domain.CodeValidation, Field: "entrypoint_tag", Message: "required: the tag of the entrypoint to run"}
 	}
-	var e *wire.Error
+	var e *domain.Error
 	if req.InputArgs, e = checkKind(req.InputArgs, '[', "input_args", "a list", "[]"); e != nil {
 		return req, e
 	}
@@ -49,19 +50,19 @@ func decodeRunRequest(body []byte) (runRequest, *wire.Error) {
 		return req, e
 	}
 	if req.TimeoutSeconds != nil && *req.TimeoutSeconds < 0 {
-		return req, &wire.Error{Code: wire.CodeValidation, Field: "timeout_seconds", Message: "must not be negative"}
+		return req, &domain.Error{Code: domain.CodeValidation, Field: "timeout_seconds", Message: "must not be negative"}
 	}
 	return req, nil
 }
 
 // checkKind checks that raw is a JSON value starting with open (or null/absent,
 // which become the default).
-func checkKind(raw json.RawMessage, open byte, field, want, def string) (json.RawMessage, *wire.Error) {
+func checkKind(raw json.RawMessage, open byte, field, want, def string) (json.RawMessage, *domain.Error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return json.RawMessage(def), nil
 	}
 	if raw[0] != open {
-		return nil, &wire.Error{Code: wire.CodeValidation, Field: field, Message: "expected " + want + ", got " + jsonKind(raw[0])}
+		return nil, &domain.Error{Code: domain.CodeValidation, Field: field, Message: "expected " + want + ", got " + jsonKind(raw[0])}
 	}
 	return raw, nil
 }
@@ -83,25 +84,25 @@ func jsonKind(c byte) string {
 }
 
 // jsonError explains an encoding/json error in the request's terms.
-func jsonError(err error) *wire.Error {
+func jsonError(err error) *domain.Error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		return &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf("request body is not valid JSON: %v (at byte %d)", se, se.Offset)}
+		return &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf("request body is not valid JSON: %v (at byte %d)", se, se.Offset)}
 	case errors.As(err, &te):
 		if te.Field == "" {
-			return &wire.Error{Code: wire.CodeValidation, Message: "request body must be a JSON object, got " + articled(te.Value)}
+			return &domain.Error{Code: domain.CodeValidation, Message: "request body must be a JSON object, got " + articled(te.Value)}
 		}
 		want := map[string]string{"entrypoint_tag": "a string", "timeout_seconds": "a number"}[te.Field]
 		if want == "" {
 			want = te.Type.String()
 		}
-		return &wire.Error{Code: wire.CodeValidation, Field: te.Field, Message: "expected " + want + ", got " + articled(te.Value)}
+		return &domain.Error{Code: domain.CodeValidation, Field: te.Field, Message: "expected " + want + ", got " + articled(te.Value)}
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: it ends too early"}
+		return &domain.Error{Code: domain.CodeValidation, Message: "request body is not valid JSON: it ends too early"}
 	}
-	return &wire.Error{Code: wire.CodeValidation, Message: "request body is not valid JSON: " + err.Error()}
+	return &domain.Error{Code: domain.CodeValidation, Message: "request body is not valid JSON: " + err.Error()}
 }
 
 func articled(kind string) string {
@@ -116,9 +117,9 @@ func articled(kind string) string {
 
 // readBody reads a request body up to the server's limit.
 // The status is 413 when the body is too large.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, *wire.Error) {
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, *domain.Error) {
 	limit := s.cfg.MaxBodyBytes
-	tooLarge := &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf(
+	tooLarge := &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf(
 		"request body is larger than the limit of %s; send less data or raise the limit (runagent serve --max-body)", byteSize(limit))}
 	if r.ContentLength > limit {
 		return nil, http.StatusRequestEntityTooLarge, tooLarge
@@ -134,7 +135,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int, 
 		if errors.As(err, &mb) {
 			return nil, http.StatusRequestEntityTooLarge, tooLarge
 		}
-		return nil, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation, Message: "could not read the request body: " + err.Error()}
+		return nil, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Message: "could not read the request body: " + err.Error()}
 	}
 	return buf.Bytes(), 0, nil
 }
@@ -164,11 +165,11 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	tag := *req.EntrypointTag
 	streaming, ok := a.tags[tag]
 	if !ok {
-		s.writeError(w, http.StatusNotFound, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)})
+		s.writeError(w, http.StatusNotFound, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)})
 		return
 	}
 	if streaming {
-		s.writeError(w, http.StatusBadRequest, &wire.Error{Code: wire.CodeValidation,
+		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation,
 			Message: fmt.Sprintf("Can't use Streaming Entrypoint `%s` through non-streaming endpoint.", tag)})
 		return
 	}
@@ -210,10 +211,10 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		detail := fmt.Sprintf("Server error running agent %s: %s", a.ID, we.Message)
 		inv.ErrorDetail = detail
 		s.finish(r.Context(), inv)
-		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Error: &wire.Error{Code: wire.CodeInternal, Message: "Agent execution failed: " + detail}})
+		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Error: &domain.Error{Code: domain.CodeInternal, Message: "Agent execution failed: " + detail}})
 	} else {
-		inv.ErrorDetail = we.Code + ": " + we.Message
-		if we.Code != wire.CodeCancelled {
+		inv.ErrorDetail = string(we.Code) + ": " + we.Message
+		if we.Code != domain.CodeCancelled {
 			s.finish(r.Context(), inv)
 			s.writeError(w, wire.HTTPStatus(we.Code), we)
 		} else {

@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/store"
@@ -124,7 +125,7 @@ type Directory interface {
 	// it only authenticates the request and returns a nil agent. Admit
 	// may set response headers (rate limits). A non-nil release must be
 	// called once the request is over.
-	Admit(w http.ResponseWriter, r *http.Request, agentID string, act Action) (a *Agent, release func(), e *wire.Error)
+	Admit(w http.ResponseWriter, r *http.Request, agentID string, act Action) (a *Agent, release func(), e *domain.Error)
 }
 
 // Single is the Directory of the local server: one agent, no keys.
@@ -132,14 +133,14 @@ func Single(a *Agent) Directory { return single{a} }
 
 type single struct{ a *Agent }
 
-func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Action) (*Agent, func(), *wire.Error) {
+func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Action) (*Agent, func(), *domain.Error) {
 	// The local history is shared by every agent served from this cache
 	// directory, and the original shows any of its records.
 	if id == "" || act == ActReadInvocation {
 		return nil, nil, nil
 	}
 	if id != d.a.ID {
-		return nil, nil, &wire.Error{Code: wire.CodeNotFound,
+		return nil, nil, &domain.Error{Code: domain.CodeNotFound,
 			Message: fmt.Sprintf("Agent %s not found (this server serves agent %s)", id, d.a.ID)}
 	}
 	return d.a, nil, nil
@@ -162,7 +163,7 @@ type Config struct {
 	Async AsyncFunc
 	// OnCall is told about every finished call, code "" for success. It
 	// must not block.
-	OnCall func(a *Agent, tag, code string, elapsed time.Duration)
+	OnCall func(a *Agent, tag string, code domain.Code, elapsed time.Duration)
 	// Health adds fields to GET /api/v1/health (runner state).
 	Health func() map[string]any
 	// SDKType is recorded with REST invocations ("local_server" if empty).
@@ -223,7 +224,7 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.OnCall == nil {
-		cfg.OnCall = func(*Agent, string, string, time.Duration) {}
+		cfg.OnCall = func(*Agent, string, domain.Code, time.Duration) {}
 	}
 	if cfg.SDKType == "" {
 		cfg.SDKType = "local_server"
@@ -265,7 +266,7 @@ func (s *Server) Handler() http.Handler {
 
 // NotFound answers a request for a route that does not exist.
 func (s *Server) NotFound(w http.ResponseWriter, r *http.Request) {
-	s.WriteError(w, &wire.Error{Code: wire.CodeNotFound,
+	s.WriteError(w, &domain.Error{Code: domain.CodeNotFound,
 		Message: fmt.Sprintf("no route %s %s; the routes are listed at GET /api/v1", r.Method, r.URL.Path)})
 }
 
@@ -431,7 +432,7 @@ func (s *Server) putBuf(bp *[]byte, b []byte) {
 
 const maxPooledBuf = 64 << 10
 
-func (s *Server) writeError(w http.ResponseWriter, status int, e *wire.Error) {
+func (s *Server) writeError(w http.ResponseWriter, status int, e *domain.Error) {
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, math.Ceil(e.RetryAfter.Seconds())))))
 	}
@@ -439,12 +440,12 @@ func (s *Server) writeError(w http.ResponseWriter, status int, e *wire.Error) {
 }
 
 // WriteError answers e with the HTTP status of its code.
-func (s *Server) WriteError(w http.ResponseWriter, e *wire.Error) {
+func (s *Server) WriteError(w http.ResponseWriter, e *domain.Error) {
 	s.writeError(w, wire.HTTPStatus(e.Code), e)
 }
 
 // WriteErrorStatus answers e with the given HTTP status.
-func (s *Server) WriteErrorStatus(w http.ResponseWriter, status int, e *wire.Error) {
+func (s *Server) WriteErrorStatus(w http.ResponseWriter, status int, e *domain.Error) {
 	s.writeError(w, status, e)
 }
 
@@ -453,7 +454,7 @@ func (s *Server) WriteEnvelope(w http.ResponseWriter, status int, data any, mess
 	b, err := json.Marshal(data)
 	if err != nil {
 		s.log.Error("encode response", "error", err)
-		s.writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "encode response: %v", err))
+		s.writeError(w, http.StatusInternalServerError, domain.Errorf(domain.CodeInternal, "encode response: %v", err))
 		return
 	}
 	s.writeEnvelope(w, status, &wire.Envelope{Success: true, Data: b, Message: message})
@@ -466,7 +467,7 @@ func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		s.log.Error("encode response", "error", err)
-		s.writeError(w, http.StatusInternalServerError, wire.Errorf(wire.CodeInternal, "encode response: %v", err))
+		s.writeError(w, http.StatusInternalServerError, domain.Errorf(domain.CodeInternal, "encode response: %v", err))
 		return
 	}
 	w.Header()["Content-Type"] = jsonContentType
@@ -485,32 +486,32 @@ func (s *Server) callContext(parent context.Context, a *Agent, requested float64
 	if requested > 0 && requested < d.Seconds() {
 		d = time.Duration(requested * float64(time.Second))
 	}
-	return context.WithTimeoutCause(parent, d, &wire.Error{Code: wire.CodeTimeout,
+	return context.WithTimeoutCause(parent, d, &domain.Error{Code: domain.CodeTimeout,
 		Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", d)})
 }
 
 // callFailure turns an error from the invoker into the wire error and the
 // error_detail recorded for the invocation.
-func (s *Server) callFailure(err error) (e *wire.Error, agentRaised bool) { return CallFailure(err) }
+func (s *Server) callFailure(err error) (e *domain.Error, agentRaised bool) { return CallFailure(err) }
 
 // CallFailure turns an error from an invoker into the wire error and
 // whether it is the agent's own exception.
-func CallFailure(err error) (e *wire.Error, agentRaised bool) {
+func CallFailure(err error) (e *domain.Error, agentRaised bool) {
 	var ce *runproto.CallError
 	if errors.As(err, &ce) {
-		if ce.Code == wire.CodeInternal {
-			return &wire.Error{Code: wire.CodeInternal, Message: ce.Message}, true
+		if domain.Code(ce.Code) == domain.CodeInternal {
+			return &domain.Error{Code: domain.CodeInternal, Message: ce.Message}, true
 		}
-		return &wire.Error{Code: ce.Code, Message: ce.Message}, false
+		return &domain.Error{Code: domain.Code(ce.Code), Message: ce.Message}, false
 	}
-	var we *wire.Error
+	var we *domain.Error
 	if errors.As(err, &we) {
 		return we, false
 	}
 	if errors.Is(err, context.Canceled) {
-		return &wire.Error{Code: wire.CodeCancelled, Message: "the client went away before the call finished"}, false
+		return &domain.Error{Code: domain.CodeCancelled, Message: "the client went away before the call finished"}, false
 	}
-	return &wire.Error{Code: wire.CodeInternal, Message: "the agent could not run: " + err.Error()}, false
+	return &domain.Error{Code: domain.CodeInternal, Message: "the agent could not run: " + err.Error()}, false
 }
 
 // newInvocationID returns a time-ordered UUID (v7): the history's B-trees

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/store"
@@ -44,18 +45,18 @@ var (
 
 // parseStreamRequest checks the first WebSocket message: all three keys are
 // required there, and the tag must be a streaming one.
-func (s *Server) parseStreamRequest(a *Agent, msg []byte) (runRequest, *wire.Error) {
+func (s *Server) parseStreamRequest(a *Agent, msg []byte) (runRequest, *domain.Error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(msg, &fields); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return runRequest{}, &wire.Error{Code: wire.CodeValidation, Message: "Invalid JSON format: the request must be a JSON object, got " + articled(te.Value)}
+			return runRequest{}, &domain.Error{Code: domain.CodeValidation, Message: "Invalid JSON format: the request must be a JSON object, got " + articled(te.Value)}
 		}
-		return runRequest{}, &wire.Error{Code: wire.CodeValidation, Message: "Invalid JSON format: " + err.Error()}
+		return runRequest{}, &domain.Error{Code: domain.CodeValidation, Message: "Invalid JSON format: " + err.Error()}
 	}
 	for _, f := range [...]string{"entrypoint_tag", "input_args", "input_kwargs"} {
 		if _, ok := fields[f]; !ok {
-			return runRequest{}, &wire.Error{Code: wire.CodeValidation, Field: f, Message: "Missing required field: " + f}
+			return runRequest{}, &domain.Error{Code: domain.CodeValidation, Field: f, Message: "Missing required field: " + f}
 		}
 	}
 	req, e := decodeRunRequest(msg)
@@ -66,10 +67,10 @@ func (s *Server) parseStreamRequest(a *Agent, msg []byte) (runRequest, *wire.Err
 	tag := *req.EntrypointTag
 	streaming, ok := a.tags[tag]
 	if !ok {
-		return req, &wire.Error{Code: wire.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)}
+		return req, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Entrypoint %s not found", tag)}
 	}
 	if !streaming {
-		return req, &wire.Error{Code: wire.CodeValidation, Message: fmt.Sprintf(
+		return req, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf(
 			"Entrypoint `%s` is not a streaming entrypoint. Use a streaming entrypoint (ending with '_stream').", tag)}
 	}
 	return req, nil
@@ -91,7 +92,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	req, e := s.parseStreamRequest(a, msg)
 	if e != nil {
 		b := append([]byte(`{"type":"error","detail":`), wire.AppendString(nil, e.Message)...)
-		b = append(append(append(b, `,"code":`...), wire.AppendString(nil, e.Code)...), '}')
+		b = append(append(append(b, `,"code":`...), wire.AppendString(nil, string(e.Code))...), '}')
 		conn.WriteMessage(websocket.TextMessage, b)
 		closeWith(conn, websocket.CloseUnsupportedData, "")
 		return
@@ -170,7 +171,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	}
 
 	inv.Status = store.StatusFailed
-	code := wire.CodeCancelled
+	code := domain.CodeCancelled
 	if errors.Is(err, errClientGone) || errors.Is(context.Cause(base), errClientGone) {
 		inv.ErrorDetail = "WebSocket disconnected"
 		s.log.Info("stream client went away", "tag", tag, "invocation_id", inv.ID, "chunks", seen)
@@ -180,14 +181,14 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		code = we.Code
 		inv.ErrorDetail = "Streaming error: " + we.Message
 		if !agentRaised {
-			inv.ErrorDetail = "Streaming error: " + we.Code + ": " + we.Message
+			inv.ErrorDetail = "Streaming error: " + string(we.Code) + ": " + we.Message
 			s.log.Warn("stream failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
 		}
 		s.finish(r.Context(), inv)
 		frame = append(frame[:0], `{"type":"error","error":`...)
 		frame = wire.AppendString(frame, "Streaming error: "+we.Message)
 		frame = append(frame, `,"code":`...)
-		frame = append(wire.AppendString(frame, we.Code), '}')
+		frame = append(wire.AppendString(frame, string(we.Code)), '}')
 		s.writeFrame(conn, frame)
 		closeWith(conn, websocket.CloseNormalClosure, "")
 	}

@@ -2,6 +2,8 @@ package wire
 
 import (
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Envelope is the response body of every REST route that the original wraps:
@@ -13,7 +15,7 @@ type Envelope struct {
 	// Message is "message"; empty means null.
 	Message string
 	// Error is "error"; nil means null.
-	Error     *Error
+	Error     *domain.Error
 	Timestamp time.Time
 	RequestID string
 }
@@ -53,9 +55,9 @@ func AppendEnvelope(b []byte, env *Envelope) []byte {
 }
 
 // AppendErrorDetail appends {"code","message","details":null,"field"}.
-func AppendErrorDetail(b []byte, e *Error) []byte {
+func AppendErrorDetail(b []byte, e *domain.Error) []byte {
 	b = append(b, `{"code":`...)
-	b = AppendString(b, e.Code)
+	b = AppendString(b, string(e.Code))
 	b = append(b, `,"message":`...)
 	b = AppendString(b, e.Message)
 	b = append(b, `,"details":null,"field":`...)

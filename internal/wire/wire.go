@@ -1,91 +1,43 @@
 // Package wire holds the RunAgent wire protocol v1 as the official SDKs see it:
-// error codes, the response envelope and the WebSocket frames. See
+// the response envelope, the HTTP status of each error code (the codes are
+// domain's), and the JSON encoding of the original's values. See
 // ../shared/docs/wire-v1.md (the contract) and docs/wire-extensions.md (what we
 // add beside it).
 package wire
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
-
-// Stable error codes carried in envelope.error.code and WebSocket error frames.
-const (
-	CodeValidation     = "VALIDATION_ERROR"
-	CodeAuthentication = "AUTHENTICATION_ERROR"
-	CodePermission     = "PERMISSION_ERROR"
-	CodeNotFound       = "NOT_FOUND"
-	CodeRateLimit      = "RATE_LIMIT_EXCEEDED"
-	CodeTimeout        = "TIMEOUT"
-	CodeConnection     = "CONNECTION_ERROR"
-	CodeAgentCrashed   = "AGENT_CRASHED"
-	CodeResourceLimit  = "RESOURCE_LIMIT"
-	CodeOverloaded     = "OVERLOADED"
-	CodeInternal       = "INTERNAL_ERROR"
-	CodeCancelled      = "CANCELLED"
-)
-
-// Error is a failure with a wire code and a user-safe message.
-type Error struct {
-	Code    string
-	Message string
-	Field   string // the request field at fault, when there is one
-	Err     error  // the cause, for logs; never sent to clients
-	// RetryAfter, when set, goes out as the Retry-After header (429, 503).
-	RetryAfter time.Duration
-}
-
-func (e *Error) Error() string {
-	if e.Field != "" {
-		return e.Field + ": " + e.Message
-	}
-	return e.Message
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-// Errorf builds an *Error with a formatted message.
-func Errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// CodeOf returns the wire code of err, INTERNAL_ERROR when it has none.
-func CodeOf(err error) string {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return CodeInternal
-}
 
 // HTTPStatus maps a wire code to the HTTP status the server answers with.
 // An agent exception (INTERNAL_ERROR from the runner) is answered with 200 and
 // success:false, as the original does; the server decides that, not this table.
-func HTTPStatus(code string) int {
+func HTTPStatus(code domain.Code) int {
 	switch code {
-	case CodeValidation:
+	case domain.CodeValidation:
 		return http.StatusBadRequest
-	case CodeAuthentication:
+	case domain.CodeAuthentication:
 		return http.StatusUnauthorized
-	case CodePermission:
+	case domain.CodePermission:
 		return http.StatusForbidden
-	case CodeNotFound:
+	case domain.CodeNotFound:
 		return http.StatusNotFound
-	case CodeRateLimit:
+	case domain.CodeRateLimit:
 		return http.StatusTooManyRequests
-	case CodeTimeout:
+	case domain.CodeTimeout:
 		return http.StatusGatewayTimeout
-	case CodeAgentCrashed, CodeResourceLimit:
+	case domain.CodeAgentCrashed, domain.CodeResourceLimit:
 		return http.StatusBadGateway
-	case CodeOverloaded:
+	case domain.CodeOverloaded:
 		return http.StatusServiceUnavailable
-	case CodeCancelled:
+	case domain.CodeCancelled:
 		return 499
-	case "RESOURCE_ALREADY_EXISTS":
+	case domain.CodeAlreadyExists:
 		return http.StatusConflict
 	default:
 		return http.StatusInternalServerError

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -54,7 +55,7 @@ func TestEnvelope(t *testing.T) {
 	if got != want {
 		t.Fatalf("success envelope\n got %s\nwant %s", got, want)
 	}
-	got = string(wire.AppendEnvelope(nil, &wire.Envelope{Error: &wire.Error{Code: wire.CodeNotFound, Message: "Entrypoint x not found"}, Timestamp: ts.Truncate(time.Second), RequestID: "r"}))
+	got = string(wire.AppendEnvelope(nil, &wire.Envelope{Error: &domain.Error{Code: domain.CodeNotFound, Message: "Entrypoint x not found"}, Timestamp: ts.Truncate(time.Second), RequestID: "r"}))
 	want = `{"success":false,"data":null,"message":null,"error":{"code":"NOT_FOUND","message":"Entrypoint x not found","details":null,"field":null},"timestamp":"2025-06-25T13:42:03","request_id":"r"}`
 	if got != want {
 		t.Fatalf("error envelope\n got %s\nwant %s", got, want)
@@ -62,10 +63,10 @@ func TestEnvelope(t *testing.T) {
 }
 
 func TestHTTPStatus(t *testing.T) {
-	for code, want := range map[string]int{
-		wire.CodeValidation: 400, wire.CodeAuthentication: 401, wire.CodePermission: 403, wire.CodeNotFound: 404,
-		wire.CodeRateLimit: 429, wire.CodeTimeout: 504, wire.CodeAgentCrashed: 502, wire.CodeOverloaded: 503,
-		wire.CodeInternal: 500, "SOMETHING_NEW": 500,
+	for code, want := range map[domain.Code]int{
+		domain.CodeValidation: 400, domain.CodeAuthentication: 401, domain.CodePermission: 403, domain.CodeNotFound: 404,
+		domain.CodeRateLimit: 429, domain.CodeTimeout: 504, domain.CodeAgentCrashed: 502, domain.CodeOverloaded: 503,
+		domain.CodeInternal: 500, "SOMETHING_NEW": 500,
 	} {
 		if got := wire.HTTPStatus(code); got != want {
 			t.Errorf("HTTPStatus(%s) = %d, want %d", code, got, want)

@@ -16,13 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/cgroup"
 	"github.com/runagent-go/runagent/internal/sandbox/sandboxtest"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 const agentPy = `
@@ -453,8 +453,8 @@ func TestMemoryLimit(t *testing.T) {
 	p := start(t, spec)
 	defer p.Close()
 	_, err := call(t, p, "hog", nil)
-	var we *wire.Error
-	if !errors.As(err, &we) || we.Code != wire.CodeResourceLimit || !strings.Contains(we.Message, "memory 128 MiB") {
+	var we *domain.Error
+	if !errors.As(err, &we) || we.Code != domain.CodeResourceLimit || !strings.Contains(we.Message, "memory 128 MiB") {
 		t.Fatalf("hog = %v (%#v)", err, we)
 	}
 	t.Logf("hog: %v", err)
@@ -543,7 +543,7 @@ func TestKillLeavesNothing(t *testing.T) {
 	}
 	killed := time.Now()
 	syscall.Kill(p.PID(), syscall.SIGKILL) // runsc itself, as if it crashed
-	if err := <-errc; wire.CodeOf(err) != wire.CodeAgentCrashed {
+	if err := <-errc; domain.CodeOf(err) != domain.CodeAgentCrashed {
 		t.Fatalf("call in flight when runsc died = %v", err)
 	}
 	t.Logf("the call failed %v after runsc was killed", time.Since(killed))

@@ -17,11 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
-	"github.com/runagent-go/runagent/internal/wire"
 )
 
 const agentPy = `
@@ -176,8 +176,8 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	t.Run("crash ends calls and the instance", func(t *testing.T) {
 		p, _, _ := start(t, sandbox.Limits{})
 		_, err := p.Call(ctx, "die", []byte(`[7]`), nil)
-		var we *wire.Error
-		if !errors.As(err, &we) || we.Code != wire.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
+		var we *domain.Error
+		if !errors.As(err, &we) || we.Code != domain.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
 			t.Fatalf("die(7) = %v; want AGENT_CRASHED naming exit status 7", err)
 		}
 		waitExited(t, p)
@@ -188,7 +188,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		done := make(chan error, 1)
 		go func() { _, err := p.Call(ctx, "nap", []byte(`[30]`), nil); done <- err }()
 		time.Sleep(200 * time.Millisecond)
-		p.KillWith(&wire.Error{Code: wire.CodeAgentCrashed, Message: "killed by the test"})
+		p.KillWith(&domain.Error{Code: domain.CodeAgentCrashed, Message: "killed by the test"})
 		select {
 		case err := <-done:
 			if err == nil || !strings.Contains(err.Error(), "killed by the test") {
@@ -204,8 +204,8 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	t.Run("cpu time limit", func(t *testing.T) {
 		p, _, _ := start(t, sandbox.Limits{CPUSeconds: 1})
 		_, err := p.Call(ctx, "spin", nil, nil)
-		var we *wire.Error
-		if !errors.As(err, &we) || we.Code != wire.CodeResourceLimit || !strings.Contains(we.Message, "cpu time 1 s") {
+		var we *domain.Error
+		if !errors.As(err, &we) || we.Code != domain.CodeResourceLimit || !strings.Contains(we.Message, "cpu time 1 s") {
 			t.Fatalf("spin with a 1 s CPU limit = %v; want RESOURCE_LIMIT naming cpu time 1 s", err)
 		}
 		waitExited(t, p)
@@ -252,8 +252,8 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		t.Run("memory limit", func(t *testing.T) {
 			p, _, _ := start(t, sandbox.Limits{MemoryBytes: 96 << 20})
 			_, err := p.Call(ctx, "hog", nil, nil)
-			var we *wire.Error
-			if !errors.As(err, &we) || we.Code != wire.CodeResourceLimit || !strings.Contains(we.Message, "memory 96 MiB") {
+			var we *domain.Error
+			if !errors.As(err, &we) || we.Code != domain.CodeResourceLimit || !strings.Contains(we.Message, "memory 96 MiB") {
 				t.Fatalf("hog with a 96 MiB limit = %v; want RESOURCE_LIMIT naming memory 96 MiB", err)
 			}
 			waitExited(t, p)
