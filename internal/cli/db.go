@@ -13,7 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 func (a *app) dbCommand() *cobra.Command {
@@ -29,12 +31,12 @@ func (a *app) dbCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withDB(cmd.Context(), func(ctx context.Context, db *store.DB) error {
-				invs, err := db.List(ctx, agentID, status, limit)
+				invs, err := db.List(ctx, agentID, domain.Status(status), limit)
 				if err != nil {
 					return err
 				}
 				if a.json {
-					a.printJSON(invs)
+					a.printJSON(wire.InvocationRecords(invs))
 					return nil
 				}
 				if len(invs) == 0 {
@@ -45,7 +47,7 @@ func (a *app) dbCommand() *cobra.Command {
 				fmt.Fprintln(tw, "INVOCATION\tAGENT\tTAG\tSTATUS\tSTARTED\tTIME\tERROR")
 				for _, inv := range invs {
 					took := "-"
-					if inv.Status != store.StatusPending {
+					if inv.Status != domain.StatusPending {
 						took = fmt.Sprintf("%.1fms", inv.ExecutionMS)
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", inv.ID, short(inv.AgentID, 8), inv.EntrypointTag, inv.Status,
@@ -72,7 +74,7 @@ func (a *app) dbCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				b, err := json.MarshalIndent(inv, "", "  ")
+				b, err := json.MarshalIndent(wire.InvocationRecord(inv), "", "  ")
 				if err != nil {
 					return err
 				}
@@ -98,10 +100,10 @@ func (a *app) dbCommand() *cobra.Command {
 					size = fi.Size()
 				}
 				if a.json {
-					a.printJSON(map[string]any{"database": path, "size_bytes": size, "registry": store.RegistryPath(), "stats": st})
+					a.printJSON(map[string]any{"database": path, "size_bytes": size, "registry": store.RegistryPath(), "stats": wire.StatsRecord(st)})
 					return nil
 				}
-				b, _ := json.Marshal(st)
+				b, _ := json.Marshal(wire.StatsRecord(st))
 				var m map[string]any
 				json.Unmarshal(b, &m)
 				fmt.Fprintf(a.stdout, "history   %s (%d KiB)\nregistry  %s\n", path, size/1024, store.RegistryPath())

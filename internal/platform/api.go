@@ -396,7 +396,7 @@ func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any,
 	return map[string]any{
 		"agent_id": id, "name": pa.Name, "framework": pa.Framework, "tenant": pa.Tenant, "status": status,
 		"active_version": st.ActiveVersion, "latest_version": pa.LatestVersion,
-		"created_at": store.IsoFormat(pa.CreatedAt), "updated_at": store.IsoFormat(pa.UpdatedAt),
+		"created_at": wire.IsoFormat(pa.CreatedAt), "updated_at": wire.IsoFormat(pa.UpdatedAt),
 		"instances": map[string]int{"starting": st.Pool.Starting, "ready": st.Pool.Ready, "draining": st.Pool.Draining},
 	}, nil
 }
@@ -461,7 +461,7 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 	vs, _ := p.db.Versions(r.Context(), id)
 	versions := []map[string]any{}
 	for _, v := range vs {
-		versions = append(versions, map[string]any{"version": v.Version, "status": v.Status, "uploaded_at": store.IsoFormat(v.UploadedAt),
+		versions = append(versions, map[string]any{"version": v.Version, "status": v.Status, "uploaded_at": wire.IsoFormat(v.UploadedAt),
 			"file_size": v.FileSize, "sha256": v.SHA256, "error": v.Error})
 	}
 	s["versions"] = versions
@@ -588,9 +588,9 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	status := q.Get("status")
+	status := domain.Status(q.Get("status"))
 	switch status {
-	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
+	case "", domain.StatusPending, domain.StatusCompleted, domain.StatusFailed:
 	default:
 		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "status", Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
 		return
@@ -611,10 +611,7 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	if invs == nil {
-		invs = []store.Invocation{}
-	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"invocations": invs, "total_count": len(invs)}, "Invocations")
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"invocations": wire.InvocationRecords(invs), "total_count": len(invs)}, "Invocations")
 }
 
 func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
@@ -683,7 +680,7 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 func keyJSON(k *apikeys.Key) map[string]any {
 	var revoked any
 	if !k.RevokedAt.IsZero() {
-		revoked = store.IsoFormat(k.RevokedAt)
+		revoked = wire.IsoFormat(k.RevokedAt)
 	}
 	agents := k.Agents
 	if agents == nil {
@@ -691,7 +688,7 @@ func keyJSON(k *apikeys.Key) map[string]any {
 	}
 	return map[string]any{"id": k.ID, "name": k.Name, "tenant": k.Tenant, "scopes": k.Scopes, "agents": agents,
 		"rate_per_second": k.RatePerSecond, "burst": k.Burst, "max_concurrency": k.MaxConcurrency,
-		"created_at": store.IsoFormat(k.CreatedAt), "revoked_at": revoked}
+		"created_at": wire.IsoFormat(k.CreatedAt), "revoked_at": revoked}
 }
 
 func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {

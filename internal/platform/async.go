@@ -12,6 +12,7 @@ import (
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // AsyncLimits bound the async invocations of the server.
@@ -134,14 +135,14 @@ func (ar *asyncRunner) resume(ctx context.Context) error {
 // under: failed, saying why it was not run again.
 func (ar *asyncRunner) failInterrupted(ctx context.Context, j store.AsyncJob, idempotent bool) error {
 	inv := j.Invocation
-	inv.Status, inv.ResponseTime = store.StatusFailed, time.Now()
+	inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
 	inv.ExecutionMS = float64(inv.ResponseTime.Sub(j.StartedAt).Microseconds()) / 1000
 	why := fmt.Sprintf("entrypoint %s is not declared idempotent (add \"idempotent\": true to its entry in runagent.config.json if running it twice is safe)", inv.EntrypointTag)
 	if idempotent {
 		why = fmt.Sprintf("it was started %d times, the most allowed", j.Attempts)
 	}
 	inv.ErrorDetail = fmt.Sprintf("%s: the server running this invocation stopped while it ran (attempt %d, started %s); it was not run again because %s",
-		domain.CodeAgentCrashed, j.Attempts, store.IsoFormat(j.StartedAt), why)
+		domain.CodeAgentCrashed, j.Attempts, wire.IsoFormat(j.StartedAt), why)
 	return ar.p.db.FinishAsync(ctx, inv)
 }
 
@@ -318,7 +319,7 @@ func (ar *asyncRunner) close(grace time.Duration) {
 
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
-func (p *Platform) enqueueAsync(ctx context.Context, a *server.Agent, inv store.Invocation) error {
+func (p *Platform) enqueueAsync(ctx context.Context, a *server.Agent, inv domain.Invocation) error {
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	if e := p.async.admit(tenant, a.ID); e != nil {
 		return e
@@ -374,7 +375,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 	var code domain.Code
 	if err == nil {
-		inv.Status = store.StatusCompleted
+		inv.Status = domain.StatusCompleted
 		var v struct{ Payload string }
 		if json.Unmarshal(result, &v) == nil && json.Valid([]byte(v.Payload)) {
 			inv.Output = json.RawMessage(v.Payload)
@@ -382,7 +383,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	} else {
 		we, agentRaised := server.CallFailure(err)
 		code = we.Code
-		inv.Status = store.StatusFailed
+		inv.Status = domain.StatusFailed
 		if agentRaised {
 			inv.ErrorDetail = fmt.Sprintf("Server error running agent %s: %s", inv.AgentID, we.Message)
 		} else {

@@ -14,7 +14,7 @@ func testAsyncRunner(lim AsyncLimits) *asyncRunner {
 }
 
 func job(id, tenant, agent string) store.AsyncJob {
-	return store.AsyncJob{Invocation: store.Invocation{ID: id, AgentID: agent}, Tenant: tenant}
+	return store.AsyncJob{Invocation: domain.Invocation{ID: id, AgentID: agent}, Tenant: tenant}
 }
 
 // Workers take jobs in turn across tenants, and no tenant runs more than

@@ -8,6 +8,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 const maxListLimit = 10000
@@ -24,9 +25,9 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request, a *Ag
 		}
 		limit = n
 	}
-	status := q.Get("status")
+	status := domain.Status(q.Get("status"))
 	switch status {
-	case "", store.StatusPending, store.StatusCompleted, store.StatusFailed:
+	case "", domain.StatusPending, domain.StatusCompleted, domain.StatusFailed:
 	default:
 		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "status",
 			Message: fmt.Sprintf("expected pending, completed or failed, got %q", status)})
@@ -37,10 +38,7 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request, a *Ag
 		s.storeFailure(w, err)
 		return
 	}
-	if invs == nil {
-		invs = []store.Invocation{}
-	}
-	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "invocations": invs, "total_count": len(invs)})
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "invocations": wire.InvocationRecords(invs), "total_count": len(invs)})
 }
 
 func (s *Server) handleStats(w http.ResponseWriter, r *http.Request, a *Agent) {
@@ -49,7 +47,7 @@ func (s *Server) handleStats(w http.ResponseWriter, r *http.Request, a *Agent) {
 		s.storeFailure(w, err)
 		return
 	}
-	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "stats": st})
+	s.writeJSON(w, http.StatusOK, map[string]any{"agent_id": a.ID, "stats": wire.StatsRecord(st)})
 }
 
 func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
@@ -79,7 +77,7 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 	} else if release != nil {
 		release()
 	}
-	s.writeJSON(w, http.StatusOK, inv)
+	s.writeJSON(w, http.StatusOK, wire.InvocationRecord(inv))
 }
 
 func (s *Server) storeFailure(w http.ResponseWriter, err error) {

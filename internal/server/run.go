@@ -13,7 +13,6 @@ import (
 
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -174,9 +173,9 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		return
 	}
 
-	inv := store.Invocation{
+	inv := domain.Invocation{
 		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, SDKType: s.cfg.SDKType,
-		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
+		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: domain.StatusPending,
 		RequestTime: start, ClientInfo: a.clientInfo,
 	}
 	if req.AsyncExecution && s.cfg.Async != nil {
@@ -193,7 +192,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 
 	if err == nil {
-		inv.Status = store.StatusCompleted
+		inv.Status = domain.StatusCompleted
 		inv.Output = payloadOf(result)
 		s.finish(r.Context(), inv)
 		bp := s.bufs.Get().(*[]byte)
@@ -206,7 +205,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	}
 
 	we, agentRaised := s.callFailure(err)
-	inv.Status = store.StatusFailed
+	inv.Status = domain.StatusFailed
 	if agentRaised {
 		detail := fmt.Sprintf("Server error running agent %s: %s", a.ID, we.Message)
 		inv.ErrorDetail = detail
@@ -229,7 +228,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 // DurableHistory it waits for the commit: no call that was answered is
 // missing from the history after a crash (the wait shares commits with
 // the calls finishing meanwhile).
-func (s *Server) finish(ctx context.Context, inv store.Invocation) {
+func (s *Server) finish(ctx context.Context, inv domain.Invocation) {
 	if !s.cfg.DurableHistory {
 		s.cfg.Recorder.Finish(inv)
 		return
@@ -241,7 +240,7 @@ func (s *Server) finish(ctx context.Context, inv store.Invocation) {
 
 // runAsync answers an async invocation once it is durable: 202 and the id to
 // fetch its result with.
-func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv store.Invocation) {
+func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation) {
 	inv.SDKType = "async"
 	if err := s.cfg.Async(r.Context(), a, inv); err != nil {
 		we, _ := s.callFailure(err)
@@ -249,7 +248,7 @@ func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv 
 		return
 	}
 	s.WriteEnvelope(w, http.StatusAccepted, map[string]any{
-		"invocation_id": inv.ID, "agent_id": a.ID, "status": store.StatusPending,
+		"invocation_id": inv.ID, "agent_id": a.ID, "status": domain.StatusPending,
 		"status_url": "/api/v1/invocations/" + inv.ID,
 	}, "Agent execution accepted; fetch the result at status_url")
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -34,13 +33,13 @@ type Invoker interface {
 
 // Recorder keeps invocation records.
 type Recorder interface {
-	Start(store.Invocation)
-	Finish(store.Invocation)
+	Start(domain.Invocation)
+	Finish(domain.Invocation)
 	// FinishDurable is Finish that returns once the record is durable.
-	FinishDurable(ctx context.Context, inv store.Invocation) error
-	Get(ctx context.Context, id string) (store.Invocation, error)
-	List(ctx context.Context, agentID, status string, limit int) ([]store.Invocation, error)
-	Stats(ctx context.Context, agentID string) (store.Stats, error)
+	FinishDurable(ctx context.Context, inv domain.Invocation) error
+	Get(ctx context.Context, id string) (domain.Invocation, error)
+	List(ctx context.Context, agentID string, status domain.Status, limit int) ([]domain.Invocation, error)
+	Stats(ctx context.Context, agentID string) (domain.Stats, error)
 }
 
 // Agent is one agent the server serves: what it tells clients about it and
@@ -149,7 +148,7 @@ func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Act
 // AsyncFunc takes an async invocation (its record pending, its input in it)
 // and must not return before the record is durable; the invocation then
 // runs in the background.
-type AsyncFunc func(ctx context.Context, a *Agent, inv store.Invocation) error
+type AsyncFunc func(ctx context.Context, a *Agent, inv domain.Invocation) error
 
 // Config configures a Server.
 type Config struct {

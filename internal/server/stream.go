@@ -15,7 +15,6 @@ import (
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -99,9 +98,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	}
 	tag := *req.EntrypointTag
 	start := time.Now()
-	inv := store.Invocation{
+	inv := domain.Invocation{
 		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, SDKType: "websocket_stream",
-		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: store.StatusPending,
+		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: domain.StatusPending,
 		RequestTime: start, ClientInfo: wsStreamInfo,
 	}
 	s.cfg.Recorder.Start(inv)
@@ -155,7 +154,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 
 	if err == nil {
-		inv.Status = store.StatusCompleted
+		inv.Status = domain.StatusCompleted
 		inv.Output = streamOutput(n, elapsed, samples)
 		s.finish(r.Context(), inv)
 		frame = append(frame[:0], `{"type":"status","status":"stream_completed","total_chunks":`...)
@@ -170,7 +169,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		return
 	}
 
-	inv.Status = store.StatusFailed
+	inv.Status = domain.StatusFailed
 	code := domain.CodeCancelled
 	if errors.Is(err, errClientGone) || errors.Is(context.Cause(base), errClientGone) {
 		inv.ErrorDetail = "WebSocket disconnected"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
 )
 
@@ -76,25 +77,25 @@ func BenchmarkThroughput(b *testing.B) {
 			var wg sync.WaitGroup
 			for range producers {
 				wg.Go(func() {
-					var window []store.Invocation
+					var window []domain.Invocation
 					for {
 						i := next.Add(1) - 1
 						if i >= int64(b.N) {
 							break
 						}
-						inv := store.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
-							SDKType: "local_server", InputArgs: args, InputKwargs: kwargs, Status: store.StatusPending, RequestTime: time.Now()}
+						inv := domain.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
+							SDKType: "local_server", InputArgs: args, InputKwargs: kwargs, Status: domain.StatusPending, RequestTime: time.Now()}
 						db.Start(inv)
 						window = append(window, inv)
 						if len(window) > lag {
 							f := window[0]
 							window = window[1:]
-							f.Status, f.Output, f.ResponseTime, f.ExecutionMS = store.StatusCompleted, out, time.Now(), 1.25
+							f.Status, f.Output, f.ResponseTime, f.ExecutionMS = domain.StatusCompleted, out, time.Now(), 1.25
 							db.Finish(f)
 						}
 					}
 					for _, f := range window {
-						f.Status, f.Output, f.ResponseTime, f.ExecutionMS = store.StatusCompleted, out, time.Now(), 1.25
+						f.Status, f.Output, f.ResponseTime, f.ExecutionMS = domain.StatusCompleted, out, time.Now(), 1.25
 						db.Finish(f)
 					}
 				})
@@ -131,10 +132,10 @@ func BenchmarkFinishDurable(b *testing.B) {
 			for range callers {
 				wg.Go(func() {
 					for next.Add(1) <= int64(b.N) {
-						inv := store.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
-							SDKType: "platform_server", InputArgs: args, InputKwargs: kwargs, Status: store.StatusPending, RequestTime: time.Now()}
+						inv := domain.Invocation{ID: uuid.NewString(), AgentID: "agent", EntrypointTag: "minimal",
+							SDKType: "platform_server", InputArgs: args, InputKwargs: kwargs, Status: domain.StatusPending, RequestTime: time.Now()}
 						db.Start(inv)
-						inv.Status, inv.Output, inv.ResponseTime, inv.ExecutionMS = store.StatusCompleted, out, time.Now(), 0.2
+						inv.Status, inv.Output, inv.ResponseTime, inv.ExecutionMS = domain.StatusCompleted, out, time.Now(), 0.2
 						if err := db.FinishDurable(ctx, inv); err != nil {
 							b.Error(err)
 							return

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // The platform server's state (migrations/0002_platform.sql). These calls
@@ -411,7 +413,7 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 
 // AsyncJob is an accepted async invocation that has not finished.
 type AsyncJob struct {
-	Invocation
+	domain.Invocation
 	Tenant         string
 	TimeoutSeconds float64
 	// Attempts counts the times it was started (StartAsync); StartedAt is
@@ -424,11 +426,11 @@ type AsyncJob struct {
 
 // EnqueueAsync durably records an accepted async invocation (pending) of
 // tenant and its place in the queue, in one transaction.
-func (db *DB) EnqueueAsync(ctx context.Context, inv Invocation, tenant string, timeoutSeconds float64) error {
+func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant string, timeoutSeconds float64) error {
 	return db.tx(ctx, func(t *sql.Tx) error {
 		if _, err := t.ExecContext(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
-			nil, nil, StatusPending, inv.RequestTime.UnixMicro(), nil, nil, jsonText(inv.ClientInfo)); err != nil {
+			nil, nil, domain.StatusPending, inv.RequestTime.UnixMicro(), nil, nil, jsonText(inv.ClientInfo)); err != nil {
 			return err
 		}
 		_, err := t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?, ?)`,
@@ -461,7 +463,7 @@ func (db *DB) RequeueAsync(ctx context.Context, id string) error {
 
 // FinishAsync writes an async invocation's outcome and takes it off the
 // queue, in one transaction.
-func (db *DB) FinishAsync(ctx context.Context, inv Invocation) error {
+func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 	return db.tx(ctx, func(t *sql.Tx) error {
 		if _, err := t.ExecContext(ctx, `UPDATE invocations SET status = ?, output_data = ?, error_detail = ?, response_time = ?, execution_time_ms = ?
 			WHERE invocation_id = ?`, inv.Status, jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS, inv.ID); err != nil {
@@ -483,7 +485,7 @@ func (db *DB) PendingAsync(ctx context.Context) ([]AsyncJob, error) {
 	var out []AsyncJob
 	for rows.Next() {
 		var j AsyncJob
-		var inv Invocation
+		var inv domain.Invocation
 		var err error
 		var started sql.NullInt64
 		// scanInvocation reads the 13 columns; the queue's come last.
@@ -523,7 +525,7 @@ func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (int64, error) {
 	}
 	res, err := db.sql.ExecContext(ctx, `UPDATE invocations SET status = ?, error_detail = ?, response_time = ?
 		WHERE status = ? AND invocation_id NOT IN (SELECT invocation_id FROM async_queue)`,
-		StatusFailed, "the server stopped before the call finished", at.UnixMicro(), StatusPending)
+		domain.StatusFailed, "the server stopped before the call finished", at.UnixMicro(), domain.StatusPending)
 	if err != nil {
 		return 0, err
 	}
@@ -531,7 +533,7 @@ func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (int64, error) {
 }
 
 // ListForAgents is List over a set of agents (nil: every agent).
-func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status string, limit int) ([]Invocation, error) {
+func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status domain.Status, limit int) ([]domain.Invocation, error) {
 	if agentIDs == nil {
 		return db.List(ctx, "", status, limit)
 	}
@@ -560,7 +562,7 @@ func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status strin
 		return nil, fmt.Errorf("list invocations: %w", err)
 	}
 	defer rows.Close()
-	var out []Invocation
+	var out []domain.Invocation
 	for rows.Next() {
 		inv, err := scanInvocation(rows)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
 )
 
@@ -177,12 +178,12 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 		t.Fatalf("requeued: %+v", jobs)
 	}
 	interrupted := jobs[1].Invocation
-	interrupted.Status, interrupted.ResponseTime = store.StatusFailed, time.Now()
+	interrupted.Status, interrupted.ResponseTime = domain.StatusFailed, time.Now()
 	if err := db2.FinishAsync(ctx, interrupted); err != nil {
 		t.Fatal(err)
 	}
 	done := jobs[0].Invocation
-	done.Status, done.Output, done.ResponseTime, done.ExecutionMS = store.StatusCompleted, []byte(`"ok"`), time.Now(), 12
+	done.Status, done.Output, done.ResponseTime, done.ExecutionMS = domain.StatusCompleted, []byte(`"ok"`), time.Now(), 12
 	if err := db2.FinishAsync(ctx, done); err != nil {
 		t.Fatal(err)
 	}
@@ -190,10 +191,10 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 		t.Fatalf("still queued: %+v", jobs)
 	}
 	got := mustGet(t, db2, "async1")
-	if got.Status != store.StatusCompleted || string(got.Output) != `"ok"` {
+	if got.Status != domain.StatusCompleted || string(got.Output) != `"ok"` {
 		t.Fatalf("finished async: %+v", got)
 	}
-	if s := mustGet(t, db2, "sync1"); s.Status != store.StatusFailed {
+	if s := mustGet(t, db2, "sync1"); s.Status != domain.StatusFailed {
 		t.Fatalf("abandoned sync call: %+v", s)
 	}
 	list, _ := db2.ListForAgents(ctx, []string{"a", "zzz"}, "", 10)

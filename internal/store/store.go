@@ -31,7 +31,6 @@ import (
 	"context"
 	"database/sql"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -47,13 +46,8 @@ import (
 
 	"github.com/google/uuid"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
-)
 
-// Invocation statuses.
-const (
-	StatusPending   = "pending"
-	StatusCompleted = "completed"
-	StatusFailed    = "failed"
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 var (
@@ -63,27 +57,6 @@ var (
 	// ErrClosed is returned by Flush after Close.
 	ErrClosed = errors.New("store closed")
 )
-
-// Invocation is one call of an entrypoint, as the history endpoints show it.
-// Start and Finish keep the RawMessage slices: don't modify them afterwards.
-type Invocation struct {
-	ID, AgentID, EntrypointTag, SDKType string
-	InputArgs, InputKwargs              json.RawMessage // as received (nil: [] and {})
-	Output                              json.RawMessage // JSON value recorded as output_data, nil if none
-	ErrorDetail                         string          // "" if none
-	Status                              string          // StatusPending, StatusCompleted or StatusFailed
-	RequestTime, ResponseTime           time.Time       // ResponseTime is zero while pending
-	ExecutionMS                         float64         // meaningful once ResponseTime is set
-	ClientInfo                          json.RawMessage // nil if none
-}
-
-// Stats sums up the invocations of one agent (all agents for AgentID "").
-type Stats struct {
-	Total, Completed, Failed, Pending int
-	SuccessRate                       float64  // completed/total in percent, rounded to 2 decimals
-	AvgExecutionMS                    *float64 // over completed invocations, 2 decimals; nil if none
-	AgentID                           string
-}
 
 // Option configures Open.
 type Option func(*options)
@@ -267,11 +240,11 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 // Start records a pending invocation. It returns once the record is queued;
 // it blocks only while the queue is full. A record that arrives after Close
 // is logged and counted in WriteErrors, not written.
-func (db *DB) Start(inv Invocation) { db.enqueue(opStart, &inv, nil) }
+func (db *DB) Start(inv domain.Invocation) { db.enqueue(opStart, &inv, nil) }
 
 // Finish records the outcome of an invocation started with Start (same ID):
 // status, output or error, response time and execution time.
-func (db *DB) Finish(inv Invocation) { db.enqueue(opFinish, &inv, nil) }
+func (db *DB) Finish(inv domain.Invocation) { db.enqueue(opFinish, &inv, nil) }
 
 // FinishDurable is Finish that returns once the record is committed: a
 // server answers the call after it, so that no answered call is missing
@@ -279,7 +252,7 @@ func (db *DB) Finish(inv Invocation) { db.enqueue(opFinish, &inv, nil) }
 // (without lingering), together with whatever else is queued, so waiting
 // callers share commits. It returns ErrClosed if the store closed first,
 // ctx's error if ctx ends first (the record is still written).
-func (db *DB) FinishDurable(ctx context.Context, inv Invocation) error {
+func (db *DB) FinishDurable(ctx context.Context, inv domain.Invocation) error {
 	ack := make(chan struct{})
 	if !db.enqueue(opFinish, &inv, ack) {
 		return ErrClosed
@@ -305,7 +278,7 @@ func (db *DB) FinishDurable(ctx context.Context, inv Invocation) error {
 
 // enqueue queues an op; ack, if not nil, is closed once it is committed.
 // It reports whether the op was queued.
-func (db *DB) enqueue(kind opKind, inv *Invocation, ack chan struct{}) bool {
+func (db *DB) enqueue(kind opKind, inv *domain.Invocation, ack chan struct{}) bool {
 	if db.closed.Load() {
 		db.lost(kind, inv)
 		return false
@@ -320,7 +293,7 @@ func (db *DB) enqueue(kind opKind, inv *Invocation, ack chan struct{}) bool {
 	}
 }
 
-func (db *DB) lost(kind opKind, inv *Invocation) {
+func (db *DB) lost(kind opKind, inv *domain.Invocation) {
 	db.errors.Add(1)
 	db.log.Error("invocation record arrived after the store was closed; not written", "invocation_id", inv.ID, "op", kind.String())
 }
@@ -373,17 +346,17 @@ const invocationColumns = `invocation_id, agent_id, entrypoint_tag, sdk_type, in
 
 // Get returns one invocation, after everything queued before the call is
 // written. It returns ErrNotFound if there is no such invocation.
-func (db *DB) Get(ctx context.Context, id string) (Invocation, error) {
+func (db *DB) Get(ctx context.Context, id string) (domain.Invocation, error) {
 	if err := db.Flush(ctx); err != nil {
-		return Invocation{}, err
+		return domain.Invocation{}, err
 	}
 	row := db.sql.QueryRowContext(ctx, `SELECT `+invocationColumns+` FROM invocations WHERE invocation_id = ?`, id)
 	inv, err := scanInvocation(row)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Invocation{}, ErrNotFound
+		return domain.Invocation{}, ErrNotFound
 	}
 	if err != nil {
-		return Invocation{}, fmt.Errorf("get invocation %s: %w", id, err)
+		return domain.Invocation{}, fmt.Errorf("get invocation %s: %w", id, err)
 	}
 	return inv, nil
 }
@@ -412,7 +385,7 @@ var listQueries = func() (q [2][2]string) {
 
 // List returns invocations newest first (by request time). agentID "" and
 // status "" mean all; limit <= 0 means no limit.
-func (db *DB) List(ctx context.Context, agentID, status string, limit int) ([]Invocation, error) {
+func (db *DB) List(ctx context.Context, agentID string, status domain.Status, limit int) ([]domain.Invocation, error) {
 	if err := db.Flush(ctx); err != nil {
 		return nil, err
 	}
@@ -435,7 +408,7 @@ func (db *DB) List(ctx context.Context, agentID, status string, limit int) ([]In
 		return nil, fmt.Errorf("list invocations: %w", err)
 	}
 	defer rows.Close()
-	var out []Invocation
+	var out []domain.Invocation
 	for rows.Next() {
 		inv, err := scanInvocation(rows)
 		if err != nil {
@@ -451,9 +424,9 @@ func (db *DB) List(ctx context.Context, agentID, status string, limit int) ([]In
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanInvocation(r scanner) (Invocation, error) {
+func scanInvocation(r scanner) (domain.Invocation, error) {
 	var (
-		inv          Invocation
+		inv          domain.Invocation
 		errDetail    sql.NullString
 		reqUS        int64
 		respUS       sql.NullInt64
@@ -464,7 +437,7 @@ func scanInvocation(r scanner) (Invocation, error) {
 	err := r.Scan(&inv.ID, &inv.AgentID, &inv.EntrypointTag, &inv.SDKType, &args, &kwargs,
 		&out, &errDetail, &inv.Status, &reqUS, &respUS, &exec, &client)
 	if err != nil {
-		return Invocation{}, err
+		return domain.Invocation{}, err
 	}
 	inv.InputArgs, inv.InputKwargs, inv.Output, inv.ClientInfo = args, kwargs, out, client
 	inv.ErrorDetail = errDetail.String
@@ -477,9 +450,9 @@ func scanInvocation(r scanner) (Invocation, error) {
 }
 
 // Stats sums up the invocations of agentID ("" for all agents).
-func (db *DB) Stats(ctx context.Context, agentID string) (Stats, error) {
+func (db *DB) Stats(ctx context.Context, agentID string) (domain.Stats, error) {
 	if err := db.Flush(ctx); err != nil {
-		return Stats{}, err
+		return domain.Stats{}, err
 	}
 	q := `SELECT COUNT(*),
 		COALESCE(SUM(status = 'completed'), 0),
@@ -494,13 +467,13 @@ func (db *DB) Stats(ctx context.Context, agentID string) (Stats, error) {
 		args = append(args, agentID)
 	}
 	var (
-		st      = Stats{AgentID: agentID}
+		st      = domain.Stats{AgentID: agentID}
 		sumExec sql.NullFloat64
 		nExec   int
 	)
 	err := db.sql.QueryRowContext(ctx, q, args...).Scan(&st.Total, &st.Completed, &st.Failed, &st.Pending, &sumExec, &nExec)
 	if err != nil {
-		return Stats{}, fmt.Errorf("invocation stats: %w", err)
+		return domain.Stats{}, fmt.Errorf("invocation stats: %w", err)
 	}
 	if st.Total > 0 {
 		st.SuccessRate = round2(float64(st.Completed) / float64(st.Total) * 100)

@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -47,31 +49,31 @@ func rawDB(tb testing.TB, path string) *sql.DB {
 	return db
 }
 
-func pending(id, agent string, at time.Time) store.Invocation {
-	return store.Invocation{
+func pending(id, agent string, at time.Time) domain.Invocation {
+	return domain.Invocation{
 		ID: id, AgentID: agent, EntrypointTag: "minimal", SDKType: "local_server",
 		InputArgs: json.RawMessage(`["hi"]`), InputKwargs: json.RawMessage(`{"role":"user"}`),
-		Status: store.StatusPending, RequestTime: at, ClientInfo: json.RawMessage(`{"server_port":8450}`),
+		Status: domain.StatusPending, RequestTime: at, ClientInfo: json.RawMessage(`{"server_port":8450}`),
 	}
 }
 
-func completed(inv store.Invocation, ms float64, out string) store.Invocation {
-	inv.Status = store.StatusCompleted
+func completed(inv domain.Invocation, ms float64, out string) domain.Invocation {
+	inv.Status = domain.StatusCompleted
 	inv.ResponseTime = inv.RequestTime.Add(time.Duration(ms * float64(time.Millisecond)))
 	inv.ExecutionMS = ms
 	inv.Output = json.RawMessage(out)
 	return inv
 }
 
-func failed(inv store.Invocation, ms float64, detail string) store.Invocation {
-	inv.Status = store.StatusFailed
+func failed(inv domain.Invocation, ms float64, detail string) domain.Invocation {
+	inv.Status = domain.StatusFailed
 	inv.ResponseTime = inv.RequestTime.Add(time.Duration(ms * float64(time.Millisecond)))
 	inv.ExecutionMS = ms
 	inv.ErrorDetail = detail
 	return inv
 }
 
-func mustGet(tb testing.TB, db *store.DB, id string) store.Invocation {
+func mustGet(tb testing.TB, db *store.DB, id string) domain.Invocation {
 	tb.Helper()
 	inv, err := db.Get(context.Background(), id)
 	if err != nil {
@@ -80,7 +82,7 @@ func mustGet(tb testing.TB, db *store.DB, id string) store.Invocation {
 	return inv
 }
 
-func ids(invs []store.Invocation) []string {
+func ids(invs []domain.Invocation) []string {
 	out := make([]string, len(invs))
 	for i, inv := range invs {
 		out[i] = inv.ID
@@ -93,8 +95,8 @@ func TestStartFinishGet(t *testing.T) {
 	start := pending("inv-1", "agent-a", t0)
 	tests := []struct {
 		name   string
-		finish *store.Invocation // nil: only Start
-		want   store.Invocation
+		finish *domain.Invocation // nil: only Start
+		want   domain.Invocation
 	}{
 		{name: "pending is visible", want: start},
 		{name: "completed", finish: ptr(completed(start, 12.5, `"hello"`)), want: completed(start, 12.5, `"hello"`)},
@@ -127,7 +129,7 @@ func TestStartFinishGet(t *testing.T) {
 	t.Run("finish in a later batch updates", func(t *testing.T) {
 		db, _ := openDB(t)
 		db.Start(start)
-		if got := mustGet(t, db, start.ID); got.Status != store.StatusPending {
+		if got := mustGet(t, db, start.ID); got.Status != domain.StatusPending {
 			t.Fatalf("status %q, want pending", got.Status)
 		}
 		db.Finish(failed(start, 7, "TIMEOUT: too slow"))
@@ -137,13 +139,13 @@ func TestStartFinishGet(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-func assertInvocation(tb testing.TB, got, want store.Invocation) {
+func assertInvocation(tb testing.TB, got, want domain.Invocation) {
 	tb.Helper()
-	gj, err := json.Marshal(got)
+	gj, err := json.Marshal(wire.InvocationRecord(got))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	wj, err := json.Marshal(want)
+	wj, err := json.Marshal(wire.InvocationRecord(want))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -159,7 +161,7 @@ func TestList(t *testing.T) {
 	db, _ := openDB(t)
 	// Request times are distinct except r4/r5, which tie: the later insert
 	// comes first.
-	recs := []store.Invocation{
+	recs := []domain.Invocation{
 		completed(pending("r1", "a", t0.Add(1*time.Second)), 1, `1`),
 		failed(pending("r2", "a", t0.Add(2*time.Second)), 1, "boom"),
 		pending("r3", "a", t0.Add(3*time.Second)),
@@ -169,24 +171,25 @@ func TestList(t *testing.T) {
 	}
 	for _, r := range recs {
 		db.Start(pending(r.ID, r.AgentID, r.RequestTime))
-		if r.Status != store.StatusPending {
+		if r.Status != domain.StatusPending {
 			db.Finish(r)
 		}
 	}
 	tests := []struct {
-		agent, status string
-		limit         int
-		want          string
+		agent  string
+		status domain.Status
+		limit  int
+		want   string
 	}{
 		{"a", "", 50, "r5 r3 r2 r1 r0"},
 		{"a", "", 2, "r5 r3"},
 		{"a", "", 0, "r5 r3 r2 r1 r0"},
-		{"a", store.StatusCompleted, 50, "r5 r1 r0"},
-		{"a", store.StatusFailed, 50, "r2"},
-		{"a", store.StatusPending, 50, "r3"},
+		{"a", domain.StatusCompleted, 50, "r5 r1 r0"},
+		{"a", domain.StatusFailed, 50, "r2"},
+		{"a", domain.StatusPending, 50, "r3"},
 		{"b", "", 50, "r4"},
 		{"", "", 50, "r5 r4 r3 r2 r1 r0"},
-		{"", store.StatusCompleted, 2, "r5 r4"},
+		{"", domain.StatusCompleted, 2, "r5 r4"},
 		{"nobody", "", 50, ""},
 	}
 	for _, tt := range tests {
@@ -204,8 +207,9 @@ func TestList(t *testing.T) {
 
 func TestStats(t *testing.T) {
 	type rec struct {
-		agent, status string
-		ms            float64
+		agent  string
+		status domain.Status
+		ms     float64
 	}
 	tests := []struct {
 		name  string
@@ -216,19 +220,19 @@ func TestStats(t *testing.T) {
 		{name: "empty", agent: "a",
 			want: `{"total_invocations":0,"completed_invocations":0,"failed_invocations":0,"pending_invocations":0,"success_rate":0,"avg_execution_time_ms":null,"agent_id":"a"}`},
 		{name: "no completed: null avg", agent: "a",
-			recs: []rec{{"a", store.StatusFailed, 5}, {"a", store.StatusPending, 0}},
+			recs: []rec{{"a", domain.StatusFailed, 5}, {"a", domain.StatusPending, 0}},
 			want: `{"total_invocations":2,"completed_invocations":0,"failed_invocations":1,"pending_invocations":1,"success_rate":0,"avg_execution_time_ms":null,"agent_id":"a"}`},
 		{name: "rounding", agent: "a",
 			// 2/3 = 66.666...%; avg over completed only: (1.005+2.0)/2 = 1.5025 -> 1.5
-			recs: []rec{{"a", store.StatusCompleted, 1.005}, {"a", store.StatusCompleted, 2}, {"a", store.StatusFailed, 1000}, {"b", store.StatusCompleted, 99}},
+			recs: []rec{{"a", domain.StatusCompleted, 1.005}, {"a", domain.StatusCompleted, 2}, {"a", domain.StatusFailed, 1000}, {"b", domain.StatusCompleted, 99}},
 			want: `{"total_invocations":3,"completed_invocations":2,"failed_invocations":1,"pending_invocations":0,"success_rate":66.67,"avg_execution_time_ms":1.5,"agent_id":"a"}`},
 		{name: "ties round to even like Python", agent: "a",
 			// avg 0.125 -> 0.12 (Python round(0.125, 2) == 0.12); 1/8 completed = 12.5%
-			recs: []rec{{"a", store.StatusCompleted, 0.125}, {"a", store.StatusFailed, 1}, {"a", store.StatusFailed, 1}, {"a", store.StatusFailed, 1},
-				{"a", store.StatusFailed, 1}, {"a", store.StatusFailed, 1}, {"a", store.StatusFailed, 1}, {"a", store.StatusPending, 0}},
+			recs: []rec{{"a", domain.StatusCompleted, 0.125}, {"a", domain.StatusFailed, 1}, {"a", domain.StatusFailed, 1}, {"a", domain.StatusFailed, 1},
+				{"a", domain.StatusFailed, 1}, {"a", domain.StatusFailed, 1}, {"a", domain.StatusFailed, 1}, {"a", domain.StatusPending, 0}},
 			want: `{"total_invocations":8,"completed_invocations":1,"failed_invocations":6,"pending_invocations":1,"success_rate":12.5,"avg_execution_time_ms":0.12,"agent_id":"a"}`},
 		{name: "all agents", agent: "",
-			recs: []rec{{"a", store.StatusCompleted, 1}, {"b", store.StatusCompleted, 2}},
+			recs: []rec{{"a", domain.StatusCompleted, 1}, {"b", domain.StatusCompleted, 2}},
 			want: `{"total_invocations":2,"completed_invocations":2,"failed_invocations":0,"pending_invocations":0,"success_rate":100,"avg_execution_time_ms":1.5,"agent_id":null}`},
 	}
 	for _, tt := range tests {
@@ -238,9 +242,9 @@ func TestStats(t *testing.T) {
 				inv := pending(fmt.Sprint("s", i), r.agent, t0.Add(time.Duration(i)*time.Second))
 				db.Start(inv)
 				switch r.status {
-				case store.StatusCompleted:
+				case domain.StatusCompleted:
 					db.Finish(completed(inv, r.ms, `null`))
-				case store.StatusFailed:
+				case domain.StatusFailed:
 					db.Finish(failed(inv, r.ms, "err"))
 				}
 			}
@@ -248,7 +252,7 @@ func TestStats(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := json.Marshal(st)
+			got, err := json.Marshal(wire.StatsRecord(st))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -332,7 +336,7 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 				db.Finish(completed(inv, float64(i), `true`))
 				if i%5 == 0 {
 					got, err := db.Get(ctx, inv.ID)
-					if err != nil || got.Status != store.StatusCompleted {
+					if err != nil || got.Status != domain.StatusCompleted {
 						errs <- fmt.Errorf("Get(%s) right after Finish: %v, status %q", inv.ID, err, got.Status)
 						return
 					}
@@ -353,7 +357,7 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 		t.Fatalf("List: %d records, want %d", len(got), goroutines*each)
 	}
 	for _, inv := range got {
-		if inv.Status != store.StatusCompleted {
+		if inv.Status != domain.StatusCompleted {
 			t.Fatalf("%s: status %q", inv.ID, inv.Status)
 		}
 	}
@@ -487,27 +491,27 @@ func TestMemory(t *testing.T) {
 }
 
 func TestInvocationJSONGolden(t *testing.T) {
-	base := store.Invocation{
+	base := domain.Invocation{
 		ID: "4f0c6d8e-2b1a-4c3d-9e8f-0a1b2c3d4e5f", AgentID: "91e70681-def8-4600-8a30-d037c1b51870",
 		EntrypointTag: "minimal", SDKType: "local_server",
 		InputArgs:   json.RawMessage(`["Hello", 2]`),
 		InputKwargs: json.RawMessage(`{"message": "héllo <b>", "role": "user"}`),
-		Status:      store.StatusPending, RequestTime: t0,
+		Status:      domain.StatusPending, RequestTime: t0,
 		ClientInfo: json.RawMessage(`{"server_host":"127.0.0.1","server_port":8450}`),
 	}
 	done := base
-	done.Status, done.Output = store.StatusCompleted, json.RawMessage(`"Hi there"`)
+	done.Status, done.Output = domain.StatusCompleted, json.RawMessage(`"Hi there"`)
 	done.ResponseTime, done.ExecutionMS = t0.Add(1500*time.Microsecond), 1.5
 	bad := base
 	bad.ID, bad.InputArgs, bad.InputKwargs, bad.ClientInfo = "no-inputs", nil, nil, nil
-	bad.Status, bad.ErrorDetail = store.StatusFailed, "Server error running agent: ValueError: boom"
+	bad.Status, bad.ErrorDetail = domain.StatusFailed, "Server error running agent: ValueError: boom"
 	bad.RequestTime = time.Date(2025, 6, 25, 13, 42, 3, 0, time.UTC) // whole second: no fraction, like Python
 	bad.ResponseTime, bad.ExecutionMS = bad.RequestTime.Add(2*time.Second), 2000
 
 	// One record per line, exactly as json.Marshal gives it.
 	var got []byte
-	for _, inv := range []store.Invocation{base, done, bad} {
-		b, err := json.Marshal(inv)
+	for _, inv := range []domain.Invocation{base, done, bad} {
+		b, err := json.Marshal(wire.InvocationRecord(inv))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -533,26 +537,8 @@ func TestInvocationJSONGolden(t *testing.T) {
 	db.Finish(done)
 	db.Start(bad)
 	db.Finish(bad)
-	for _, want := range []store.Invocation{done, bad} {
+	for _, want := range []domain.Invocation{done, bad} {
 		assertInvocation(t, mustGet(t, db, want.ID), want)
-	}
-}
-
-func TestIsoFormat(t *testing.T) {
-	tests := []struct {
-		t    time.Time
-		want string
-	}{
-		{t0, "2025-06-25T13:42:03.123456"},
-		{time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), "2025-01-02T03:04:05"},
-		{time.Date(2025, 1, 2, 3, 4, 5, 999, time.UTC), "2025-01-02T03:04:05"}, // below a microsecond
-		{time.Date(2025, 1, 2, 3, 4, 5, 1000, time.UTC), "2025-01-02T03:04:05.000001"},
-		{time.Date(2025, 1, 2, 5, 4, 5, 500000000, time.FixedZone("x", 2*3600)), "2025-01-02T03:04:05.500000"},
-	}
-	for _, tt := range tests {
-		if got := store.IsoFormat(tt.t); got != tt.want {
-			t.Errorf("IsoFormat(%v) = %q, want %q", tt.t, got, tt.want)
-		}
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 type opKind uint8
@@ -38,7 +40,7 @@ func (k opKind) String() string {
 // ack (a Flush, a FinishDurable) is closed once the batch is committed.
 type op struct {
 	kind opKind
-	inv  Invocation
+	inv  domain.Invocation
 	ack  chan struct{}
 }
 
@@ -74,7 +76,7 @@ type writer struct {
 }
 
 type rec struct {
-	inv     Invocation
+	inv     domain.Invocation
 	started bool // a Start is in this batch: the row must be inserted
 }
 
@@ -220,7 +222,7 @@ func (w *writer) add(o op) (stop bool) {
 
 // merge is a Start coalesced with its Finish: the Finish's outcome with
 // anything it left empty taken from the Start.
-func merge(start, fin Invocation) Invocation {
+func merge(start, fin domain.Invocation) domain.Invocation {
 	if fin.AgentID == "" {
 		fin.AgentID = start.AgentID
 	}

@@ -73,3 +73,21 @@ func TestHTTPStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestIsoFormat(t *testing.T) {
+	tests := []struct {
+		t    time.Time
+		want string
+	}{
+		{time.Date(2025, 6, 25, 13, 42, 3, 123456000, time.UTC), "2025-06-25T13:42:03.123456"},
+		{time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), "2025-01-02T03:04:05"},
+		{time.Date(2025, 1, 2, 3, 4, 5, 999, time.UTC), "2025-01-02T03:04:05"}, // below a microsecond
+		{time.Date(2025, 1, 2, 3, 4, 5, 1000, time.UTC), "2025-01-02T03:04:05.000001"},
+		{time.Date(2025, 1, 2, 5, 4, 5, 500000000, time.FixedZone("x", 2*3600)), "2025-01-02T03:04:05.500000"},
+	}
+	for _, tt := range tests {
+		if got := wire.IsoFormat(tt.t); got != tt.want {
+			t.Errorf("IsoFormat(%v) = %q, want %q", tt.t, got, tt.want)
+		}
+	}
+}
