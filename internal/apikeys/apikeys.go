@@ -1,7 +1,7 @@
-// Package apikeys holds what the platform server knows about API keys: their
-// format (ra_<id>_<secret>), hashing, scopes, and the authorization decisions
-// made from them. It stores nothing; the store loads keys into a Keyring and
-// keeps it current.
+// Package apikeys makes and checks API keys (domain.Key): their format
+// (ra_<id>_<secret>), the hash of the secret, how a request sends one, and
+// the Keyring that authenticates a token in constant time. It stores
+// nothing; the store loads keys into a Keyring and keeps it current.
 package apikeys
 
 import (
@@ -11,26 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
-
-// Scope is a permission a key carries.
-type Scope string
-
-// The scopes of docs/platform-api.md. Admin implies the others.
-const (
-	ScopeAdmin  Scope = "admin"
-	ScopeDeploy Scope = "deploy"
-	ScopeRun    Scope = "run"
-)
-
-// validScopes is in the order error messages list them.
-var validScopes = []Scope{ScopeAdmin, ScopeDeploy, ScopeRun}
-
-// DefaultTenant is the tenant of a key created without one.
-const DefaultTenant = "default"
 
 // Token layout: "ra_" + 12-character id + "_" + 40-character secret.
 const (
@@ -45,63 +30,22 @@ const (
 	secretAlphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" // base62
 )
 
-// ParseScopes turns names into scopes, keeping the first occurrence of each.
-func ParseScopes(list []string) ([]Scope, error) {
-	if len(list) == 0 {
-		return nil, fmt.Errorf("at least one scope is required (valid: %s)", validScopeList())
-	}
-	out := make([]Scope, 0, len(list))
-	for _, name := range list {
-		s := Scope(name)
-		if !slices.Contains(validScopes, s) {
-			return nil, fmt.Errorf("unknown scope %q (valid: %s)", name, validScopeList())
-		}
-		if !slices.Contains(out, s) {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}
-
-func validScopeList() string {
-	names := make([]string, len(validScopes))
-	for i, s := range validScopes {
-		names[i] = string(s)
-	}
-	return strings.Join(names, ", ")
-}
-
-// Key is a stored key. It never holds the secret, only its SHA-256.
-type Key struct {
-	ID             string    `json:"id"` // 12 lowercase base32 characters
-	Name           string    `json:"name"`
-	Tenant         string    `json:"tenant"` // "" is treated as DefaultTenant
-	Scopes         []Scope   `json:"scopes"`
-	Agents         []string  `json:"agents"`          // when non-empty, the only agent ids this key may use
-	Hash           []byte    `json:"-"`               // SHA-256 of the secret; never serialized
-	RatePerSecond  float64   `json:"rate_per_second"` // 0: server default
-	Burst          int       `json:"burst"`           // 0: server default
-	MaxConcurrency int       `json:"max_concurrency"` // 0: server default
-	CreatedAt      time.Time `json:"created_at"`
-	RevokedAt      time.Time `json:"revoked_at,omitzero"` // zero while active
-}
-
 // Generate makes a new key. token is the whole key, to be shown to the user
 // once; k has ID, Hash, Tenant (DefaultTenant) and CreatedAt filled and the
 // caller sets the rest.
-func Generate() (token string, k Key, err error) {
+func Generate() (token string, k domain.Key, err error) {
 	id, err := randomString(idAlphabet, idLen)
 	if err != nil {
-		return "", Key{}, fmt.Errorf("generate API key id: %w", err)
+		return "", domain.Key{}, fmt.Errorf("generate API key id: %w", err)
 	}
 	secret, err := randomString(secretAlphabet, secretLen)
 	if err != nil {
-		return "", Key{}, fmt.Errorf("generate API key secret: %w", err)
+		return "", domain.Key{}, fmt.Errorf("generate API key secret: %w", err)
 	}
 	sum := hashSecret(secret)
-	k = Key{
+	k = domain.Key{
 		ID:        id,
-		Tenant:    DefaultTenant,
+		Tenant:    domain.DefaultTenant,
 		Hash:      sum[:],
 		CreatedAt: time.Now().UTC(),
 	}
@@ -189,37 +133,10 @@ func hashSecret(secret string) [sha256.Size]byte {
 
 // Verify reports whether secret is k's and k is not revoked. The hash
 // comparison takes the same time whatever the secret.
-func (k *Key) Verify(secret string) bool {
+func Verify(k *domain.Key, secret string) bool {
 	sum := hashSecret(secret)
 	match := subtle.ConstantTimeCompare(sum[:], k.Hash) == 1
 	return match && k.RevokedAt.IsZero()
-}
-
-// Revoked reports whether k has been revoked.
-func (k *Key) Revoked() bool { return !k.RevokedAt.IsZero() }
-
-// Has reports whether k carries scope s; admin carries every scope.
-func (k *Key) Has(s Scope) bool {
-	return slices.Contains(k.Scopes, s) || slices.Contains(k.Scopes, ScopeAdmin)
-}
-
-// AllowsAgent reports whether k may use the agent: admin keys and keys
-// without an agent list may use every agent of the tenants they can see.
-func (k *Key) AllowsAgent(agentID string) bool {
-	return len(k.Agents) == 0 || k.Has(ScopeAdmin) || slices.Contains(k.Agents, agentID)
-}
-
-// CanSee reports whether k may see things of tenant: admin sees every tenant,
-// other keys only their own. An empty tenant on either side means DefaultTenant.
-func (k *Key) CanSee(tenant string) bool {
-	return k.Has(ScopeAdmin) || orDefault(k.Tenant) == orDefault(tenant)
-}
-
-func orDefault(tenant string) string {
-	if tenant == "" {
-		return DefaultTenant
-	}
-	return tenant
 }
 
 // BearerToken returns the key of an "Authorization: Bearer" header (scheme

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 func TestGenerateParseRoundTrip(t *testing.T) {
@@ -26,10 +28,10 @@ func TestGenerateParseRoundTrip(t *testing.T) {
 		if id != k.ID {
 			t.Errorf("id %q, key id %q", id, k.ID)
 		}
-		if !k.Verify(secret) {
+		if !Verify(&k, secret) {
 			t.Errorf("Verify of the generated secret failed")
 		}
-		if k.Tenant != DefaultTenant || k.CreatedAt.IsZero() || len(k.Hash) != 32 {
+		if k.Tenant != domain.DefaultTenant || k.CreatedAt.IsZero() || len(k.Hash) != 32 {
 			t.Errorf("key not filled: %+v", k)
 		}
 		if strings.Contains(string(k.Hash), secret) {
@@ -97,7 +99,7 @@ func TestVerify(t *testing.T) {
 	revoked.RevokedAt = time.Now()
 	tests := []struct {
 		name   string
-		key    Key
+		key    domain.Key
 		secret string
 		want   bool
 	}{
@@ -106,94 +108,11 @@ func TestVerify(t *testing.T) {
 		{"empty secret", k, "", false},
 		{"long secret", k, secret + secret, false},
 		{"revoked", revoked, secret, false},
-		{"no hash", Key{}, secret, false},
+		{"no hash", domain.Key{}, secret, false},
 	}
 	for _, tt := range tests {
-		if got := tt.key.Verify(tt.secret); got != tt.want {
+		if got := Verify(&tt.key, tt.secret); got != tt.want {
 			t.Errorf("%s: Verify = %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
-func TestParseScopes(t *testing.T) {
-	tests := []struct {
-		in      []string
-		want    []Scope
-		wantErr string
-	}{
-		{in: []string{"run"}, want: []Scope{ScopeRun}},
-		{in: []string{"deploy", "run", "deploy"}, want: []Scope{ScopeDeploy, ScopeRun}},
-		{in: []string{"admin", "run", "deploy"}, want: []Scope{ScopeAdmin, ScopeRun, ScopeDeploy}},
-		{in: nil, wantErr: "at least one scope is required (valid: admin, deploy, run)"},
-		{in: []string{}, wantErr: "at least one scope"},
-		{in: []string{"run", "write"}, wantErr: `unknown scope "write" (valid: admin, deploy, run)`},
-		{in: []string{"Run"}, wantErr: `unknown scope "Run"`},
-		{in: []string{""}, wantErr: `unknown scope ""`},
-	}
-	for _, tt := range tests {
-		got, err := ParseScopes(tt.in)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("ParseScopes(%q) error %v, want %q", tt.in, err, tt.wantErr)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("ParseScopes(%q): %v", tt.in, err)
-			continue
-		}
-		if strings.Join(scopeStrings(got), ",") != strings.Join(scopeStrings(tt.want), ",") {
-			t.Errorf("ParseScopes(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
-func scopeStrings(ss []Scope) []string {
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = string(s)
-	}
-	return out
-}
-
-func TestAuthorization(t *testing.T) {
-	admin := Key{Tenant: "acme", Scopes: []Scope{ScopeAdmin}, Agents: []string{"a1"}}
-	deploy := Key{Tenant: "acme", Scopes: []Scope{ScopeDeploy}}
-	run := Key{Tenant: "acme", Scopes: []Scope{ScopeRun}, Agents: []string{"a1", "a2"}}
-	def := Key{Scopes: []Scope{ScopeRun}} // created before tenants were filled in
-
-	tests := []struct {
-		name string
-		got  bool
-		want bool
-	}{
-		{"admin has admin", admin.Has(ScopeAdmin), true},
-		{"admin has deploy", admin.Has(ScopeDeploy), true},
-		{"admin has run", admin.Has(ScopeRun), true},
-		{"deploy has deploy", deploy.Has(ScopeDeploy), true},
-		{"deploy lacks run", deploy.Has(ScopeRun), false},
-		{"deploy lacks admin", deploy.Has(ScopeAdmin), false},
-		{"run has run", run.Has(ScopeRun), true},
-		{"run lacks deploy", run.Has(ScopeDeploy), false},
-		{"no scopes", (&Key{}).Has(ScopeRun), false},
-
-		{"admin ignores its agent list", admin.AllowsAgent("zz"), true},
-		{"no list allows any agent", deploy.AllowsAgent("zz"), true},
-		{"listed agent", run.AllowsAgent("a2"), true},
-		{"unlisted agent", run.AllowsAgent("a3"), false},
-		{"agent ids are exact", run.AllowsAgent("A1"), false},
-
-		{"admin sees other tenant", admin.CanSee("other"), true},
-		{"own tenant", run.CanSee("acme"), true},
-		{"other tenant", run.CanSee("other"), false},
-		{"deploy other tenant", deploy.CanSee("default"), false},
-		{"empty key tenant is default", def.CanSee("default"), true},
-		{"empty agent tenant is default", def.CanSee(""), true},
-		{"empty key tenant not acme", def.CanSee("acme"), false},
-	}
-	for _, tt := range tests {
-		if tt.got != tt.want {
-			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
 		}
 	}
 }
@@ -231,11 +150,11 @@ func TestRequestTokens(t *testing.T) {
 
 func TestKeyringAuthenticate(t *testing.T) {
 	tokA, a, _ := Generate()
-	a.Scopes = []Scope{ScopeRun}
+	a.Scopes = []domain.Scope{domain.ScopeRun}
 	tokB, b, _ := Generate()
 	b.RevokedAt = time.Now()
 	tokC, _, _ := Generate() // never put in the keyring
-	kr := NewKeyring([]Key{a, b})
+	kr := NewKeyring([]domain.Key{a, b})
 
 	wrongSecret := "ra_" + a.ID + "_" + strings.Repeat("x", secretLen)
 
@@ -264,7 +183,7 @@ func TestKeyringAuthenticate(t *testing.T) {
 			}
 			continue
 		}
-		if k.ID != tt.wantID || !k.Has(ScopeRun) {
+		if k.ID != tt.wantID || !k.Has(domain.ScopeRun) {
 			t.Errorf("%s: got key %+v", tt.name, k)
 		}
 	}
@@ -323,7 +242,7 @@ func TestKeyringPutRevoke(t *testing.T) {
 // TestKeyringConcurrent is meant for go test -race.
 func TestKeyringConcurrent(t *testing.T) {
 	tok, k, _ := Generate()
-	kr := NewKeyring([]Key{k})
+	kr := NewKeyring([]domain.Key{k})
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Add(1)
@@ -335,7 +254,7 @@ func TestKeyringConcurrent(t *testing.T) {
 					kr.Put(other)
 				}
 				if key, err := kr.Authenticate(tok); err == nil {
-					_ = key.Has(ScopeRun) && key.CanSee("default")
+					_ = key.Has(domain.ScopeRun) && key.CanSee("default")
 				}
 			}
 		}()
@@ -347,7 +266,7 @@ func TestKeyringConcurrent(t *testing.T) {
 }
 
 func BenchmarkAuthenticate(b *testing.B) {
-	keys := make([]Key, 1000)
+	keys := make([]domain.Key, 1000)
 	tokens := make([]string, len(keys))
 	for i := range keys {
 		tokens[i], keys[i], _ = Generate()

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Authentication errors. Every way a sent key can be wrong is ErrBadKey, so
@@ -27,12 +29,12 @@ var (
 // not modify it either.
 type Keyring struct {
 	mu   sync.Mutex // serializes writers
-	keys atomic.Pointer[map[string]*Key]
+	keys atomic.Pointer[map[string]*domain.Key]
 }
 
 // NewKeyring returns a keyring holding keys.
-func NewKeyring(keys []Key) *Keyring {
-	m := make(map[string]*Key, len(keys))
+func NewKeyring(keys []domain.Key) *Keyring {
+	m := make(map[string]*domain.Key, len(keys))
 	for i := range keys {
 		m[keys[i].ID] = cloneKey(keys[i])
 	}
@@ -42,14 +44,14 @@ func NewKeyring(keys []Key) *Keyring {
 }
 
 // Put adds k, or replaces the key with the same id.
-func (kr *Keyring) Put(k Key) {
-	kr.update(func(m map[string]*Key) { m[k.ID] = cloneKey(k) })
+func (kr *Keyring) Put(k domain.Key) {
+	kr.update(func(m map[string]*domain.Key) { m[k.ID] = cloneKey(k) })
 }
 
 // Revoke marks the key revoked at at; later Authenticate calls fail with
 // ErrBadKey. An unknown id, or a key already revoked, is left as it is.
 func (kr *Keyring) Revoke(id string, at time.Time) {
-	kr.update(func(m map[string]*Key) {
+	kr.update(func(m map[string]*domain.Key) {
 		old, ok := m[id]
 		if !ok || old.Revoked() {
 			return
@@ -60,19 +62,19 @@ func (kr *Keyring) Revoke(id string, at time.Time) {
 	})
 }
 
-func (kr *Keyring) update(change func(map[string]*Key)) {
+func (kr *Keyring) update(change func(map[string]*domain.Key)) {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	m := maps.Clone(kr.snapshot())
 	if m == nil {
-		m = make(map[string]*Key)
+		m = make(map[string]*domain.Key)
 	}
 	change(m)
 	kr.keys.Store(&m)
 }
 
 // snapshot is the current map, nil for a zero Keyring; it must not be modified.
-func (kr *Keyring) snapshot() map[string]*Key {
+func (kr *Keyring) snapshot() map[string]*domain.Key {
 	if p := kr.keys.Load(); p != nil {
 		return *p
 	}
@@ -80,7 +82,7 @@ func (kr *Keyring) snapshot() map[string]*Key {
 }
 
 // Get returns the key with id, revoked or not. The result must not be modified.
-func (kr *Keyring) Get(id string) (*Key, bool) {
+func (kr *Keyring) Get(id string) (*domain.Key, bool) {
 	k, ok := kr.snapshot()[id]
 	return k, ok
 }
@@ -90,16 +92,16 @@ func (kr *Keyring) Len() int { return len(kr.snapshot()) }
 
 // dummy stands in for unknown ids so that they cost the same hash and
 // constant-time compare as known ones. Its hash is random, so no secret matches.
-var dummy = func() *Key {
+var dummy = func() *domain.Key {
 	h := make([]byte, 32)
 	rand.Read(h)
-	return &Key{Hash: h}
+	return &domain.Key{Hash: h}
 }()
 
 // Authenticate returns the active key that token belongs to. It fails with
 // ErrNoKey for an empty token and ErrBadKey for anything else wrong. The result
 // must not be modified.
-func (kr *Keyring) Authenticate(token string) (*Key, error) {
+func (kr *Keyring) Authenticate(token string) (*domain.Key, error) {
 	if token == "" {
 		return nil, ErrNoKey
 	}
@@ -110,10 +112,10 @@ func (kr *Keyring) Authenticate(token string) (*Key, error) {
 	}
 	k, ok := kr.snapshot()[id]
 	if !ok {
-		dummy.Verify(secret)
+		Verify(dummy, secret)
 		return nil, ErrBadKey
 	}
-	if !k.Verify(secret) {
+	if !Verify(k, secret) {
 		return nil, ErrBadKey
 	}
 	return k, nil
@@ -121,7 +123,7 @@ func (kr *Keyring) Authenticate(token string) (*Key, error) {
 
 // cloneKey copies k with slices of its own, so callers of Put cannot change
 // a published key through slices they still hold.
-func cloneKey(k Key) *Key {
+func cloneKey(k domain.Key) *domain.Key {
 	k.Scopes = slices.Clone(k.Scopes)
 	k.Agents = slices.Clone(k.Agents)
 	k.Hash = slices.Clone(k.Hash)

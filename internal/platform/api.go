@@ -64,11 +64,11 @@ func (p *Platform) MetricsHandler() http.Handler {
 // sees every metric, another key only the series of the agents it may see
 // (server-wide series are the operator's).
 func (p *Platform) handleMetrics(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeAdmin, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	k, ok := p.requireKey(w, r, domain.ScopeAdmin, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
-	if k.Has(apikeys.ScopeAdmin) {
+	if k.Has(domain.ScopeAdmin) {
 		p.MetricsHandler().ServeHTTP(w, r)
 		return
 	}
@@ -179,7 +179,7 @@ func (p *Platform) handleValidate(w http.ResponseWriter, r *http.Request) {
 // handleMetadata accepts the original CLI's metadata step: it checks the
 // config and claims the agent id for the key's tenant.
 func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	k, ok := p.requireKey(w, r, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -233,7 +233,7 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 
 // mayDeploy decides whether key k may create or change agent id: the key's
 // agent list allows it, and the id is not another tenant's.
-func (p *Platform) mayDeploy(k *apikeys.Key, id string) *domain.Error {
+func (p *Platform) mayDeploy(k *domain.Key, id string) *domain.Error {
 	if !k.AllowsAgent(id) {
 		return &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)}
 	}
@@ -263,7 +263,7 @@ func (p *Platform) storeError(w http.ResponseWriter, err error) {
 // handleUpload takes a multipart zip, streams it to a temporary file (never
 // whole in memory), and stages it as the agent's next version.
 func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeDeploy)
+	k, ok := p.requireKey(w, r, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -357,7 +357,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
-	id, ok := p.agentRequest(w, r, apikeys.ScopeDeploy)
+	id, ok := p.agentRequest(w, r, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -372,7 +372,7 @@ func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
 
 // agentRequest authenticates a request about the agent in its path and
 // resolves that agent for the key (any of scopes).
-func (p *Platform) agentRequest(w http.ResponseWriter, r *http.Request, scopes ...apikeys.Scope) (string, bool) {
+func (p *Platform) agentRequest(w http.ResponseWriter, r *http.Request, scopes ...domain.Scope) (string, bool) {
 	k, ok := p.requireKey(w, r, scopes...)
 	if !ok {
 		return "", false
@@ -402,7 +402,7 @@ func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any,
 }
 
 func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
-	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	id, ok := p.agentRequest(w, r, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -419,9 +419,9 @@ func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
 	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent status")
 }
 
-func (p *Platform) visibleAgents(k *apikeys.Key) []string {
+func (p *Platform) visibleAgents(k *domain.Key) []string {
 	tenant := k.Tenant
-	if k.Has(apikeys.ScopeAdmin) {
+	if k.Has(domain.ScopeAdmin) {
 		tenant = ""
 	}
 	var out []string
@@ -434,7 +434,7 @@ func (p *Platform) visibleAgents(k *apikeys.Key) []string {
 }
 
 func (p *Platform) handleAgents(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	k, ok := p.requireKey(w, r, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -449,7 +449,7 @@ func (p *Platform) handleAgents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
-	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	id, ok := p.agentRequest(w, r, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -484,7 +484,7 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
-	id, ok := p.agentRequest(w, r, apikeys.ScopeDeploy)
+	id, ok := p.agentRequest(w, r, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -496,7 +496,7 @@ func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
-	id, ok := p.agentRequest(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	id, ok := p.agentRequest(w, r, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -574,7 +574,7 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 const followWriteWait = 30 * time.Second
 
 func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
-	k, ok := p.requireKey(w, r, apikeys.ScopeRun, apikeys.ScopeDeploy)
+	k, ok := p.requireKey(w, r, domain.ScopeRun, domain.ScopeDeploy)
 	if !ok {
 		return
 	}
@@ -615,7 +615,7 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
-	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+	if _, ok := p.requireKey(w, r, domain.ScopeAdmin); !ok {
 		return
 	}
 	var req struct {
@@ -640,7 +640,7 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 		bad("name", "required: a name that says who or what uses the key")
 		return
 	}
-	scopes, err := apikeys.ParseScopes(req.Scopes)
+	scopes, err := domain.ParseScopes(req.Scopes)
 	if err != nil {
 		bad("scopes", err.Error())
 		return
@@ -667,7 +667,7 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 		k.Tenant = req.Tenant
 	}
 	k.RatePerSecond, k.Burst, k.MaxConcurrency = req.RatePerSecond, req.Burst, req.MaxConcurrency
-	if err := p.db.InsertAPIKey(r.Context(), toStored(k)); err != nil {
+	if err := p.db.InsertAPIKey(r.Context(), k); err != nil {
 		p.storeError(w, err)
 		return
 	}
@@ -677,7 +677,7 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 	p.wire.WriteEnvelope(w, http.StatusCreated, out, "API key created; it is shown only once")
 }
 
-func keyJSON(k *apikeys.Key) map[string]any {
+func keyJSON(k *domain.Key) map[string]any {
 	var revoked any
 	if !k.RevokedAt.IsZero() {
 		revoked = wire.IsoFormat(k.RevokedAt)
@@ -692,7 +692,7 @@ func keyJSON(k *apikeys.Key) map[string]any {
 }
 
 func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {
-	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+	if _, ok := p.requireKey(w, r, domain.ScopeAdmin); !ok {
 		return
 	}
 	stored, err := p.db.APIKeys(r.Context())
@@ -702,14 +702,13 @@ func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {
 	}
 	list := []map[string]any{}
 	for _, s := range stored {
-		k := fromStored(s)
-		list = append(list, keyJSON(&k))
+		list = append(list, keyJSON(&s))
 	}
 	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"keys": list}, "API keys")
 }
 
 func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
-	if _, ok := p.requireKey(w, r, apikeys.ScopeAdmin); !ok {
+	if _, ok := p.requireKey(w, r, domain.ScopeAdmin); !ok {
 		return
 	}
 	id := r.PathValue("id")

@@ -166,11 +166,7 @@ func (p *Platform) loadKeys(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	keys := make([]apikeys.Key, 0, len(stored))
-	for _, k := range stored {
-		keys = append(keys, fromStored(k))
-	}
-	p.keys = apikeys.NewKeyring(keys)
+	p.keys = apikeys.NewKeyring(stored)
 	if len(stored) > 0 {
 		return nil
 	}
@@ -178,8 +174,8 @@ func (p *Platform) loadKeys(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	k.Name, k.Scopes = "admin (created at first start)", []apikeys.Scope{apikeys.ScopeAdmin}
-	if err := p.db.InsertAPIKey(ctx, toStored(k)); err != nil {
+	k.Name, k.Scopes = "admin (created at first start)", []domain.Scope{domain.ScopeAdmin}
+	if err := p.db.InsertAPIKey(ctx, k); err != nil {
 		return err
 	}
 	p.keys.Put(k)
@@ -188,25 +184,6 @@ func (p *Platform) loadKeys(ctx context.Context) error {
 		return fmt.Errorf("write the first admin key: %w", err)
 	}
 	return nil
-}
-
-func fromStored(k store.APIKey) apikeys.Key {
-	out := apikeys.Key{ID: k.ID, Name: k.Name, Tenant: k.Tenant, Agents: k.Agents, Hash: k.Hash,
-		RatePerSecond: k.RatePerSecond, Burst: k.Burst, MaxConcurrency: k.MaxConcurrency,
-		CreatedAt: k.CreatedAt, RevokedAt: k.RevokedAt}
-	for _, s := range k.Scopes {
-		out.Scopes = append(out.Scopes, apikeys.Scope(s))
-	}
-	return out
-}
-
-func toStored(k apikeys.Key) store.APIKey {
-	out := store.APIKey{ID: k.ID, Name: k.Name, Tenant: k.Tenant, Agents: k.Agents, Hash: k.Hash,
-		RatePerSecond: k.RatePerSecond, Burst: k.Burst, MaxConcurrency: k.MaxConcurrency, CreatedAt: k.CreatedAt}
-	for _, s := range k.Scopes {
-		out.Scopes = append(out.Scopes, string(s))
-	}
-	return out
 }
 
 // Run drives the manager, the log writer and the async workers until ctx
@@ -231,7 +208,7 @@ func (p *Platform) Close() error {
 }
 
 // policy is key's limits, the server's defaults where it sets none.
-func (p *Platform) policy(k *apikeys.Key) ratelimit.Policy {
+func (p *Platform) policy(k *domain.Key) ratelimit.Policy {
 	pol := p.cfg.DefaultPolicy
 	if k.RatePerSecond > 0 {
 		pol.RatePerSecond = k.RatePerSecond
@@ -270,7 +247,7 @@ func requestToken(r *http.Request) (string, *domain.Error) {
 
 // authenticate checks the request's key and takes its rate-limit token.
 // release is nil when e is not.
-func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apikeys.Key, release func(), e *domain.Error) {
+func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *domain.Key, release func(), e *domain.Error) {
 	tok, e := requestToken(r)
 	if e != nil {
 		return nil, nil, e
@@ -286,7 +263,7 @@ func (p *Platform) authenticate(w http.ResponseWriter, r *http.Request) (k *apik
 }
 
 // limit takes a rate-limit token and a concurrency slot for id.
-func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy, k *apikeys.Key) (*apikeys.Key, func(), *domain.Error) {
+func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy, k *domain.Key) (*domain.Key, func(), *domain.Error) {
 	d, release := p.limiter.Acquire(id, pol)
 	ratelimit.SetHeaders(w.Header(), d)
 	if !d.Allowed {
@@ -332,10 +309,10 @@ func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string,
 	case !k.AllowsAgent(agentID):
 		release()
 		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", agentID)}
-	case act == server.ActRun && !k.Has(apikeys.ScopeRun):
+	case act == server.ActRun && !k.Has(domain.ScopeRun):
 		release()
 		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: "this API key cannot run agents: it lacks the run scope"}
-	case !k.Has(apikeys.ScopeRun) && !k.Has(apikeys.ScopeDeploy):
+	case !k.Has(domain.ScopeRun) && !k.Has(domain.ScopeDeploy):
 		release()
 		return nil, nil, &domain.Error{Code: domain.CodePermission, Message: "this API key cannot read agents: it needs the run or deploy scope"}
 	case a == nil:
@@ -365,7 +342,7 @@ func clientIP(r *http.Request) string {
 
 // requireKey authenticates a platform API request and checks its scope
 // (any of scopes).
-func (p *Platform) requireKey(w http.ResponseWriter, r *http.Request, scopes ...apikeys.Scope) (*apikeys.Key, bool) {
+func (p *Platform) requireKey(w http.ResponseWriter, r *http.Request, scopes ...domain.Scope) (*domain.Key, bool) {
 	k, release, e := p.authenticate(w, r)
 	if e != nil {
 		p.wire.WriteError(w, e)
@@ -401,7 +378,7 @@ func joinOr(s []string) string {
 
 // ownedAgent resolves an agent id of the path for key k, answering 404 for
 // a missing agent or another tenant's.
-func (p *Platform) ownedAgent(w http.ResponseWriter, k *apikeys.Key, id string) (string, bool) {
+func (p *Platform) ownedAgent(w http.ResponseWriter, k *domain.Key, id string) (string, bool) {
 	norm, err := manager.NormalizeID(id)
 	if err == nil {
 		if _, tenant, ok := p.mgr.Lookup(norm); ok && k.CanSee(tenant) && k.AllowsAgent(norm) {

@@ -270,18 +270,6 @@ func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
 	})
 }
 
-// APIKey is a stored API key: never its secret, only the secret's hash.
-type APIKey struct {
-	ID, Name, Tenant string
-	Scopes, Agents   []string
-	Hash             []byte
-	RatePerSecond    float64
-	Burst            int
-	MaxConcurrency   int
-	CreatedAt        time.Time
-	RevokedAt        time.Time // zero while active
-}
-
 func splitList(s string) []string {
 	if s == "" {
 		return nil
@@ -289,31 +277,38 @@ func splitList(s string) []string {
 	return strings.Split(s, ",")
 }
 
-// InsertAPIKey stores a new key.
-func (db *DB) InsertAPIKey(ctx context.Context, k APIKey) error {
+// InsertAPIKey stores a new key (never its secret, only the secret's hash).
+func (db *DB) InsertAPIKey(ctx context.Context, k domain.Key) error {
+	scopes := make([]string, len(k.Scopes))
+	for i, s := range k.Scopes {
+		scopes[i] = string(s)
+	}
 	_, err := db.sql.ExecContext(ctx, `INSERT INTO api_keys (id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, k.ID, k.Name, k.Tenant, strings.Join(k.Scopes, ","), strings.Join(k.Agents, ","),
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, k.ID, k.Name, k.Tenant, strings.Join(scopes, ","), strings.Join(k.Agents, ","),
 		k.Hash, k.RatePerSecond, k.Burst, k.MaxConcurrency, k.CreatedAt.UnixMicro())
 	return err
 }
 
 // APIKeys returns every key, revoked ones too, oldest first.
-func (db *DB) APIKeys(ctx context.Context) ([]APIKey, error) {
+func (db *DB) APIKeys(ctx context.Context) ([]domain.Key, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at, revoked_at
 		FROM api_keys ORDER BY created_at, id`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []APIKey
+	var out []domain.Key
 	for rows.Next() {
-		var k APIKey
+		var k domain.Key
 		var scopes, agents string
 		var created, revoked sql.NullInt64
 		if err := rows.Scan(&k.ID, &k.Name, &k.Tenant, &scopes, &agents, &k.Hash, &k.RatePerSecond, &k.Burst, &k.MaxConcurrency, &created, &revoked); err != nil {
 			return nil, err
 		}
-		k.Scopes, k.Agents = splitList(scopes), splitList(agents)
+		for _, s := range splitList(scopes) {
+			k.Scopes = append(k.Scopes, domain.Scope(s))
+		}
+		k.Agents = splitList(agents)
 		k.CreatedAt, k.RevokedAt = fromMicros(created), fromMicros(revoked)
 		out = append(out, k)
 	}

@@ -73,7 +73,7 @@ func TestVersionsAndTenants(t *testing.T) {
 func TestAPIKeysRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	db, _ := openPlatform(t)
-	k := store.APIKey{ID: "abc", Name: "ci", Tenant: "acme", Scopes: []string{"run", "deploy"}, Agents: []string{"a1", "a2"},
+	k := domain.Key{ID: "abc", Name: "ci", Tenant: "acme", Scopes: []domain.Scope{"run", "deploy"}, Agents: []string{"a1", "a2"},
 		Hash: []byte{1, 2, 3}, RatePerSecond: 2.5, Burst: 5, MaxConcurrency: 3, CreatedAt: time.Now()}
 	if err := db.InsertAPIKey(ctx, k); err != nil {
 		t.Fatal(err)
