@@ -9,8 +9,9 @@ package agentfolder
 
 import (
 	"slices"
-	"strings"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Config file names, in the order Load looks for them. When several exist the
@@ -84,47 +85,18 @@ type TemplateSource struct {
 
 // Architecture lists the agent's entrypoints.
 type Architecture struct {
-	Entrypoints []Entrypoint `json:"entrypoints"`
+	Entrypoints []domain.Entrypoint `json:"entrypoints"`
 }
-
-// Entrypoint is one callable of the agent: a Python function (File, Module,
-// Tag) or, for framework n8n, a webhook (WebhookURL, Method, Tag, Timeout).
-// Marshalled, it has the shape the original's /architecture answer gives:
-// {file, module, tag, extractor} or {webhook_url, method, tag, timeout, extractor}.
-type Entrypoint struct {
-	File   string `json:"file,omitempty"`
-	Module string `json:"module,omitempty"`
-	Tag    string `json:"tag"`
-	// Extractor maps an output key to a JSONPath; never nil after Load.
-	Extractor map[string]string `json:"extractor"`
-	// ExtractorKeys lists Extractor's keys in the order the file has them,
-	// which is the order of the extracted result's keys.
-	ExtractorKeys []string `json:"-"`
-	WebhookURL    string   `json:"webhook_url,omitempty"`
-	// Method is "post" or "get" in any case, as written.
-	Method string `json:"method,omitempty"`
-	// Timeout is in seconds, DefaultWebhookTimeout when not given; webhooks only.
-	Timeout int `json:"timeout,omitempty"`
-	// Idempotent says a call may safely run twice: a background run whose
-	// worker was lost is retried only then (otherwise it fails).
-	Idempotent bool `json:"idempotent,omitempty"`
-}
-
-// Streaming reports whether the entrypoint streams: its tag ends in "_stream".
-func (e Entrypoint) Streaming() bool { return strings.HasSuffix(e.Tag, "_stream") }
-
-// Webhook reports whether the entrypoint is a webhook rather than a Python function.
-func (e Entrypoint) Webhook() bool { return e.WebhookURL != "" }
 
 // Entrypoint returns the entrypoint with this tag.
-func (c *Config) Entrypoint(tag string) (Entrypoint, bool) {
+func (c *Config) Entrypoint(tag string) (domain.Entrypoint, bool) {
 	if c.AgentArchitecture == nil {
-		return Entrypoint{}, false
+		return domain.Entrypoint{}, false
 	}
 	for _, e := range c.AgentArchitecture.Entrypoints {
 		if e.Tag == tag {
 			return e, true
 		}
 	}
-	return Entrypoint{}, false
+	return domain.Entrypoint{}, false
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/uuid"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Decode parses and validates the bytes of a config file without looking at
@@ -451,7 +453,7 @@ func (c *checker) architecture(m map[string]any, cfg *Config) {
 		c.add("agent_architecture.entrypoints", "expected an array of entrypoints, got %s", typeName(v))
 		return
 	}
-	cfg.AgentArchitecture = &Architecture{Entrypoints: make([]Entrypoint, 0, len(list))}
+	cfg.AgentArchitecture = &Architecture{Entrypoints: make([]domain.Entrypoint, 0, len(list))}
 	if len(list) == 0 {
 		c.warn("agent_architecture.entrypoints", "is empty; the agent has nothing to call")
 	}
@@ -463,7 +465,7 @@ func (c *checker) architecture(m map[string]any, cfg *Config) {
 			c.add(path, "expected an object, got %s", typeName(v))
 			continue
 		}
-		var ep Entrypoint
+		var ep domain.Entrypoint
 		if _, hook := e["webhook_url"]; hook {
 			ep = c.webhookEntrypoint(e, path, cfg.Framework)
 		} else {
@@ -507,8 +509,8 @@ func (c *checker) tag(e map[string]any, path string) string {
 	return s
 }
 
-func (c *checker) pythonEntrypoint(e map[string]any, path, framework string) Entrypoint {
-	var ep Entrypoint
+func (c *checker) pythonEntrypoint(e map[string]any, path, framework string) domain.Entrypoint {
+	var ep domain.Entrypoint
 	if WebhookFramework(framework) {
 		c.add(path, "framework %s takes webhook entrypoints (webhook_url, method, tag); this one has no webhook_url", framework)
 	}
@@ -545,8 +547,8 @@ func (c *checker) pythonEntrypoint(e map[string]any, path, framework string) Ent
 	return ep
 }
 
-func (c *checker) webhookEntrypoint(e map[string]any, path, framework string) Entrypoint {
-	var ep Entrypoint
+func (c *checker) webhookEntrypoint(e map[string]any, path, framework string) domain.Entrypoint {
+	var ep domain.Entrypoint
 	if framework != "" && !WebhookFramework(framework) {
 		c.add(path+".webhook_url", "webhook entrypoints need framework n8n; the framework is %q", framework)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/joho/godotenv"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Folder is a loaded, valid agent folder.
@@ -226,4 +228,24 @@ func moduleHint(dir, file, module string) string {
 		return ""
 	}
 	return fmt.Sprintf("%q does not appear in %s; the entrypoint may not load", first, file)
+}
+
+// Agent describes the folder's agent for serving, as version 1 of its own
+// id (the platform sets the deployed id, tenant and version).
+func (f *Folder) Agent() *domain.Agent {
+	cfg := f.Config
+	a := &domain.Agent{ID: cfg.AgentID, Version: 1, Name: cfg.AgentName, Framework: cfg.Framework,
+		ConfigVersion: cfg.Version, Config: map[string]any{}}
+	if cfg.AgentArchitecture != nil {
+		a.Entrypoints = cfg.AgentArchitecture.Entrypoints
+	}
+	for k, v := range f.RawConfig {
+		if k != "env_vars" {
+			a.Config[k] = v
+		}
+	}
+	// Public only when the file itself says so (absent is not public).
+	as, _ := f.RawConfig["auth_settings"].(map[string]any)
+	a.Public = as["type"] == "none"
+	return a
 }

@@ -68,7 +68,7 @@ func (a *app) dbCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withDB(cmd.Context(), func(ctx context.Context, db *store.DB) error {
 				inv, err := db.Get(ctx, args[0])
-				if errors.Is(err, store.ErrNotFound) {
+				if errors.Is(err, domain.ErrNotFound) {
 					return fmt.Errorf("no invocation %s; list them with: runagent db invocations", args[0])
 				}
 				if err != nil {

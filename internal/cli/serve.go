@@ -16,10 +16,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/autoscale"
+	"github.com/runagent-go/runagent/internal/dispatch"
 	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/pyrunner"
-	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
 	"github.com/runagent-go/runagent/internal/server"
@@ -28,6 +30,11 @@ import (
 
 // FirstPort is where port auto-allocation starts, as in the original.
 const FirstPort = 8450
+
+// serveQueue bounds the calls waiting for the local server's one instance
+// (past its threads) before OVERLOADED: generous, as the runner's own queue
+// was before.
+const serveQueue = 10000
 
 type serveOptions struct {
 	host      string
@@ -137,44 +144,41 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("--sandbox %s: %w", o.sandbox, err)
 	}
-	init := runner.InitFor(folder, o.threads)
-	procEnv := runner.Environ(nil, env.Venv, folder.Env)
+	// One instance, supervised by the platform's pool: restarted when it
+	// dies, replaced when it stops answering health checks.
 	agentLog := log.With("agent_id", cfg.AgentID)
-	start := func(ctx context.Context) (*runner.Process, error) {
-		p, err := runner.Start(ctx, runner.Spec{
-			Python: env.Python, Script: script, Env: procEnv, Init: init, Logger: agentLog,
-			Driver: drv, Venv: env.Venv, Network: o.network, Limits: sandbox.Limits{WorkDirBytes: 256 << 20}, Flow: o.data.flow,
-			OnLog: func(invocation, stream, text string) {
-				agentLog.Info("agent print", "stream", stream, "invocation_id", invocation, "text", strings.TrimRight(text, "\n"))
-			},
-		})
-		if err != nil {
-			return nil, err
-		}
-		if len(p.Ready.Errors) > 0 {
-			p.Close()
-			return nil, runner.LoadErrors(folder, p.Ready.Errors)
-		}
-		return p, nil
+	spec := manager.InstanceSpec{
+		Folder: folder, Env: env, Script: script, Driver: drv, Network: o.network,
+		Limits: domain.Limits{WorkDirBytes: 256 << 20}, Threads: o.threads + 2, Flow: o.data.flow, Log: agentLog,
+		OnLog: func(_, invocation, stream, text string) {
+			agentLog.Info("agent print", "stream", stream, "invocation_id", invocation, "text", text)
+		},
 	}
-	inst := runner.NewInstance(start, agentLog)
-	defer inst.Close()
-	fmt.Fprintf(a.stderr, "Starting the agent runner (%s, Python %s)...\n", shortPath(env.Python), py.Version)
-	t0 := time.Now()
-	first, err := inst.Get(ctx)
+	pool, err := manager.NewPool(cfg.AgentID, 1, manager.PoolConfig{
+		Scale:          autoscale.Config{Min: 1, Max: 1, TargetConcurrency: float64(o.threads)},
+		MaxConcurrency: o.threads, MaxQueue: serveQueue, HealthInterval: 5 * time.Second,
+	}, spec.StartFunc(), nil, agentLog)
 	if err != nil {
 		return err
 	}
-	log.Info("agent runner ready", "pid", first.PID(), "startup", time.Since(t0).Round(time.Millisecond))
+	defer pool.Close()
+	fmt.Fprintf(a.stderr, "Starting the agent runner (%s, Python %s)...\n", shortPath(env.Python), py.Version)
+	t0 := time.Now()
+	if err := pool.Warm(ctx, 1); err != nil {
+		return err
+	}
+	runCtx, stopPool := context.WithCancel(ctx)
+	defer stopPool()
+	go pool.Run(runCtx, time.Second)
+	log.Info("agent runner ready", "startup", time.Since(t0).Round(time.Millisecond))
 
-	agent := server.AgentFromFolder(folder)
-	agent.Invoker = inst
+	agent := folder.Agent()
 	regPath := store.RegistryPath()
 	registry := store.NewRegistryRecorder(regPath, cfg.AgentID, log)
 	defer registry.Close()
 	srv := server.New(server.Config{
-		Agent: &agent, Recorder: db,
-		OnCall: func(_ *server.Agent, _ string, code domain.Code, _ time.Duration) { registry.Record(code == "") },
+		Agent: agent, Dispatcher: dispatch.Single(agent.Target(), pool), Recorder: db,
+		OnCall: func(_ *domain.Agent, _ string, code domain.Code, _ time.Duration) { registry.Record(code == "") },
 		Host:   o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,
 		// As the original: any page may call the local server (it has no
@@ -182,11 +186,12 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		CORS:         server.CORSPolicy{Credentials: true},
 		StallTimeout: o.data.stall,
 		Health: func() map[string]any {
-			state := map[string]any{"runner": "starting"}
-			if p := inst.Current(); p != nil {
-				state = map[string]any{"runner": "ready", "runner_pid": p.PID(), "in_flight": p.InFlight()}
+			for _, in := range pool.Status().Instances {
+				if in.State == domain.StateReady {
+					return map[string]any{"runner": "ready", "runner_pid": in.PID, "in_flight": in.InFlight}
+				}
 			}
-			return state
+			return map[string]any{"runner": "starting"}
 		},
 	})
 	if err := store.UpsertRegistryAgent(ctx, regPath, store.RegistryAgent{

@@ -80,3 +80,8 @@ func CodeOf(err error) Code {
 	}
 	return CodeInternal
 }
+
+// ErrNotFound is what the stores return for a record that does not exist
+// (an invocation, an agent, a key); errors.Is finds it, CodeOf says
+// NOT_FOUND.
+var ErrNotFound = &Error{Code: CodeNotFound, Message: "not found"}

@@ -25,12 +25,11 @@ import (
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/autoscale"
 	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/dispatch"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyenv"
-	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
-	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 )
 
@@ -100,7 +99,7 @@ type version struct {
 	folder *agentfolder.Folder
 	dep    Deployment
 	pool   *Pool
-	agent  *server.Agent
+	agent  *domain.Agent
 }
 
 // New returns a Manager; call Restore, then Run.
@@ -124,12 +123,6 @@ func New(cfg Config) *Manager {
 	return &Manager{cfg: cfg, log: cfg.Log, agents: map[string]*agentState{}, runID: runID}
 }
 
-type nopObserver struct{}
-
-func (nopObserver) ScaleEvent(*Pool, int, int, string)  {}
-func (nopObserver) InstanceUsage(*Pool, string, Usage)  {}
-func (nopObserver) InstanceGone(*Pool, string, string)  {}
-func (nopObserver) LimitExceeded(*Pool, string, string) {}
 func (m *Manager) state(id string) *agentState {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -177,7 +170,7 @@ func (m *Manager) markClaimed(st *agentState) {
 
 // Lookup returns the agent's tenant and the version serving it (nil agent
 // while none is started). ok is false for an agent that does not exist.
-func (m *Manager) Lookup(id string) (a *server.Agent, tenant string, ok bool) {
+func (m *Manager) Lookup(id string) (a *domain.Agent, tenant string, ok bool) {
 	st := m.state(id)
 	if st == nil {
 		return nil, "", false
@@ -346,7 +339,7 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	if old != nil {
 		warm = max(warm, old.pool.Status().Ready)
 	}
-	v, err := m.bringUp(ctx, agentID, vrec, warm)
+	v, err := m.bringUp(ctx, st, vrec, warm)
 	if err != nil {
 		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, store.VersionFailed, err.Error())
 		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
@@ -411,7 +404,7 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.cause }
 
-func redact(r *strings.Replacer, err error) error {
+func redactErr(r *strings.Replacer, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -420,13 +413,13 @@ func redact(r *strings.Replacer, err error) error {
 
 // bringUp prepares a version's environment and pool, warming n instances
 // (0: none, for a restore that scales from zero).
-func (m *Manager) bringUp(ctx context.Context, agentID string, vrec store.AgentVersion, n int) (*version, error) {
+func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec store.AgentVersion, n int) (*version, error) {
 	r := m.redactor(vrec.Dir)
-	v, err := m.bringUpWith(ctx, agentID, vrec, n, r)
-	return v, redact(r, err)
+	v, err := m.bringUpWith(ctx, st.id, st.tenant, vrec, n, r)
+	return v, redactErr(r, err)
 }
 
-func (m *Manager) bringUpWith(ctx context.Context, agentID string, vrec store.AgentVersion, n int, r *strings.Replacer) (*version, error) {
+func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec store.AgentVersion, n int, r *strings.Replacer) (*version, error) {
 	folder, err := agentfolder.Load(vrec.Dir)
 	if err != nil {
 		return nil, err
@@ -451,53 +444,34 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID string, vrec store.Ag
 		return nil, err
 	}
 	v := &version{n: vrec.Version, folder: folder, dep: dep}
-	limits := sandbox.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, CPUs: dep.CPUs, Pids: dep.MaxPids,
+	limits := domain.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, CPUs: dep.CPUs, Pids: dep.MaxPids,
 		OpenFiles: dep.OpenFiles, WorkDirBytes: int64(dep.WorkDirMB) << 20}
-	threads := dep.MaxConcurrency + 2 // a free thread answers health pings
-	init := runner.InitFor(folder, threads)
-	procEnv := runner.Environ(m.cfg.Env, env.Venv, folder.Env)
-	instLog := m.log.With("agent_id", agentID, "version", vrec.Version)
-	start := func(ctx context.Context, instanceID string) (*runner.Process, error) {
-		line := func(invocation, stream, text string) {
-			m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: vrec.Version, Instance: instanceID,
-				InvocationID: invocation, Stream: stream, Line: strings.TrimRight(text, "\n")})
-		}
-		ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
-		defer cancel()
-		p, err := runner.Start(ctx, runner.Spec{
-			Python: env.Python, Script: m.cfg.Script, Env: procEnv, Init: init, Logger: instLog.With("instance", instanceID),
-			Driver: drv, InstanceID: agentID + "-" + m.runID + "-" + instanceID, Venv: env.Venv, Network: dep.Network, Limits: limits,
-			OnLog:        line,
-			OnOutput:     func(stream, text string) { line("", stream, text) },
-			ReadyTimeout: m.cfg.StartTimeout,
-			Flow:         m.cfg.Flow,
-		})
-		if err != nil {
-			return nil, redact(r, err)
-		}
-		if len(p.Ready.Errors) > 0 {
-			p.Close()
-			return nil, redact(r, runner.LoadErrors(folder, p.Ready.Errors))
-		}
-		return p, nil
+	spec := InstanceSpec{
+		Folder: folder, Env: env, Script: m.cfg.Script, BaseEnv: m.cfg.Env, Driver: drv, Network: dep.Network, Limits: limits,
+		Threads: dep.MaxConcurrency + 2, Flow: m.cfg.Flow, NamePrefix: agentID + "-" + m.runID + "-",
+		StartTimeout: m.cfg.StartTimeout, Log: m.log.With("agent_id", agentID, "version", vrec.Version), Redact: r,
+		OnLog: func(instance, invocation, stream, text string) {
+			m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: vrec.Version, Instance: instance,
+				InvocationID: invocation, Stream: stream, Line: text})
+		},
 	}
 	pc := PoolConfig{
 		Scale: autoscale.Config{Min: dep.MinInstances, Max: dep.MaxInstances, TargetConcurrency: dep.TargetConcurrency,
 			StableWindow: m.cfg.StableWindow, PanicWindow: m.cfg.PanicWindow, ScaleToZeroGrace: dep.IdleTimeout},
 		MaxConcurrency: dep.MaxConcurrency, MaxQueue: dep.MaxQueue,
-		Limits:         Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, MaxTasks: dep.MaxPids},
+		Limits:         domain.Limits{MemoryBytes: limits.MemoryBytes, CPUSeconds: limits.CPUSeconds, Pids: limits.Pids},
 		HealthInterval: m.cfg.HealthInterval,
 	}
-	pool, err := NewPool(agentID, vrec.Version, pc, start, m.cfg.Obs, m.log)
+	pool, err := NewPool(agentID, vrec.Version, pc, spec.StartFunc(), m.cfg.Obs, m.log)
 	if err != nil {
 		return nil, err
 	}
 	v.pool = pool
-	a := server.AgentFromFolder(folder)
-	a.ID = agentID // the deployed id, whatever the bundle's config says
-	a.Invoker = pool
+	a := folder.Agent()
+	a.ID, a.Version = agentID, vrec.Version // the deployed id, whatever the bundle's config says
+	a.Tenant = tenant
 	a.CallTimeout = dep.CallTimeout
-	v.agent = a.Prepare(m.cfg.Host, m.cfg.Port)
+	v.agent = a
 	if n > 0 {
 		if err := pool.Warm(ctx, max(n, dep.MinInstances)); err != nil {
 			pool.Close()
@@ -548,7 +522,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		v, err := m.bringUp(ctx, pa.ID, vrec, 0)
+		v, err := m.bringUp(ctx, st, vrec, 0)
 		if err != nil {
 			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
 			m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, store.VersionFailed, err.Error())
@@ -645,13 +619,13 @@ func (m *Manager) pools() []*Pool {
 
 func (m *Manager) tick(now time.Time) {
 	pools := m.pools()
-	want := map[int]bool{}
+	var pids []int
 	for _, p := range pools {
-		p.pgroups(want)
+		pids = append(pids, p.PIDs()...)
 	}
-	usage := sampleGroups(want)
+	usage := SampleGroups(pids)
 	for _, p := range pools {
-		p.tick(now, usage)
+		p.Tick(now, usage)
 	}
 }
 
@@ -696,4 +670,26 @@ func (w *lineWriter) Flush() {
 		w.fn(string(w.buf))
 		w.buf = nil
 	}
+}
+
+// Invoker implements dispatch.Resolver: the pool of an agent version that
+// runs here, the active one or one still draining its calls.
+func (m *Manager) Invoker(t domain.Target) (domain.Invoker, error) {
+	st := m.state(t.AgentID)
+	if st != nil {
+		if v := st.active.Load(); v != nil && v.n == t.Version {
+			return v.pool, nil
+		}
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		for _, v := range st.retiring {
+			if v.n == t.Version {
+				return v.pool, nil
+			}
+		}
+		if v := st.active.Load(); v != nil && v.n > t.Version {
+			return nil, errPoolClosed // replaced as the call arrived: retry
+		}
+	}
+	return nil, dispatch.NotRunning(t)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,11 +15,21 @@ import (
 	"github.com/runagent-go/runagent/internal/runner"
 )
 
-// Limits bound one instance; zero means no limit.
-type Limits struct {
-	MemoryBytes int64
-	CPUSeconds  float64
-	MaxTasks    int // processes and threads together
+// Runner is what a pool needs of a started instance: *runner.Process, or a
+// fake in tests.
+type Runner interface {
+	Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error)
+	Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error)
+	Ping(ctx context.Context) error
+	PID() int
+	// Usage is the sandbox's own accounting (a cgroup's), if it has one.
+	// It may block (a microVM asks its guest).
+	Usage() (domain.Usage, bool)
+	Done() <-chan struct{}
+	Err() error
+	Close() error
+	// KillWith kills the instance; its calls in flight fail with e.
+	KillWith(e *domain.Error)
 }
 
 // PoolConfig configures the instance pool of one agent version.
@@ -32,7 +41,9 @@ type PoolConfig struct {
 	// MaxQueue bounds the calls waiting for an instance; beyond it calls
 	// fail at once with OVERLOADED.
 	MaxQueue int
-	Limits   Limits
+	// Limits are enforced by sampling (memory, CPU time, processes) on
+	// top of what the sandbox and the runner's rlimits enforce.
+	Limits domain.Limits
 	// HealthInterval is how often each ready instance is pinged; two
 	// missed answers in a row (HealthTimeout each) get it replaced.
 	HealthInterval time.Duration
@@ -40,28 +51,33 @@ type PoolConfig struct {
 }
 
 // StartFunc starts the runner of one instance.
-type StartFunc func(ctx context.Context, instanceID string) (*runner.Process, error)
+type StartFunc func(ctx context.Context, instanceID string) (Runner, error)
 
-// Instance states.
-const (
-	StateStarting = "starting"
-	StateReady    = "ready"
-	StateDraining = "draining"
-)
-
-// instance is one runner process of a pool.
+// instance is one runner of a pool. Its fields but the atomics are guarded
+// by the pool's mu.
 type instance struct {
 	id       string
-	proc     *runner.Process
-	state    string
+	proc     Runner // nil while starting
+	state    domain.InstanceState
 	inflight int
 	started  time.Time
 	missed   int // consecutive failed health checks
 	pinging  bool
-	usage    Usage
+	usage    domain.Usage
 	// limitCounted: the manager stopped it for a limit and counted that;
 	// hung: for failed health checks, counted as such.
 	limitCounted, hung atomic.Bool
+}
+
+// gone reports whether the instance's runner has ended (watch removes it
+// soon after).
+func (in *instance) gone() bool {
+	select {
+	case <-in.proc.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 type waiter struct {
@@ -71,15 +87,23 @@ type waiter struct {
 // Observer is told what a pool does, for metrics and logs.
 type Observer interface {
 	ScaleEvent(pool *Pool, from, to int, reason string)
-	InstanceUsage(pool *Pool, instanceID string, u Usage)
+	InstanceUsage(pool *Pool, instanceID string, u domain.Usage)
 	InstanceGone(pool *Pool, instanceID string, why string)
-	LimitExceeded(pool *Pool, instanceID, limit string)
+	LimitExceeded(pool *Pool, instanceID string, limit domain.Limit)
 }
+
+type nopObserver struct{}
+
+func (nopObserver) ScaleEvent(*Pool, int, int, string)        {}
+func (nopObserver) InstanceUsage(*Pool, string, domain.Usage) {}
+func (nopObserver) InstanceGone(*Pool, string, string)        {}
+func (nopObserver) LimitExceeded(*Pool, string, domain.Limit) {}
 
 // Pool runs the instances of one agent version: it hands calls to the
 // least busy ready instance, queues them (bounded) while none is free,
 // scales between min and max with the autoscaler, replaces dead or hung
-// instances and kills those over their limits.
+// instances and kills those over their limits. Tick drives the last
+// three; a call at zero instances starts one at once.
 type Pool struct {
 	Agent   string
 	Version int
@@ -90,7 +114,7 @@ type Pool struct {
 	obs    Observer
 	scaler *autoscale.Autoscaler
 
-	mu       sync.Mutex
+	mu       sync.Mutex // guards the fields below and the instances'
 	insts    []*instance
 	waiters  []*waiter
 	nextID   int
@@ -102,7 +126,7 @@ type Pool struct {
 	drained  chan struct{}
 }
 
-// NewPool returns a pool with no instances; the manager's ticks drive it.
+// NewPool returns a pool with no instances; Tick drives it.
 func NewPool(agentID string, version int, cfg PoolConfig, start StartFunc, obs Observer, log *slog.Logger) (*Pool, error) {
 	sc, err := autoscale.New(cfg.Scale)
 	if err != nil {
@@ -120,6 +144,12 @@ func NewPool(agentID string, version int, cfg PoolConfig, start StartFunc, obs O
 	}
 	if cfg.HealthTimeout <= 0 {
 		cfg.HealthTimeout = 5 * time.Second
+	}
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	return &Pool{Agent: agentID, Version: version, cfg: cfg, start: start, obs: obs, scaler: sc,
 		log: log.With("agent_id", agentID, "version", version), drained: make(chan struct{})}, nil
@@ -144,7 +174,7 @@ func (p *Pool) acquire(ctx context.Context) (*instance, error) {
 		p.mu.Unlock()
 		return in, nil
 	}
-	if p.draining && p.countLocked(StateReady) == 0 {
+	if p.draining && p.countLocked(domain.StateReady) == 0 {
 		p.mu.Unlock()
 		return nil, errPoolClosed
 	}
@@ -187,7 +217,7 @@ func (p *Pool) acquire(ctx context.Context) (*instance, error) {
 // startErrLocked fails a call at once when the agent cannot start and no
 // instance is up: the caller learns why instead of waiting out its timeout.
 func (p *Pool) startErrLocked() error {
-	if p.lastErr == nil || p.countLocked(StateReady)+p.countLocked(StateStarting) > 0 || time.Now().After(p.retryAt) {
+	if p.lastErr == nil || p.countLocked(domain.StateReady)+p.countLocked(domain.StateStarting) > 0 || time.Now().After(p.retryAt) {
 		return nil
 	}
 	return p.failedStartLocked()
@@ -215,7 +245,7 @@ func (p *Pool) release(in *instance) {
 	p.mu.Lock()
 	in.inflight--
 	p.dispatchLocked()
-	closeIt := in.inflight == 0 && (in.state == StateDraining || p.draining && len(p.waiters) == 0)
+	closeIt := in.inflight == 0 && (in.state == domain.StateDraining || p.draining && len(p.waiters) == 0)
 	if closeIt {
 		p.removeLocked(in)
 	}
@@ -231,7 +261,7 @@ func (p *Pool) release(in *instance) {
 func (p *Pool) pickLocked() *instance {
 	var best *instance
 	for _, in := range p.insts {
-		if in.state != StateReady || in.inflight >= p.cfg.MaxConcurrency || in.gone() {
+		if in.state != domain.StateReady || in.inflight >= p.cfg.MaxConcurrency || in.gone() {
 			continue
 		}
 		if best == nil || in.inflight < best.inflight {
@@ -254,7 +284,7 @@ func (p *Pool) dispatchLocked() {
 	}
 }
 
-func (p *Pool) countLocked(state string) int {
+func (p *Pool) countLocked(state domain.InstanceState) int {
 	n := 0
 	for _, in := range p.insts {
 		if in.state == state {
@@ -268,10 +298,10 @@ func (p *Pool) countLocked(state string) int {
 // ready or starting (scale from zero, or every instance died): the first
 // call after an idle period waits for an instance instead of failing.
 func (p *Pool) activateLocked() {
-	if p.draining || p.countLocked(StateStarting) > 0 {
+	if p.draining || p.countLocked(domain.StateStarting) > 0 {
 		return
 	}
-	ready := p.countLocked(StateReady)
+	ready := p.countLocked(domain.StateReady)
 	if ready == 0 || (p.pickLocked() == nil && ready < p.cfg.Scale.Max) {
 		if time.Now().Before(p.retryAt) {
 			return
@@ -284,7 +314,7 @@ func (p *Pool) activateLocked() {
 // launchLocked starts one instance in the background.
 func (p *Pool) launchLocked() {
 	p.nextID++
-	in := &instance{id: fmt.Sprintf("v%d-%d", p.Version, p.nextID), state: StateStarting, started: time.Now()}
+	in := &instance{id: fmt.Sprintf("v%d-%d", p.Version, p.nextID), state: domain.StateStarting, started: time.Now()}
 	p.insts = append(p.insts, in)
 	go func() {
 		proc, err := p.start(context.Background(), in.id)
@@ -297,7 +327,7 @@ func (p *Pool) launchLocked() {
 			p.retryAt = time.Now().Add(min(250*time.Millisecond<<min(p.failures, 7), 30*time.Second))
 			p.log.Warn("instance failed to start", "instance", in.id, "error", err, "failures", p.failures)
 			p.obs.InstanceGone(p, in.id, "start failed")
-			if p.countLocked(StateReady)+p.countLocked(StateStarting) == 0 {
+			if p.countLocked(domain.StateReady)+p.countLocked(domain.StateStarting) == 0 {
 				// Nobody will serve the queue soon: tell the waiters why.
 				for _, w := range p.waiters {
 					w.ch <- nil
@@ -315,14 +345,14 @@ func (p *Pool) launchLocked() {
 		}
 		p.failures, p.lastErr, p.retryAt = 0, nil, time.Time{}
 		in.proc = proc
-		in.state = StateReady
+		in.state = domain.StateReady
 		p.log.Info("instance ready", "instance", in.id, "pid", proc.PID(), "startup", time.Since(in.started).Round(time.Millisecond))
 		go p.watch(in)
 		p.dispatchLocked()
 	}()
 }
 
-// watch removes an instance whose process ended; its own in-flight calls
+// watch removes an instance whose runner ended; its own in-flight calls
 // have failed with the reason, the others are untouched.
 func (p *Pool) watch(in *instance) {
 	<-in.proc.Done()
@@ -332,8 +362,7 @@ func (p *Pool) watch(in *instance) {
 		p.removeLocked(in)
 	}
 	p.checkDrainedLocked()
-	queued := len(p.waiters) > 0
-	if queued {
+	if len(p.waiters) > 0 {
 		p.activateLocked()
 	}
 	p.mu.Unlock()
@@ -343,7 +372,10 @@ func (p *Pool) watch(in *instance) {
 	if limited && !in.limitCounted.Load() {
 		// The kernel enforced the limit (a cgroup's OOM kill, the CPU
 		// rlimit): count it as the manager's own limit kills are.
-		limit := limitLabel(we.Message)
+		limit := we.Limit
+		if limit == "" {
+			limit = domain.LimitOther
+		}
 		p.log.Warn("instance stopped by a limit", "instance", in.id, "limit", limit, "detail", we.Message)
 		p.obs.LimitExceeded(p, in.id, limit)
 	}
@@ -352,28 +384,6 @@ func (p *Pool) watch(in *instance) {
 	if gone && !limited && !in.hung.Load() && !errors.Is(err, runner.ErrClosed) {
 		p.log.Warn("instance died", "instance", in.id, "error", err)
 		p.obs.InstanceGone(p, in.id, "died")
-	}
-}
-
-// limitLabel is the metric label of a RESOURCE_LIMIT message.
-func limitLabel(msg string) string {
-	switch {
-	case strings.Contains(msg, "memory"):
-		return "memory"
-	case strings.Contains(msg, "cpu"), strings.Contains(msg, "CPU"):
-		return "cpu"
-	case strings.Contains(msg, "processes"):
-		return "pids"
-	}
-	return "other"
-}
-
-func (in *instance) gone() bool {
-	select {
-	case <-in.proc.Done():
-		return true
-	default:
-		return false
 	}
 }
 
@@ -404,7 +414,7 @@ func (p *Pool) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byt
 }
 
 // Stream runs a streaming entrypoint on an instance of the pool.
-func (p *Pool) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn runner.ChunkFunc) (int, error) {
+func (p *Pool) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
 	for attempt := 1; ; attempt++ {
 		in, err := p.acquire(ctx)
 		if err != nil {
@@ -430,7 +440,7 @@ func (p *Pool) Warm(ctx context.Context, n int) error {
 	p.mu.Unlock()
 	for {
 		p.mu.Lock()
-		ready, starting, lastErr := p.countLocked(StateReady), p.countLocked(StateStarting), p.lastErr
+		ready, starting, lastErr := p.countLocked(domain.StateReady), p.countLocked(domain.StateStarting), p.lastErr
 		p.mu.Unlock()
 		if ready >= n {
 			return nil
@@ -450,21 +460,19 @@ func (p *Pool) Warm(ctx context.Context, n int) error {
 type PoolStatus struct {
 	Starting, Ready, Draining int
 	InFlight, Queued          int
-	Want                      int
-	Panic                     bool
 	Instances                 []InstanceStatus
 }
 
 // InstanceStatus is a snapshot of one instance.
 type InstanceStatus struct {
-	ID       string  `json:"id"`
-	State    string  `json:"state"`
-	PID      int     `json:"pid,omitempty"`
-	InFlight int     `json:"in_flight"`
-	RSSBytes int64   `json:"rss_bytes"`
-	CPU      float64 `json:"cpu_seconds"`
-	Tasks    int     `json:"tasks"`
-	Uptime   float64 `json:"uptime_seconds"`
+	ID       string               `json:"id"`
+	State    domain.InstanceState `json:"state"`
+	PID      int                  `json:"pid,omitempty"`
+	InFlight int                  `json:"in_flight"`
+	RSSBytes int64                `json:"rss_bytes"`
+	CPU      float64              `json:"cpu_seconds"`
+	Tasks    int                  `json:"tasks"`
+	Uptime   float64              `json:"uptime_seconds"`
 }
 
 // Status returns a snapshot.
@@ -475,15 +483,15 @@ func (p *Pool) Status() PoolStatus {
 	st.Queued = len(p.waiters)
 	for _, in := range p.insts {
 		switch in.state {
-		case StateStarting:
+		case domain.StateStarting:
 			st.Starting++
-		case StateReady:
+		case domain.StateReady:
 			st.Ready++
-		case StateDraining:
+		case domain.StateDraining:
 			st.Draining++
 		}
 		st.InFlight += in.inflight
-		is := InstanceStatus{ID: in.id, State: in.state, InFlight: in.inflight, RSSBytes: in.usage.RSSBytes,
+		is := InstanceStatus{ID: in.id, State: in.state, InFlight: in.inflight, RSSBytes: in.usage.MemoryBytes,
 			CPU: in.usage.CPUSeconds, Tasks: in.usage.Tasks, Uptime: time.Since(in.started).Seconds()}
 		if in.proc != nil {
 			is.PID = in.proc.PID()
@@ -491,152 +499,6 @@ func (p *Pool) Status() PoolStatus {
 		st.Instances = append(st.Instances, is)
 	}
 	return st
-}
-
-// pgroups adds the process groups of the pool's running instances to want.
-func (p *Pool) pgroups(want map[int]bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, in := range p.insts {
-		if in.proc != nil {
-			want[in.proc.PID()] = true
-		}
-	}
-}
-
-// tick samples load, applies the autoscaler's decision, enforces limits
-// and runs health checks. usage is this tick's /proc sample by group.
-func (p *Pool) tick(now time.Time, usage map[int]Usage) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	inflight := 0
-	for _, in := range p.insts {
-		inflight += in.inflight
-	}
-	p.scaler.Record(autoscale.Sample{At: now, InFlight: inflight, Queued: len(p.waiters)})
-	ready, starting := p.countLocked(StateReady), p.countLocked(StateStarting)
-	d := p.scaler.Decide(now, ready)
-	var stop []*instance
-	switch {
-	case p.draining:
-	case d.Want > ready+starting && now.After(p.retryAt):
-		p.obs.ScaleEvent(p, ready+starting, d.Want, d.Reason)
-		for i := ready + starting; i < d.Want; i++ {
-			p.launchLocked()
-		}
-	case d.Want < ready:
-		// Retire the least busy instances; busy ones finish their calls first.
-		cands := slices.Clone(p.insts)
-		slices.SortStableFunc(cands, func(a, b *instance) int { return a.inflight - b.inflight })
-		n := ready - d.Want
-		p.obs.ScaleEvent(p, ready+starting, d.Want+starting, d.Reason)
-		for _, in := range cands {
-			if n == 0 {
-				break
-			}
-			if in.state != StateReady {
-				continue
-			}
-			n--
-			in.state = StateDraining
-			if in.inflight == 0 {
-				p.removeLocked(in)
-				stop = append(stop, in)
-			}
-		}
-	}
-
-	// Limits and health.
-	var kill []func()
-	var ping []*instance
-	for _, in := range p.insts {
-		if in.proc == nil {
-			continue
-		}
-		u, ok := usage[in.proc.PID()]
-		if su, has := in.proc.Usage(); has {
-			// The sandbox's own accounting (a cgroup) sees everything in it,
-			// even processes that left the runner's process group.
-			u, ok = Usage{RSSBytes: su.MemoryBytes, CPUSeconds: su.CPUSeconds, Tasks: su.Tasks, LimitHit: su.LimitHit}, true
-		}
-		if ok {
-			in.usage = u
-			p.obs.InstanceUsage(p, in.id, u)
-			if limit, msg := p.overLimit(u); limit != "" {
-				proc, id := in.proc, in.id
-				p.log.Warn("instance over its limit; killing it", "instance", id, "limit", limit, "detail", msg)
-				p.obs.LimitExceeded(p, id, limit)
-				in.limitCounted.Store(true)
-				kill = append(kill, func() { proc.KillWith(&domain.Error{Code: domain.CodeResourceLimit, Message: msg}) })
-				continue
-			}
-		}
-		if in.state == StateReady && !in.pinging && now.Sub(in.started) > p.cfg.HealthInterval {
-			in.pinging = true
-			ping = append(ping, in)
-		}
-	}
-	p.mu.Unlock()
-	for _, in := range stop {
-		go in.proc.Close()
-	}
-	for _, k := range kill {
-		k()
-	}
-	for _, in := range ping {
-		go p.healthCheck(in)
-	}
-}
-
-// overLimit names the first limit u exceeds, with the message calls get.
-func (p *Pool) overLimit(u Usage) (limit, msg string) {
-	l := p.cfg.Limits
-	switch {
-	case u.LimitHit == "pids":
-		// The kernel refused a fork: an instance that tries to go past its
-		// process limit (a fork bomb) is stopped rather than left crippled.
-		return "pids", fmt.Sprintf("RESOURCE_LIMIT: processes %d exceeded (a fork was refused); the instance was stopped and replaced", l.MaxTasks)
-	case l.MemoryBytes > 0 && u.RSSBytes > l.MemoryBytes:
-		return "memory", fmt.Sprintf("RESOURCE_LIMIT: memory %d MiB exceeded (the instance used %d MiB); the instance was stopped and replaced",
-			l.MemoryBytes>>20, u.RSSBytes>>20)
-	case l.CPUSeconds > 0 && u.CPUSeconds > l.CPUSeconds:
-		return "cpu", fmt.Sprintf("RESOURCE_LIMIT: CPU time %gs exceeded (the instance used %.1fs); the instance was stopped and replaced",
-			l.CPUSeconds, u.CPUSeconds)
-	case l.MaxTasks > 0 && u.Tasks > l.MaxTasks:
-		return "pids", fmt.Sprintf("RESOURCE_LIMIT: processes %d exceeded (the instance had %d processes and threads); the instance was stopped and replaced",
-			l.MaxTasks, u.Tasks)
-	}
-	return "", ""
-}
-
-// healthCheck pings one instance; two misses in a row and it is replaced.
-// The runner keeps a thread free for pings (threads > max concurrency), so
-// a busy instance still answers and only a hung one does not.
-func (p *Pool) healthCheck(in *instance) {
-	time.Sleep(p.cfg.HealthInterval)
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HealthTimeout)
-	err := in.proc.Ping(ctx)
-	cancel()
-	p.mu.Lock()
-	in.pinging = false
-	if err == nil {
-		in.missed = 0
-		p.mu.Unlock()
-		return
-	}
-	in.missed++
-	missed := in.missed
-	p.mu.Unlock()
-	if missed >= 2 && in.proc.Err() == nil {
-		p.log.Warn("instance does not answer health checks; replacing it", "instance", in.id, "error", err)
-		in.hung.Store(true)
-		p.obs.InstanceGone(p, in.id, "hung")
-		in.proc.KillWith(&domain.Error{Code: domain.CodeAgentCrashed, Message: fmt.Sprintf(
-			"the agent instance stopped answering health checks for %s and was replaced", 2*p.cfg.HealthTimeout)})
-	}
 }
 
 // Drain retires the pool: it starts no more instances, its instances
@@ -684,8 +546,7 @@ func (p *Pool) Close() {
 	var wg sync.WaitGroup
 	for _, in := range insts {
 		if in.proc != nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); in.proc.Close() }()
+			wg.Go(func() { in.proc.Close() })
 		}
 	}
 	wg.Wait()

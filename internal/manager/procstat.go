@@ -4,16 +4,9 @@ import (
 	"bytes"
 	"os"
 	"strconv"
-)
 
-// Usage is what the processes of one instance (its process group) use.
-type Usage struct {
-	RSSBytes   int64
-	CPUSeconds float64 // user + system, of the live processes
-	Tasks      int     // threads of all its processes, as a pids cgroup counts them
-	Processes  int
-	LimitHit   string // a limit the kernel enforced ("pids": a refused fork), from a cgroup
-}
+	"github.com/runagent-go/runagent/internal/domain"
+)
 
 const (
 	clockTicks = 100 // USER_HZ: Linux reports /proc CPU times in 1/100 s
@@ -21,12 +14,17 @@ const (
 
 var pageSize = int64(os.Getpagesize())
 
-// sampleGroups reads /proc once and sums the usage of every process group
-// in want. One pass serves every instance of every pool.
-func sampleGroups(want map[int]bool) map[int]Usage {
-	out := make(map[int]Usage, len(want))
-	if len(want) == 0 {
+// SampleGroups reads /proc once and sums the usage of the processes of
+// every process group in pgids (an instance's runner leads its group). One
+// pass serves every instance of every pool.
+func SampleGroups(pgids []int) map[int]domain.Usage {
+	out := make(map[int]domain.Usage, len(pgids))
+	if len(pgids) == 0 {
 		return out
+	}
+	want := make(map[int]bool, len(pgids))
+	for _, g := range pgids {
+		want[g] = true
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -49,10 +47,9 @@ func sampleGroups(want map[int]bool) map[int]Usage {
 			continue
 		}
 		acc := out[pgrp]
-		acc.RSSBytes += u.RSSBytes
+		acc.MemoryBytes += u.MemoryBytes
 		acc.CPUSeconds += u.CPUSeconds
 		acc.Tasks += u.Tasks
-		acc.Processes++
 		out[pgrp] = acc
 	}
 	return out
@@ -61,7 +58,7 @@ func sampleGroups(want map[int]bool) map[int]Usage {
 // parseStat reads the fields of /proc/PID/stat that matter here. The
 // command name (field 2) may hold spaces and parentheses, so fields are
 // counted from the last ')'.
-func parseStat(b []byte) (pgrp int, u Usage, ok bool) {
+func parseStat(b []byte) (pgrp int, u domain.Usage, ok bool) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return 0, u, false
@@ -77,6 +74,6 @@ func parseStat(b []byte) (pgrp int, u Usage, ok bool) {
 	}
 	u.CPUSeconds = float64(num(14)+num(15)) / clockTicks
 	u.Tasks = int(num(20))
-	u.RSSBytes = num(24) * pageSize
+	u.MemoryBytes = num(24) * pageSize
 	return int(num(5)), u, true
 }

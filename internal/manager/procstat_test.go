@@ -9,7 +9,7 @@ import (
 func TestParseStat(t *testing.T) {
 	line := []byte("4242 (python3 (x) y) S 1 777 777 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 9 0 123 456789 2500 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0")
 	pgrp, u, ok := parseStat(line)
-	if !ok || pgrp != 777 || u.CPUSeconds != 2 || u.Tasks != 9 || u.RSSBytes != 2500*pageSize {
+	if !ok || pgrp != 777 || u.CPUSeconds != 2 || u.Tasks != 9 || u.MemoryBytes != 2500*pageSize {
 		t.Fatalf("parseStat = %d %+v %v", pgrp, u, ok)
 	}
 	if _, _, ok := parseStat([]byte("garbage")); ok {
@@ -19,8 +19,8 @@ func TestParseStat(t *testing.T) {
 
 func TestSampleGroupsSeesThisProcess(t *testing.T) {
 	pgrp := syscall.Getpgrp()
-	got := sampleGroups(map[int]bool{pgrp: true})[pgrp]
-	if got.Processes < 1 || got.RSSBytes <= 0 || got.Tasks < 1 {
+	got := SampleGroups([]int{pgrp})[pgrp]
+	if got.MemoryBytes <= 0 || got.Tasks < 1 {
 		t.Fatalf("usage of our own group (pid %d, pgrp %d): %+v", os.Getpid(), pgrp, got)
 	}
 }

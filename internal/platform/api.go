@@ -469,7 +469,7 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 	if a, _, _ := p.mgr.Lookup(id); a != nil {
 		eps := []json.RawMessage{}
 		for _, ep := range a.Entrypoints {
-			eps = append(eps, ep.JSON) // as /architecture lists them
+			eps = append(eps, server.EntrypointJSON(ep)) // as /architecture lists them
 		}
 		s["entrypoints"] = eps
 		d := st.Deployment
@@ -492,6 +492,7 @@ func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
+	p.servedAgents.Delete(id)
 	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "deleted": true}, "Agent deleted")
 }
 
@@ -713,7 +714,7 @@ func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	at := time.Now()
-	if err := p.db.RevokeAPIKey(r.Context(), id, at); errors.Is(err, store.ErrNotFound) {
+	if err := p.db.RevokeAPIKey(r.Context(), id, at); errors.Is(err, domain.ErrNotFound) {
 		p.wire.WriteError(w, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("API key %s not found", id)})
 		return
 	} else if err != nil {

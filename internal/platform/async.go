@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
@@ -319,7 +318,7 @@ func (ar *asyncRunner) close(grace time.Duration) {
 
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
-func (p *Platform) enqueueAsync(ctx context.Context, a *server.Agent, inv domain.Invocation) error {
+func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	if e := p.async.admit(tenant, a.ID); e != nil {
 		return e
@@ -347,7 +346,7 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 	// Durably started before it runs: after a crash it is not run again
 	// unless declared idempotent.
 	if err := p.db.StartAsync(context.Background(), inv.ID, start); err != nil {
-		if !errors.Is(err, store.ErrNotFound) { // not found: its agent was deleted
+		if !errors.Is(err, domain.ErrNotFound) { // not found: its agent was deleted
 			p.log.Error("record the start of an async invocation; it stays queued", "invocation_id", inv.ID, "error", err)
 		}
 		return
@@ -362,9 +361,9 @@ func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
 		if j.TimeoutSeconds > 0 {
 			timeout = time.Duration(j.TimeoutSeconds * float64(time.Second))
 		}
-		cctx, cancel := context.WithTimeoutCause(runner.WithInvocation(ctx, inv.ID), timeout, &domain.Error{Code: domain.CodeTimeout,
+		cctx, cancel := context.WithTimeoutCause(domain.WithInvocation(ctx, inv.ID), timeout, &domain.Error{Code: domain.CodeTimeout,
 			Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", timeout)})
-		result, err = a.Invoker.Call(cctx, inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
+		result, err = p.dispatch.Call(cctx, a.Target(), inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
 		cancel()
 	}
 	if ctx.Err() != nil {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
-	"github.com/runagent-go/runagent/internal/server"
 )
 
 // Metrics are the platform's Prometheus metrics. Instance counts, queue
@@ -59,7 +58,7 @@ func newMetrics() *Metrics {
 }
 
 // call is server.Config.OnCall.
-func (m *Metrics) call(a *server.Agent, tag string, code domain.Code, elapsed time.Duration) {
+func (m *Metrics) call(a *domain.Agent, tag string, code domain.Code, elapsed time.Duration) {
 	label := "OK"
 	if code != "" {
 		label = string(code)
@@ -78,12 +77,12 @@ func (m *Metrics) ScaleEvent(p *manager.Pool, from, to int, reason string) {
 	}
 	m.scaleEvents.WithLabelValues(p.Agent, dir, reason).Inc()
 }
-func (m *Metrics) InstanceUsage(*manager.Pool, string, manager.Usage) {}
+func (m *Metrics) InstanceUsage(*manager.Pool, string, domain.Usage) {}
 func (m *Metrics) InstanceGone(p *manager.Pool, _ string, why string) {
 	m.instanceGone.WithLabelValues(p.Agent, why).Inc()
 }
-func (m *Metrics) LimitExceeded(p *manager.Pool, _ string, limit string) {
-	m.limitKills.WithLabelValues(p.Agent, limit).Inc()
+func (m *Metrics) LimitExceeded(p *manager.Pool, _ string, limit domain.Limit) {
+	m.limitKills.WithLabelValues(p.Agent, string(limit)).Inc()
 }
 
 // agentGatherer keeps only the series whose "agent" label is one of agents.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/runagent-go/runagent/internal/apikeys"
 	"github.com/runagent-go/runagent/internal/bundle"
+	"github.com/runagent-go/runagent/internal/dispatch"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/pyenv"
@@ -83,6 +85,10 @@ type Platform struct {
 	logs    *logHub
 	async   *asyncRunner
 	started time.Time
+	// servedAgents: agent id → its active version as the wire server
+	// serves it (*server.Agent).
+	servedAgents sync.Map
+	dispatch     domain.Dispatcher
 
 	// AdminKeyFile is where the first admin key was written ("" if the
 	// store already had keys).
@@ -132,8 +138,9 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		return nil, err
 	}
 	p.metrics.watch(p.mgr)
+	p.dispatch = dispatch.NewLocal(p.mgr)
 	p.wire = server.New(server.Config{
-		Directory: p, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
+		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
 		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins}, DurableHistory: true,
 		StallTimeout: cfg.StallTimeout,
@@ -284,14 +291,14 @@ func publicAction(act server.Action) bool {
 // and rate limit, in that order; another tenant's agent is not found.
 func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string, act server.Action) (*server.Agent, func(), *domain.Error) {
 	a, tenant, exists := p.mgr.Lookup(agentID)
-	if agentID != "" && exists && a != nil && p.cfg.AllowPublic && publicAction(act) && public(a) &&
+	if agentID != "" && exists && a != nil && p.cfg.AllowPublic && publicAction(act) && a.Public &&
 		apikeys.BearerToken(r) == "" && apikeys.QueryToken(r) == "" {
 		// Public agents are limited per client address instead of per key.
 		_, release, e := p.limit(w, "ip:"+clientIP(r), p.cfg.DefaultPolicy, nil)
 		if e != nil {
 			return nil, nil, e
 		}
-		return a, release, nil
+		return p.served(a), release, nil
 	}
 	k, release, e := p.authenticate(w, r)
 	if e != nil {
@@ -320,14 +327,20 @@ func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string,
 		return nil, nil, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf(
 			"Agent %s is not started: start it with POST /api/v1/agents/%s/start (runagent deploy does this)", agentID, agentID)}
 	}
-	return a, release, nil
+	return p.served(a), release, nil
 }
 
-// public reports whether the agent's config says auth_settings.type "none".
-func public(a *server.Agent) bool {
-	as, _ := a.Config["auth_settings"].(map[string]any)
-	t, _ := as["type"].(string)
-	return t == "none"
+// served is the wire server's view of the agent version a, prepared once
+// per version (a changes when a new version takes the traffic).
+func (p *Platform) served(a *domain.Agent) *server.Agent {
+	if v, ok := p.servedAgents.Load(a.ID); ok {
+		if s := v.(*server.Agent); s.Agent == a {
+			return s
+		}
+	}
+	s := server.Prepare(a, p.cfg.Host, p.cfg.Port)
+	p.servedAgents.Store(a.ID, s)
+	return s
 }
 
 func clientIP(r *http.Request) string {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -30,17 +31,9 @@ func (e notSent) Unwrap() []error { return []error{e.err, ErrNotSent} }
 var ErrClosed = errors.New("runner connection closed")
 
 // LogFunc receives what the agent printed: invocation is the label of the
-// call that printed it (see WithInvocation), "" outside calls; stream is
+// call that printed it (see domain.WithInvocation), "" outside calls; stream is
 // "stdout" or "stderr".
 type LogFunc func(invocation, stream, text string)
-
-type invocationKey struct{}
-
-// WithInvocation labels the calls made with ctx, so that what they print
-// reaches the LogFunc with that label.
-func WithInvocation(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, invocationKey{}, id)
-}
 
 // ConnOptions configure a Conn.
 type ConnOptions struct {
@@ -227,7 +220,7 @@ func (c *Conn) shutdown(err error) {
 
 func (c *Conn) register(ctx context.Context, buffer int, stream bool) (uint32, *pending, error) {
 	p := &pending{ch: make(chan runproto.Frame, buffer), gone: make(chan struct{}), stream: stream}
-	p.label, _ = ctx.Value(invocationKey{}).(string)
+	p.label = domain.InvocationOf(ctx)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -364,24 +357,32 @@ func finalResult(f runproto.Frame) ([]byte, error) {
 	return nil, fmt.Errorf("runner protocol: unexpected %s frame for a call", f.Kind)
 }
 
+// callError turns an ERROR frame into the call's error: the agent's own
+// exception (INTERNAL_ERROR) is a *domain.AgentError, anything else a
+// *domain.Error with the runner's code.
 func callError(body []byte) error {
-	e := &runproto.CallError{}
-	if err := json.Unmarshal(body, e); err != nil || e.Code == "" {
-		return &runproto.CallError{Code: string(domain.CodeInternal), Message: string(body)}
+	var e runproto.CallError
+	if err := json.Unmarshal(body, &e); err != nil || e.Code == "" {
+		return &domain.AgentError{Message: string(body)}
 	}
-	return e
+	if domain.Code(e.Code) == domain.CodeInternal {
+		return &domain.AgentError{Type: e.Type, Message: e.Message, Traceback: e.Traceback}
+	}
+	we := &domain.Error{Code: domain.Code(e.Code), Message: e.Message}
+	if e.Type == "DataLimitError" {
+		we.Limit = domain.LimitResult
+		if strings.HasPrefix(e.Message, "chunk ") {
+			we.Limit = domain.LimitChunk
+		}
+	}
+	return we
 }
-
-// ChunkFunc receives each CHUNK (a structured string) or CHUNK_ERROR (a JSON
-// {"message"}) frame of a stream. Returning an error stops the stream and
-// cancels the generator in the runner.
-type ChunkFunc func(kind runproto.Kind, body []byte) error
 
 // Stream runs a streaming entrypoint, handing each chunk to fn in order, and
 // returns the number of chunks the runner reported at the end. started, when
 // not nil, is called once the call is on its way to the runner: the caller
 // announces the stream then, so the runner is not kept waiting for it.
-func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn ChunkFunc) (int, error) {
+func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
 	// The window's chunks plus the final frame.
 	id, p, err := c.register(ctx, c.flow.WindowChunks+1, true)
 	if err != nil {
@@ -401,7 +402,7 @@ func (c *Conn) Stream(ctx context.Context, tag string, args, kwargs []byte, star
 	handle := func(f runproto.Frame) (done bool, n int, err error) {
 		switch f.Kind {
 		case runproto.KindChunk, runproto.KindChunkError:
-			if err := fn(f.Kind, f.Body); err != nil {
+			if err := fn(domain.Chunk{Body: f.Body, EncodeError: f.Kind == runproto.KindChunkError}); err != nil {
 				c.abandon(id, p)
 				return true, 0, err
 			}

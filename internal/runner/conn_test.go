@@ -99,8 +99,8 @@ func TestConnCallAnswers(t *testing.T) {
 	}()
 	f = r.read()
 	r.send(runproto.KindError, f.Call, `{"code":"INTERNAL_ERROR","type":"ValueError","message":"bad","traceback":"..."}`)
-	var ce *runproto.CallError
-	if a := <-done; !errors.As(a.err, &ce) || domain.Code(ce.Code) != domain.CodeInternal || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
+	var ce *domain.AgentError
+	if a := <-done; !errors.As(a.err, &ce) || ce.Type != "ValueError" || ce.Message != "bad" || ce.Error() != "ValueError: bad" {
 		t.Fatalf("Call error = %v", a.err)
 	}
 }
@@ -139,8 +139,12 @@ func TestConnStream(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		var got []string
-		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(k runproto.Kind, b []byte) error {
-			got = append(got, k.String()+":"+string(b))
+		n, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(c domain.Chunk) error {
+			k := "CHUNK"
+			if c.EncodeError {
+				k = "CHUNK_ERROR"
+			}
+			got = append(got, k+":"+string(c.Body))
 			return nil
 		})
 		done <- result{got, n, err}
@@ -174,7 +178,7 @@ func TestConnStream(t *testing.T) {
 	// A consumer that stops cancels the generator.
 	stop := errors.New("client gone")
 	go func() {
-		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error { return stop })
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(domain.Chunk) error { return stop })
 		done <- result{err: err}
 	}()
 	for f = r.read(); f.Kind == runproto.KindCredit; f = r.read() { // the first stream's last credit
@@ -262,7 +266,7 @@ func TestConnStalledStreamHoldsNoOtherCall(t *testing.T) {
 	release := make(chan struct{})
 	streamDone := make(chan error, 1)
 	go func() {
-		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error {
+		_, err := conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(domain.Chunk) error {
 			<-release // a client that stopped reading
 			return nil
 		})
@@ -336,7 +340,7 @@ func TestConnProtocolViolations(t *testing.T) {
 				var err error
 				if tt.stream {
 					block := make(chan struct{})
-					_, err = conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(runproto.Kind, []byte) error { <-block; return nil })
+					_, err = conn.Stream(context.Background(), "s_stream", nil, nil, nil, func(domain.Chunk) error { <-block; return nil })
 				} else {
 					_, err = conn.Call(context.Background(), "x", nil, nil)
 				}

@@ -31,7 +31,7 @@ type Spec struct {
 	InstanceID string // unique per instance ("" picks one)
 	Venv       string
 	Network    bool
-	Limits     sandbox.Limits
+	Limits     domain.Limits
 	Logger     *slog.Logger
 	OnLog      LogFunc
 	// OnOutput, when set, gets every line the process itself printed on
@@ -50,7 +50,7 @@ type Process struct {
 	Started time.Time
 
 	inst    sandbox.Instance
-	limits  sandbox.Limits
+	limits  domain.Limits
 	log     *slog.Logger
 	tail    *tail
 	exited  chan struct{}
@@ -147,7 +147,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 func (p *Process) PID() int { return p.inst.PID() }
 
 // Usage is the sandbox's accounting of the instance, if its driver has one.
-func (p *Process) Usage() (sandbox.Usage, bool) { return p.inst.Usage() }
+func (p *Process) Usage() (domain.Usage, bool) { return p.inst.Usage() }
 
 var instanceSeq atomic.Int64
 
@@ -203,9 +203,10 @@ func (p *Process) lost(err error) error {
 	case <-p.inst.Done():
 		exit := p.inst.Exit()
 		how = exit.Status
-		if limit := p.limitOf(exit); limit != "" {
+		if kind, limit := p.limitOf(exit); limit != "" {
 			p.log.Warn("agent runner killed by a limit", "limit", limit)
-			return &domain.Error{Code: domain.CodeResourceLimit, Message: "RESOURCE_LIMIT: " + limit + " exceeded; the instance was stopped", Err: err}
+			return &domain.Error{Code: domain.CodeResourceLimit, Limit: kind, Err: err,
+				Message: "RESOURCE_LIMIT: " + limit + " exceeded; the instance was stopped"}
 		}
 	default:
 	}
@@ -247,15 +248,15 @@ func (p *Process) KillWith(e *domain.Error) {
 }
 
 // limitOf names the limit that ended the runner, if one did: the sandbox's
-// (a cgroup's OOM kill), or the CPU rlimit the runner set on itself.
-func (p *Process) limitOf(e sandbox.Exit) string {
+// (a cgroup's OOM kill: memory), or the CPU rlimit the runner set on itself.
+func (p *Process) limitOf(e sandbox.Exit) (domain.Limit, string) {
 	if e.Limit != "" {
-		return e.Limit
+		return domain.LimitMemory, e.Limit
 	}
 	if e.Signal == "SIGXCPU" && p.limits.CPUSeconds > 0 {
-		return fmt.Sprintf("cpu time %g s", p.limits.CPUSeconds)
+		return domain.LimitCPU, fmt.Sprintf("cpu time %g s", p.limits.CPUSeconds)
 	}
-	return ""
+	return "", ""
 }
 
 // tail keeps the last lines a process printed, for crash reports.

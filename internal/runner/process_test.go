@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -87,14 +86,14 @@ func TestProcessLifecycle(t *testing.T) {
 	if p.Ready.Errors["missing"] == "" || p.Ready.Entrypoints["count_stream"] != "sync_generator" {
 		t.Fatalf("READY = %+v", p.Ready)
 	}
-	v, err := p.Call(runner.WithInvocation(ctx, "inv-1"), "hello", []byte(`["go"]`), nil)
+	v, err := p.Call(domain.WithInvocation(ctx, "inv-1"), "hello", []byte(`["go"]`), nil)
 	if err != nil || string(v) != `{"type": "string", "payload": "\"hello go\""}` {
 		t.Fatalf("hello = %s, %v", v, err)
 	}
 	if got := l.joined(); !strings.Contains(got, "/stdout:imported") || !strings.Contains(got, "inv-1/stdout:saying hello to go") {
 		t.Fatalf("agent prints = %q", got)
 	}
-	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
+	n, err := p.Stream(ctx, "count_stream", []byte(`[3]`), nil, nil, func(domain.Chunk) error { return nil })
 	if err != nil || n != 3 {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}
@@ -116,39 +115,5 @@ func TestProcessStartFailureIsExplained(t *testing.T) {
 	_, err := runner.Start(context.Background(), spec)
 	if err == nil || !strings.Contains(err.Error(), "exited during start-up") || !strings.Contains(err.Error(), "nope.py") {
 		t.Fatalf("Start with a missing script = %v", err)
-	}
-}
-
-// An Instance replaces a runner killed with SIGKILL; calls in flight fail
-// with AGENT_CRASHED and the next one succeeds.
-func TestInstanceReplacesDeadRunner(t *testing.T) {
-	spec, _ := startSpec(t)
-	in := runner.NewInstance(func(ctx context.Context) (*runner.Process, error) { return runner.Start(ctx, spec) }, nil)
-	defer in.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	first, err := in.Get(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { _, err := in.Call(ctx, "nap", []byte(`[30]`), nil); errc <- err }()
-	for first.InFlight() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	syscall.Kill(first.PID(), syscall.SIGKILL)
-	if err := <-errc; domain.CodeOf(err) != domain.CodeAgentCrashed || !strings.Contains(err.Error(), "killed by signal") {
-		t.Fatalf("in-flight call after SIGKILL = %v", err)
-	}
-	v, err := in.Call(ctx, "hello", nil, []byte(`{"name":"again"}`))
-	if err != nil || !strings.Contains(string(v), "hello again") {
-		t.Fatalf("call after the crash = %s, %v", v, err)
-	}
-	if p := in.Current(); p == nil || p.PID() == first.PID() {
-		t.Fatal("the instance did not start a new runner")
-	}
-	in.Close()
-	if _, err := in.Get(ctx); !errors.Is(err, runner.ErrInstanceClosed) {
-		t.Fatalf("Get after Close = %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Proc is an Instance backed by one host command: the runner itself (the
@@ -37,7 +39,7 @@ type ProcOptions struct {
 	// release bwrap's block fd); an error kills the command.
 	AfterStart func(pid int) error
 	// Usage reads the sandbox's accounting; nil: none.
-	Usage func() (Usage, bool)
+	Usage func() (domain.Usage, bool)
 	// Kill replaces SIGKILL to the command's process group.
 	Kill func()
 	// Cleanup runs once the command has exited, before Done is closed: it
@@ -142,9 +144,9 @@ func (p *Proc) Exit() Exit {
 	return p.exit
 }
 
-func (p *Proc) Usage() (Usage, bool) {
+func (p *Proc) Usage() (domain.Usage, bool) {
 	if p.opts.Usage == nil {
-		return Usage{}, false
+		return domain.Usage{}, false
 	}
 	return p.opts.Usage()
 }

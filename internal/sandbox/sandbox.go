@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // Spec is one instance of the runner to start.
@@ -40,7 +42,7 @@ type Spec struct {
 	// Network lets the instance reach the network (the agent's config
 	// allows it); without it a sandbox has no network interface but loopback.
 	Network bool
-	Limits  Limits
+	Limits  domain.Limits
 	// Init is the body of the runner's INIT frame. A driver that restores
 	// instances from snapshots taken after READY (microvm) sends it itself
 	// and hands back READY through Initialized; others leave it to the
@@ -55,37 +57,14 @@ type Initialized interface {
 	Ready() []byte
 }
 
-// Limits are per instance; 0 means none.
-type Limits struct {
-	MemoryBytes int64
-	CPUSeconds  float64
-	// CPUs caps the CPU time per wall-clock second, in cores (0.5: half a
-	// core; 0: no cap): a cgroup's CPU bandwidth, and for the microvm
-	// driver also its vCPUs (rounded up).
-	CPUs         float64
-	Pids         int   // processes plus threads
-	OpenFiles    int   // descriptors per process
-	WorkDirBytes int64 // size of the writable work directory, and of /tmp
-}
-
-// Usage is what an instance uses now, from the kernel's accounting.
-type Usage struct {
-	MemoryBytes int64
-	CPUSeconds  float64
-	Tasks       int
-	// LimitHit names a limit the kernel enforced ("memory", "pids"); a
-	// refused fork does not kill the instance, so the manager does.
-	LimitHit string
-}
-
 // Exit is how an instance ended.
 type Exit struct {
 	Status string // "exit status 1", "killed by signal SIGKILL"
 	Code   int    // the exit status, -1 if a signal ended it
 	// Signal is the signal that ended the runner, if one did ("SIGKILL").
 	Signal string
-	// Limit names the limit the kernel enforced when that is why it ended:
-	// "memory 256 MiB". The caller turns it into RESOURCE_LIMIT.
+	// Limit describes the memory limit the kernel enforced when that is why
+	// it ended: "memory 256 MiB". The caller turns it into RESOURCE_LIMIT.
 	Limit string
 }
 
@@ -134,7 +113,7 @@ type Instance interface {
 	PID() int
 	// Usage reads the kernel's accounting of the whole sandbox; ok is false
 	// when the driver has none (then the caller samples PID's process group).
-	Usage() (u Usage, ok bool)
+	Usage() (u domain.Usage, ok bool)
 	// Kill stops everything in the sandbox now. It does not wait.
 	Kill()
 	// Done is closed once everything in the sandbox has exited and the

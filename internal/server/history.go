@@ -7,7 +7,6 @@ import (
 	"strconv"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -59,7 +58,7 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 	}
 	notFound := &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Invocation %s not found", id)}
 	inv, err := s.cfg.Recorder.Get(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, domain.ErrNotFound) {
 		s.WriteError(w, notFound)
 		return
 	}

@@ -12,7 +12,6 @@ import (
 	"unsafe"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -184,8 +183,8 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 	}
 	s.cfg.Recorder.Start(inv)
 
-	ctx, cancel := s.callContext(runner.WithInvocation(r.Context(), inv.ID), a, deref(req.TimeoutSeconds))
-	result, err := a.Invoker.Call(ctx, tag, req.InputArgs, req.InputKwargs)
+	ctx, cancel := s.callContext(domain.WithInvocation(r.Context(), inv.ID), a, deref(req.TimeoutSeconds))
+	result, err := s.cfg.Dispatcher.Call(ctx, a.Target(), tag, req.InputArgs, req.InputKwargs)
 	cancel()
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)
@@ -200,7 +199,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		data := wire.AppendString((*bp)[:0], unsafe.String(unsafe.SliceData(result), len(result)))
 		s.writeEnvelope(w, http.StatusOK, &wire.Envelope{Success: true, Data: data, Message: wire.MessageRunOK})
 		s.putBuf(bp, data)
-		s.cfg.OnCall(a, tag, "", elapsed)
+		s.cfg.OnCall(a.Agent, tag, "", elapsed)
 		return
 	}
 
@@ -221,7 +220,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		}
 		s.log.Warn("call failed", "tag", tag, "invocation_id", inv.ID, "code", we.Code, "error", we.Message)
 	}
-	s.cfg.OnCall(a, tag, we.Code, elapsed)
+	s.cfg.OnCall(a.Agent, tag, we.Code, elapsed)
 }
 
 // finish records a call's outcome before its answer goes out. With
@@ -242,7 +241,7 @@ func (s *Server) finish(ctx context.Context, inv domain.Invocation) {
 // fetch its result with.
 func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation) {
 	inv.SDKType = "async"
-	if err := s.cfg.Async(r.Context(), a, inv); err != nil {
+	if err := s.cfg.Async(r.Context(), a.Agent, inv); err != nil {
 		we, _ := s.callFailure(err)
 		s.WriteError(w, we)
 		return

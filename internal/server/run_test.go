@@ -3,6 +3,8 @@ package server
 import (
 	"strings"
 	"testing"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 func TestDecodeRunRequest(t *testing.T) {
@@ -58,6 +60,28 @@ func TestPayloadOf(t *testing.T) {
 	for in, want := range tests {
 		if got := string(payloadOf([]byte(in))); got != want {
 			t.Errorf("payloadOf(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// An entrypoint is listed as the original's /architecture lists it: the
+// extractor's keys in the config's order, a webhook's own fields.
+func TestEntrypointJSON(t *testing.T) {
+	tests := []struct {
+		ep   domain.Entrypoint
+		want string
+	}{
+		{domain.Entrypoint{File: "pkg/stream.py", Module: "app.stream", Tag: "chat_stream", Extractor: map[string]string{}},
+			`{"file":"pkg/stream.py","module":"app.stream","tag":"chat_stream","extractor":{}}`},
+		{domain.Entrypoint{File: "main.py", Module: "run", Tag: "chat", Idempotent: true,
+			Extractor: map[string]string{"b": "$.b", "a": "$.a"}, ExtractorKeys: []string{"b", "a"}},
+			`{"file":"main.py","module":"run","tag":"chat","extractor":{"b":"$.b","a":"$.a"}}`},
+		{domain.Entrypoint{Tag: "flow", WebhookURL: "https://n8n.example.com/webhook/abc", Method: "POST", Timeout: 30, Extractor: map[string]string{}},
+			`{"webhook_url":"https://n8n.example.com/webhook/abc","method":"POST","tag":"flow","timeout":30,"extractor":{}}`},
+	}
+	for _, tt := range tests {
+		if got := string(EntrypointJSON(tt.ep)); got != tt.want {
+			t.Errorf("got  %s\nwant %s", got, tt.want)
 		}
 	}
 }

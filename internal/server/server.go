@@ -19,17 +19,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/runner"
-	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
-
-// Invoker runs entrypoints: the runner instance in local mode.
-type Invoker interface {
-	Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error)
-	// Stream calls started once the call is handed over, before any chunk.
-	Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn runner.ChunkFunc) (int, error)
-}
 
 // Recorder keeps invocation records.
 type Recorder interface {
@@ -42,61 +33,32 @@ type Recorder interface {
 	Stats(ctx context.Context, agentID string) (domain.Stats, error)
 }
 
-// Agent is one agent the server serves: what it tells clients about it and
-// what runs its entrypoints. Call Prepare once before serving it; after that
-// it is read-only and may be shared by any number of requests.
+// Agent is an agent as this server answers for it: its domain description
+// with what answering needs computed once (Prepare). It is read-only and
+// may be shared by any number of requests.
 type Agent struct {
-	ID        string
-	Name      string
-	Version   string
-	Framework string
-	// Entrypoints in config order, as the architecture route lists them:
-	// each one's JSON object ({file, module, tag, extractor}).
-	Entrypoints []Entrypoint
-	// Config is the agent's config without env_vars, for GET /api/v1.
-	Config  map[string]any
-	Invoker Invoker
-	// CallTimeout, when set, replaces the server's call timeout.
-	CallTimeout time.Duration
+	*domain.Agent
 
 	tags       map[string]bool // tag → streaming
 	archJSON   []byte          // the "data" of /architecture
 	clientInfo json.RawMessage // recorded with REST invocations
 }
 
-// Idempotent reports whether the config declares tag idempotent.
-func (a *Agent) Idempotent(tag string) bool {
-	for _, ep := range a.Entrypoints {
-		if ep.Tag == tag {
-			return ep.Idempotent
-		}
-	}
-	return false
-}
-
 // Prepare computes what serving the agent needs; host and port are recorded
 // as the invocations' client_info.
-func (a *Agent) Prepare(host string, port int) *Agent {
-	a.tags = make(map[string]bool, len(a.Entrypoints))
-	eps := make([]json.RawMessage, 0, len(a.Entrypoints))
-	for _, ep := range a.Entrypoints {
-		a.tags[ep.Tag] = strings.HasSuffix(ep.Tag, "_stream")
-		eps = append(eps, ep.JSON)
+func Prepare(d *domain.Agent, host string, port int) *Agent {
+	a := &Agent{Agent: d, tags: make(map[string]bool, len(d.Entrypoints))}
+	eps := make([]json.RawMessage, 0, len(d.Entrypoints))
+	for _, ep := range d.Entrypoints {
+		a.tags[ep.Tag] = ep.Streaming()
+		eps = append(eps, EntrypointJSON(ep))
 	}
-	a.archJSON, _ = json.Marshal(map[string]any{"agent_id": a.ID, "entrypoints": eps})
+	a.archJSON, _ = json.Marshal(map[string]any{"agent_id": d.ID, "entrypoints": eps})
 	a.clientInfo, _ = json.Marshal(map[string]any{
 		"server_host": host, "server_port": port,
-		"agent_name": a.Name, "agent_framework": a.Framework,
+		"agent_name": d.Name, "agent_framework": d.Framework,
 	})
 	return a
-}
-
-// Entrypoint is one entrypoint of the served agent.
-type Entrypoint struct {
-	Tag  string
-	JSON json.RawMessage // as listed by /architecture
-	// Idempotent: the config declares that a call may run twice.
-	Idempotent bool
 }
 
 // Action is what a request wants to do with an agent.
@@ -148,21 +110,24 @@ func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Act
 // AsyncFunc takes an async invocation (its record pending, its input in it)
 // and must not return before the record is durable; the invocation then
 // runs in the background.
-type AsyncFunc func(ctx context.Context, a *Agent, inv domain.Invocation) error
+type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation) error
 
 // Config configures a Server.
 type Config struct {
 	// Agent is the agent of local mode; Directory replaces it on the
 	// platform server.
-	Agent     *Agent
-	Directory Directory
-	Recorder  Recorder
+	Agent *domain.Agent
+	// Dispatcher runs the calls of the agents (a pool in this process, a
+	// node of a cluster).
+	Dispatcher domain.Dispatcher
+	Directory  Directory
+	Recorder   Recorder
 	// Async, when set, serves "async_execution": true (202 and the
 	// invocation id); without it the flag is ignored, as the original does.
 	Async AsyncFunc
 	// OnCall is told about every finished call, code "" for success. It
 	// must not block.
-	OnCall func(a *Agent, tag string, code domain.Code, elapsed time.Duration)
+	OnCall func(a *domain.Agent, tag string, code domain.Code, elapsed time.Duration)
 	// Health adds fields to GET /api/v1/health (runner state).
 	Health func() map[string]any
 	// SDKType is recorded with REST invocations ("local_server" if empty).
@@ -223,7 +188,7 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.OnCall == nil {
-		cfg.OnCall = func(*Agent, string, domain.Code, time.Duration) {}
+		cfg.OnCall = func(*domain.Agent, string, domain.Code, time.Duration) {}
 	}
 	if cfg.SDKType == "" {
 		cfg.SDKType = "local_server"
@@ -231,10 +196,7 @@ func New(cfg Config) *Server {
 	uuid.EnableRandPool()
 	s := &Server{cfg: cfg, log: cfg.Logger, dir: cfg.Directory, started: time.Now(), upgrader: newUpgrader(cfg.CORS)}
 	if s.dir == nil {
-		if cfg.Agent.tags == nil {
-			cfg.Agent.Prepare(cfg.Host, cfg.Port)
-		}
-		s.dir = Single(cfg.Agent)
+		s.dir = Single(Prepare(cfg.Agent, cfg.Host, cfg.Port))
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	return s
@@ -496,12 +458,9 @@ func (s *Server) callFailure(err error) (e *domain.Error, agentRaised bool) { re
 // CallFailure turns an error from an invoker into the wire error and
 // whether it is the agent's own exception.
 func CallFailure(err error) (e *domain.Error, agentRaised bool) {
-	var ce *runproto.CallError
-	if errors.As(err, &ce) {
-		if domain.Code(ce.Code) == domain.CodeInternal {
-			return &domain.Error{Code: domain.CodeInternal, Message: ce.Message}, true
-		}
-		return &domain.Error{Code: domain.Code(ce.Code), Message: ce.Message}, false
+	var ae *domain.AgentError
+	if errors.As(err, &ae) {
+		return &domain.Error{Code: domain.CodeInternal, Message: ae.Message}, true
 	}
 	var we *domain.Error
 	if errors.As(err, &we) {

@@ -13,8 +13,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/runner"
-	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -107,7 +105,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 
 	base, stop := context.WithCancelCause(r.Context())
 	defer stop(nil)
-	ctx, cancel := s.callContext(runner.WithInvocation(base, inv.ID), a, deref(req.TimeoutSeconds))
+	ctx, cancel := s.callContext(domain.WithInvocation(base, inv.ID), a, deref(req.TimeoutSeconds))
 	defer cancel()
 	// Reading is how a client's close (or a dropped connection) is noticed;
 	// it stops the generator in the runner.
@@ -133,9 +131,10 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 
 	var samples []json.RawMessage
 	seen := 0
-	n, err := a.Invoker.Stream(ctx, tag, req.InputArgs, req.InputKwargs, announce, func(kind runproto.Kind, body []byte) error {
+	n, err := s.cfg.Dispatcher.Stream(ctx, a.Target(), tag, req.InputArgs, req.InputKwargs, announce, func(c domain.Chunk) error {
 		seen++
-		if kind == runproto.KindChunkError {
+		body := c.Body
+		if c.EncodeError {
 			var ce struct{ Message string }
 			json.Unmarshal(body, &ce)
 			frame = append(frame[:0], `{"type":"error","error":`...)
@@ -165,7 +164,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		frame = append(wire.AppendString(frame, inv.ID), '}')
 		s.writeFrame(conn, frame)
 		closeWith(conn, websocket.CloseNormalClosure, "")
-		s.cfg.OnCall(a, tag, "", elapsed)
+		s.cfg.OnCall(a.Agent, tag, "", elapsed)
 		return
 	}
 
@@ -191,7 +190,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		s.writeFrame(conn, frame)
 		closeWith(conn, websocket.CloseNormalClosure, "")
 	}
-	s.cfg.OnCall(a, tag, code, elapsed)
+	s.cfg.OnCall(a.Agent, tag, code, elapsed)
 }
 
 func (s *Server) writeFrame(conn *websocket.Conn, frame []byte) error {

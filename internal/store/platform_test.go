@@ -62,10 +62,10 @@ func TestVersionsAndTenants(t *testing.T) {
 	if err := db.DeletePlatformAgent(ctx, "ag1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.PlatformAgent(ctx, "ag1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := db.PlatformAgent(ctx, "ag1"); !errors.Is(err, domain.ErrNotFound) {
 		t.Fatalf("deleted agent: %v", err)
 	}
-	if _, err := db.Version(ctx, "ag1", 2); !errors.Is(err, store.ErrNotFound) {
+	if _, err := db.Version(ctx, "ag1", 2); !errors.Is(err, domain.ErrNotFound) {
 		t.Fatalf("deleted agent's version: %v", err)
 	}
 }
@@ -85,7 +85,7 @@ func TestAPIKeysRoundTrip(t *testing.T) {
 	if err := db.RevokeAPIKey(ctx, "abc", at); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.RevokeAPIKey(ctx, "nope", at); !errors.Is(err, store.ErrNotFound) {
+	if err := db.RevokeAPIKey(ctx, "nope", at); !errors.Is(err, domain.ErrNotFound) {
 		t.Fatalf("revoke unknown: %v", err)
 	}
 	keys, err := db.APIKeys(ctx)
@@ -147,7 +147,7 @@ func TestAsyncQueueSurvivesReopen(t *testing.T) {
 	if err := db.StartAsync(ctx, "async2", t0); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.StartAsync(ctx, "nope", t0); !errors.Is(err, store.ErrNotFound) {
+	if err := db.StartAsync(ctx, "nope", t0); !errors.Is(err, domain.ErrNotFound) {
 		t.Fatalf("StartAsync of an unknown invocation: %v", err)
 	}
 	db.Start(pending("sync1", "a", t0)) // a sync call the server was running

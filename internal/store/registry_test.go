@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/store"
 )
 
@@ -286,13 +287,13 @@ func TestRecordRegistryRun(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.db")
-	if err := store.RecordRegistryRun(ctx, missing, "x", true, time.Now()); !errors.Is(err, store.ErrNotFound) {
+	if err := store.RecordRegistryRun(ctx, missing, "x", true, time.Now()); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("missing file: %v, want ErrNotFound", err)
 	}
 	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("RecordRegistryRun created the registry file")
 	}
-	if _, err := store.LookupRegistryAgent(ctx, missing, "x"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := store.LookupRegistryAgent(ctx, missing, "x"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("Lookup in missing file: %v, want ErrNotFound", err)
 	}
 
@@ -301,10 +302,10 @@ func TestRecordRegistryRun(t *testing.T) {
 	if err := store.UpsertRegistryAgent(ctx, path, a); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.RecordRegistryRun(ctx, path, "someone-else", true, time.Now()); !errors.Is(err, store.ErrNotFound) {
+	if err := store.RecordRegistryRun(ctx, path, "someone-else", true, time.Now()); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("unknown agent: %v, want ErrNotFound", err)
 	}
-	if _, err := store.LookupRegistryAgent(ctx, path, "someone-else"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := store.LookupRegistryAgent(ctx, path, "someone-else"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("Lookup unknown agent: %v, want ErrNotFound", err)
 	}
 

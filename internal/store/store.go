@@ -51,9 +51,9 @@ import (
 )
 
 var (
-	// ErrNotFound is returned for an invocation or registry agent that does
-	// not exist.
-	ErrNotFound = errors.New("not found")
+	// ErrNotFound is returned for an invocation, agent, key or registry
+	// agent that does not exist (it is domain.ErrNotFound).
+	ErrNotFound = domain.ErrNotFound
 	// ErrClosed is returned by Flush after Close.
 	ErrClosed = errors.New("store closed")
 )

@@ -122,7 +122,7 @@ func TestStartFinishGet(t *testing.T) {
 
 	t.Run("not found", func(t *testing.T) {
 		db, _ := openDB(t)
-		if _, err := db.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := db.Get(ctx, "nope"); !errors.Is(err, domain.ErrNotFound) {
 			t.Fatalf("got %v, want ErrNotFound", err)
 		}
 	})

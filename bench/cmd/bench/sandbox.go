@@ -14,6 +14,7 @@ import (
 	"github.com/runagent-go/runagent/bench/internal/loadgen"
 	"github.com/runagent-go/runagent/bench/internal/procs"
 	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
@@ -140,7 +141,7 @@ func (b *bench) measureSandbox(r *sandboxResult, d sandbox.Driver, python, scrip
 			Driver: d, InstanceID: fmt.Sprintf("bench-%s-%d-%d", instanceName(r.name), os.Getpid(), i),
 			// 96 MiB: the microvm driver's guest is then 256 MiB (the
 			// limit plus what the guest's kernel and supervisor need).
-			Limits:   sandbox.Limits{MemoryBytes: 96 << 20, Pids: 256, WorkDirBytes: 64 << 20},
+			Limits:   domain.Limits{MemoryBytes: 96 << 20, Pids: 256, WorkDirBytes: 64 << 20},
 			OnOutput: func(string, string) {},
 		}
 	}

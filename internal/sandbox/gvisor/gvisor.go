@@ -31,10 +31,12 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/cgroup"
 	"github.com/runagent-go/runagent/internal/sandbox/mountinfo"
-	"golang.org/x/sys/unix"
 )
 
 // Driver starts instances under runsc.
@@ -276,7 +278,7 @@ type instance struct {
 	id     string
 	bundle string
 	group  *cgroup.Group
-	limits sandbox.Limits
+	limits domain.Limits
 
 	blockMu sync.Mutex
 	blockW  *os.File
@@ -317,13 +319,13 @@ func (in *instance) closeBlock() {
 // usage is the cgroup's memory and CPU time, which include runsc's own
 // (about 35 MiB and a few tenths of a second at start), and as tasks the
 // agent's processes (see agentProcesses).
-func (in *instance) usage() (sandbox.Usage, bool) {
+func (in *instance) usage() (domain.Usage, bool) {
 	u, err := in.group.Usage()
 	if err != nil {
-		return sandbox.Usage{}, false
+		return domain.Usage{}, false
 	}
-	return sandbox.Usage{MemoryBytes: u.MemoryBytes, CPUSeconds: u.CPUSeconds, Tasks: in.agentProcesses(),
-		LimitHit: in.group.LimitHit()}, true
+	return domain.Usage{MemoryBytes: u.MemoryBytes, CPUSeconds: u.CPUSeconds, Tasks: in.agentProcesses(),
+		LimitHit: domain.Limit(in.group.LimitHit())}, true
 }
 
 // agentProcesses counts the agent's processes as the host sees them: the

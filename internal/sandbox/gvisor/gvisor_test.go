@@ -163,7 +163,7 @@ func setup(t testing.TB) (*Driver, runner.Spec) {
 		Python: python, Script: script, Driver: d,
 		Env:          runner.Environ([]string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "SECRET_OF_THE_HOST=1"}, "", map[string]string{"AGENT_VAR": "v"}),
 		InstanceID:   fmt.Sprintf("gvtest-%d-%d", os.Getpid(), seq.Add(1)),
-		Limits:       sandbox.Limits{MemoryBytes: 512 << 20, Pids: 256, OpenFiles: 256, WorkDirBytes: 16 << 20},
+		Limits:       domain.Limits{MemoryBytes: 512 << 20, Pids: 256, OpenFiles: 256, WorkDirBytes: 16 << 20},
 		Init:         runproto.Init{AgentDir: agent, Entrypoints: eps, Threads: 4},
 		ReadyTimeout: 30 * time.Second,
 	}
@@ -333,7 +333,7 @@ func TestRunnerInGVisor(t *testing.T) {
 	if err != nil || v != "hello gvisor" {
 		t.Fatalf("hello = %v, %v", v, err)
 	}
-	n, err := p.Stream(context.Background(), "count_stream", []byte(`[3]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
+	n, err := p.Stream(context.Background(), "count_stream", []byte(`[3]`), nil, nil, func(domain.Chunk) error { return nil })
 	if err != nil || n != 3 {
 		t.Fatalf("count_stream = %d, %v", n, err)
 	}
@@ -630,7 +630,7 @@ func TestConfig(t *testing.T) {
 		ID: "x1", Python: "/opt/py/bin/python3", Args: []string{"-u", "/srv/cache/runner/ab/runagent_runner.py"},
 		Env: []string{"PATH=/usr/bin", "HOME=/root", "A=1"}, AgentDir: "/srv/agents/a/v1", Venv: "/srv/venvs/a",
 		Script: "/srv/cache/runner/ab/runagent_runner.py",
-		Limits: sandbox.Limits{MemoryBytes: 64 << 20, Pids: 100, OpenFiles: 50, WorkDirBytes: 8 << 20},
+		Limits: domain.Limits{MemoryBytes: 64 << 20, Pids: 100, OpenFiles: 50, WorkDirBytes: 8 << 20},
 	}
 	c := bundleConfig(s, "/opt/py")
 	if got := strings.Join(c.Process.Args, " "); got != "/opt/py/bin/python3 -u /srv/cache/runner/ab/runagent_runner.py --fd 0" {

@@ -8,13 +8,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/sandbox"
 )
 
 // instance is a VM handed out to the runner layer.
 type instance struct {
 	v      *vm
-	limits sandbox.Limits
+	limits domain.Limits
 	ready  []byte
 	before []byte
 	ch     net.Conn
@@ -22,7 +23,7 @@ type instance struct {
 	exit   sandbox.Exit
 }
 
-func newInstance(v *vm, limits sandbox.Limits) *instance {
+func newInstance(v *vm, limits domain.Limits) *instance {
 	in := &instance{v: v, limits: limits, done: make(chan struct{})}
 	go in.wait()
 	return in
@@ -72,7 +73,7 @@ func (in *instance) Exit() sandbox.Exit {
 
 // Usage is the guest's accounting of the runner's cgroup: at most 200 ms
 // old, asked for when older.
-func (in *instance) Usage() (sandbox.Usage, bool) {
+func (in *instance) Usage() (domain.Usage, bool) {
 	return in.v.readUsage(200*time.Millisecond, 500*time.Millisecond)
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/sandbox"
 )
 
@@ -114,7 +115,7 @@ type vm struct {
 	replies  chan map[string]any // control messages other than exit and usage
 	ctlDone  chan struct{}       // the control reader has ended
 	mu       sync.Mutex
-	usage    sandbox.Usage
+	usage    domain.Usage
 	usageAt  time.Time
 	usageReq chan struct{} // closed by the next usage reply
 	exit     map[string]any
@@ -197,11 +198,11 @@ func (v *vm) readControl() {
 		switch m["op"] {
 		case "usage":
 			v.mu.Lock()
-			v.usage = sandbox.Usage{
+			v.usage = domain.Usage{
 				MemoryBytes: int64(num(m["memory"])),
 				CPUSeconds:  num(m["cpu_usec"]) / 1e6,
 				Tasks:       int(num(m["tasks"])),
-				LimitHit:    str(m["limit"]),
+				LimitHit:    domain.Limit(str(m["limit"])),
 			}
 			v.usageAt = time.Now()
 			if v.usageReq != nil {
@@ -256,7 +257,7 @@ func (v *vm) await(op string, deadline time.Time) (map[string]any, error) {
 }
 
 // readUsage asks the guest for its accounting, waiting at most wait.
-func (v *vm) readUsage(maxAge, wait time.Duration) (sandbox.Usage, bool) {
+func (v *vm) readUsage(maxAge, wait time.Duration) (domain.Usage, bool) {
 	v.mu.Lock()
 	if !v.usageAt.IsZero() && time.Since(v.usageAt) < maxAge {
 		u := v.usage
@@ -269,7 +270,7 @@ func (v *vm) readUsage(maxAge, wait time.Duration) (sandbox.Usage, bool) {
 		v.usageReq = req
 		v.mu.Unlock()
 		if v.send(map[string]any{"op": "usage"}) != nil {
-			return sandbox.Usage{}, false
+			return domain.Usage{}, false
 		}
 	} else {
 		v.mu.Unlock()

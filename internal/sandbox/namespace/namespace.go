@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/cgroup"
 	"github.com/runagent-go/runagent/internal/sandbox/seccomp"
@@ -108,12 +109,12 @@ func (d *Driver) Start(ctx context.Context, s sandbox.Spec) (sandbox.Instance, e
 			files.closeChild()
 			return files.placeInGroup(pid, group)
 		}
-		o.Usage = func() (sandbox.Usage, bool) {
+		o.Usage = func() (domain.Usage, bool) {
 			u, err := group.Usage()
 			if err != nil {
-				return sandbox.Usage{}, false
+				return domain.Usage{}, false
 			}
-			return sandbox.Usage{MemoryBytes: u.MemoryBytes, CPUSeconds: u.CPUSeconds, Tasks: u.Pids, LimitHit: group.LimitHit()}, true
+			return domain.Usage{MemoryBytes: u.MemoryBytes, CPUSeconds: u.CPUSeconds, Tasks: u.Pids, LimitHit: domain.Limit(group.LimitHit())}, true
 		}
 		o.Kill = func() { group.Kill() }
 	} else {

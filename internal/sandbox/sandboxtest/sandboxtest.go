@@ -106,7 +106,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		t.Fatal(err)
 	}
 	var seq int
-	start := func(t *testing.T, limits sandbox.Limits) (*runner.Process, *output, string) {
+	start := func(t *testing.T, limits domain.Limits) (*runner.Process, *output, string) {
 		t.Helper()
 		seq++
 		id := fmt.Sprintf("conf-%s-%d-%d", d.Name(), os.Getpid(), seq)
@@ -136,15 +136,15 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	ctx := context.Background()
 
 	t.Run("calls, streams, output, environment", func(t *testing.T) {
-		p, out, id := start(t, sandbox.Limits{})
+		p, out, id := start(t, domain.Limits{})
 		if len(p.Ready.Errors) > 0 {
 			t.Fatalf("READY errors: %v", p.Ready.Errors)
 		}
-		v, err := p.Call(runner.WithInvocation(ctx, "inv-1"), "hello", []byte(`["sandbox"]`), nil)
+		v, err := p.Call(domain.WithInvocation(ctx, "inv-1"), "hello", []byte(`["sandbox"]`), nil)
 		if err != nil || !strings.Contains(string(v), `hello sandbox`) {
 			t.Fatalf("hello = %s, %v", v, err)
 		}
-		n, err := p.Stream(ctx, "count_stream", []byte(`[50]`), nil, nil, func(runproto.Kind, []byte) error { return nil })
+		n, err := p.Stream(ctx, "count_stream", []byte(`[50]`), nil, nil, func(domain.Chunk) error { return nil })
 		if err != nil || n != 50 {
 			t.Fatalf("count_stream(50) = %d chunks, %v", n, err)
 		}
@@ -160,7 +160,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	})
 
 	t.Run("usage", func(t *testing.T) {
-		p, _, _ := start(t, sandbox.Limits{})
+		p, _, _ := start(t, domain.Limits{})
 		if _, err := p.Call(ctx, "hello", nil, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +174,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	})
 
 	t.Run("crash ends calls and the instance", func(t *testing.T) {
-		p, _, _ := start(t, sandbox.Limits{})
+		p, _, _ := start(t, domain.Limits{})
 		_, err := p.Call(ctx, "die", []byte(`[7]`), nil)
 		var we *domain.Error
 		if !errors.As(err, &we) || we.Code != domain.CodeAgentCrashed || !strings.Contains(we.Message, "exit status 7") {
@@ -184,7 +184,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	})
 
 	t.Run("kill stops everything", func(t *testing.T) {
-		p, _, id := start(t, sandbox.Limits{})
+		p, _, id := start(t, domain.Limits{})
 		done := make(chan error, 1)
 		go func() { _, err := p.Call(ctx, "nap", []byte(`[30]`), nil); done <- err }()
 		time.Sleep(200 * time.Millisecond)
@@ -202,7 +202,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	})
 
 	t.Run("cpu time limit", func(t *testing.T) {
-		p, _, _ := start(t, sandbox.Limits{CPUSeconds: 1})
+		p, _, _ := start(t, domain.Limits{CPUSeconds: 1})
 		_, err := p.Call(ctx, "spin", nil, nil)
 		var we *domain.Error
 		if !errors.As(err, &we) || we.Code != domain.CodeResourceLimit || !strings.Contains(we.Message, "cpu time 1 s") {
@@ -216,7 +216,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 			// Busy for 2 s of wall time with a quarter of a core: about 0.5 s
 			// of CPU (a busy machine only gives less). Without the cap it
 			// would be 2 s.
-			p, _, _ := start(t, sandbox.Limits{CPUs: 0.25})
+			p, _, _ := start(t, domain.Limits{CPUs: 0.25})
 			// The kernel's accounting, read by the driver (inside gVisor a
 			// thread's own CPU clock runs while the host throttles it).
 			cpu := func() float64 {
@@ -241,7 +241,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 
 	if f.Processors {
 		t.Run("processors", func(t *testing.T) {
-			p, _, _ := start(t, sandbox.Limits{CPUs: 1.5})
+			p, _, _ := start(t, domain.Limits{CPUs: 1.5})
 			if v, err := p.Call(ctx, "cpu_count", nil, nil); err != nil || !strings.Contains(string(v), `"payload": "2"`) {
 				t.Fatalf("with a limit of 1.5 cores os.cpu_count() = %s, %v; want 2", v, err)
 			}
@@ -250,7 +250,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 
 	if f.MemoryLimit {
 		t.Run("memory limit", func(t *testing.T) {
-			p, _, _ := start(t, sandbox.Limits{MemoryBytes: 96 << 20})
+			p, _, _ := start(t, domain.Limits{MemoryBytes: 96 << 20})
 			_, err := p.Call(ctx, "hog", nil, nil)
 			var we *domain.Error
 			if !errors.As(err, &we) || we.Code != domain.CodeResourceLimit || !strings.Contains(we.Message, "memory 96 MiB") {

@@ -4,30 +4,13 @@ import (
 	"encoding/json"
 	"strconv"
 
-	"github.com/runagent-go/runagent/internal/agentfolder"
+	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
-// AgentFromFolder describes a loaded agent folder for serving; the caller
-// sets Invoker (and CallTimeout) and calls Prepare.
-func AgentFromFolder(folder *agentfolder.Folder) Agent {
-	cfg := folder.Config
-	a := Agent{ID: cfg.AgentID, Name: cfg.AgentName, Version: cfg.Version, Framework: cfg.Framework}
-	for _, ep := range cfg.AgentArchitecture.Entrypoints {
-		a.Entrypoints = append(a.Entrypoints, Entrypoint{Tag: ep.Tag, JSON: entrypointJSON(ep), Idempotent: ep.Idempotent})
-	}
-	a.Config = map[string]any{}
-	for k, v := range folder.RawConfig {
-		if k != "env_vars" {
-			a.Config[k] = v
-		}
-	}
-	return a
-}
-
-// entrypointJSON is an entrypoint as /architecture lists it, the extractor's
+// EntrypointJSON is an entrypoint as /architecture lists it, the extractor's
 // keys in the config's order.
-func entrypointJSON(ep agentfolder.Entrypoint) json.RawMessage {
+func EntrypointJSON(ep domain.Entrypoint) json.RawMessage {
 	var b []byte
 	if ep.WebhookURL != "" { // the original's WebHookEntryPoint fields
 		b = append(b, `{"webhook_url":`...)
