@@ -194,7 +194,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 			return map[string]any{"runner": "starting"}
 		},
 	})
-	if err := store.UpsertRegistryAgent(ctx, regPath, store.RegistryAgent{
+	if err := store.UpsertRegistryAgent(ctx, regPath, domain.RegistryAgent{
 		AgentID: cfg.AgentID, AgentPath: folder.Dir, Host: o.host, Port: port, Framework: cfg.Framework,
 		AgentName: cfg.AgentName, Description: cfg.Description, Template: cfg.Template, Version: cfg.Version,
 	}); err != nil {

@@ -34,11 +34,11 @@ import (
 )
 
 // LogSink takes the lines agent instances print (and system events).
-type LogSink interface{ Add(store.LogLine) }
+type LogSink interface{ Add(domain.LogLine) }
 
 // Config configures a Manager.
 type Config struct {
-	DB       *store.DB
+	DB       domain.Agents
 	DataDir  string // bundles go to DataDir/agents/<agent id>/<upload id>
 	CacheDir string // virtualenvs and the runner script
 	Python   pyenv.Python
@@ -262,7 +262,7 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 
 	st, created := m.putState(id, tenant)
 	if st.tenant != tenant {
-		return "", 0, ErrOtherTenant
+		return "", 0, domain.ErrOtherTenant
 	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()
@@ -280,13 +280,13 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 	if err := os.Rename(dir, final); err != nil {
 		return "", 0, err
 	}
-	n, err := m.cfg.DB.AddVersion(ctx, tenant, cfg.AgentName, cfg.Framework, store.AgentVersion{
+	n, err := m.cfg.DB.AddVersion(ctx, tenant, cfg.AgentName, cfg.Framework, domain.Version{
 		AgentID: id, Dir: final, FileName: fileName, FileSize: size, SHA256: sum,
 	})
 	if err != nil {
 		os.RemoveAll(final)
 		if errors.Is(err, store.ErrTenantMismatch) {
-			return "", 0, ErrOtherTenant
+			return "", 0, domain.ErrOtherTenant
 		}
 		return "", 0, err
 	}
@@ -295,10 +295,6 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 	m.system(id, n, "", fmt.Sprintf("version %d uploaded (%s, %d bytes)", n, fileName, size))
 	return id, n, nil
 }
-
-// ErrOtherTenant: the agent id is taken by another tenant.
-var ErrOtherTenant = &domain.Error{Code: domain.CodePermission,
-	Message: "this agent id is taken by another tenant; give your agent a new id (runagent init or a fresh UUID in agent_id)"}
 
 func hashReader(r io.ReaderAt, size int64) (string, error) {
 	h := sha256.New()
@@ -333,7 +329,7 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	m.cfg.DB.SetVersionStatus(ctx, agentID, vrec.Version, store.VersionStarting, "")
+	m.cfg.DB.SetVersionStatus(ctx, agentID, vrec.Version, domain.VersionStarting, "")
 	m.system(agentID, vrec.Version, "", fmt.Sprintf("starting version %d", vrec.Version))
 	warm := 1
 	if old != nil {
@@ -341,7 +337,7 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	}
 	v, err := m.bringUp(ctx, st, vrec, warm)
 	if err != nil {
-		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, store.VersionFailed, err.Error())
+		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, domain.VersionFailed, err.Error())
 		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
 		return 0, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
 	}
@@ -413,13 +409,13 @@ func redactErr(r *strings.Replacer, err error) error {
 
 // bringUp prepares a version's environment and pool, warming n instances
 // (0: none, for a restore that scales from zero).
-func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec store.AgentVersion, n int) (*version, error) {
+func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec domain.Version, n int) (*version, error) {
 	r := m.redactor(vrec.Dir)
 	v, err := m.bringUpWith(ctx, st.id, st.tenant, vrec, n, r)
 	return v, redactErr(r, err)
 }
 
-func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec store.AgentVersion, n int, r *strings.Replacer) (*version, error) {
+func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec domain.Version, n int, r *strings.Replacer) (*version, error) {
 	folder, err := agentfolder.Load(vrec.Dir)
 	if err != nil {
 		return nil, err
@@ -451,7 +447,7 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 		Threads: dep.MaxConcurrency + 2, Flow: m.cfg.Flow, NamePrefix: agentID + "-" + m.runID + "-",
 		StartTimeout: m.cfg.StartTimeout, Log: m.log.With("agent_id", agentID, "version", vrec.Version), Redact: r,
 		OnLog: func(instance, invocation, stream, text string) {
-			m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: vrec.Version, Instance: instance,
+			m.cfg.Logs.Add(domain.LogLine{At: time.Now(), AgentID: agentID, Version: vrec.Version, Instance: instance,
 				InvocationID: invocation, Stream: stream, Line: text})
 		},
 	}
@@ -511,8 +507,8 @@ func (m *Manager) Restore(ctx context.Context) error {
 			return err
 		}
 		for _, v := range vs {
-			if v.Status == store.VersionStarting {
-				m.cfg.DB.SetVersionStatus(ctx, pa.ID, v.Version, store.VersionFailed, "the server stopped while this version was starting; start it again")
+			if v.Status == domain.VersionStarting {
+				m.cfg.DB.SetVersionStatus(ctx, pa.ID, v.Version, domain.VersionFailed, "the server stopped while this version was starting; start it again")
 			}
 		}
 		if pa.ActiveVersion == 0 {
@@ -525,7 +521,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 		v, err := m.bringUp(ctx, st, vrec, 0)
 		if err != nil {
 			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
-			m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, store.VersionFailed, err.Error())
+			m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, domain.VersionFailed, err.Error())
 			continue
 		}
 		st.active.Store(v)
@@ -641,7 +637,7 @@ func (m *Manager) Close() {
 
 // system records an event in the agent's log.
 func (m *Manager) system(agentID string, version int, invocation, text string) {
-	m.cfg.Logs.Add(store.LogLine{At: time.Now(), AgentID: agentID, Version: version, Instance: "-",
+	m.cfg.Logs.Add(domain.LogLine{At: time.Now(), AgentID: agentID, Version: version, Instance: "-",
 		InvocationID: invocation, Stream: "system", Line: text})
 }
 

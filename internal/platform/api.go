@@ -238,7 +238,7 @@ func (p *Platform) mayDeploy(k *domain.Key, id string) *domain.Error {
 		return &domain.Error{Code: domain.CodePermission, Message: fmt.Sprintf("this API key may not use agent %s", id)}
 	}
 	if _, tenant, exists := p.mgr.Lookup(id); exists && tenant != k.Tenant {
-		return manager.ErrOtherTenant
+		return domain.ErrOtherTenant
 	}
 	return nil
 }
@@ -250,7 +250,7 @@ func (p *Platform) storeError(w http.ResponseWriter, err error) {
 		return
 	}
 	if errors.Is(err, store.ErrTenantMismatch) {
-		p.wire.WriteError(w, manager.ErrOtherTenant)
+		p.wire.WriteError(w, domain.ErrOtherTenant)
 		return
 	}
 	// The cause (paths, SQL) is for the operator's log, not the client.
@@ -352,7 +352,7 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": store.VersionUploaded,
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": domain.VersionUploaded,
 		"file_size": size, "file_name": fileName}, "Agent uploaded")
 }
 
@@ -413,7 +413,7 @@ func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	vs, _ := p.db.Versions(r.Context(), id)
 	s["error"] = nil
-	if len(vs) > 0 && vs[0].Status == store.VersionFailed {
+	if len(vs) > 0 && vs[0].Status == domain.VersionFailed {
 		s["error"] = vs[0].Error
 	}
 	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent status")

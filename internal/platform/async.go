@@ -10,7 +10,6 @@ import (
 
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/server"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -79,7 +78,7 @@ type asyncRunner struct {
 
 type tenantQueue struct {
 	name    string
-	jobs    []store.AsyncJob // waiting, oldest first
+	jobs    []domain.AsyncJob // waiting, oldest first
 	running int
 	backlog int // waiting + running
 	inRing  bool
@@ -132,7 +131,7 @@ func (ar *asyncRunner) resume(ctx context.Context) error {
 
 // failInterrupted records the outcome of an invocation the server stopped
 // under: failed, saying why it was not run again.
-func (ar *asyncRunner) failInterrupted(ctx context.Context, j store.AsyncJob, idempotent bool) error {
+func (ar *asyncRunner) failInterrupted(ctx context.Context, j domain.AsyncJob, idempotent bool) error {
 	inv := j.Invocation
 	inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
 	inv.ExecutionMS = float64(inv.ResponseTime.Sub(j.StartedAt).Microseconds()) / 1000
@@ -207,7 +206,7 @@ func (ar *asyncRunner) tenant(name string) *tenantQueue {
 }
 
 // push queues a reserved job for the workers.
-func (ar *asyncRunner) push(j store.AsyncJob) {
+func (ar *asyncRunner) push(j domain.AsyncJob) {
 	ar.mu.Lock()
 	t := ar.tenant(j.Tenant)
 	t.jobs = append(t.jobs, j)
@@ -222,7 +221,7 @@ func (ar *asyncRunner) push(j store.AsyncJob) {
 // take waits for the next job a worker may run: the oldest of the next
 // tenant in turn that has one waiting and a worker to spare. ctx ends when
 // close cuts the job off; ok is false once the runner closes.
-func (ar *asyncRunner) take() (j store.AsyncJob, ctx context.Context, ok bool) {
+func (ar *asyncRunner) take() (j domain.AsyncJob, ctx context.Context, ok bool) {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
 	for {
@@ -236,7 +235,7 @@ func (ar *asyncRunner) take() (j store.AsyncJob, ctx context.Context, ok bool) {
 				continue
 			}
 			j = t.jobs[0]
-			t.jobs[0] = store.AsyncJob{}
+			t.jobs[0] = domain.AsyncJob{}
 			t.jobs = t.jobs[1:]
 			t.running++
 			if len(t.jobs) == 0 {
@@ -261,7 +260,7 @@ func (ar *asyncRunner) take() (j store.AsyncJob, ctx context.Context, ok bool) {
 }
 
 // done accounts for a job that ran (or was cut off by close).
-func (ar *asyncRunner) done(j store.AsyncJob) {
+func (ar *asyncRunner) done(j domain.AsyncJob) {
 	ar.mu.Lock()
 	if cancel := ar.cancels[j.ID]; cancel != nil {
 		cancel()
@@ -327,7 +326,7 @@ func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
 	}
-	j := store.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}
+	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}
 	if err := p.db.EnqueueAsync(ctx, inv, tenant, timeout); err != nil {
 		p.async.mu.Lock()
 		p.async.unreserveLocked(tenant, a.ID)
@@ -338,7 +337,7 @@ func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain
 	return nil
 }
 
-func (ar *asyncRunner) run(ctx context.Context, j store.AsyncJob) {
+func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 	defer ar.done(j)
 	p := ar.p
 	inv := j.Invocation

@@ -6,15 +6,14 @@ import (
 	"testing"
 
 	"github.com/runagent-go/runagent/internal/domain"
-	"github.com/runagent-go/runagent/internal/store"
 )
 
 func testAsyncRunner(lim AsyncLimits) *asyncRunner {
 	return newAsyncRunner(&Platform{metrics: newMetrics(), log: slog.New(slog.DiscardHandler)}, lim)
 }
 
-func job(id, tenant, agent string) store.AsyncJob {
-	return store.AsyncJob{Invocation: domain.Invocation{ID: id, AgentID: agent}, Tenant: tenant}
+func job(id, tenant, agent string) domain.AsyncJob {
+	return domain.AsyncJob{Invocation: domain.Invocation{ID: id, AgentID: agent}, Tenant: tenant}
 }
 
 // Workers take jobs in turn across tenants, and no tenant runs more than
@@ -31,7 +30,7 @@ func TestAsyncTakesTenantsInTurn(t *testing.T) {
 	ar.push(job("other0", "other", "a3"))
 
 	var order []string
-	var taken []store.AsyncJob
+	var taken []domain.AsyncJob
 	for range 4 {
 		j, _, ok := ar.take()
 		if !ok {

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // logHub takes agent log lines off the instances' output readers, writes
@@ -17,15 +17,15 @@ import (
 // A chatty agent must never stall its calls: when the writer falls behind,
 // lines are dropped and counted.
 type logHub struct {
-	db      *store.DB
+	db      domain.Logs
 	metrics *Metrics
 	log     *slog.Logger
-	in      chan store.LogLine
+	in      chan domain.LogLine
 	queued  atomic.Int64 // bytes of the lines in in
 	done    chan struct{}
 
 	mu   sync.Mutex
-	subs map[string]map[chan store.LogLine]struct{}
+	subs map[string]map[chan domain.LogLine]struct{}
 }
 
 const (
@@ -39,15 +39,15 @@ const (
 	followQueue   = 1024
 )
 
-func newLogHub(db *store.DB, m *Metrics, log *slog.Logger) *logHub {
-	return &logHub{db: db, metrics: m, log: log, in: make(chan store.LogLine, logQueue), done: make(chan struct{}),
-		subs: map[string]map[chan store.LogLine]struct{}{}}
+func newLogHub(db domain.Logs, m *Metrics, log *slog.Logger) *logHub {
+	return &logHub{db: db, metrics: m, log: log, in: make(chan domain.LogLine, logQueue), done: make(chan struct{}),
+		subs: map[string]map[chan domain.LogLine]struct{}{}}
 }
 
 // Add implements manager.LogSink. A line longer than maxLogLine is cut;
 // past logQueueBytes queued, lines are dropped (and counted), so that an
 // agent printing megabytes cannot grow the server.
-func (h *logHub) Add(l store.LogLine) {
+func (h *logHub) Add(l domain.LogLine) {
 	if n := len(l.Line); n > maxLogLine {
 		l.Line = fmt.Sprintf("%s... (%d bytes cut)", strings.ToValidUTF8(l.Line[:maxLogLine], ""), n-maxLogLine)
 	}
@@ -66,12 +66,12 @@ func (h *logHub) Add(l store.LogLine) {
 }
 
 // took accounts for lines taken off the queue.
-func (h *logHub) took(l store.LogLine) { h.queued.Add(-int64(len(l.Line))) }
+func (h *logHub) took(l domain.LogLine) { h.queued.Add(-int64(len(l.Line))) }
 
 func (h *logHub) run(ctx context.Context) {
 	prune := time.NewTicker(pruneEvery)
 	defer prune.Stop()
-	batch := make([]store.LogLine, 0, logBatch)
+	batch := make([]domain.LogLine, 0, logBatch)
 	for {
 		select {
 		case <-ctx.Done():
@@ -102,7 +102,7 @@ func (h *logHub) run(ctx context.Context) {
 
 // flush writes what is queued (at shutdown).
 func (h *logHub) flush() {
-	var batch []store.LogLine
+	var batch []domain.LogLine
 	for {
 		select {
 		case l := <-h.in:
@@ -117,7 +117,7 @@ func (h *logHub) flush() {
 	}
 }
 
-func (h *logHub) write(batch []store.LogLine) {
+func (h *logHub) write(batch []domain.LogLine) {
 	if err := h.db.AppendLogs(context.Background(), batch); err != nil {
 		h.log.Warn("store agent logs", "lines", len(batch), "error", err)
 		return
@@ -135,11 +135,11 @@ func (h *logHub) write(batch []store.LogLine) {
 }
 
 // subscribe returns a channel of the agent's new lines and its cancel.
-func (h *logHub) subscribe(agentID string) (chan store.LogLine, func()) {
-	ch := make(chan store.LogLine, followQueue)
+func (h *logHub) subscribe(agentID string) (chan domain.LogLine, func()) {
+	ch := make(chan domain.LogLine, followQueue)
 	h.mu.Lock()
 	if h.subs[agentID] == nil {
-		h.subs[agentID] = map[chan store.LogLine]struct{}{}
+		h.subs[agentID] = map[chan domain.LogLine]struct{}{}
 	}
 	h.subs[agentID][ch] = struct{}{}
 	h.mu.Unlock()

@@ -76,7 +76,7 @@ type Config struct {
 type Platform struct {
 	cfg     Config
 	log     *slog.Logger
-	db      *store.DB
+	db      domain.Store
 	mgr     *manager.Manager
 	keys    *apikeys.Keyring
 	limiter *ratelimit.Limiter

@@ -22,17 +22,6 @@ import (
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
-// Recorder keeps invocation records.
-type Recorder interface {
-	Start(domain.Invocation)
-	Finish(domain.Invocation)
-	// FinishDurable is Finish that returns once the record is durable.
-	FinishDurable(ctx context.Context, inv domain.Invocation) error
-	Get(ctx context.Context, id string) (domain.Invocation, error)
-	List(ctx context.Context, agentID string, status domain.Status, limit int) ([]domain.Invocation, error)
-	Stats(ctx context.Context, agentID string) (domain.Stats, error)
-}
-
 // Agent is an agent as this server answers for it: its domain description
 // with what answering needs computed once (Prepare). It is read-only and
 // may be shared by any number of requests.
@@ -121,7 +110,7 @@ type Config struct {
 	// node of a cluster).
 	Dispatcher domain.Dispatcher
 	Directory  Directory
-	Recorder   Recorder
+	Recorder   domain.History
 	// Async, when set, serves "async_execution": true (202 and the
 	// invocation id); without it the flag is ignored, as the original does.
 	Async AsyncFunc

@@ -12,43 +12,13 @@ import (
 	"github.com/runagent-go/runagent/internal/domain"
 )
 
+// ErrTenantMismatch is returned when an agent id is taken by another tenant
+// (domain.ErrOtherTenant).
+var ErrTenantMismatch = domain.ErrOtherTenant
+
 // The platform server's state (migrations/0002_platform.sql). These calls
 // write directly, not through the batching writer: they are rare, and
 // their callers answer only once the write is durable.
-
-// ErrTenantMismatch is returned when an agent id is taken by another tenant.
-var ErrTenantMismatch = errors.New("the agent id belongs to another tenant")
-
-// Version statuses.
-const (
-	VersionUploaded = "uploaded"
-	VersionStarting = "starting"
-	VersionActive   = "active"
-	VersionFailed   = "failed"
-	VersionRetired  = "retired"
-)
-
-// PlatformAgent is a deployed agent.
-type PlatformAgent struct {
-	ID, Tenant, Name, Framework  string
-	ActiveVersion, LatestVersion int
-	Metadata                     json.RawMessage // the last metadata-upload body, nil if none
-	CreatedAt, UpdatedAt         time.Time
-}
-
-// AgentVersion is one uploaded bundle of an agent.
-type AgentVersion struct {
-	AgentID     string
-	Version     int
-	Status      string
-	Dir         string
-	FileName    string
-	FileSize    int64
-	SHA256      string
-	Error       string
-	UploadedAt  time.Time
-	ActivatedAt time.Time // zero if never active
-}
 
 func micros(t time.Time) any {
 	if t.IsZero() {
@@ -79,8 +49,8 @@ func (db *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 
 const agentColumns = `agent_id, tenant, name, framework, active_version, latest_version, metadata, created_at, updated_at`
 
-func scanAgent(r scanner) (PlatformAgent, error) {
-	var a PlatformAgent
+func scanAgent(r scanner) (domain.DeployedAgent, error) {
+	var a domain.DeployedAgent
 	var meta sql.NullString
 	var created, updated sql.NullInt64
 	if err := r.Scan(&a.ID, &a.Tenant, &a.Name, &a.Framework, &a.ActiveVersion, &a.LatestVersion, &meta, &created, &updated); err != nil {
@@ -94,7 +64,7 @@ func scanAgent(r scanner) (PlatformAgent, error) {
 }
 
 // PlatformAgent returns one deployed agent, or ErrNotFound.
-func (db *DB) PlatformAgent(ctx context.Context, id string) (PlatformAgent, error) {
+func (db *DB) PlatformAgent(ctx context.Context, id string) (domain.DeployedAgent, error) {
 	a, err := scanAgent(db.sql.QueryRowContext(ctx, `SELECT `+agentColumns+` FROM platform_agents WHERE agent_id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return a, ErrNotFound
@@ -103,13 +73,13 @@ func (db *DB) PlatformAgent(ctx context.Context, id string) (PlatformAgent, erro
 }
 
 // PlatformAgents returns every deployed agent, oldest first.
-func (db *DB) PlatformAgents(ctx context.Context) ([]PlatformAgent, error) {
+func (db *DB) PlatformAgents(ctx context.Context) ([]domain.DeployedAgent, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT `+agentColumns+` FROM platform_agents ORDER BY created_at, agent_id`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []PlatformAgent
+	var out []domain.DeployedAgent
 	for rows.Next() {
 		a, err := scanAgent(rows)
 		if err != nil {
@@ -160,7 +130,7 @@ func (db *DB) PutAgentMetadata(ctx context.Context, id, tenant, name, framework 
 
 // AddVersion records a new uploaded version of agent v.AgentID for tenant
 // (creating the agent if it is new) and returns its number.
-func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v AgentVersion) (int, error) {
+func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v domain.Version) (int, error) {
 	now := time.Now()
 	var n int
 	err := db.tx(ctx, func(t *sql.Tx) error {
@@ -172,7 +142,7 @@ func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v 
 			return err
 		}
 		_, err := t.ExecContext(ctx, `INSERT INTO agent_versions (agent_id, version, status, dir, file_name, file_size, sha256, uploaded_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, v.AgentID, n, VersionUploaded, v.Dir, v.FileName, v.FileSize, v.SHA256, now.UnixMicro())
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, v.AgentID, n, domain.VersionUploaded, v.Dir, v.FileName, v.FileSize, v.SHA256, now.UnixMicro())
 		return err
 	})
 	return n, err
@@ -180,8 +150,8 @@ func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v 
 
 const versionColumns = `agent_id, version, status, dir, file_name, file_size, sha256, error, uploaded_at, activated_at`
 
-func scanVersion(r scanner) (AgentVersion, error) {
-	var v AgentVersion
+func scanVersion(r scanner) (domain.Version, error) {
+	var v domain.Version
 	var errText sql.NullString
 	var up, act sql.NullInt64
 	if err := r.Scan(&v.AgentID, &v.Version, &v.Status, &v.Dir, &v.FileName, &v.FileSize, &v.SHA256, &errText, &up, &act); err != nil {
@@ -193,7 +163,7 @@ func scanVersion(r scanner) (AgentVersion, error) {
 }
 
 // Version returns one version of an agent, or ErrNotFound.
-func (db *DB) Version(ctx context.Context, agentID string, version int) (AgentVersion, error) {
+func (db *DB) Version(ctx context.Context, agentID string, version int) (domain.Version, error) {
 	v, err := scanVersion(db.sql.QueryRowContext(ctx, `SELECT `+versionColumns+` FROM agent_versions
 		WHERE agent_id = ? AND version = ?`, agentID, version))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -203,14 +173,14 @@ func (db *DB) Version(ctx context.Context, agentID string, version int) (AgentVe
 }
 
 // Versions returns an agent's versions, newest first.
-func (db *DB) Versions(ctx context.Context, agentID string) ([]AgentVersion, error) {
+func (db *DB) Versions(ctx context.Context, agentID string) ([]domain.Version, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT `+versionColumns+` FROM agent_versions
 		WHERE agent_id = ? ORDER BY version DESC`, agentID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []AgentVersion
+	var out []domain.Version
 	for rows.Next() {
 		v, err := scanVersion(rows)
 		if err != nil {
@@ -222,7 +192,7 @@ func (db *DB) Versions(ctx context.Context, agentID string) ([]AgentVersion, err
 }
 
 // SetVersionStatus records a version's status and error ("" for none).
-func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status, errText string) error {
+func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status domain.VersionStatus, errText string) error {
 	_, err := db.sql.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = ? WHERE agent_id = ? AND version = ?`,
 		status, nullString(errText), agentID, version)
 	return err
@@ -234,11 +204,11 @@ func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) 
 	now := time.Now().UnixMicro()
 	return db.tx(ctx, func(t *sql.Tx) error {
 		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ? WHERE agent_id = ? AND status = ? AND version <> ?`,
-			VersionRetired, agentID, VersionActive, version); err != nil {
+			domain.VersionRetired, agentID, domain.VersionActive, version); err != nil {
 			return err
 		}
 		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
-			VersionActive, now, agentID, version); err != nil {
+			domain.VersionActive, now, agentID, version); err != nil {
 			return err
 		}
 		_, err := t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
@@ -328,20 +298,8 @@ func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) error {
 	return nil
 }
 
-// LogLine is one line an agent instance printed, or a system event about it.
-type LogLine struct {
-	Seq          int64     `json:"seq"`
-	At           time.Time `json:"time"`
-	AgentID      string    `json:"agent_id"`
-	Version      int       `json:"version"`
-	Instance     string    `json:"instance"`
-	InvocationID string    `json:"invocation_id,omitempty"`
-	Stream       string    `json:"stream"`
-	Line         string    `json:"line"`
-}
-
 // AppendLogs stores lines in one transaction and fills in their Seq.
-func (db *DB) AppendLogs(ctx context.Context, lines []LogLine) error {
+func (db *DB) AppendLogs(ctx context.Context, lines []domain.LogLine) error {
 	return db.tx(ctx, func(t *sql.Tx) error {
 		st, err := t.PrepareContext(ctx, `INSERT INTO agent_logs (agent_id, version, instance, invocation_id, stream, line, at)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`)
@@ -365,7 +323,7 @@ func (db *DB) AppendLogs(ctx context.Context, lines []LogLine) error {
 
 // Logs returns an agent's log lines with seq > after, oldest first, at most
 // limit (<= 0: 1000); invocationID "" means all.
-func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) ([]LogLine, error) {
+func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) ([]domain.LogLine, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -382,9 +340,9 @@ func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int6
 		return nil, err
 	}
 	defer rows.Close()
-	out := []LogLine{}
+	out := []domain.LogLine{}
 	for rows.Next() {
-		var l LogLine
+		var l domain.LogLine
 		var inv sql.NullString
 		var at sql.NullInt64
 		if err := rows.Scan(&l.Seq, &l.AgentID, &l.Version, &l.Instance, &inv, &l.Stream, &l.Line, &at); err != nil {
@@ -404,19 +362,6 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 		return 0, err
 	}
 	return res.RowsAffected()
-}
-
-// AsyncJob is an accepted async invocation that has not finished.
-type AsyncJob struct {
-	domain.Invocation
-	Tenant         string
-	TimeoutSeconds float64
-	// Attempts counts the times it was started (StartAsync); StartedAt is
-	// when the last one began (zero: not started since it was queued). A
-	// job still queued after it started was interrupted: the server
-	// stopped while it ran.
-	Attempts  int
-	StartedAt time.Time
 }
 
 // EnqueueAsync durably records an accepted async invocation (pending) of
@@ -470,16 +415,16 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 }
 
 // PendingAsync returns the queued async invocations, oldest first.
-func (db *DB) PendingAsync(ctx context.Context) ([]AsyncJob, error) {
+func (db *DB) PendingAsync(ctx context.Context) ([]domain.AsyncJob, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at`)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []AsyncJob
+	var out []domain.AsyncJob
 	for rows.Next() {
-		var j AsyncJob
+		var j domain.AsyncJob
 		var inv domain.Invocation
 		var err error
 		var started sql.NullInt64

@@ -28,15 +28,15 @@ func openPlatform(t *testing.T) (*store.DB, string) {
 func TestVersionsAndTenants(t *testing.T) {
 	ctx := context.Background()
 	db, _ := openPlatform(t)
-	v1, err := db.AddVersion(ctx, "acme", "a", "default", store.AgentVersion{AgentID: "ag1", Dir: "/d1"})
+	v1, err := db.AddVersion(ctx, "acme", "a", "default", domain.Version{AgentID: "ag1", Dir: "/d1"})
 	if err != nil || v1 != 1 {
 		t.Fatalf("first version: %d, %v", v1, err)
 	}
-	v2, err := db.AddVersion(ctx, "acme", "a2", "default", store.AgentVersion{AgentID: "ag1", Dir: "/d2"})
+	v2, err := db.AddVersion(ctx, "acme", "a2", "default", domain.Version{AgentID: "ag1", Dir: "/d2"})
 	if err != nil || v2 != 2 {
 		t.Fatalf("second version: %d, %v", v2, err)
 	}
-	if _, err := db.AddVersion(ctx, "other", "x", "default", store.AgentVersion{AgentID: "ag1", Dir: "/d3"}); !errors.Is(err, store.ErrTenantMismatch) {
+	if _, err := db.AddVersion(ctx, "other", "x", "default", domain.Version{AgentID: "ag1", Dir: "/d3"}); !errors.Is(err, store.ErrTenantMismatch) {
 		t.Fatalf("another tenant's upload: %v, want ErrTenantMismatch", err)
 	}
 	if err := db.ActivateVersion(ctx, "ag1", 1); err != nil {
@@ -50,10 +50,10 @@ func TestVersionsAndTenants(t *testing.T) {
 		t.Fatalf("agent %+v, %v", a, err)
 	}
 	vs, _ := db.Versions(ctx, "ag1")
-	if len(vs) != 2 || vs[0].Status != store.VersionActive || vs[1].Status != store.VersionRetired || vs[0].ActivatedAt.IsZero() {
+	if len(vs) != 2 || vs[0].Status != domain.VersionActive || vs[1].Status != domain.VersionRetired || vs[0].ActivatedAt.IsZero() {
 		t.Fatalf("versions %+v", vs)
 	}
-	if err := db.SetVersionStatus(ctx, "ag1", 1, store.VersionFailed, "pip failed"); err != nil {
+	if err := db.SetVersionStatus(ctx, "ag1", 1, domain.VersionFailed, "pip failed"); err != nil {
 		t.Fatal(err)
 	}
 	if v, _ := db.Version(ctx, "ag1", 1); v.Error != "pip failed" || v.Dir != "/d1" {
@@ -102,7 +102,7 @@ func TestAPIKeysRoundTrip(t *testing.T) {
 func TestLogs(t *testing.T) {
 	ctx := context.Background()
 	db, _ := openPlatform(t)
-	lines := []store.LogLine{
+	lines := []domain.LogLine{
 		{AgentID: "a", Version: 1, Instance: "i1", InvocationID: "inv1", Stream: "stdout", Line: "one", At: time.Now()},
 		{AgentID: "a", Version: 1, Instance: "i1", Stream: "stderr", Line: "two", At: time.Now()},
 		{AgentID: "b", Version: 1, Instance: "i9", Stream: "stdout", Line: "other", At: time.Now()},

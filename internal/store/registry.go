@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
 )
 
 // The local registry is the original CLI's SQLite database
@@ -65,18 +67,6 @@ const createAgentsSQL = `CREATE TABLE agents (
 	PRIMARY KEY (agent_id)
 );
 CREATE INDEX IF NOT EXISTS idx_agents_status ON agents (status)`
-
-// RegistryAgent is an agent's row in the local registry.
-type RegistryAgent struct {
-	AgentID   string
-	AgentPath string // the agent folder
-	Host      string
-	Port      int
-
-	// Descriptive columns; "" keeps what the row already has.
-	Framework, AgentName, Description, Template, Version string
-	Fingerprint, ConfigFingerprint                       string
-}
 
 // RegistryPath is $RUNAGENT_CACHE_DIR/runagent_local.db, or
 // ~/.runagent/runagent_local.db.
@@ -179,7 +169,7 @@ type assignment struct {
 // UpsertRegistryAgent registers a served agent so that the official SDKs find
 // it by id: it inserts the row, or updates an existing one's path, host,
 // port, status and description while keeping its counters and created_at.
-func UpsertRegistryAgent(ctx context.Context, dbPath string, a RegistryAgent) (err error) {
+func UpsertRegistryAgent(ctx context.Context, dbPath string, a domain.RegistryAgent) (err error) {
 	if a.AgentID == "" {
 		return errors.New("local registry: agent id is empty")
 	}
@@ -328,18 +318,18 @@ func recordRegistryRuns(ctx context.Context, dbPath, agentID string, ok, failed 
 
 // LookupRegistryAgent reads a registered agent (for `run --id`). It is
 // ErrNotFound when the registry, its table or the agent does not exist.
-func LookupRegistryAgent(ctx context.Context, dbPath, agentID string) (a RegistryAgent, err error) {
+func LookupRegistryAgent(ctx context.Context, dbPath, agentID string) (a domain.RegistryAgent, err error) {
 	r, err := openRegistry(ctx, dbPath, false, false)
 	if err != nil {
-		return RegistryAgent{}, err
+		return domain.RegistryAgent{}, err
 	}
 	defer func() { err = r.finish(err) }()
 	cols, err := r.columns(ctx)
 	if err != nil {
-		return RegistryAgent{}, err
+		return domain.RegistryAgent{}, err
 	}
 	if len(cols) == 0 {
-		return RegistryAgent{}, ErrNotFound
+		return domain.RegistryAgent{}, ErrNotFound
 	}
 	text := func(col string) string {
 		if cols[col] {
@@ -358,12 +348,33 @@ func LookupRegistryAgent(ctx context.Context, dbPath, agentID string) (a Registr
 	err = r.conn.QueryRowContext(ctx, q, agentID).Scan(&a.AgentPath, &a.Host, &a.Port, &a.Framework,
 		&a.AgentName, &a.Description, &a.Template, &a.Version, &a.Fingerprint, &a.ConfigFingerprint)
 	if errors.Is(err, sql.ErrNoRows) {
-		return RegistryAgent{}, ErrNotFound
+		return domain.RegistryAgent{}, ErrNotFound
 	}
 	if err != nil {
-		return RegistryAgent{}, fmt.Errorf("local registry: look up %s: %w", agentID, err)
+		return domain.RegistryAgent{}, fmt.Errorf("local registry: look up %s: %w", agentID, err)
 	}
 	return a, nil
+}
+
+// Registry is the local registry at a path (RegistryPath), as a
+// domain.Registry.
+type Registry struct{ Path string }
+
+var _ domain.Registry = Registry{}
+
+// UpsertAgent implements domain.Registry (UpsertRegistryAgent).
+func (r Registry) UpsertAgent(ctx context.Context, a domain.RegistryAgent) error {
+	return UpsertRegistryAgent(ctx, r.Path, a)
+}
+
+// LookupAgent implements domain.Registry (LookupRegistryAgent).
+func (r Registry) LookupAgent(ctx context.Context, agentID string) (domain.RegistryAgent, error) {
+	return LookupRegistryAgent(ctx, r.Path, agentID)
+}
+
+// RecordRuns implements domain.Registry.
+func (r Registry) RecordRuns(ctx context.Context, agentID string, ok, failed int64, last time.Time) error {
+	return recordRegistryRuns(ctx, r.Path, agentID, ok, failed, last)
 }
 
 // RegistryRecorder counts an agent's calls and adds them to its registry row

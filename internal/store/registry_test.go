@@ -71,8 +71,8 @@ var allColumns = []string{"agent_id", "agent_path", "host", "port", "framework",
 
 var registryTimeRE = regexp.MustCompile(`^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$`)
 
-func testAgent(port int) store.RegistryAgent {
-	return store.RegistryAgent{
+func testAgent(port int) domain.RegistryAgent {
+	return domain.RegistryAgent{
 		AgentID: "91e70681-def8-4600-8a30-d037c1b51870", AgentPath: "/home/me/agents/demo",
 		Host: "127.0.0.1", Port: port, Framework: "default", AgentName: "demo", Description: "a demo",
 		Template: "default", Version: "1.0.0",

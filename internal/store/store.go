@@ -484,3 +484,6 @@ func (db *DB) Stats(ctx context.Context, agentID string) (domain.Stats, error) {
 	}
 	return st, nil
 }
+
+// The SQLite store is every store the platform needs.
+var _ domain.Store = (*DB)(nil)

@@ -91,7 +91,7 @@ func WriteAgent(t *testing.T, dir, agentID, marks string) {
 		"agent_name": "dispatchtest", "description": "the dispatcher conformance suite's agent", "framework": "default",
 		"template": "default", "version": "1.0.0", "created_at": "2025-06-25 13:42:03",
 		"template_source": map[string]any{"repo_url": "https://example.com", "author": "runagent", "path": "dispatchtest"},
-		"agent_id": agentID, "agent_architecture": map[string]any{"entrypoints": eps},
+		"agent_id":        agentID, "agent_architecture": map[string]any{"entrypoints": eps},
 		"env_vars": map[string]any{"MARK_DIR": marks},
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")

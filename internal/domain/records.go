@@ -1,0 +1,69 @@
+package domain
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// ErrOtherTenant is returned when an agent id is taken by another tenant.
+var ErrOtherTenant = &Error{Code: CodePermission,
+	Message: "this agent id is taken by another tenant; give your agent a new id (runagent init or a fresh UUID in agent_id)"}
+
+// VersionStatus is where an uploaded version of an agent is.
+type VersionStatus string
+
+// Version statuses.
+const (
+	VersionUploaded VersionStatus = "uploaded"
+	VersionStarting VersionStatus = "starting"
+	VersionActive   VersionStatus = "active"
+	VersionFailed   VersionStatus = "failed"
+	VersionRetired  VersionStatus = "retired"
+)
+
+// DeployedAgent is an agent of the platform: its tenant, names and versions.
+type DeployedAgent struct {
+	ID, Tenant, Name, Framework  string
+	ActiveVersion, LatestVersion int
+	Metadata                     json.RawMessage // the last metadata-upload body, nil if none
+	CreatedAt, UpdatedAt         time.Time
+}
+
+// Version is one uploaded bundle of an agent.
+type Version struct {
+	AgentID     string
+	Version     int
+	Status      VersionStatus
+	Dir         string
+	FileName    string
+	FileSize    int64
+	SHA256      string
+	Error       string
+	UploadedAt  time.Time
+	ActivatedAt time.Time // zero if never active
+}
+
+// LogLine is one line an agent instance printed, or a system event about it.
+type LogLine struct {
+	Seq          int64     `json:"seq"`
+	At           time.Time `json:"time"`
+	AgentID      string    `json:"agent_id"`
+	Version      int       `json:"version"`
+	Instance     string    `json:"instance"`
+	InvocationID string    `json:"invocation_id,omitempty"`
+	Stream       string    `json:"stream"`
+	Line         string    `json:"line"`
+}
+
+// AsyncJob is an accepted async invocation that has not finished.
+type AsyncJob struct {
+	Invocation
+	Tenant         string
+	TimeoutSeconds float64
+	// Attempts counts the times it was started (StartAsync); StartedAt is
+	// when the last one began (zero: not started since it was queued). A
+	// job still queued after it started was interrupted: the server
+	// stopped while it ran.
+	Attempts  int
+	StartedAt time.Time
+}

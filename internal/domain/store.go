@@ -1,0 +1,117 @@
+package domain
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// The stores: what each caller keeps, as interfaces, so that PostgreSQL can
+// stand beside SQLite (internal/store). Every implementation passes
+// storetest. A method returns ErrNotFound (code NOT_FOUND) for a record that
+// does not exist, ErrOtherTenant (PERMISSION_ERROR) for an agent id of
+// another tenant, ctx's error when ctx ends, and otherwise an error of its
+// own (INTERNAL_ERROR to callers).
+
+// History keeps invocation records: the wire's history routes read it.
+type History interface {
+	// Start records a call as pending and Finish its outcome; neither
+	// waits for the write (the record is readable at once: reads see
+	// every Start and Finish made before them).
+	Start(Invocation)
+	Finish(Invocation)
+	// FinishDurable is Finish that returns once the record is durable:
+	// a server answers the call only after it.
+	FinishDurable(ctx context.Context, inv Invocation) error
+	// Get returns one invocation, or ErrNotFound.
+	Get(ctx context.Context, id string) (Invocation, error)
+	// List returns an agent's invocations ("" for every agent), newest
+	// first, of one status ("" for any), at most limit (<= 0: 50).
+	List(ctx context.Context, agentID string, status Status, limit int) ([]Invocation, error)
+	// ListForAgents is List over a set of agents.
+	ListForAgents(ctx context.Context, agentIDs []string, status Status, limit int) ([]Invocation, error)
+	// Stats sums up an agent's invocations ("" for every agent).
+	Stats(ctx context.Context, agentID string) (Stats, error)
+	// FailAbandoned marks failed the pending invocations that are not
+	// queued async ones (their server stopped before they finished) and
+	// says how many. A server calls it at start-up.
+	FailAbandoned(ctx context.Context, at time.Time) (int64, error)
+}
+
+// Agents keeps the platform's agents and their versions.
+type Agents interface {
+	// PlatformAgent returns one agent, or ErrNotFound.
+	PlatformAgent(ctx context.Context, id string) (DeployedAgent, error)
+	// PlatformAgents returns every agent, oldest first.
+	PlatformAgents(ctx context.Context) ([]DeployedAgent, error)
+	// PutAgentMetadata records a metadata upload, creating the agent for
+	// tenant if it is new (ErrOtherTenant if it is another tenant's); it
+	// says whether the agent existed.
+	PutAgentMetadata(ctx context.Context, id, tenant, name, framework string, meta json.RawMessage) (existed bool, err error)
+	// AddVersion records v as the agent's next version (creating the
+	// agent for tenant if it is new; ErrOtherTenant) and returns its
+	// number, 1 for the first.
+	AddVersion(ctx context.Context, tenant, name, framework string, v Version) (int, error)
+	// Version returns one version, or ErrNotFound; Versions every one of
+	// an agent, newest first.
+	Version(ctx context.Context, agentID string, version int) (Version, error)
+	Versions(ctx context.Context, agentID string) ([]Version, error)
+	SetVersionStatus(ctx context.Context, agentID string, version int, status VersionStatus, errText string) error
+	// ActivateVersion makes version the one serving the agent; the one
+	// before it becomes retired.
+	ActivateVersion(ctx context.Context, agentID string, version int) error
+	DeleteVersion(ctx context.Context, agentID string, version int) error
+	// DeletePlatformAgent removes an agent with its versions, logs and
+	// queued async invocations; its invocation history stays.
+	DeletePlatformAgent(ctx context.Context, id string) error
+}
+
+// Keys keeps API keys (their hash, never their secret).
+type Keys interface {
+	InsertAPIKey(ctx context.Context, k Key) error
+	// APIKeys returns every key, revoked ones too, oldest first.
+	APIKeys(ctx context.Context) ([]Key, error)
+	// RevokeAPIKey marks a key revoked (ErrNotFound); a second revoke
+	// keeps the first time.
+	RevokeAPIKey(ctx context.Context, id string, at time.Time) error
+}
+
+// Logs keeps what agent instances printed.
+type Logs interface {
+	// AppendLogs stores lines and fills in their Seq, which grows.
+	AppendLogs(ctx context.Context, lines []LogLine) error
+	// Logs returns an agent's lines with seq > after, oldest first, at
+	// most limit (<= 0: 1000); invocationID "" means all.
+	Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) ([]LogLine, error)
+	// PruneLogs keeps the newest keep lines of every agent and says how
+	// many it removed.
+	PruneLogs(ctx context.Context, keep int) (int64, error)
+}
+
+// AsyncQueue keeps accepted async invocations until their outcome is
+// written: a restart runs what never started, and decides about what did.
+type AsyncQueue interface {
+	// EnqueueAsync durably records an accepted invocation (pending in
+	// History) of tenant and its place in the queue, in one step.
+	EnqueueAsync(ctx context.Context, inv Invocation, tenant string, timeoutSeconds float64) error
+	// StartAsync durably records that it is starting (one more attempt);
+	// ErrNotFound if it is not queued.
+	StartAsync(ctx context.Context, id string, at time.Time) error
+	// RequeueAsync puts an interrupted one back as not started.
+	RequeueAsync(ctx context.Context, id string) error
+	// FinishAsync writes its outcome and takes it off the queue, in one step.
+	FinishAsync(ctx context.Context, inv Invocation) error
+	// PendingAsync returns the queued ones, oldest first.
+	PendingAsync(ctx context.Context) ([]AsyncJob, error)
+}
+
+// Store is everything the platform server keeps.
+type Store interface {
+	History
+	Agents
+	Keys
+	Logs
+	AsyncQueue
+	// Close writes what is pending and releases the store.
+	Close() error
+}
