@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 )
 
@@ -164,7 +163,7 @@ func packageSummary(pkgs map[string]string) string {
 }
 
 // addMicroVMFlags adds the microvm sandbox's flags, shared by serve and server.
-func addMicroVMFlags(f *pflag.FlagSet, o *sandbox.MicroVMOptions) {
+func addMicroVMFlags(f *pflag.FlagSet, o *microvm.Options) {
 	f.StringVar(&o.Image, "microvm-image", "", "with --sandbox microvm: the guest image folder (default $RUNAGENT_MICROVM_IMAGE, else "+microvm.DefaultImageDir()+"; build it with runagent microvm image build)")
 	f.StringVar(&o.Accel, "microvm-accel", "auto", "with --sandbox microvm: kvm, tcg (QEMU's emulation) or auto (use KVM if a probe VM boots under it in time)")
 	f.IntVar(&o.Warm, "microvm-warm", 1, "with --sandbox microvm: VMs restored from each agent's snapshot kept ready for its next instances (0: none)")

@@ -24,6 +24,7 @@ import (
 	"github.com/runagent-go/runagent/internal/pyrunner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
+	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 )
@@ -48,7 +49,7 @@ type serveOptions struct {
 	logFormat string
 	logLevel  string
 	debugAddr string
-	microVM   sandbox.MicroVMOptions
+	microVM   microvm.Options
 	http      httpTimeouts
 	data      dataFlags
 }
@@ -138,7 +139,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	}
 	defer db.Close()
 
-	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(cache, "sandbox"), Log: log, MicroVM: o.microVM})
+	sandboxes := drivers.New(drivers.Builtin(o.microVM), sandbox.Options{StateDir: filepath.Join(cache, "sandbox"), Log: log})
 	defer sandboxes.Close()
 	drv, err := sandboxes.Get(o.sandbox)
 	if err != nil {

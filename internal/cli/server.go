@@ -20,6 +20,7 @@ import (
 	"github.com/runagent-go/runagent/internal/ratelimit"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
+	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 	"github.com/runagent-go/runagent/internal/server"
 )
 
@@ -38,7 +39,7 @@ type serverOptions struct {
 	async                              platformserver.AsyncLimits
 	tick, health, stable, panic        time.Duration
 	logFormat, logLevel                string
-	microVM                            sandbox.MicroVMOptions
+	microVM                            microvm.Options
 	http                               httpTimeouts
 	data                               dataFlags
 	corsOrigins                        []string
@@ -127,7 +128,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if !o.allowNetwork && o.dep.Sandbox == "process" {
 		return fmt.Errorf("--allow-agent-network=false needs --sandbox namespace, gvisor or microvm: the process sandbox cannot cut an agent off the network")
 	}
-	sandboxes := drivers.New(sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log, MicroVM: o.microVM})
+	sandboxes := drivers.New(drivers.Builtin(o.microVM), sandbox.Options{StateDir: filepath.Join(o.dataDir, "sandbox"), Log: log})
 	defer sandboxes.Close()
 	if _, err := sandboxes.Get(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox %s: %w", o.dep.Sandbox, err)

@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/runagent-go/runagent/internal/domain"
 )
@@ -74,25 +73,6 @@ type Options struct {
 	// bundles, runtime state); created if missing.
 	StateDir string
 	Log      *slog.Logger
-	// MicroVM configures the microvm driver.
-	MicroVM MicroVMOptions
-}
-
-// MicroVMOptions configure the microvm driver.
-type MicroVMOptions struct {
-	// Image is the guest image folder ("" for the default, see
-	// `runagent microvm image build`).
-	Image string
-	// Accel is "auto" (probe hardware acceleration by booting with a
-	// deadline, else emulate), "kvm" or "tcg" ("" is "auto").
-	Accel string
-	// Warm is how many VMs restored from an agent's snapshot are kept ready
-	// for its next instances (0: none; the CLI's default is 1).
-	Warm int
-	// WarmTTL: an agent's warm VMs are stopped when none of its instances
-	// started for this long, and its snapshot and agent disk removed after
-	// six times as long (0: 10 minutes).
-	WarmTTL time.Duration
 }
 
 // Driver starts instances one way.

@@ -19,6 +19,7 @@ import (
 	"github.com/runagent-go/runagent/internal/runner"
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/sandbox/drivers"
+	"github.com/runagent-go/runagent/internal/sandbox/microvm"
 )
 
 // The sandbox drivers are measured without HTTP: the harness starts the
@@ -52,7 +53,7 @@ func (b *bench) runSandboxes() []*sandboxResult {
 		return nil
 	}
 	var out []*sandboxResult
-	set := drivers.New(sandbox.Options{StateDir: filepath.Join(b.tmp, "sandbox")})
+	set := drivers.New(drivers.Builtin(microvm.Options{}), sandbox.Options{StateDir: filepath.Join(b.tmp, "sandbox")})
 	defer set.Close()
 	script, err := pyrunner.WriteScript(filepath.Join(b.tmp, "runner"))
 	agentDir := filepath.Join(b.tmp, "sandbox-agent")
@@ -113,8 +114,8 @@ func (b *bench) measureMicroVM(warm int, python, script string, folder *agentfol
 		// served from it as it would be between an agent's scale-ups.
 		r.name, pause = "microvm, warm pool", 2*time.Second
 	}
-	set := drivers.New(sandbox.Options{StateDir: filepath.Join(b.tmp, fmt.Sprintf("sandbox-microvm-%d", warm)),
-		MicroVM: sandbox.MicroVMOptions{Warm: warm}})
+	set := drivers.New(drivers.Builtin(microvm.Options{Warm: warm}),
+		sandbox.Options{StateDir: filepath.Join(b.tmp, fmt.Sprintf("sandbox-microvm-%d", warm))})
 	defer set.Close()
 	d, err := set.Get("microvm")
 	if err != nil {

@@ -1,4 +1,6 @@
-// Package drivers opens sandbox drivers by name, once each, for a server.
+// Package drivers opens sandbox drivers by name, once each, for a server,
+// from a registry: a typed map of name to constructor, so that each
+// driver's own options stay with it.
 package drivers
 
 import (
@@ -14,16 +16,33 @@ import (
 	"github.com/runagent-go/runagent/internal/sandbox/namespace"
 )
 
+// Constructor opens a driver; o.StateDir is the driver's own folder.
+type Constructor func(o sandbox.Options) (sandbox.Driver, error)
+
+// Registry names the drivers a server can open.
+type Registry map[string]Constructor
+
+// Builtin is every driver of this binary, the microvm driver with mv.
+func Builtin(mv microvm.Options) Registry {
+	return Registry{
+		"process":   func(sandbox.Options) (sandbox.Driver, error) { return sandbox.ProcessDriver{}, nil },
+		"namespace": func(o sandbox.Options) (sandbox.Driver, error) { return namespace.New(o) },
+		"gvisor":    func(o sandbox.Options) (sandbox.Driver, error) { return gvisor.New(o) },
+		"microvm":   func(o sandbox.Options) (sandbox.Driver, error) { return microvm.New(o, mv) },
+	}
+}
+
 // Set opens drivers on first use and keeps them.
 type Set struct {
+	reg    Registry
 	o      sandbox.Options
 	mu     sync.Mutex
 	opened map[string]sandbox.Driver
 }
 
-// New returns a Set whose drivers keep their state under o.StateDir.
-func New(o sandbox.Options) *Set {
-	return &Set{o: o, opened: map[string]sandbox.Driver{"process": sandbox.ProcessDriver{}}}
+// New returns a Set of reg's drivers, keeping their state under o.StateDir.
+func New(reg Registry, o sandbox.Options) *Set {
+	return &Set{reg: reg, o: o, opened: map[string]sandbox.Driver{}}
 }
 
 // Get opens the named driver; a driver whose tool is missing is an error
@@ -37,20 +56,13 @@ func (s *Set) Get(name string) (sandbox.Driver, error) {
 	if err := sandbox.CheckName(name); err != nil {
 		return nil, err
 	}
+	open, ok := s.reg[name]
+	if !ok {
+		return nil, fmt.Errorf("the %s sandbox is not in this build", name)
+	}
 	o := s.o
 	o.StateDir = filepath.Join(s.o.StateDir, name)
-	var d sandbox.Driver
-	var err error
-	switch name {
-	case "namespace":
-		d, err = namespace.New(o)
-	case "gvisor":
-		d, err = gvisor.New(o)
-	case "microvm":
-		d, err = microvm.New(o)
-	default:
-		return nil, fmt.Errorf("the %s sandbox is not built yet", name)
-	}
+	d, err := open(o)
 	if err != nil {
 		return nil, err
 	}

@@ -17,9 +17,9 @@ const kvmDeadline = 3 * time.Second
 // probe VM under KVM with a deadline.
 func (d *Driver) acceleration() string {
 	d.accelOnce.Do(func() {
-		switch d.o.MicroVM.Accel {
+		switch d.mo.Accel {
 		case "kvm", "tcg":
-			d.accel = d.o.MicroVM.Accel
+			d.accel = d.mo.Accel
 			return
 		}
 		d.accel = "tcg"

@@ -42,9 +42,27 @@ const (
 	defaultMemoryMiB = 512
 )
 
+// Options configure the microvm driver beyond sandbox.Options.
+type Options struct {
+	// Image is the guest image folder ("" for the default, see
+	// `runagent microvm image build`).
+	Image string
+	// Accel is "auto" (probe hardware acceleration by booting with a
+	// deadline, else emulate), "kvm" or "tcg" ("" is "auto").
+	Accel string
+	// Warm is how many VMs restored from an agent's snapshot are kept ready
+	// for its next instances (0: none; the CLI's default is 1).
+	Warm int
+	// WarmTTL: an agent's warm VMs are stopped when none of its instances
+	// started for this long, and its snapshot and agent disk removed after
+	// six times as long (0: 10 minutes).
+	WarmTTL time.Duration
+}
+
 // Driver starts instances as microVMs.
 type Driver struct {
 	o     sandbox.Options
+	mo    Options
 	log   *slog.Logger
 	qemu  string
 	image *Image
@@ -78,12 +96,12 @@ type snapshot struct {
 }
 
 // New checks for QEMU and the guest image.
-func New(o sandbox.Options) (*Driver, error) {
+func New(o sandbox.Options, mo Options) (*Driver, error) {
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		return nil, errors.New("the microvm sandbox needs QEMU: install it with `apt-get install qemu-system-x86`")
 	}
-	dir := o.MicroVM.Image
+	dir := mo.Image
 	if dir == "" {
 		dir = DefaultImageDir()
 	}
@@ -94,10 +112,10 @@ func New(o sandbox.Options) (*Driver, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	switch o.MicroVM.Accel {
+	switch mo.Accel {
 	case "", "auto", "kvm", "tcg":
 	default:
-		return nil, fmt.Errorf("microVM acceleration %q: want auto, kvm or tcg", o.MicroVM.Accel)
+		return nil, fmt.Errorf("microVM acceleration %q: want auto, kvm or tcg", mo.Accel)
 	}
 	// What a previous run left (VM folders, snapshots holding agents'
 	// memory and environment) is not reused: snapshots are per run.
@@ -109,7 +127,7 @@ func New(o sandbox.Options) (*Driver, error) {
 			return nil, err
 		}
 	}
-	d := &Driver{o: o, log: o.Log, qemu: qemu, image: im, warmN: max(o.MicroVM.Warm, 0), kernelArgs: tscKernelArgs(),
+	d := &Driver{o: o, mo: mo, log: o.Log, qemu: qemu, image: im, warmN: max(mo.Warm, 0), kernelArgs: tscKernelArgs(),
 		snaps: map[string]*snapshot{}, taking: map[string]bool{}, warm: map[string][]*vm{}, refilling: map[string]bool{},
 		stopSweep: make(chan struct{})}
 	d.disks.dir = filepath.Join(o.StateDir, "disks")

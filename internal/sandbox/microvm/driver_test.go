@@ -34,7 +34,7 @@ func newDriver(t *testing.T, warm int) (*microvm.Driver, string) {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	state := t.TempDir()
-	d, err := microvm.New(sandbox.Options{StateDir: state, Log: log, MicroVM: sandbox.MicroVMOptions{Warm: warm}})
+	d, err := microvm.New(sandbox.Options{StateDir: state, Log: log}, microvm.Options{Warm: warm})
 	if err != nil {
 		t.Fatal(err)
 	}

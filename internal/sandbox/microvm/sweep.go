@@ -11,7 +11,7 @@ import (
 // undeployed, replaced by a new version) gives them back.
 const (
 	// DefaultWarmTTL is how long an agent's warm VMs wait for a start
-	// before they are stopped (sandbox.MicroVMOptions.WarmTTL).
+	// before they are stopped (Options.WarmTTL).
 	DefaultWarmTTL = 10 * time.Minute
 	// snapshotTTLFactor times the warm TTL is how long a snapshot nobody
 	// restores stays on disk; the agent's next instance then boots.
@@ -19,8 +19,8 @@ const (
 )
 
 func (d *Driver) warmTTL() time.Duration {
-	if d.o.MicroVM.WarmTTL > 0 {
-		return d.o.MicroVM.WarmTTL
+	if d.mo.WarmTTL > 0 {
+		return d.mo.WarmTTL
 	}
 	return DefaultWarmTTL
 }

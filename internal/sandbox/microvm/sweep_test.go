@@ -46,7 +46,7 @@ func TestSweep(t *testing.T) {
 		{"idle past both but refilling", snapshotTTLFactor*ttl + time.Second, true, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := &Driver{o: sandbox.Options{MicroVM: sandbox.MicroVMOptions{WarmTTL: ttl}}, log: slog.New(slog.DiscardHandler),
+			d := &Driver{mo: Options{WarmTTL: ttl}, log: slog.New(slog.DiscardHandler),
 				snaps: map[string]*snapshot{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
 			v := sleeper(t)
 			s := &snapshot{key: "k", path: snapFile(tc.name), used: now.Add(-tc.idle)}
@@ -77,7 +77,7 @@ func TestSweepDisks(t *testing.T) {
 	const ttl = time.Minute
 	now := time.Now()
 	dir := t.TempDir()
-	d := &Driver{o: sandbox.Options{MicroVM: sandbox.MicroVMOptions{WarmTTL: ttl}}, log: slog.New(slog.DiscardHandler),
+	d := &Driver{mo: Options{WarmTTL: ttl}, log: slog.New(slog.DiscardHandler),
 		snaps: map[string]*snapshot{}, warm: map[string][]*vm{}, refilling: map[string]bool{}}
 	disk := func(name string, idle time.Duration) string {
 		p := filepath.Join(dir, name+".ext4")
