@@ -28,6 +28,10 @@ deps:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	CGO_ENABLED=0 $(GO) vet ./...
+	@# It builds for macOS, where runagent serve runs agents on the process
+	@# sandbox (the others say they need Linux), and for arm64 Linux.
+	GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) vet ./...
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build ./...
 
 # The e2e tests also run the official SDKs' wire checker, ../shared/tools/
 # check_wire.py beside the repository, when it is there.

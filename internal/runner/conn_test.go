@@ -30,7 +30,7 @@ func newPair(t *testing.T, lost func(error) error) (*Conn, *fakeRunner) {
 
 func newPairWith(t *testing.T, o ConnOptions) (*Conn, *fakeRunner) {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,7 @@ type ProcOptions struct {
 // runner's channel and output pipes. The command leads a process group of
 // its own and is killed if the server dies.
 func StartProc(cmd *exec.Cmd, o ProcOptions) (*Proc, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := socketPair()
 	if err != nil {
 		return nil, fmt.Errorf("runner channel: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -143,4 +144,13 @@ func MiB(b int64) string {
 		return fmt.Sprintf("%d MiB", b>>20)
 	}
 	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+}
+
+// NeedsLinux is the error of a driver that runs only on Linux (namespaces,
+// cgroups, KVM), nil on Linux. Elsewhere the process driver is the one.
+func NeedsLinux(driver string) error {
+	if runtime.GOOS == "linux" {
+		return nil
+	}
+	return fmt.Errorf("the %s sandbox needs Linux (this is %s): use --sandbox process here, or run the server on Linux", driver, runtime.GOOS)
 }

@@ -55,6 +55,9 @@ type Driver struct {
 // New finds runsc and prepares the driver's state directories under
 // o.StateDir/gvisor.
 func New(o sandbox.Options) (*Driver, error) {
+	if err := sandbox.NeedsLinux("gvisor"); err != nil {
+		return nil, err
+	}
 	runsc, err := exec.LookPath("runsc")
 	if err != nil {
 		return nil, errors.New("the gvisor sandbox needs runsc: install it with apt-get install runsc")

@@ -97,6 +97,9 @@ type snapshot struct {
 
 // New checks for QEMU and the guest image.
 func New(o sandbox.Options, mo Options) (*Driver, error) {
+	if err := sandbox.NeedsLinux("microvm"); err != nil {
+		return nil, err
+	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		return nil, errors.New("the microvm sandbox needs QEMU: install it with `apt-get install qemu-system-x86`")

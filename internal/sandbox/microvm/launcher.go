@@ -6,8 +6,6 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // QEMU advises the kernel to back guest RAM with transparent huge pages,
@@ -26,8 +24,7 @@ func init() {
 }
 
 func execQEMU(qemu string) {
-	// Without it (a kernel older than 3.15) QEMU runs with huge pages.
-	_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
+	disableTHP()
 	env := make([]string, 0, len(os.Environ()))
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, launcherEnv+"=") {

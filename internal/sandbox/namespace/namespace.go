@@ -45,6 +45,9 @@ type Driver struct {
 
 // New finds bwrap and prepares what every instance shares.
 func New(o sandbox.Options) (*Driver, error) {
+	if err := sandbox.NeedsLinux("namespace"); err != nil {
+		return nil, err
+	}
 	path, err := exec.LookPath("bwrap")
 	if err != nil {
 		return nil, errors.New("the namespace sandbox needs bubblewrap: install it with apt-get install bubblewrap (bwrap is not on PATH)")
