@@ -30,7 +30,6 @@ import (
 	"github.com/runagent-go/runagent/internal/pyenv"
 	"github.com/runagent-go/runagent/internal/runproto"
 	"github.com/runagent-go/runagent/internal/sandbox"
-	"github.com/runagent-go/runagent/internal/store"
 )
 
 // LogSink takes the lines agent instances print (and system events).
@@ -285,7 +284,7 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 	})
 	if err != nil {
 		os.RemoveAll(final)
-		if errors.Is(err, store.ErrTenantMismatch) {
+		if errors.Is(err, domain.ErrOtherTenant) {
 			return "", 0, domain.ErrOtherTenant
 		}
 		return "", 0, err

@@ -22,7 +22,6 @@ import (
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
 	"github.com/runagent-go/runagent/internal/server"
-	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -249,7 +248,7 @@ func (p *Platform) storeError(w http.ResponseWriter, err error) {
 		p.wire.WriteError(w, we)
 		return
 	}
-	if errors.Is(err, store.ErrTenantMismatch) {
+	if errors.Is(err, domain.ErrOtherTenant) {
 		p.wire.WriteError(w, domain.ErrOtherTenant)
 		return
 	}
