@@ -349,7 +349,7 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	got, err := db.List(ctx, "agent", "", 0)
+	got, err := db.List(ctx, "agent", "", goroutines*each)
 	if err != nil {
 		t.Fatal(err)
 	}
