@@ -269,7 +269,7 @@ func testAgents(t *testing.T, open Opener) {
 		}
 		jobs, err := s.PendingAsync(ctx)
 		if err != nil || len(jobs) != 1 || jobs[0].ID != "kept-async" {
-			t.Errorf("queued async after the delete: %+v, %v; want kept-async alone", jobs, err)
+			t.Errorf("queued async after the delete: %s, %v; want kept-async alone", showJobs(jobs), err)
 		}
 		// The history stays, the async invocation's pending record too.
 		assertInvocation(t, mustGet(t, s, "gone-sync"), completed(pending("gone-sync", "gone", t0), 1, `"ok"`))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,12 +31,12 @@ func testAsync(t *testing.T, open Opener) {
 		}
 		jobs, err := s.PendingAsync(ctx)
 		if err != nil || len(jobs) != 1 {
-			t.Fatalf("PendingAsync: %+v, %v", jobs, err)
+			t.Fatalf("PendingAsync: %s, %v", showJobs(jobs), err)
 		}
 		j := jobs[0]
 		assertInvocation(t, j.Invocation, inv)
 		if j.Tenant != "acme" || j.TimeoutSeconds != 2.5 || j.Attempts != 0 || !j.StartedAt.IsZero() {
-			t.Fatalf("queued job: %+v", j)
+			t.Fatalf("queued job: %s", showJobs([]domain.AsyncJob{j}))
 		}
 		for attempt, at := range []time.Time{t0.Add(time.Second), t0.Add(2 * time.Second)} {
 			if err := s.StartAsync(ctx, "job", at); err != nil {
@@ -43,7 +44,7 @@ func testAsync(t *testing.T, open Opener) {
 			}
 			jobs, _ = s.PendingAsync(ctx)
 			if len(jobs) != 1 || jobs[0].Attempts != attempt+1 || !jobs[0].StartedAt.Equal(at) {
-				t.Fatalf("after start %d: %+v", attempt+1, jobs)
+				t.Fatalf("after start %d: %s", attempt+1, showJobs(jobs))
 			}
 		}
 		// Starting is not an outcome: the history still says pending.
@@ -55,7 +56,7 @@ func testAsync(t *testing.T, open Opener) {
 		}
 		jobs, _ = s.PendingAsync(ctx)
 		if len(jobs) != 1 || jobs[0].Attempts != 2 || !jobs[0].StartedAt.IsZero() {
-			t.Fatalf("requeued: %+v; want not started, its 2 attempts counted", jobs)
+			t.Fatalf("requeued: %s; want not started, its 2 attempts counted", showJobs(jobs))
 		}
 		done := failed(inv, 25, "TIMEOUT: the call outlasted 2.5 s")
 		if err := s.FinishAsync(ctx, done); err != nil {
@@ -63,7 +64,7 @@ func testAsync(t *testing.T, open Opener) {
 		}
 		assertInvocation(t, mustGet(t, s, "job"), done)
 		if jobs, err := s.PendingAsync(ctx); err != nil || len(jobs) != 0 {
-			t.Fatalf("still queued after FinishAsync: %+v, %v", jobs, err)
+			t.Fatalf("still queued after FinishAsync: %s, %v", showJobs(jobs), err)
 		}
 		if err := s.StartAsync(ctx, "job", now()); !errors.Is(err, domain.ErrNotFound) {
 			t.Fatalf("StartAsync of a finished job = %v, want ErrNotFound", err)
@@ -134,4 +135,17 @@ func testAsync(t *testing.T, open Opener) {
 			t.Errorf("stats after FinishAsync: %s, %v", showStats(st), err)
 		}
 	})
+}
+
+// showJobs names each job with its queue fields.
+func showJobs(jobs []domain.AsyncJob) string {
+	out := make([]string, len(jobs))
+	for i, j := range jobs {
+		started := "not started"
+		if !j.StartedAt.IsZero() {
+			started = "started " + j.StartedAt.Format(time.RFC3339Nano)
+		}
+		out[i] = fmt.Sprintf("{%s %s of %s, timeout %v s, %d attempts, %s}", j.ID, j.Status, j.Tenant, j.TimeoutSeconds, j.Attempts, started)
+	}
+	return "[" + strings.Join(out, " ") + "]"
 }

@@ -95,7 +95,7 @@ func testEndedContext(t *testing.T, open Opener) {
 		t.Errorf("logs: %q, %v", lineTexts(ls), err)
 	}
 	if jobs, err := s.PendingAsync(bg); err != nil || len(jobs) != 1 || jobs[0].ID != "job" || jobs[0].Attempts != 0 {
-		t.Errorf("queue: %+v, %v", jobs, err)
+		t.Errorf("queue: %s, %v", showJobs(jobs), err)
 	}
 	if got := mustGet(t, s, "job"); got.Status != domain.StatusPending {
 		t.Errorf("queued job: %q", got.Status)

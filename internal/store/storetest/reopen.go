@@ -47,17 +47,17 @@ func testReopen(t *testing.T, open Opener) {
 		jobs, err := s.PendingAsync(ctx)
 		if err != nil || len(jobs) != 2 || jobs[0].ID != "async1" || jobs[0].TimeoutSeconds != 30 || jobs[0].SDKType != "async" ||
 			jobs[0].Tenant != "acme" || !jobs[0].StartedAt.IsZero() || jobs[0].Attempts != 0 {
-			t.Fatalf("pending async: %+v, %v", jobs, err)
+			t.Fatalf("pending async: %s, %v", showJobs(jobs), err)
 		}
 		// The one that was started when the server stopped says so.
 		if j := jobs[1]; j.ID != "async2" || !j.StartedAt.Equal(t0) || j.Attempts != 1 {
-			t.Fatalf("interrupted async job: %+v", j)
+			t.Fatalf("interrupted async job: %s", showJobs([]domain.AsyncJob{j}))
 		}
 		if err := s.RequeueAsync(ctx, "async2"); err != nil {
 			t.Fatal(err)
 		}
 		if jobs, _ := s.PendingAsync(ctx); len(jobs) != 2 || !jobs[1].StartedAt.IsZero() || jobs[1].Attempts != 1 {
-			t.Fatalf("requeued: %+v", jobs)
+			t.Fatalf("requeued: %s", showJobs(jobs))
 		}
 		interrupted := jobs[1].Invocation
 		interrupted.Status, interrupted.ResponseTime = domain.StatusFailed, now()
@@ -70,7 +70,7 @@ func testReopen(t *testing.T, open Opener) {
 			t.Fatal(err)
 		}
 		if jobs, _ := s.PendingAsync(ctx); len(jobs) != 0 {
-			t.Fatalf("still queued: %+v", jobs)
+			t.Fatalf("still queued: %s", showJobs(jobs))
 		}
 		got := mustGet(t, s, "async1")
 		if got.Status != domain.StatusCompleted || string(got.Output) != `"ok"` {
@@ -93,7 +93,7 @@ func testReopen(t *testing.T, open Opener) {
 		s = open(t, "store")
 		assertInvocation(t, mustGet(t, s, "async1"), done)
 		if jobs, _ := s.PendingAsync(ctx); len(jobs) != 0 {
-			t.Fatalf("queued again after a reopen: %+v", jobs)
+			t.Fatalf("queued again after a reopen: %s", showJobs(jobs))
 		}
 	})
 
