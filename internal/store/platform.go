@@ -493,9 +493,9 @@ func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status domai
 		args = append(args, status)
 	}
 	if limit <= 0 {
-		limit = -1
+		limit = defaultListLimit
 	}
-	q += ` ORDER BY request_time DESC LIMIT ?`
+	q += ` ORDER BY request_time DESC, rowid DESC LIMIT ?`
 	args = append(args, limit)
 	rows, err := db.sql.QueryContext(ctx, q, args...)
 	if err != nil {

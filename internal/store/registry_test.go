@@ -222,14 +222,6 @@ func TestRegistryUpsertFresh(t *testing.T) {
 	if err != nil || !parsed.Equal(r.CreatedAt) {
 		t.Errorf("created_at text %q parses to %v (%v); the driver gave %v", row["created_at"].String, parsed, err, r.CreatedAt)
 	}
-
-	got, err := store.LookupRegistryAgent(ctx, path, a.AgentID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != a {
-		t.Errorf("Lookup: got %+v\nwant %+v", got, a)
-	}
 }
 
 func TestRegistryUpsertTwiceKeepsCreatedAtAndCounters(t *testing.T) {
@@ -286,27 +278,23 @@ func TestRegistryUpsertTwiceKeepsCreatedAtAndCounters(t *testing.T) {
 func TestRecordRegistryRun(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
+	// Recording and looking up leave a missing registry missing (the file
+	// is the Python CLI's too; their ErrNotFound is checked by the suite).
 	missing := filepath.Join(dir, "missing.db")
 	if err := store.RecordRegistryRun(ctx, missing, "x", true, time.Now()); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("missing file: %v, want ErrNotFound", err)
 	}
-	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("RecordRegistryRun created the registry file")
-	}
 	if _, err := store.LookupRegistryAgent(ctx, missing, "x"); !errors.Is(err, domain.ErrNotFound) {
 		t.Errorf("Lookup in missing file: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("RecordRegistryRun or LookupRegistryAgent created the registry file")
 	}
 
 	path := filepath.Join(dir, "runagent_local.db")
 	a := testAgent(8450)
 	if err := store.UpsertRegistryAgent(ctx, path, a); err != nil {
 		t.Fatal(err)
-	}
-	if err := store.RecordRegistryRun(ctx, path, "someone-else", true, time.Now()); !errors.Is(err, domain.ErrNotFound) {
-		t.Errorf("unknown agent: %v, want ErrNotFound", err)
-	}
-	if _, err := store.LookupRegistryAgent(ctx, path, "someone-else"); !errors.Is(err, domain.ErrNotFound) {
-		t.Errorf("Lookup unknown agent: %v, want ErrNotFound", err)
 	}
 
 	rec := store.NewRegistryRecorderEvery(path, a.AgentID, slog.New(slog.DiscardHandler), 10*time.Millisecond)

@@ -361,6 +361,9 @@ func (db *DB) Get(ctx context.Context, id string) (domain.Invocation, error) {
 	return inv, nil
 }
 
+// defaultListLimit is List's limit when it is given none (domain.History).
+const defaultListLimit = 50
+
 // listQueries are the List statements by filter: [agent set][status set].
 var listQueries = func() (q [2][2]string) {
 	for a := range 2 {
@@ -383,8 +386,9 @@ var listQueries = func() (q [2][2]string) {
 	return q
 }()
 
-// List returns invocations newest first (by request time). agentID "" and
-// status "" mean all; limit <= 0 means no limit.
+// List returns invocations newest first (by request time; of two at the
+// same time the later recorded first). agentID "" and status "" mean all;
+// limit <= 0 means defaultListLimit.
 func (db *DB) List(ctx context.Context, agentID string, status domain.Status, limit int) ([]domain.Invocation, error) {
 	if err := db.Flush(ctx); err != nil {
 		return nil, err
@@ -400,7 +404,7 @@ func (db *DB) List(ctx context.Context, agentID string, status domain.Status, li
 		args = append(args, status)
 	}
 	if limit <= 0 {
-		limit = -1
+		limit = defaultListLimit
 	}
 	args = append(args, limit)
 	rows, err := db.sql.QueryContext(ctx, listQueries[a][s], args...)

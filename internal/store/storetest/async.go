@@ -1,0 +1,151 @@
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+func testAsync(t *testing.T, open Opener) {
+	ctx := context.Background()
+
+	// An accepted invocation is pending in the history at once, and leaves
+	// the queue with its outcome.
+	t.Run("enqueue, start, finish", func(t *testing.T) {
+		s := open(t, "store")
+		inv := pending("job", "a", t0)
+		inv.SDKType = "async"
+		inv.InputKwargs = json.RawMessage(`{"message": "héllo <b>",  "n": 1.50}`)
+		if err := s.EnqueueAsync(ctx, inv, "acme", 2.5); err != nil {
+			t.Fatal(err)
+		}
+		assertInvocation(t, mustGet(t, s, "job"), inv)
+		if got, err := s.List(ctx, "a", domain.StatusPending, 10); err != nil || ids(got) != "job" {
+			t.Fatalf("List of pending: %q, %v", ids(got), err)
+		}
+		jobs, err := s.PendingAsync(ctx)
+		if err != nil || len(jobs) != 1 {
+			t.Fatalf("PendingAsync: %s, %v", showJobs(jobs), err)
+		}
+		j := jobs[0]
+		assertInvocation(t, j.Invocation, inv)
+		if j.Tenant != "acme" || j.TimeoutSeconds != 2.5 || j.Attempts != 0 || !j.StartedAt.IsZero() {
+			t.Fatalf("queued job: %s", showJobs([]domain.AsyncJob{j}))
+		}
+		for attempt, at := range []time.Time{t0.Add(time.Second), t0.Add(2 * time.Second)} {
+			if err := s.StartAsync(ctx, "job", at); err != nil {
+				t.Fatal(err)
+			}
+			jobs, _ = s.PendingAsync(ctx)
+			if len(jobs) != 1 || jobs[0].Attempts != attempt+1 || !jobs[0].StartedAt.Equal(at) {
+				t.Fatalf("after start %d: %s", attempt+1, showJobs(jobs))
+			}
+		}
+		// Starting is not an outcome: the history still says pending.
+		if got := mustGet(t, s, "job"); got.Status != domain.StatusPending {
+			t.Fatalf("a started job's status: %q", got.Status)
+		}
+		if err := s.RequeueAsync(ctx, "job"); err != nil {
+			t.Fatal(err)
+		}
+		jobs, _ = s.PendingAsync(ctx)
+		if len(jobs) != 1 || jobs[0].Attempts != 2 || !jobs[0].StartedAt.IsZero() {
+			t.Fatalf("requeued: %s; want not started, its 2 attempts counted", showJobs(jobs))
+		}
+		done := failed(inv, 25, "TIMEOUT: the call outlasted 2.5 s")
+		if err := s.FinishAsync(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		assertInvocation(t, mustGet(t, s, "job"), done)
+		if jobs, err := s.PendingAsync(ctx); err != nil || len(jobs) != 0 {
+			t.Fatalf("still queued after FinishAsync: %s, %v", showJobs(jobs), err)
+		}
+		if err := s.StartAsync(ctx, "job", now()); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("StartAsync of a finished job = %v, want ErrNotFound", err)
+		}
+		if err := s.StartAsync(ctx, "nope", now()); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("StartAsync of an unknown invocation = %v, want ErrNotFound", err)
+		}
+		// A sync call is not queued either.
+		s.Start(pending("sync", "a", t0))
+		if err := s.StartAsync(ctx, "sync", now()); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("StartAsync of a sync call = %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("pending oldest first", func(t *testing.T) {
+		s := open(t, "store")
+		var want []string
+		for i := range 12 {
+			id := fmt.Sprintf("j%02d", i)
+			// Request times run backwards: the queue's order is the
+			// order of EnqueueAsync.
+			if err := s.EnqueueAsync(ctx, pending(id, fmt.Sprint("agent", i%3), t0.Add(-time.Duration(i)*time.Second)), "t", 0); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, id)
+		}
+		finish := func(id string) {
+			t.Helper()
+			if err := s.FinishAsync(ctx, completed(pending(id, "agent0", t0), 1, `1`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		finish("j03")
+		finish("j07")
+		want = append(append(want[:3:3], want[4:7]...), want[8:]...)
+		if err := s.StartAsync(ctx, "j05", now()); err != nil {
+			t.Fatal(err)
+		}
+		jobs, err := s.PendingAsync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, j := range jobs {
+			got = append(got, j.ID)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("PendingAsync = %v, want %v", got, want)
+		}
+	})
+
+	t.Run("finish writes the outcome whole", func(t *testing.T) {
+		s := open(t, "store")
+		inv := pending("job", "a", t0)
+		if err := s.EnqueueAsync(ctx, inv, "acme", 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.StartAsync(ctx, "job", t0); err != nil {
+			t.Fatal(err)
+		}
+		done := completed(inv, 12.25, `{"answer": [1, 2, 3]}`)
+		if err := s.FinishAsync(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		assertInvocation(t, mustGet(t, s, "job"), done)
+		st, err := s.Stats(ctx, "a")
+		if err != nil || st.Total != 1 || st.Completed != 1 || st.Pending != 0 {
+			t.Errorf("stats after FinishAsync: %s, %v", showStats(st), err)
+		}
+	})
+}
+
+// showJobs names each job with its queue fields.
+func showJobs(jobs []domain.AsyncJob) string {
+	out := make([]string, len(jobs))
+	for i, j := range jobs {
+		started := "not started"
+		if !j.StartedAt.IsZero() {
+			started = "started " + j.StartedAt.Format(time.RFC3339Nano)
+		}
+		out[i] = fmt.Sprintf("{%s %s of %s, timeout %v s, %d attempts, %s}", j.ID, j.Status, j.Tenant, j.TimeoutSeconds, j.Attempts, started)
+	}
+	return "[" + strings.Join(out, " ") + "]"
+}
