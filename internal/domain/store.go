@@ -58,7 +58,8 @@ type Agents interface {
 	Versions(ctx context.Context, agentID string) ([]Version, error)
 	SetVersionStatus(ctx context.Context, agentID string, version int, status VersionStatus, errText string) error
 	// ActivateVersion makes version the one serving the agent; the one
-	// before it becomes retired.
+	// before it becomes retired. ErrNotFound (and no change) for a
+	// version that does not exist.
 	ActivateVersion(ctx context.Context, agentID string, version int) error
 	DeleteVersion(ctx context.Context, agentID string, version int) error
 	// DeletePlatformAgent removes an agent with its versions, logs and

@@ -203,15 +203,21 @@ func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int,
 func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) error {
 	now := time.Now().UnixMicro()
 	return db.tx(ctx, func(t *sql.Tx) error {
+		res, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
+			domain.VersionActive, now, agentID, version)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return domain.ErrNotFound // nothing changes: the transaction rolls back
+		}
 		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ? WHERE agent_id = ? AND status = ? AND version <> ?`,
 			domain.VersionRetired, agentID, domain.VersionActive, version); err != nil {
 			return err
 		}
-		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
-			domain.VersionActive, now, agentID, version); err != nil {
-			return err
-		}
-		_, err := t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
+		_, err = t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
 		return err
 	})
 }
@@ -417,7 +423,7 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 // PendingAsync returns the queued async invocations, oldest first.
 func (db *DB) PendingAsync(ctx context.Context) ([]domain.AsyncJob, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
-		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at`)
+		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at, q.rowid`)
 	if err != nil {
 		return nil, err
 	}

@@ -1,13 +1,16 @@
-// Package store keeps the local server's state in SQLite (pure Go, no cgo):
+// Package store keeps state in SQLite (pure Go, no cgo), as the domain
+// stores (domain.Store, domain.Registry; storetest is their suite):
 //
 //   - the invocation history (DB), written off the request path by one
 //     batching writer goroutine, read back by the history endpoints;
+//   - the platform's agents, versions, keys, logs and async queue (DB, see
+//     platform.go);
 //   - the row of the shared local registry (runagent_local.db, table agents)
 //     through which the official SDKs find a locally served agent by id.
 //
 // # Invocation database
 //
-// One table, invocations (see migrations/), versioned with PRAGMA
+// The tables are in migrations/, versioned with PRAGMA
 // user_version. Timestamps are INTEGER unix microseconds in UTC; inputs,
 // outputs and client info are JSON text. The file is opened in WAL mode with
 // synchronous=NORMAL and a busy timeout.

@@ -37,6 +37,9 @@ func testAgents(t *testing.T, open Opener) {
 		if err := s.ActivateVersion(ctx, "ag1", 2); err != nil {
 			t.Fatal(err)
 		}
+		if err := s.ActivateVersion(ctx, "ag1", 9); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("activating a version that does not exist: %v, want ErrNotFound", err)
+		}
 		a, err := s.PlatformAgent(ctx, "ag1")
 		if err != nil || a.ActiveVersion != 2 || a.LatestVersion != 2 || a.Tenant != "acme" || a.Name != "a2" {
 			t.Fatalf("agent %+v, %v", a, err)
