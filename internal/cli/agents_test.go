@@ -38,7 +38,7 @@ func TestAgentsListShow(t *testing.T) {
 		t.Fatal(res.err)
 	}
 	for _, want := range []string{"agent      a1", "version    v3", "endpoint   " + p.srv.URL + "/api/v1/agents/a1", "minimal  main.py:mock_response",
-		"v3  active", "max instances  4", "POOL"} {
+		"v3  active", "max instances         4", "POOL"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("show lacks %q:\n%s", want, res.stdout)
 		}

@@ -6,19 +6,19 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/runagent-go/runagent/internal/platformclient"
+	"github.com/runagent-go/runagent/internal/platformapi"
 )
 
 func TestFormatLogLine(t *testing.T) {
 	for _, tt := range []struct {
-		l    platformclient.LogLine
+		l    platformapi.LogLine
 		want string
 	}{
-		{platformclient.LogLine{Time: "2026-11-24T10:00:00.123456Z", Version: 3, Instance: "2", InvocationID: "0193a1b2-aaaa-7000-8000-000000000000", Stream: "stdout", Line: "hello\n"},
+		{platformapi.LogLine{Time: "2026-11-24T10:00:00.123456Z", Version: 3, Instance: "2", InvocationID: "0193a1b2-aaaa-7000-8000-000000000000", Stream: "stdout", Line: "hello\n"},
 			"2026-11-24T10:00:00.123Z v3 inst-2 [inv 0193a1b2…] stdout: hello"},
-		{platformclient.LogLine{Time: "2026-11-24T11:00:00+01:00", Version: 1, Instance: "inst-7", Stream: "stderr", Line: "oops"},
+		{platformapi.LogLine{Time: "2026-11-24T11:00:00+01:00", Version: 1, Instance: "inst-7", Stream: "stderr", Line: "oops"},
 			"2026-11-24T10:00:00.000Z v1 inst-7 stderr: oops"},
-		{platformclient.LogLine{Time: "later", Line: "x"}, "later log: x"},
+		{platformapi.LogLine{Time: "later", Line: "x"}, "later log: x"},
 	} {
 		if got := formatLogLine(tt.l); got != tt.want {
 			t.Errorf("formatLogLine(%+v) = %q, want %q", tt.l, got, tt.want)
