@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/runagent-go/runagent/internal/platformclient"
+	"github.com/runagent-go/runagent/internal/platformapi"
 )
 
 func (a *app) agentsCommand() *cobra.Command {
@@ -49,7 +49,7 @@ func (a *app) agentsListCommand(rf *remoteFlags) *cobra.Command {
 			}
 			if a.json {
 				if agents == nil {
-					agents = []platformclient.Agent{}
+					agents = []platformapi.Agent{}
 				}
 				a.printJSON(agents)
 				return nil
@@ -102,7 +102,7 @@ func (a *app) agentsShowCommand(rf *remoteFlags) *cobra.Command {
 	}
 }
 
-func (a *app) printAgent(ag *platformclient.AgentDetail, base string) {
+func (a *app) printAgent(ag *platformapi.AgentDetail, base string) {
 	w := a.stdout
 	fmt.Fprintf(w, "agent      %s\nname       %s\nframework  %s\nstatus     %s\nversion    %s\ncreated    %s\nupdated    %s\nendpoint   %s\n",
 		ag.AgentID, ag.Name, ag.Framework, ag.Status, versionText(ag.ActiveVersion), formatTime(ag.CreatedAt), formatTime(ag.UpdatedAt),
@@ -110,7 +110,8 @@ func (a *app) printAgent(ag *platformclient.AgentDetail, base string) {
 	if len(ag.Entrypoints) > 0 {
 		fmt.Fprintln(w, "\nENTRYPOINTS")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		for _, ep := range ag.Entrypoints {
+		for _, e := range ag.Entrypoints {
+			ep := e.Fields()
 			where := ep.File
 			if ep.Module != "" {
 				where += ":" + ep.Module
@@ -130,7 +131,7 @@ func (a *app) printAgent(ag *platformclient.AgentDetail, base string) {
 	for _, sec := range []struct {
 		title string
 		m     map[string]any
-	}{{"LIMITS", ag.Limits}, {"POOL", ag.Pool}} {
+	}{{"LIMITS", jsonObject(ag.Limits)}, {"POOL", jsonObject(ag.Pool)}} {
 		if len(sec.m) == 0 {
 			continue
 		}
@@ -146,6 +147,16 @@ func (a *app) printAgent(ag *platformclient.AgentDetail, base string) {
 		}
 		tw.Flush()
 	}
+}
+
+// jsonObject is v as its JSON object's keys and values (nil for null), for
+// printing a section key by key.
+func jsonObject(v any) map[string]any {
+	var m map[string]any
+	if b, err := json.Marshal(v); err == nil {
+		json.Unmarshal(b, &m)
+	}
+	return m
 }
 
 // plainValue shows a JSON value: strings bare, the rest as compact JSON.

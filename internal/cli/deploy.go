@@ -18,7 +18,7 @@ import (
 	"github.com/runagent-go/runagent/internal/agentfolder"
 	"github.com/runagent-go/runagent/internal/bundle"
 	"github.com/runagent-go/runagent/internal/manager"
-	"github.com/runagent-go/runagent/internal/platformclient"
+	"github.com/runagent-go/runagent/internal/platformapi"
 )
 
 // defaultStartTimeout bounds POST /start, which answers only once the new
@@ -220,7 +220,7 @@ func (a *app) pack(dir string, w io.Writer) (bundle.Summary, error) {
 
 // upload sends the bundle with a progress bar on a terminal, plain lines
 // otherwise.
-func (a *app) upload(ctx context.Context, rc *remote, agentID string, zip io.Reader, size int64, name string) (*platformclient.Upload, error) {
+func (a *app) upload(ctx context.Context, rc *remote, agentID string, zip io.Reader, size int64, name string) (*platformapi.Upload, error) {
 	began := time.Now()
 	var progress func(int64)
 	var bar *progressbar.ProgressBar
@@ -253,7 +253,7 @@ func (a *app) upload(ctx context.Context, rc *remote, agentID string, zip io.Rea
 
 // start makes the uploaded version take the traffic, with a spinner on a
 // terminal.
-func (a *app) start(ctx context.Context, rc *remote, up *platformclient.Upload, timeout time.Duration) (*platformclient.Deployment, error) {
+func (a *app) start(ctx context.Context, rc *remote, up *platformapi.Upload, timeout time.Duration) (*platformapi.Deployment, error) {
 	desc := fmt.Sprintf("Starting version %d…", up.Version)
 	if !a.fancy(a.stderr) {
 		desc += " (installs requirements and warms instances; the first time can take minutes)"

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/runagent-go/runagent/internal/platformclient"
+	"github.com/runagent-go/runagent/internal/platformapi"
 )
 
 var keyScopes = []string{"run", "deploy", "admin"}
@@ -95,8 +95,8 @@ the server's defaults apply to the key.`,
 }
 
 // request checks the flags and builds the request.
-func (o *keyCreateOptions) request(cmd *cobra.Command) (platformclient.KeyRequest, error) {
-	req := platformclient.KeyRequest{Name: strings.TrimSpace(o.name), Tenant: strings.TrimSpace(o.tenant), Agents: []string{}}
+func (o *keyCreateOptions) request(cmd *cobra.Command) (platformapi.KeyRequest, error) {
+	req := platformapi.KeyRequest{Name: strings.TrimSpace(o.name), Tenant: strings.TrimSpace(o.tenant), Agents: []string{}}
 	if req.Name == "" {
 		return req, fmt.Errorf("--name is required: a name to recognise the key by, e.g. --name ci")
 	}
@@ -160,7 +160,7 @@ func (a *app) keysListCommand(rf *remoteFlags) *cobra.Command {
 			}
 			if a.json {
 				if keys == nil {
-					keys = []platformclient.Key{}
+					keys = []platformapi.Key{}
 				}
 				a.printJSON(keys)
 				return nil
@@ -224,17 +224,17 @@ func agentList(ids []string) string {
 // shortID shows the first 8 characters of a UUID-like id.
 func shortID(id string) string { return short(id, 8) }
 
-// limits shows a key's limits; "default" for the server's (null or 0).
-func limits(k platformclient.Key) string {
+// limits shows a key's limits; "default" for the server's (0, or null).
+func limits(k platformapi.Key) string {
 	var parts []string
-	if k.RatePerSecond != nil && *k.RatePerSecond > 0 {
-		parts = append(parts, strconv.FormatFloat(*k.RatePerSecond, 'f', -1, 64)+"/s")
+	if k.RatePerSecond > 0 {
+		parts = append(parts, strconv.FormatFloat(k.RatePerSecond, 'f', -1, 64)+"/s")
 	}
-	if k.Burst != nil && *k.Burst > 0 {
-		parts = append(parts, "burst "+strconv.Itoa(*k.Burst))
+	if k.Burst > 0 {
+		parts = append(parts, "burst "+strconv.Itoa(k.Burst))
 	}
-	if k.MaxConcurrency != nil && *k.MaxConcurrency > 0 {
-		parts = append(parts, "conc "+strconv.Itoa(*k.MaxConcurrency))
+	if k.MaxConcurrency > 0 {
+		parts = append(parts, "conc "+strconv.Itoa(k.MaxConcurrency))
 	}
 	if len(parts) == 0 {
 		return "default"

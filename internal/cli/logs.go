@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/runagent-go/runagent/internal/platformapi"
 	"github.com/runagent-go/runagent/internal/platformclient"
 )
 
@@ -72,7 +73,7 @@ func (a *app) logs(ctx context.Context, rc *remote, agentID string, o *logsOptio
 	if !o.follow {
 		return nil
 	}
-	err = rc.FollowLogs(ctx, agentID, cursor, func(l platformclient.LogLine) error {
+	err = rc.FollowLogs(ctx, agentID, cursor, func(l platformapi.LogLine) error {
 		if o.invocation != "" && string(l.InvocationID) != o.invocation {
 			return nil
 		}
@@ -90,9 +91,9 @@ func (a *app) logs(ctx context.Context, rc *remote, agentID string, o *logsOptio
 
 // readLogs returns the lines to print and the sequence number to follow
 // from: the last o.limit lines, or (forward) the first o.limit after o.after.
-func (a *app) readLogs(ctx context.Context, rc *remote, agentID string, o *logsOptions, forward bool) ([]platformclient.LogLine, int64, error) {
+func (a *app) readLogs(ctx context.Context, rc *remote, agentID string, o *logsOptions, forward bool) ([]platformapi.LogLine, int64, error) {
 	cursor := o.after
-	var kept []platformclient.LogLine
+	var kept []platformapi.LogLine
 	for {
 		page := maxLogPage
 		if forward && o.limit-len(kept) < page {
@@ -123,7 +124,7 @@ func (a *app) readLogs(ctx context.Context, rc *remote, agentID string, o *logsO
 }
 
 // printLog prints one log line, as JSON with --json.
-func (a *app) printLog(l platformclient.LogLine) {
+func (a *app) printLog(l platformapi.LogLine) {
 	if a.json {
 		a.printJSON(l)
 		return
@@ -132,7 +133,7 @@ func (a *app) printLog(l platformclient.LogLine) {
 }
 
 // formatLogLine gives "TIME vN INSTANCE [inv ID…] STREAM: TEXT".
-func formatLogLine(l platformclient.LogLine) string {
+func formatLogLine(l platformapi.LogLine) string {
 	var b strings.Builder
 	ts := l.Time
 	if t, ok := parseTime(l.Time); ok {

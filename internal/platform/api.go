@@ -21,6 +21,7 @@ import (
 	"github.com/runagent-go/runagent/internal/apikeys"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
+	"github.com/runagent-go/runagent/internal/platformapi"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -143,17 +144,17 @@ func (p *Platform) handleHealth(w http.ResponseWriter, r *http.Request) {
 			ready += st.Pool.Ready
 		}
 	}
-	p.wire.WriteJSON(w, http.StatusOK, map[string]any{
-		"status": "healthy", "server": "RunAgent Go Platform Server", "timestamp": wire.Timestamp(time.Now()),
-		"uptime_seconds": time.Since(p.started).Seconds(), "version": p.cfg.Version,
-		"agents": len(ids), "instances_ready": ready,
+	p.wire.WriteJSON(w, http.StatusOK, platformapi.Health{
+		Status: "healthy", Server: "RunAgent Go Platform Server", Timestamp: wire.Timestamp(time.Now()),
+		UptimeSeconds: time.Since(p.started).Seconds(), Version: p.cfg.Version,
+		Agents: len(ids), InstancesReady: ready,
 	})
 }
 
 func (p *Platform) handleInfo(w http.ResponseWriter, r *http.Request) {
-	p.wire.WriteJSON(w, http.StatusOK, map[string]any{
-		"message": "RunAgent platform server", "version": p.cfg.Version, "host": p.cfg.Host, "port": p.cfg.Port,
-		"docs": "docs/platform-api.md",
+	p.wire.WriteJSON(w, http.StatusOK, platformapi.Info{
+		Message: "RunAgent platform server", Version: p.cfg.Version, Host: p.cfg.Host, Port: p.cfg.Port,
+		Docs: "docs/platform-api.md",
 	})
 }
 
@@ -168,10 +169,10 @@ func (p *Platform) handleValidate(w http.ResponseWriter, r *http.Request) {
 		p.wire.WriteError(w, errBadKey)
 		return
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{
-		"valid": true, "key_id": k.ID, "name": k.Name, "tenant": k.Tenant, "scopes": k.Scopes, "agents": k.Agents,
-		"user_id": k.Tenant, "user_email": nil, "user_tier": "self-hosted",
-		"default_project_id": k.Tenant, "default_project_name": k.Tenant,
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.TokenInfo{
+		Valid: true, KeyID: k.ID, Name: k.Name, Tenant: k.Tenant, Scopes: scopeNames(k.Scopes), Agents: k.Agents,
+		UserID: platformapi.Text(k.Tenant), UserTier: "self-hosted",
+		DefaultProjectID: platformapi.Text(k.Tenant), DefaultProjectName: platformapi.Text(k.Tenant),
 	}, "Token is valid")
 }
 
@@ -182,11 +183,7 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var body struct {
-		AgentID   string         `json:"agent_id"`
-		Config    map[string]any `json:"config"`
-		Overwrite bool           `json:"overwrite"`
-	}
+	var body platformapi.MetadataRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&body); err != nil {
 		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Message: "request body is not valid JSON: " + err.Error()})
 		return
@@ -226,7 +223,7 @@ func (p *Platform) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	if tags == nil {
 		tags = []string{}
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "entrypoints_created": len(tags), "entrypoint_ids": tags},
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Metadata{AgentID: id, EntrypointsCreated: len(tags), EntrypointIDs: tags},
 		"Agent metadata uploaded")
 }
 
@@ -351,8 +348,8 @@ func (p *Platform) handleUpload(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": domain.VersionUploaded,
-		"file_size": size, "file_name": fileName}, "Agent uploaded")
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Upload{AgentID: id, Version: n, Status: string(domain.VersionUploaded),
+		FileSize: size, FileName: fileName}, "Agent uploaded")
 }
 
 func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
@@ -365,8 +362,8 @@ func (p *Platform) handleStart(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "version": n, "status": "deployed",
-		"endpoint": "/agents/" + id, "url": "/api/v1/agents/" + id}, "Agent started")
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Deployment{AgentID: id, Version: n, Status: platformapi.AgentDeployed,
+		Endpoint: "/agents/" + id, URL: "/api/v1/agents/" + id}, "Agent started")
 }
 
 // agentRequest authenticates a request about the agent in its path and
@@ -379,25 +376,27 @@ func (p *Platform) agentRequest(w http.ResponseWriter, r *http.Request, scopes .
 	return p.ownedAgent(w, k, r.PathValue("id"))
 }
 
-func (p *Platform) agentSummary(ctx context.Context, id string) (map[string]any, error) {
+// agentSummary is the agent's entry of GET /api/v1/agents, with the
+// manager's view of it (the status and detail routes start from it).
+func (p *Platform) agentSummary(ctx context.Context, id string) (platformapi.Agent, manager.AgentStatus, error) {
 	pa, err := p.db.PlatformAgent(ctx, id)
 	if err != nil {
-		return nil, err
+		return platformapi.Agent{}, manager.AgentStatus{}, err
 	}
 	st, _ := p.mgr.Status(id)
-	status := "uploaded"
+	status := platformapi.AgentUploaded
 	switch {
 	case st.ActiveVersion > 0:
-		status = "deployed"
+		status = platformapi.AgentDeployed
 	case pa.LatestVersion == 0:
-		status = "registered"
+		status = platformapi.AgentRegistered
 	}
-	return map[string]any{
-		"agent_id": id, "name": pa.Name, "framework": pa.Framework, "tenant": pa.Tenant, "status": status,
-		"active_version": st.ActiveVersion, "latest_version": pa.LatestVersion,
-		"created_at": wire.IsoFormat(pa.CreatedAt), "updated_at": wire.IsoFormat(pa.UpdatedAt),
-		"instances": map[string]int{"starting": st.Pool.Starting, "ready": st.Pool.Ready, "draining": st.Pool.Draining},
-	}, nil
+	return platformapi.Agent{
+		AgentID: id, Name: pa.Name, Framework: pa.Framework, Tenant: pa.Tenant, Status: status,
+		ActiveVersion: st.ActiveVersion, LatestVersion: pa.LatestVersion,
+		CreatedAt: wire.IsoFormat(pa.CreatedAt), UpdatedAt: wire.IsoFormat(pa.UpdatedAt),
+		Instances: platformapi.Instances{Starting: st.Pool.Starting, Ready: st.Pool.Ready, Draining: st.Pool.Draining},
+	}, st, nil
 }
 
 func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
@@ -405,17 +404,18 @@ func (p *Platform) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s, err := p.agentSummary(r.Context(), id)
+	s, _, err := p.agentSummary(r.Context(), id)
 	if err != nil {
 		p.storeError(w, err)
 		return
 	}
+	out := platformapi.AgentStatus{AgentID: s.AgentID, Name: s.Name, Framework: s.Framework, Tenant: s.Tenant, Status: s.Status,
+		ActiveVersion: s.ActiveVersion, LatestVersion: s.LatestVersion, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Instances: s.Instances}
 	vs, _ := p.db.Versions(r.Context(), id)
-	s["error"] = nil
 	if len(vs) > 0 && vs[0].Status == domain.VersionFailed {
-		s["error"] = vs[0].Error
+		out.Error = platformapi.TextPtr(vs[0].Error)
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent status")
+	p.wire.WriteEnvelope(w, http.StatusOK, out, "Agent status")
 }
 
 func (p *Platform) visibleAgents(k *domain.Key) []string {
@@ -437,14 +437,14 @@ func (p *Platform) handleAgents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	list := []map[string]any{}
+	list := platformapi.AgentList{Agents: []platformapi.Agent{}}
 	for _, id := range p.visibleAgents(k) {
-		s, err := p.agentSummary(r.Context(), id)
+		s, _, err := p.agentSummary(r.Context(), id)
 		if err == nil {
-			list = append(list, s)
+			list.Agents = append(list.Agents, s)
 		}
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agents": list}, "Agents")
+	p.wire.WriteEnvelope(w, http.StatusOK, list, "Agents")
 }
 
 func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
@@ -452,34 +452,38 @@ func (p *Platform) handleAgent(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s, err := p.agentSummary(r.Context(), id)
+	s, _, err := p.agentSummary(r.Context(), id)
 	if err != nil {
 		p.storeError(w, err)
 		return
 	}
+	out := platformapi.AgentDetail{AgentID: s.AgentID, Name: s.Name, Framework: s.Framework, Tenant: s.Tenant, Status: s.Status,
+		ActiveVersion: s.ActiveVersion, LatestVersion: s.LatestVersion, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt, Instances: s.Instances,
+		Versions: []platformapi.Version{}}
 	vs, _ := p.db.Versions(r.Context(), id)
-	versions := []map[string]any{}
 	for _, v := range vs {
-		versions = append(versions, map[string]any{"version": v.Version, "status": v.Status, "uploaded_at": wire.IsoFormat(v.UploadedAt),
-			"file_size": v.FileSize, "sha256": v.SHA256, "error": v.Error})
+		out.Versions = append(out.Versions, platformapi.Version{Version: v.Version, Status: string(v.Status), UploadedAt: wire.IsoFormat(v.UploadedAt),
+			FileSize: v.FileSize, SHA256: v.SHA256, Error: platformapi.Text(v.Error)})
 	}
-	s["versions"] = versions
 	st, _ := p.mgr.Status(id)
 	if a, _, _ := p.mgr.Lookup(id); a != nil {
-		eps := []json.RawMessage{}
+		out.Entrypoints = []platformapi.Entrypoint{}
 		for _, ep := range a.Entrypoints {
-			eps = append(eps, server.EntrypointJSON(ep)) // as /architecture lists them
+			out.Entrypoints = append(out.Entrypoints, platformapi.Entrypoint(server.EntrypointJSON(ep))) // as /architecture lists them
 		}
-		s["entrypoints"] = eps
 		d := st.Deployment
-		s["limits"] = map[string]any{"min_instances": d.MinInstances, "max_instances": d.MaxInstances,
-			"target_concurrency": d.TargetConcurrency, "max_concurrency": d.MaxConcurrency, "max_queue": d.MaxQueue,
-			"idle_timeout_seconds": d.IdleTimeout.Seconds(), "memory_mb": d.MemoryMB, "cpu_seconds": d.CPUSeconds,
-			"max_pids": d.MaxPids, "call_timeout_seconds": d.CallTimeout.Seconds(),
-			"sandbox": d.Sandbox, "network": d.Network, "work_dir_mb": d.WorkDirMB, "open_files": d.OpenFiles}
+		out.Limits = &platformapi.Limits{MinInstances: d.MinInstances, MaxInstances: d.MaxInstances,
+			TargetConcurrency: d.TargetConcurrency, MaxConcurrency: d.MaxConcurrency, MaxQueue: d.MaxQueue,
+			IdleTimeoutSeconds: d.IdleTimeout.Seconds(), MemoryMB: d.MemoryMB, CPUSeconds: d.CPUSeconds,
+			MaxPids: d.MaxPids, CallTimeoutSeconds: d.CallTimeout.Seconds(),
+			Sandbox: d.Sandbox, Network: d.Network, WorkDirMB: d.WorkDirMB, OpenFiles: d.OpenFiles}
 	}
-	s["pool"] = map[string]any{"in_flight": st.Pool.InFlight, "queued": st.Pool.Queued, "instances": st.Pool.Instances, "retiring_versions": st.Retiring}
-	p.wire.WriteEnvelope(w, http.StatusOK, s, "Agent")
+	out.Pool = platformapi.Pool{InFlight: st.Pool.InFlight, Queued: st.Pool.Queued, RetiringVersions: st.Retiring}
+	for _, in := range st.Pool.Instances {
+		out.Pool.Instances = append(out.Pool.Instances, platformapi.Instance{ID: in.ID, State: in.State, PID: in.PID, InFlight: in.InFlight,
+			RSSBytes: in.RSSBytes, CPUSeconds: in.CPU, Tasks: in.Tasks, UptimeSeconds: in.Uptime})
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, out, "Agent")
 }
 
 func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
@@ -492,7 +496,7 @@ func (p *Platform) handleDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.servedAgents.Delete(id)
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "deleted": true}, "Agent deleted")
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Deleted{AgentID: id, Deleted: true}, "Agent deleted")
 }
 
 func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
@@ -517,7 +521,7 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 		if len(lines) > 0 {
 			next = lines[len(lines)-1].Seq
 		}
-		p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"agent_id": id, "logs": lines, "next_after": next}, "Agent logs")
+		p.wire.WriteEnvelope(w, http.StatusOK, platformapi.LogPage{AgentID: id, Logs: logLines(lines), NextAfter: next}, "Agent logs")
 		return
 	}
 	// Follow: subscribe before reading the backlog so nothing falls between.
@@ -538,7 +542,7 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, l := range lines {
-			enc.Encode(l)
+			enc.Encode(logLine(l))
 			last = l.Seq
 		}
 		if len(lines) < 1000 {
@@ -562,7 +566,7 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			deadline()
-			if enc.Encode(l) != nil || rc.Flush() != nil {
+			if enc.Encode(logLine(l)) != nil || rc.Flush() != nil {
 				return
 			}
 			last = l.Seq
@@ -611,22 +615,14 @@ func (p *Platform) handleInvocations(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"invocations": wire.InvocationRecords(invs), "total_count": len(invs)}, "Invocations")
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.InvocationList[wire.InvocationRecord]{Invocations: wire.InvocationRecords(invs), TotalCount: len(invs)}, "Invocations")
 }
 
 func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 	if _, ok := p.requireKey(w, r, domain.ScopeAdmin); !ok {
 		return
 	}
-	var req struct {
-		Name           string   `json:"name"`
-		Tenant         string   `json:"tenant"`
-		Scopes         []string `json:"scopes"`
-		Agents         []string `json:"agents"`
-		RatePerSecond  float64  `json:"rate_per_second"`
-		Burst          int      `json:"burst"`
-		MaxConcurrency int      `json:"max_concurrency"`
-	}
+	var req platformapi.KeyRequest
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -653,7 +649,8 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 		}
 		req.Agents[i] = id
 	}
-	if req.RatePerSecond < 0 || req.Burst < 0 || req.MaxConcurrency < 0 {
+	rate, burst, maxConc := deref(req.RatePerSecond), deref(req.Burst), deref(req.MaxConcurrency)
+	if rate < 0 || burst < 0 || maxConc < 0 {
 		bad("rate_per_second", "limits must be 0 (the server's default) or more")
 		return
 	}
@@ -666,29 +663,67 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 	if req.Tenant != "" {
 		k.Tenant = req.Tenant
 	}
-	k.RatePerSecond, k.Burst, k.MaxConcurrency = req.RatePerSecond, req.Burst, req.MaxConcurrency
+	k.RatePerSecond, k.Burst, k.MaxConcurrency = rate, burst, maxConc
 	if err := p.db.InsertAPIKey(r.Context(), k); err != nil {
 		p.storeError(w, err)
 		return
 	}
 	p.keys.Put(k)
-	out := keyJSON(&k)
-	out["key"] = token
+	out := keyRecord(&k)
+	out.Key = token
 	p.wire.WriteEnvelope(w, http.StatusCreated, out, "API key created; it is shown only once")
 }
 
-func keyJSON(k *domain.Key) map[string]any {
-	var revoked any
+// deref is *v, 0 for nil (a limit left to the server's default).
+func deref[T int | float64](v *T) T {
+	if v == nil {
+		return 0
+	}
+	return *v
+}
+
+func keyRecord(k *domain.Key) platformapi.Key {
+	out := platformapi.Key{ID: k.ID, Name: k.Name, Tenant: k.Tenant, Scopes: scopeNames(k.Scopes), Agents: k.Agents,
+		RatePerSecond: k.RatePerSecond, Burst: k.Burst, MaxConcurrency: k.MaxConcurrency,
+		CreatedAt: wire.IsoFormat(k.CreatedAt)}
+	if out.Agents == nil {
+		out.Agents = []string{}
+	}
 	if !k.RevokedAt.IsZero() {
-		revoked = wire.IsoFormat(k.RevokedAt)
+		at := wire.IsoFormat(k.RevokedAt)
+		out.RevokedAt = &at
 	}
-	agents := k.Agents
-	if agents == nil {
-		agents = []string{}
+	return out
+}
+
+// scopeNames lists scopes as strings (nil for nil).
+func scopeNames(scopes []domain.Scope) []string {
+	if scopes == nil {
+		return nil
 	}
-	return map[string]any{"id": k.ID, "name": k.Name, "tenant": k.Tenant, "scopes": k.Scopes, "agents": agents,
-		"rate_per_second": k.RatePerSecond, "burst": k.Burst, "max_concurrency": k.MaxConcurrency,
-		"created_at": wire.IsoFormat(k.CreatedAt), "revoked_at": revoked}
+	out := make([]string, len(scopes))
+	for i, s := range scopes {
+		out[i] = string(s)
+	}
+	return out
+}
+
+// logLine is a stored log line as the logs route sends it.
+func logLine(l domain.LogLine) platformapi.LogLine {
+	return platformapi.LogLine{Seq: l.Seq, Time: l.At.Format(time.RFC3339Nano), AgentID: l.AgentID, Version: l.Version,
+		Instance: platformapi.Text(l.Instance), InvocationID: platformapi.Text(l.InvocationID), Stream: l.Stream, Line: l.Line}
+}
+
+// logLines converts a page of lines (nil stays nil: "logs": null).
+func logLines(lines []domain.LogLine) []platformapi.LogLine {
+	if lines == nil {
+		return nil
+	}
+	out := make([]platformapi.LogLine, len(lines))
+	for i, l := range lines {
+		out[i] = logLine(l)
+	}
+	return out
 }
 
 func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {
@@ -700,11 +735,11 @@ func (p *Platform) handleKeys(w http.ResponseWriter, r *http.Request) {
 		p.storeError(w, err)
 		return
 	}
-	list := []map[string]any{}
+	list := platformapi.KeyList{Keys: []platformapi.Key{}}
 	for _, s := range stored {
-		list = append(list, keyJSON(&s))
+		list.Keys = append(list.Keys, keyRecord(&s))
 	}
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"keys": list}, "API keys")
+	p.wire.WriteEnvelope(w, http.StatusOK, list, "API keys")
 }
 
 func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
@@ -721,5 +756,5 @@ func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.keys.Revoke(id, at)
-	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{"id": id, "revoked": true}, "API key revoked")
+	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Revoked{ID: id, Revoked: true}, "API key revoked")
 }

@@ -14,14 +14,20 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/runagent-go/runagent/internal/platformapi"
 )
 
 var empty = struct{}{}
 
+// InvocationList is the answer of ListInvocations: wire invocation records
+// as a client reads them.
+type InvocationList = platformapi.InvocationList[platformapi.Invocation]
+
 // ValidateToken checks the client's key: POST /api/v1/tokens/validate?token=KEY.
 // An invalid key is an *APIError with Status 401.
-func (c *Client) ValidateToken(ctx context.Context) (*TokenInfo, error) {
-	var out TokenInfo
+func (c *Client) ValidateToken(ctx context.Context) (*platformapi.TokenInfo, error) {
+	var out platformapi.TokenInfo
 	q := url.Values{"token": {c.apiKey}}
 	if err := c.do(ctx, http.MethodPost, path("tokens", "validate"), q, empty, &out); err != nil {
 		return nil, err
@@ -36,7 +42,7 @@ func (c *Client) ValidateToken(ctx context.Context) (*TokenInfo, error) {
 // memory. size is the zip's length in bytes, or -1 when unknown (the body
 // is then sent chunked). progress, if not nil, is called with the number of
 // the zip's bytes sent so far.
-func (c *Client) Upload(ctx context.Context, agentID string, zip io.Reader, size int64, fileName string, progress func(sent int64)) (*Upload, error) {
+func (c *Client) Upload(ctx context.Context, agentID string, zip io.Reader, size int64, fileName string, progress func(sent int64)) (*platformapi.Upload, error) {
 	// The multipart framing around the file is small and known in advance:
 	// build it into buffers, then stream head, zip, tail. That gives an
 	// exact Content-Length, so a server can refuse an oversized upload
@@ -81,7 +87,7 @@ func (c *Client) Upload(ctx context.Context, agentID string, zip io.Reader, size
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var out Upload
+	var out platformapi.Upload
 	if err := decode(resp, &out); err != nil {
 		return nil, err
 	}
@@ -109,8 +115,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // POST /api/v1/agents/{id}/start. The server answers once the version is
 // installed and warm, which may take minutes (requirements are installed):
 // give ctx a long deadline.
-func (c *Client) Start(ctx context.Context, agentID string) (*Deployment, error) {
-	var out Deployment
+func (c *Client) Start(ctx context.Context, agentID string) (*platformapi.Deployment, error) {
+	var out platformapi.Deployment
 	if err := c.do(ctx, http.MethodPost, path("agents", agentID, "start"), nil, empty, &out); err != nil {
 		return nil, err
 	}
@@ -118,8 +124,8 @@ func (c *Client) Start(ctx context.Context, agentID string) (*Deployment, error)
 }
 
 // Status is GET /api/v1/agents/{id}/status.
-func (c *Client) Status(ctx context.Context, agentID string) (*AgentStatus, error) {
-	var out AgentStatus
+func (c *Client) Status(ctx context.Context, agentID string) (*platformapi.AgentStatus, error) {
+	var out platformapi.AgentStatus
 	if err := c.do(ctx, http.MethodGet, path("agents", agentID, "status"), nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -127,10 +133,8 @@ func (c *Client) Status(ctx context.Context, agentID string) (*AgentStatus, erro
 }
 
 // ListAgents is GET /api/v1/agents: the agents the key can see.
-func (c *Client) ListAgents(ctx context.Context) ([]Agent, error) {
-	var out struct {
-		Agents []Agent `json:"agents"`
-	}
+func (c *Client) ListAgents(ctx context.Context) ([]platformapi.Agent, error) {
+	var out platformapi.AgentList
 	if err := c.do(ctx, http.MethodGet, path("agents"), nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -138,8 +142,8 @@ func (c *Client) ListAgents(ctx context.Context) ([]Agent, error) {
 }
 
 // GetAgent is GET /api/v1/agents/{id}.
-func (c *Client) GetAgent(ctx context.Context, agentID string) (*AgentDetail, error) {
-	var out AgentDetail
+func (c *Client) GetAgent(ctx context.Context, agentID string) (*platformapi.AgentDetail, error) {
+	var out platformapi.AgentDetail
 	if err := c.do(ctx, http.MethodGet, path("agents", agentID), nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -154,14 +158,14 @@ func (c *Client) DeleteAgent(ctx context.Context, agentID string) error {
 
 // CreateKey is POST /api/v1/keys (admin). The answer's Key field holds the
 // whole key, which the server never shows again.
-func (c *Client) CreateKey(ctx context.Context, req KeyRequest) (*Key, error) {
+func (c *Client) CreateKey(ctx context.Context, req platformapi.KeyRequest) (*platformapi.Key, error) {
 	if req.Agents == nil {
 		req.Agents = []string{}
 	}
 	if req.Scopes == nil {
 		req.Scopes = []string{}
 	}
-	var out Key
+	var out platformapi.Key
 	if err := c.do(ctx, http.MethodPost, path("keys"), nil, req, &out); err != nil {
 		return nil, err
 	}
@@ -169,10 +173,8 @@ func (c *Client) CreateKey(ctx context.Context, req KeyRequest) (*Key, error) {
 }
 
 // ListKeys is GET /api/v1/keys (admin).
-func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
-	var out struct {
-		Keys []Key `json:"keys"`
-	}
+func (c *Client) ListKeys(ctx context.Context) ([]platformapi.Key, error) {
+	var out platformapi.KeyList
 	if err := c.do(ctx, http.MethodGet, path("keys"), nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -203,14 +205,14 @@ func (c *Client) ListInvocations(ctx context.Context, agentID, status string, li
 		return nil, err
 	}
 	if out.Invocations == nil {
-		out.Invocations = []Invocation{}
+		out.Invocations = []platformapi.Invocation{}
 	}
 	return &out, nil
 }
 
 // GetInvocation is GET /api/v1/invocations/{id}.
-func (c *Client) GetInvocation(ctx context.Context, invocationID string) (*Invocation, error) {
-	var out Invocation
+func (c *Client) GetInvocation(ctx context.Context, invocationID string) (*platformapi.Invocation, error) {
+	var out platformapi.Invocation
 	if err := c.do(ctx, http.MethodGet, path("invocations", invocationID), nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -221,7 +223,7 @@ func (c *Client) GetInvocation(ctx context.Context, invocationID string) (*Invoc
 // sequence number after (0: from the first kept), of one invocation when
 // invocationID is not empty, at most limit (<= 0: the server's default).
 // Pass the answer's NextAfter as after to read on.
-func (c *Client) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) (*LogPage, error) {
+func (c *Client) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) (*platformapi.LogPage, error) {
 	q := url.Values{}
 	if invocationID != "" {
 		q.Set("invocation_id", invocationID)
@@ -232,7 +234,7 @@ func (c *Client) Logs(ctx context.Context, agentID, invocationID string, after i
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	var out LogPage
+	var out platformapi.LogPage
 	if err := c.do(ctx, http.MethodGet, path("agents", agentID, "logs"), q, nil, &out); err != nil {
 		return nil, err
 	}
@@ -246,7 +248,7 @@ const maxLogLine = 4 << 20
 // as they arrive (GET /api/v1/agents/{id}/logs?follow=true, NDJSON), calling
 // fn for each. It returns when fn fails (with that error), when ctx ends
 // (with ctx.Err()), or when the server closes the stream (nil).
-func (c *Client) FollowLogs(ctx context.Context, agentID string, after int64, fn func(LogLine) error) error {
+func (c *Client) FollowLogs(ctx context.Context, agentID string, after int64, fn func(platformapi.LogLine) error) error {
 	q := url.Values{"follow": {"true"}}
 	if after > 0 {
 		q.Set("after", strconv.FormatInt(after, 10))
@@ -271,7 +273,7 @@ func (c *Client) FollowLogs(ctx context.Context, agentID string, after int64, fn
 		if len(b) == 0 {
 			continue
 		}
-		var l LogLine
+		var l platformapi.LogLine
 		if err := json.Unmarshal(b, &l); err != nil {
 			return fmt.Errorf("log stream: a line is not a log object: %w", err)
 		}

@@ -3,7 +3,9 @@
 // API keys, invocations and logs.
 //
 // Every method sends the API key as "Authorization: Bearer KEY" and decodes
-// the wire envelope {"success","data","message","error",...}. A failure the
+// the wire envelope {"success","data","message","error",...}; the requests
+// and answers are the types of internal/platformapi, the one definition of
+// the contract the server builds too. A failure the
 // server reports comes back as *APIError; a server that cannot be reached as
 // *UnreachableError.
 package platformclient

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/platformapi"
 	"github.com/runagent-go/runagent/internal/platformclient"
 )
 
@@ -105,7 +106,7 @@ func TestValidateToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !info.Valid || info.KeyID != "abcdefghijkl" || info.Tenant != "default" || info.Scopes[0] != "admin" || info.UserID != "7" || info.UserEmail != "" {
+	if !info.Valid || info.KeyID != "abcdefghijkl" || info.Tenant != "default" || info.Scopes[0] != "admin" || info.UserID != "7" || info.UserEmail != nil {
 		t.Errorf("info = %+v", info)
 	}
 	got := f.last()
@@ -151,7 +152,7 @@ func TestErrors(t *testing.T) {
 		{func() error { _, err := c.ListKeys(ctx); return err }, 429, "RATE_LIMIT_EXCEEDED",
 			"RATE_LIMIT_EXCEEDED: too many requests (HTTP 429, retry after 3s)", 3 * time.Second},
 		{func() error {
-			_, err := c.CreateKey(ctx, platformclient.KeyRequest{Name: "x", Scopes: []string{"root"}})
+			_, err := c.CreateKey(ctx, platformapi.KeyRequest{Name: "x", Scopes: []string{"root"}})
 			return err
 		}, 400, "VALIDATION_ERROR",
 			"VALIDATION_ERROR: scopes[0]: expected one of run, deploy, admin (HTTP 400)", 0},
@@ -253,7 +254,7 @@ func TestUpload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *up != (platformclient.Upload{AgentID: "A", Version: 3, Status: "uploaded", FileSize: int64(len(zip)), FileName: "my-agent.zip"}) {
+	if *up != (platformapi.Upload{AgentID: "A", Version: 3, Status: "uploaded", FileSize: int64(len(zip)), FileName: "my-agent.zip"}) {
 		t.Errorf("upload = %+v", up)
 	}
 	if !bytes.Equal(gotFile, zip) || gotAgentID != "A" || gotPartType != "application/zip" || strings.Join(formNames, ",") != "agent_id,file" {
@@ -318,7 +319,7 @@ func TestAgentsAndKeys(t *testing.T) {
 	}
 
 	st, err := c.Status(ctx, "A")
-	if err != nil || st.ActiveVersion != 2 || st.LatestVersion != 3 || st.Instances != (platformclient.Instances{Starting: 1, Ready: 2}) {
+	if err != nil || st.ActiveVersion != 2 || st.LatestVersion != 3 || st.Instances != (platformapi.Instances{Starting: 1, Ready: 2}) {
 		t.Errorf("Status = %+v, %v", st, err)
 	}
 
@@ -328,7 +329,7 @@ func TestAgentsAndKeys(t *testing.T) {
 	}
 
 	ag, err := c.GetAgent(ctx, "A")
-	if err != nil || ag.AgentID != "A" || ag.Entrypoints[0].Tag != "minimal" || len(ag.Versions) != 2 || ag.Versions[1].Status != "active" || ag.Limits["max_instances"] != 4.0 {
+	if err != nil || ag.AgentID != "A" || ag.Entrypoints[0].Fields().Tag != "minimal" || len(ag.Versions) != 2 || ag.Versions[1].Status != "active" || ag.Limits.MaxInstances != 4 {
 		t.Errorf("GetAgent = %+v, %v", ag, err)
 	}
 
@@ -340,8 +341,8 @@ func TestAgentsAndKeys(t *testing.T) {
 	}
 
 	rate := 2.5
-	k, err := c.CreateKey(ctx, platformclient.KeyRequest{Name: "ci", Scopes: []string{"run", "deploy"}, RatePerSecond: &rate})
-	if err != nil || k.Key != "ra_k1_secret" || k.ID != "k1" || *k.RatePerSecond != 2.5 || k.Burst != nil {
+	k, err := c.CreateKey(ctx, platformapi.KeyRequest{Name: "ci", Scopes: []string{"run", "deploy"}, RatePerSecond: &rate})
+	if err != nil || k.Key != "ra_k1_secret" || k.ID != "k1" || k.RatePerSecond != 2.5 || k.Burst != 0 {
 		t.Errorf("CreateKey = %+v, %v", k, err)
 	}
 	if body := string(f.last().Body); body != `{"name":"ci","scopes":["run","deploy"],"agents":[],"rate_per_second":2.5}` {
@@ -349,7 +350,7 @@ func TestAgentsAndKeys(t *testing.T) {
 	}
 
 	keys, err := c.ListKeys(ctx)
-	if err != nil || len(keys) != 1 || *keys[0].Burst != 5 || keys[0].MaxConcurrency != nil || *keys[0].RevokedAt != "r" || keys[0].LastUsedAt != nil {
+	if err != nil || len(keys) != 1 || keys[0].Burst != 5 || keys[0].MaxConcurrency != 0 || *keys[0].RevokedAt != "r" {
 		t.Errorf("ListKeys = %+v, %v", keys, err)
 	}
 
@@ -415,7 +416,7 @@ func TestLogs(t *testing.T) {
 	}
 
 	var lines []string
-	err = c.FollowLogs(ctx, "A", 10, func(l platformclient.LogLine) error {
+	err = c.FollowLogs(ctx, "A", 10, func(l platformapi.LogLine) error {
 		lines = append(lines, fmt.Sprintf("%d %s %s %s", l.Seq, l.Instance, l.Stream, l.Line))
 		return nil
 	})
@@ -428,7 +429,7 @@ func TestLogs(t *testing.T) {
 
 	stop := errors.New("stop")
 	n := 0
-	err = c.FollowLogs(ctx, "A", 0, func(platformclient.LogLine) error { n++; return stop })
+	err = c.FollowLogs(ctx, "A", 0, func(platformapi.LogLine) error { n++; return stop })
 	if !errors.Is(err, stop) || n != 1 {
 		t.Errorf("FollowLogs with a failing fn = %v after %d lines", err, n)
 	}
@@ -444,7 +445,7 @@ func TestFollowLogsEndsWithContext(t *testing.T) {
 		},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	err := f.client().FollowLogs(ctx, "A", 0, func(l platformclient.LogLine) error {
+	err := f.client().FollowLogs(ctx, "A", 0, func(l platformapi.LogLine) error {
 		cancel() // like Ctrl-C after the first line
 		return nil
 	})
@@ -457,7 +458,7 @@ func TestFollowLogsEndsWithContext(t *testing.T) {
 			writeError(w, 403, "PERMISSION_ERROR", "key may not read agent A", "")
 		},
 	})
-	err = f2.client().FollowLogs(context.Background(), "A", 0, func(platformclient.LogLine) error { return nil })
+	err = f2.client().FollowLogs(context.Background(), "A", 0, func(platformapi.LogLine) error { return nil })
 	var ae *platformclient.APIError
 	if !errors.As(err, &ae) || ae.Code != "PERMISSION_ERROR" {
 		t.Errorf("FollowLogs refused = %v", err)
