@@ -1,4 +1,5 @@
-"""Throughput benchmark of runagent_runner.py over a socketpair.
+"""Throughput benchmark of the Python runner (the runagent_runner folder) over a
+socketpair.
 
     python3 bench_runner.py [--calls 200000] [--window 256] [--streams 4]
                             [--chunks 10000] [--threads 32] [--latency 3000]
@@ -14,7 +15,8 @@ then measures
   * start-up (--startup N, then nothing else): N runners started one after
     the other, the time from starting the interpreter to READY; p50/p90 in
     milliseconds.
---runner is the runner to start (default: the one beside this file).
+--runner is the runner to start (default: the one beside this file; a folder
+or, for an older runner, a file).
 The client is deliberately cheap (pre-built frames, header-only parsing) but
 shares the CPU with the runner, so the numbers are a lower bound.
 """
@@ -30,7 +32,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER = os.path.join(HERE, "runagent_runner.py")
+RUNNER = os.path.join(HERE, "runagent_runner")
 HDR = struct.Struct(">IBI")
 
 AGENT = '''
