@@ -605,6 +605,27 @@ def test_calls_and_imports(runner, agent_dir):
     assert runner.value("nested_reply", "yo") == "nested: yo"
 
 
+def test_agent_modules_named_like_the_runners_are_the_agents(tmp_path):
+    # The runner's modules live in its own package and its folder is off
+    # sys.path: an agent's encoding.py or jsonpath.py is the one it imports.
+    names = ("encoding", "jsonpath", "framing", "capture", "calls", "streams", "startup")
+    for name in names:
+        (tmp_path / (name + ".py")).write_text("WHO = 'agent %s'\n" % name, encoding="utf-8")
+    (tmp_path / "main.py").write_text(textwrap.dedent("""
+        import sys
+        import %s
+
+        def who():
+            runner = [p for p in sys.path if p and "runagent_runner" in p]
+            return [m.WHO for m in (%s)], runner
+        """ % (", ".join(names), ", ".join(names))), encoding="utf-8")
+    r = Runner(str(tmp_path), [EP("who", "who")], threads=2)
+    try:
+        assert r.value("who") == [["agent " + n for n in names], []]
+    finally:
+        assert r.close() == 0
+
+
 def test_result_bytes_are_the_structured_string(runner):
     kind, body = runner.call("echo", "日本 🚀")
     assert kind == RESULT
