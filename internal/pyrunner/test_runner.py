@@ -530,6 +530,9 @@ class Runner:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+            # the reader thread sees the end of the stream before the socket
+            # is closed under it
+            self.reader.join(timeout=10)
             self.sock.close()
             self.out.close()
         return code
