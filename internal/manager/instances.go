@@ -19,7 +19,7 @@ import (
 type InstanceSpec struct {
 	Folder *agentfolder.Folder
 	Env    pyenv.Env // the interpreter and virtualenv (pyenv.Prepare)
-	Script string    // the runner script on disk (pyrunner.WriteScript)
+	Script string    // the runner on disk (pyrunner.WriteScript)
 	// BaseEnv is what the process environment starts from (nil: this
 	// process's); the agent's env_vars are added to it.
 	BaseEnv []string

@@ -41,7 +41,7 @@ type Config struct {
 	DataDir  string // bundles go to DataDir/agents/<agent id>/<upload id>
 	CacheDir string // virtualenvs and the runner script
 	Python   pyenv.Python
-	Script   string // the runner script on disk
+	Script   string // the runner on disk (pyrunner.WriteScript)
 	// Defaults apply to what an agent's deployment section leaves out;
 	// they are also the ceilings it may not go over.
 	Defaults Deployment

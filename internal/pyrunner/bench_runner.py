@@ -1,7 +1,9 @@
-"""Throughput benchmark of runagent_runner.py over a socketpair.
+"""Throughput benchmark of the Python runner (the runagent_runner folder) over a
+socketpair.
 
     python3 bench_runner.py [--calls 200000] [--window 256] [--streams 4]
                             [--chunks 10000] [--threads 32] [--latency 3000]
+                            [--startup 0] [--runner PATH]
 
 Starts the runner as a subprocess (as the Go host does: fd 3 of a socketpair),
 then measures
@@ -9,7 +11,12 @@ then measures
   * chunks/s: --streams concurrent calls of a sync generator of --chunks chunks;
   * latency: --latency sequential calls (one in flight) of the trivial sync
     function, and as many small sync-generator streams (time to the first
-    CHUNK and to END); p50/p99 in microseconds.
+    CHUNK and to END); p50/p99 in microseconds;
+  * start-up (--startup N, then nothing else): N runners started one after
+    the other, the time from starting the interpreter to READY; p50/p90 in
+    milliseconds.
+--runner is the runner to start (default: the one beside this file; a folder
+or, for an older runner, a file).
 The client is deliberately cheap (pre-built frames, header-only parsing) but
 shares the CPU with the runner, so the numbers are a lower bound.
 """
@@ -25,7 +32,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER = os.path.join(HERE, "runagent_runner.py")
+RUNNER = os.path.join(HERE, "runagent_runner")
 HDR = struct.Struct(">IBI")
 
 AGENT = '''
@@ -71,10 +78,10 @@ class Conn:
             yield out
 
 
-def start(agent_dir, threads):
+def start(agent_dir, threads, runner=RUNNER):
     host, child = socket.socketpair()
     fd = child.fileno()
-    proc = subprocess.Popen([sys.executable, "-u", "-X", "utf8", RUNNER, "--fd", str(fd)],
+    proc = subprocess.Popen([sys.executable, "-u", "-X", "utf8", runner, "--fd", str(fd)],
                             pass_fds=(fd,), cwd=agent_dir)
     child.close()
     init = {"agent_dir": agent_dir, "threads": threads, "env": {},
@@ -207,6 +214,23 @@ def bench_latency(host, frames, n, first_id):
     return rt, first, whole
 
 
+def bench_startup(agent_dir, n, runner):
+    """Start n runners one after the other: interpreter start to READY, and
+    the CPU time each runner used in all (start, INIT, exit)."""
+    import resource
+    times, cpu = [], []
+    for _ in range(n):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc, host, _ = start(agent_dir, 4, runner)
+        times.append(time.perf_counter() - t0)
+        host.close()
+        proc.wait(timeout=10)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return times, cpu
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=200000)
@@ -218,11 +242,24 @@ def main():
     ap.add_argument("--latency", type=int, default=3000,
                     help="sequential calls and small streams for the latency test (0: skip)")
     ap.add_argument("--only-latency", action="store_true")
+    ap.add_argument("--startup", type=int, default=0,
+                    help="only measure start-up: this many runners, one after the other")
+    ap.add_argument("--runner", default=RUNNER, help="the runner to start")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "main.py"), "w") as f:
             f.write(AGENT)
-        proc, host, frames = start(d, a.threads)
+        if a.startup > 0:
+            bench_startup(d, 3, a.runner)  # warm-up (page cache, bytecode)
+            ts, cpu = bench_startup(d, a.startup, a.runner)
+            ts.sort()
+            cpu.sort()
+            print("start-up: p50 %.1f ms p90 %.1f ms min %.1f ms, runner CPU p50 %.1f ms  "
+                  "(%d runners, interpreter start to READY)"
+                  % (ts[len(ts) // 2] * 1e3, ts[len(ts) * 9 // 10] * 1e3, ts[0] * 1e3,
+                     cpu[len(cpu) // 2] * 1e3, a.startup))
+            return
+        proc, host, frames = start(d, a.threads, a.runner)
         try:
             bench_calls(host, frames, min(a.calls, 5000), a.window)  # warm-up
             if a.latency > 0:

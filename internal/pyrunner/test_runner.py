@@ -1,14 +1,8 @@
-"""Tests of the Python runner (runagent_runner.py).
+"""Tests of the Python runner as a process, through the runner protocol
+(docs/runner-protocol.md). The encoding and the extractor have their own
+tests (test_encoding.py, test_jsonpath.py).
 
-Run with:  python3 -m pytest -q internal/runner/pyrunner
-
-The serializer vectors (testdata/serializer/vectors.json) were recorded from the
-original RunAgent 0.1.49 code. Their "python" expressions are evaluated after
-PRELUDE below was executed in a fresh, empty namespace (exec(PRELUDE, {})),
-which is why classes print as "<class 'ModelLike'>". They were recorded with
-Python 3.11: under another version only the interpreter's own error texts inside
-the serialization-error fallback may differ (e.g. 3.12 appends ": nan"), and the
-original running on that version would produce the same text as the runner.
+Run with:  python3 -m pytest -q internal/pyrunner
 """
 
 import json
@@ -25,295 +19,14 @@ import time
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER = os.path.join(HERE, "runagent_runner.py")
+# The folder the interpreter runs (python3 RUNNER --fd N), as written by
+# pyrunner.WriteScript.
+RUNNER = os.path.join(HERE, "runagent_runner")
 # The interpreter the runner subprocesses use (the runner supports 3.9+).
 PYTHON = os.environ.get("RUNAGENT_TEST_PYTHON") or sys.executable
-VECTORS = os.path.normpath(os.path.join(HERE, "..", "..", "testdata", "serializer",
-                                        "vectors.json"))
 
-sys.path.insert(0, HERE)
-import runagent_runner as R  # noqa: E402
-
-PRELUDE = '''
-import enum
-import uuid
-import decimal
-import collections
-import dataclasses
-import datetime as dt
-
-
-@dataclasses.dataclass
-class Point:
-    x: int
-    y: int
-
-
-@dataclasses.dataclass
-class Wrapper:
-    name: str
-    point: Point
-    tags: list
-
-
-class ModelLike:
-    """pydantic-like: model_dump() returns a dict; private state in __dict__."""
-
-    def __init__(self, **kw):
-        self._data = kw
-        self._secret = "s3cret"
-
-    def model_dump(self):
-        return dict(self._data)
-
-
-class DictLike:
-    """pydantic-v1-like: dict() returns a dict."""
-
-    def __init__(self, **kw):
-        self.kw = kw
-
-    def dict(self):
-        return dict(self.kw)
-
-
-class ToDict:
-    """pandas-like: to_dict()."""
-
-    def __init__(self, **kw):
-        self.kw = kw
-
-    def to_dict(self):
-        return dict(self.kw)
-
-
-class Plain:
-    def __init__(self):
-        self.a = 1
-        self.b = "two"
-        self._private = "hidden"
-        self.nested = [1.5, None]
-
-
-class Slotted:
-    """No __dict__, no dict/model_dump: only str()."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v):
-        self.v = v
-
-    def __str__(self):
-        return "Slotted(%s)" % self.v
-
-
-class BadDump:
-    """model_dump raises."""
-
-    def __init__(self):
-        self.visible = 1
-        self._hidden = 2
-
-    def model_dump(self):
-        raise RuntimeError("model_dump exploded")
-
-
-class BadToDict:
-    """to_dict raises."""
-
-    def __init__(self):
-        self.k = "v"
-
-    def to_dict(self):
-        raise ValueError("to_dict exploded")
-
-
-class StrColor(str, enum.Enum):
-    RED = "red"
-
-
-class IntLevel(enum.IntEnum):
-    HIGH = 3
-
-
-NT = collections.namedtuple("NT", "a b")
-
-
-def some_function():
-    return None
-'''
-
-
-# ---------------------------------------------------------------------------
-# Serializer vectors
-# ---------------------------------------------------------------------------
-
-with open(VECTORS, encoding="utf-8") as _f:
-    VECTOR_LIST = json.load(_f)
-
-
-def _prelude_ns():
-    ns = {}
-    exec(PRELUDE, ns)
-    return ns
-
-
-def test_vectors_file_shape():
-    assert len(VECTOR_LIST) >= 40
-    names = [v["name"] for v in VECTOR_LIST]
-    assert len(names) == len(set(names))
-    for v in VECTOR_LIST:
-        assert set(v) == {"name", "mode", "python", "structured", "decoded"}
-        assert v["mode"] in ("result", "chunk")
-        outer = json.loads(v["structured"])
-        assert list(outer) == ["type", "payload"]
-        assert outer["type"] in ("null", "boolean", "integer", "number", "string", "array", "object")
-        assert json.loads(outer["payload"]) == v["decoded"]
-
-
-VECTORS_PYTHON = (3, 11)
-
-
-@pytest.mark.parametrize("vec", VECTOR_LIST, ids=[v["name"] for v in VECTOR_LIST])
-def test_vector(vec):
-    obj = eval(vec["python"], _prelude_ns())
-    if vec["mode"] == "result":
-        got = R.structured(obj)
-    else:
-        got = R.structured_chunk(obj)
-    if sys.version_info[:2] != VECTORS_PYTHON and "Serialization Error: " in vec["structured"]:
-        want = json.loads(json.loads(vec["structured"])["payload"])
-        have = json.loads(json.loads(got)["payload"])
-        assert list(have) == ["error", "original_type"]
-        assert have["original_type"] == want["original_type"]
-        assert have["error"].startswith("Serialization Error: ")
-        pytest.skip("error text recorded with Python %d.%d" % VECTORS_PYTHON)
-    assert got == vec["structured"]
-    # what goes on the wire is exactly its UTF-8 encoding
-    if vec["mode"] == "result":
-        assert R.structured_bytes(obj) == vec["structured"].encode("utf-8")
-    else:
-        assert R.chunk_bytes(obj, 1) == vec["structured"].encode("utf-8")
-
-
-def test_fast_paths_agree_with_general_path():
-    # structured_bytes has fast paths for exact builtin types; they must give
-    # what determine_type + prepare + the encoder give.
-    values = [
-        "x", "é", 0, -1, 2 ** 80, True, False, None, [], {}, [1, [2, [3.5, float("nan")]]],
-        {"a": float("inf"), "b": [float("-inf"), {"c": (1, 2)}], 3: {4}},
-        [b"ab", {"k": b"\x00"}], {"d": R}, [None, True, 1.0, "s"],
-    ]
-    for v in values:
-        kind = R.determine_type(v)
-        try:
-            payload = R._encode_payload(R.prepare(v))
-            payload.encode("utf-8")
-            want = json.dumps({"type": kind, "payload": payload}, ensure_ascii=False)
-        except (ValueError, TypeError) as e:
-            want = R._error_structured(e, v)
-        assert R.structured(v) == want, v
-
-
-def test_chunk_conversion_fallbacks():
-    class NoStr:
-        __slots__ = ()
-
-        def __str__(self):
-            raise RuntimeError("no str")
-
-        def __repr__(self):
-            return "NoStr()"
-
-    # str() raising is swallowed: {"type", "repr"}
-    assert json.loads(json.loads(R.structured_chunk(NoStr()))["payload"]) == {
-        "type": "NoStr", "repr": "NoStr()"}
-
-    class BadDict:
-        @property
-        def __dict__(self):
-            raise RuntimeError("no dict")
-
-        def __str__(self):
-            return "BadDict!"
-
-    # the conversion itself raising: the original's conversion_error chunk
-    assert json.loads(json.loads(R.chunk_bytes(BadDict(), 7))["payload"]) == {
-        "chunk_number": 7, "conversion_error": "no dict",
-        "chunk_type": str(BadDict), "chunk_str": "BadDict!"}
-
-
-# ---------------------------------------------------------------------------
-# JSONPath subset
-# ---------------------------------------------------------------------------
-
-DOC = {
-    "data": {"items": [{"text": "first", "n": 1}, {"text": "second", "n": 2}]},
-    "meta": {"text": "meta-text", "tags": ["a", "b", "c"]},
-    "x-y": 5,
-}
-
-
-@pytest.mark.parametrize("path,want", [
-    ("$", DOC),
-    ("$.meta.text", "meta-text"),
-    ("meta.text", "meta-text"),
-    ("$['meta']['text']", "meta-text"),
-    ('$["meta"]["tags"][1]', "b"),
-    ("$.meta.tags[-1]", "c"),
-    ("$.meta.tags[*]", "a"),
-    ("$.data.items[*].text", "first"),
-    ("$.data.items[1].text", "second"),
-    ("$..text", "first"),
-    ("$..n", 1),
-    ("$.meta.*", "meta-text"),
-    ("$['nope','meta'].text", "meta-text"),
-    ("$[nope,meta].text", "meta-text"),
-    ("$.meta.tags[1:]", "b"),
-    ("$.x-y", 5),
-    ("$.missing", None),
-    ("$.meta.tags[7]", None),
-    ("$.meta.text[0]", "m"),        # jsonpath_ng indexes strings
-    ("$.meta[*].text", "meta-text"),  # [*] on an object yields the object (jsonpath_ng quirk)
-    ("$.meta.tags.*", None),        # .* on a list matches nothing
-])
-def test_jsonpath(path, want):
-    ext = R.compile_extractor({"v": path})
-    assert ext(DOC) == {"v": want}
-
-
-def test_jsonpath_recursive_descent_order():
-    doc = {"a": {"b": {"text": 1}}, "text": 2, "c": [{"text": 3}]}
-    steps = R.compile_jsonpath("$..text")
-    assert R.jsonpath_find(steps, doc) == [2, 1, 3]
-
-
-def test_jsonpath_index_out_of_range_negative_raises_like_jsonpath_ng():
-    ext = R.compile_extractor({"v": "$.a[-5]"})
-    with pytest.raises(IndexError):
-        ext({"a": [1, 2]})
-
-
-@pytest.mark.parametrize("path", [
-    "", "$.", "$[", "$..", "$.a[", "$.a]", "$[?(@.a)]", "$.a | $.b", "`this`", "$.where",
-    "$.名前", "$[a:b]", "$.a[0", "$['a'",
-])
-def test_jsonpath_rejects_unsupported(path):
-    with pytest.raises(R.JSONPathError):
-        R.compile_extractor({"v": path})
-
-
-def test_extractor_to_dict_and_key_order():
-    class M:
-        def model_dump(self):
-            return {"choices": [{"message": {"content": "hi"}}], "id": "x"}
-
-    ext = R.compile_extractor([["z", "$.id"], ["a", "$.choices[0].message.content"]])
-    assert list(ext(M())) == ["z", "a"]
-    assert ext(M()) == {"z": "x", "a": "hi"}
-    assert R.compile_extractor({}) is None
-    assert R.compile_extractor(None) is None
-
+sys.path.insert(0, RUNNER)
+from _runagent_runner import encoding  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # The runner as a process
@@ -817,6 +530,9 @@ class Runner:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+            # the reader thread sees the end of the stream before the socket
+            # is closed under it
+            self.reader.join(timeout=10)
             self.sock.close()
             self.out.close()
         return code
@@ -892,10 +608,31 @@ def test_calls_and_imports(runner, agent_dir):
     assert runner.value("nested_reply", "yo") == "nested: yo"
 
 
+def test_agent_modules_named_like_the_runners_are_the_agents(tmp_path):
+    # The runner's modules live in its own package and its folder is off
+    # sys.path: an agent's encoding.py or jsonpath.py is the one it imports.
+    names = ("encoding", "jsonpath", "framing", "capture", "calls", "streams", "startup")
+    for name in names:
+        (tmp_path / (name + ".py")).write_text("WHO = 'agent %s'\n" % name, encoding="utf-8")
+    (tmp_path / "main.py").write_text(textwrap.dedent("""
+        import sys
+        import %s
+
+        def who():
+            runner = [p for p in sys.path if p and "runagent_runner" in p]
+            return [m.WHO for m in (%s)], runner
+        """ % (", ".join(names), ", ".join(names))), encoding="utf-8")
+    r = Runner(str(tmp_path), [EP("who", "who")], threads=2)
+    try:
+        assert r.value("who") == [["agent " + n for n in names], []]
+    finally:
+        assert r.close() == 0
+
+
 def test_result_bytes_are_the_structured_string(runner):
     kind, body = runner.call("echo", "日本 🚀")
     assert kind == RESULT
-    assert body == R.structured_bytes({"args": ("日本 🚀",), "kwargs": {}})
+    assert body == encoding.structured_bytes({"args": ("日本 🚀",), "kwargs": {}})
     assert body.decode("utf-8") == (
         '{"type": "object", "payload": "{\\"args\\": [\\"日本 🚀\\"], \\"kwargs\\": {}}"}')
 
@@ -919,16 +656,21 @@ def test_errors(runner):
     assert err["message"] == "bad input"
     assert 'raise ValueError("bad input")' in err["traceback"]
     assert "main.py" in err["traceback"]
-    assert "runagent_runner.py" not in err["traceback"]
+    # no frame of the runner's (its __main__.py or any module of its package)
+    assert RUNNER not in err["traceback"]
+    assert "_runagent_runner" not in err["traceback"]
 
     kind, body = runner.call("afail")
     err = json.loads(body)
     assert (kind, err["code"], err["type"], err["message"]) == (ERROR, "INTERNAL_ERROR", "KeyError", "'k'")
+    assert "main.py" in err["traceback"]
+    assert RUNNER not in err["traceback"]
 
     kind, body = runner.call("hello", 1, 2, 3)  # wrong arguments
     err = json.loads(body)
     assert (kind, err["code"], err["type"]) == (ERROR, "INTERNAL_ERROR", "TypeError")
     assert "hello()" in err["message"]
+    assert RUNNER not in err["traceback"]
 
 
 def test_unknown_and_failed_tags(runner):
@@ -1579,8 +1321,9 @@ def lazy_dir(tmp_path_factory):
 
 
 def test_runner_module_does_not_import_asyncio():
-    code = ("import sys; sys.path.insert(0, %r); import runagent_runner; "
-            "print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))" % HERE)
+    # startup imports every module of the runner's package
+    code = ("import sys; sys.path.insert(0, %r); import _runagent_runner.startup; "
+            "print(sorted(m for m in ('asyncio', 'ssl') if m in sys.modules))" % RUNNER)
     assert subprocess.check_output([PYTHON, "-c", code]).decode().strip() == "[]"
 
 

@@ -22,7 +22,7 @@ import (
 // Spec says how to start one runner process.
 type Spec struct {
 	Python string   // interpreter: the agent's virtualenv python, or python3
-	Script string   // runagent_runner.py on disk (see WriteScript)
+	Script string   // the runner's folder on disk, which the interpreter runs (pyrunner.WriteScript)
 	Env    []string // the process environment; nil means the server's
 	Init   runproto.Init
 	// Driver isolates the runner (nil: a plain process); the fields below

@@ -34,9 +34,11 @@ type Spec struct {
 	// AgentDir is the agent's folder: the working directory, read-only
 	// inside a sandbox.
 	AgentDir string
-	// Venv is the agent's virtualenv ("" for none); Script is the runner
-	// script. Both are readable inside a sandbox, nothing else of the host's
-	// file system is but what the interpreter needs.
+	// Venv is the agent's virtualenv ("" for none); Script is the runner,
+	// the folder the interpreter runs (pyrunner.WriteScript), alone in
+	// filepath.Dir(Script), which the drivers mount. Both are readable
+	// inside a sandbox, nothing else of the host's file system is but what
+	// the interpreter needs.
 	Venv   string
 	Script string
 	// Network lets the instance reach the network (the agent's config

@@ -627,13 +627,13 @@ func TestNewWithoutRunsc(t *testing.T) {
 
 func TestConfig(t *testing.T) {
 	s := sandbox.Spec{
-		ID: "x1", Python: "/opt/py/bin/python3", Args: []string{"-u", "/srv/cache/runner/ab/runagent_runner.py"},
+		ID: "x1", Python: "/opt/py/bin/python3", Args: []string{"-u", "/srv/cache/runner/ab/runagent_runner"},
 		Env: []string{"PATH=/usr/bin", "HOME=/root", "A=1"}, AgentDir: "/srv/agents/a/v1", Venv: "/srv/venvs/a",
-		Script: "/srv/cache/runner/ab/runagent_runner.py",
+		Script: "/srv/cache/runner/ab/runagent_runner",
 		Limits: domain.Limits{MemoryBytes: 64 << 20, Pids: 100, OpenFiles: 50, WorkDirBytes: 8 << 20},
 	}
 	c := bundleConfig(s, "/opt/py")
-	if got := strings.Join(c.Process.Args, " "); got != "/opt/py/bin/python3 -u /srv/cache/runner/ab/runagent_runner.py --fd 0" {
+	if got := strings.Join(c.Process.Args, " "); got != "/opt/py/bin/python3 -u /srv/cache/runner/ab/runagent_runner --fd 0" {
 		t.Errorf("args: %s", got)
 	}
 	if got := strings.Join(c.Process.Env, " "); got != "PATH=/usr/bin HOME=/work A=1 TMPDIR=/tmp" {

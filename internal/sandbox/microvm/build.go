@@ -800,8 +800,9 @@ func pinTimes(dir string, rels []string) error {
 func customizeRoot(dir string) ([]string, error) {
 	r := &rootEditor{dir: dir}
 	r.mkdir("opt/runagent")
-	for _, p := range []string{GuestScriptPath, GuestRunnerPath} {
-		r.write(p, GuestFiles()[p], 0o644)
+	files := GuestFiles()
+	for _, p := range guestRootFiles() {
+		r.write(p, files[p], 0o644)
 	}
 	for _, d := range []string{GuestAgentDir, GuestVenv, "/work", "/mnt"} {
 		r.mkdir(d)

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/runagent-go/runagent/internal/pyrunner"
 )
 
 func TestCheckOut(t *testing.T) {
@@ -202,13 +205,19 @@ func TestCustomizeRoot(t *testing.T) {
 	if _, err := customizeRoot(dir); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
+	type file struct {
 		path string
 		mode fs.FileMode
 		body string // "" for a folder
-	}{
+	}
+	var runner []file
+	for name, b := range pyrunner.Files() {
+		runner = append(runner, file{path.Join(GuestRunnerPath, name), 0o644, string(b)})
+	}
+	for _, tc := range append([]file{
 		{GuestScriptPath, 0o644, string(GuestFiles()[GuestScriptPath])},
-		{GuestRunnerPath, 0o644, string(GuestFiles()[GuestRunnerPath])},
+		{GuestRunnerPath, fs.ModeDir | 0o755, ""},
+		{GuestRunnerPath + "/_runagent_runner", fs.ModeDir | 0o755, ""},
 		{"/opt/runagent", fs.ModeDir | 0o755, ""},
 		{GuestAgentDir, fs.ModeDir | 0o755, ""},
 		{GuestVenv, fs.ModeDir | 0o755, ""},
@@ -220,7 +229,7 @@ func TestCustomizeRoot(t *testing.T) {
 		{"/etc/group", 0o644, "root:x:0:\nshadow:x:42:\nnogroup:x:65534:\nagent:x:1000:\n"},
 		{"/etc/shadow", 0o640, "root:*:19000:0:99999:7:::\n"},
 		{"/etc/gshadow", 0o640, "root:*::\n"},
-	} {
+	}, runner...) {
 		t.Run(tc.path, func(t *testing.T) {
 			p := filepath.Join(dir, tc.path)
 			fi, err := os.Lstat(p)

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/runagent-go/runagent/internal/pyrunner"
@@ -38,7 +40,9 @@ const (
 // Guest paths, fixed by the image.
 const (
 	GuestScriptPath = "/opt/runagent/guest.py"
-	GuestRunnerPath = "/opt/runagent/runagent_runner.py"
+	// GuestRunnerPath is the runner's folder (pyrunner.Dir), which the
+	// interpreter runs: python3 /opt/runagent/runagent_runner --fd 3.
+	GuestRunnerPath = "/opt/runagent/" + pyrunner.Dir
 	GuestPython     = "/usr/bin/python3"
 	GuestAgentDir   = "/agent"
 	GuestVenv       = "/venv"
@@ -67,21 +71,39 @@ type Manifest struct {
 }
 
 // GuestFiles are the files of runagent's own that go into an image, by
-// their path in the guest.
+// their path in the guest: /init (the initramfs's), the supervisor and
+// every file of the runner, under GuestRunnerPath.
 func GuestFiles() map[string][]byte {
-	return map[string][]byte{
+	m := map[string][]byte{
 		"/init":         initScript,
 		GuestScriptPath: guestScript,
-		GuestRunnerPath: pyrunner.Script(),
 	}
+	for name, b := range pyrunner.Files() {
+		m[path.Join(GuestRunnerPath, name)] = b
+	}
+	return m
+}
+
+// guestRootFiles are the paths of GuestFiles that go into the root file
+// system (all but the initramfs's /init), sorted.
+func guestRootFiles() []string {
+	var out []string
+	for name := range GuestFiles() {
+		if name != "/init" {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // GuestHash identifies the guest code of this build of runagent: an image
 // must have been built with the same.
 func GuestHash() string {
 	h := sha256.New()
-	for _, name := range []string{"/init", GuestScriptPath, GuestRunnerPath} {
-		b := GuestFiles()[name]
+	files := GuestFiles()
+	for _, name := range append([]string{"/init"}, guestRootFiles()...) {
+		b := files[name]
 		fmt.Fprintf(h, "%s %d\n", name, len(b))
 		h.Write(b)
 	}
