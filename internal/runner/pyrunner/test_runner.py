@@ -1462,7 +1462,22 @@ def test_result_larger_than_the_socket_buffer_while_host_is_slow(agent_dir):
         body = json.dumps({"tag": "big", "args": [3 << 20], "kwargs": {}}).encode()
         frames += HDR.pack(len(body) + 5, CALL, 1) + body
         host.sendall(frames)
-        time.sleep(0.3)
+        # Wait until the result fills the socket (the runner's direct write
+        # was only partly taken, the writer thread holds the rest) before
+        # the PING: its PONG must follow the whole RESULT. A fixed sleep was
+        # too short on a busy machine (encoding 3 MiB takes a while).
+        import fcntl
+        import termios
+        pending, stable_since = 0, time.time()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            n = struct.unpack("i", fcntl.ioctl(host, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if n != pending:
+                pending, stable_since = n, time.time()
+            elif n > 64 << 10 and time.time() - stable_since > 0.1:
+                break
+            time.sleep(0.01)
+        assert pending > 64 << 10, "the result did not fill the socket: %d bytes pending" % pending
         host.sendall(HDR.pack(5, PING, 2))
         time.sleep(0.3)  # the host reads nothing meanwhile
         host.settimeout(20)
