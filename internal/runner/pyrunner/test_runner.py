@@ -1843,10 +1843,15 @@ def test_stream_waits_for_credit(flow_runner, tag):
     cid = r.start(tag, 10, mark)
     got = [r.next(cid)[0] for _ in range(4)]
     assert got == [CHUNK] * 4
+    # The generator produces the 5th value and waits to send it (polled:
+    # on a busy machine it may take a while to get there).
+    deadline = time.time() + 10
+    while _read_mark(r, mark) != "4" and time.time() < deadline:
+        time.sleep(0.01)
+    assert _read_mark(r, mark) == "4"
     time.sleep(0.3)
     assert r._q(cid).empty(), "a chunk beyond the window was sent"
-    # The generator produced the 5th value and waits to send it.
-    assert _read_mark(r, mark) == "4"
+    assert _read_mark(r, mark) == "4", "the generator was resumed without credit"
     _credit(r, cid, 2, 100)
     assert [r.next(cid)[0] for _ in range(2)] == [CHUNK] * 2
     time.sleep(0.2)
