@@ -1204,7 +1204,22 @@ def test_result_larger_than_the_socket_buffer_while_host_is_slow(agent_dir):
         body = json.dumps({"tag": "big", "args": [3 << 20], "kwargs": {}}).encode()
         frames += HDR.pack(len(body) + 5, CALL, 1) + body
         host.sendall(frames)
-        time.sleep(0.3)
+        # Wait until the result fills the socket (the runner's direct write
+        # was only partly taken, the writer thread holds the rest) before
+        # the PING: its PONG must follow the whole RESULT. A fixed sleep was
+        # too short on a busy machine (encoding 3 MiB takes a while).
+        import fcntl
+        import termios
+        pending, stable_since = 0, time.time()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            n = struct.unpack("i", fcntl.ioctl(host, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if n != pending:
+                pending, stable_since = n, time.time()
+            elif n > 64 << 10 and time.time() - stable_since > 0.1:
+                break
+            time.sleep(0.01)
+        assert pending > 64 << 10, "the result did not fill the socket: %d bytes pending" % pending
         host.sendall(HDR.pack(5, PING, 2))
         time.sleep(0.3)  # the host reads nothing meanwhile
         host.settimeout(20)
@@ -1571,10 +1586,15 @@ def test_stream_waits_for_credit(flow_runner, tag):
     cid = r.start(tag, 10, mark)
     got = [r.next(cid)[0] for _ in range(4)]
     assert got == [CHUNK] * 4
+    # The generator produces the 5th value and waits to send it (polled:
+    # on a busy machine it may take a while to get there).
+    deadline = time.time() + 10
+    while _read_mark(r, mark) != "4" and time.time() < deadline:
+        time.sleep(0.01)
+    assert _read_mark(r, mark) == "4"
     time.sleep(0.3)
     assert r._q(cid).empty(), "a chunk beyond the window was sent"
-    # The generator produced the 5th value and waits to send it.
-    assert _read_mark(r, mark) == "4"
+    assert _read_mark(r, mark) == "4", "the generator was resumed without credit"
     _credit(r, cid, 2, 100)
     assert [r.next(cid)[0] for _ in range(2)] == [CHUNK] * 2
     time.sleep(0.2)
