@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,16 +181,18 @@ func (m *Manager) Lookup(id string) (a *domain.Agent, tenant string, ok bool) {
 	return nil, st.tenant, true
 }
 
-// AgentIDs returns the ids of the agents of tenant ("" for every tenant).
+// AgentIDs returns the ids of the agents of tenant ("" for every tenant),
+// sorted (so that listings are stable).
 func (m *Manager) AgentIDs(tenant string) []string {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
 	ids := []string{}
 	for id, st := range m.agents {
 		if tenant == "" || st.tenant == tenant {
 			ids = append(ids, id)
 		}
 	}
+	m.mu.RUnlock()
+	slices.Sort(ids)
 	return ids
 }
 
