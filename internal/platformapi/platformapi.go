@@ -238,31 +238,6 @@ type InvocationList[Record any] struct {
 	TotalCount  int      `json:"total_count"`
 }
 
-// Invocation is the wire invocation record (wire-v1.md) as a client reads it
-// from GET /api/v1/invocations and /api/v1/invocations/{id}. Nullable
-// fields are pointers or raw JSON, so that the record prints back as it
-// came.
-type Invocation struct {
-	InvocationID      string          `json:"invocation_id"`
-	AgentID           string          `json:"agent_id"`
-	InputData         InputData       `json:"input_data"`
-	OutputData        json.RawMessage `json:"output_data"`
-	ErrorDetail       *string         `json:"error_detail"`
-	RequestTimestamp  string          `json:"request_timestamp"`
-	ResponseTimestamp *string         `json:"response_timestamp"`
-	ExecutionTimeMS   *float64        `json:"execution_time_ms"`
-	Status            string          `json:"status"`
-	EntrypointTag     string          `json:"entrypoint_tag"`
-	SDKType           string          `json:"sdk_type"`
-	ClientInfo        json.RawMessage `json:"client_info"`
-}
-
-// InputData is an invocation's inputs.
-type InputData struct {
-	InputArgs   json.RawMessage `json:"input_args"`
-	InputKwargs json.RawMessage `json:"input_kwargs"`
-}
-
 // KeyRequest is the body of POST /api/v1/keys (admin). Tenant "" is the
 // server's default tenant; a nil or 0 limit is the server's default; Agents
 // empty allows every agent of the tenant. Unknown fields are refused.

@@ -3,6 +3,8 @@ package platformapi
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 // The answers encode exactly as the server's maps did (keys sorted, the
@@ -50,7 +52,7 @@ func TestAnswersEncodeAsBefore(t *testing.T) {
 			{Seq: 2, InvocationID: "i", Instance: "v1-1", Line: "<y>"}}, NextAfter: 2},
 			`{"agent_id":"a","logs":[{"seq":1,"time":"t","agent_id":"a","version":1,"instance":"-","stream":"system","line":"x"},` +
 				`{"seq":2,"time":"","agent_id":"","version":0,"instance":"v1-1","invocation_id":"i","stream":"","line":"\u003cy\u003e"}],"next_after":2}`},
-		{"invocations", InvocationList[Invocation]{Invocations: []Invocation{{InvocationID: "i", InputData: InputData{InputArgs: json.RawMessage(`[]`),
+		{"invocations", InvocationList[wire.InvocationJSON]{Invocations: []wire.InvocationJSON{{InvocationID: "i", InputData: wire.InputData{InputArgs: json.RawMessage(`[]`),
 			InputKwargs: json.RawMessage(`{}`)}, ExecutionTimeMS: &ms}}, TotalCount: 1},
 			`{"invocations":[{"invocation_id":"i","agent_id":"","input_data":{"input_args":[],"input_kwargs":{}},"output_data":null,"error_detail":null,` +
 				`"request_timestamp":"","response_timestamp":null,"execution_time_ms":12.5,"status":"","entrypoint_tag":"","sdk_type":"","client_info":null}],"total_count":1}`},

@@ -16,13 +16,14 @@ import (
 	"strings"
 
 	"github.com/runagent-go/runagent/internal/platformapi"
+	"github.com/runagent-go/runagent/internal/wire"
 )
 
 var empty = struct{}{}
 
 // InvocationList is the answer of ListInvocations: wire invocation records
 // as a client reads them.
-type InvocationList = platformapi.InvocationList[platformapi.Invocation]
+type InvocationList = platformapi.InvocationList[wire.InvocationJSON]
 
 // ValidateToken checks the client's key: POST /api/v1/tokens/validate?token=KEY.
 // An invalid key is an *APIError with Status 401.
@@ -205,14 +206,14 @@ func (c *Client) ListInvocations(ctx context.Context, agentID, status string, li
 		return nil, err
 	}
 	if out.Invocations == nil {
-		out.Invocations = []platformapi.Invocation{}
+		out.Invocations = []wire.InvocationJSON{}
 	}
 	return &out, nil
 }
 
 // GetInvocation is GET /api/v1/invocations/{id}.
-func (c *Client) GetInvocation(ctx context.Context, invocationID string) (*platformapi.Invocation, error) {
-	var out platformapi.Invocation
+func (c *Client) GetInvocation(ctx context.Context, invocationID string) (*wire.InvocationJSON, error) {
+	var out wire.InvocationJSON
 	if err := c.do(ctx, http.MethodGet, path("invocations", invocationID), nil, nil, &out); err != nil {
 		return nil, err
 	}

@@ -8,11 +8,13 @@ import (
 	"github.com/runagent-go/runagent/internal/domain"
 )
 
-// invocationJSON is the original's invocation record, keys in its order.
-type invocationJSON struct {
+// InvocationJSON is the original's invocation record, keys in its order:
+// what InvocationRecord marshals to, and what a client decodes (nullable
+// fields are pointers or raw JSON, so that a record prints back as it came).
+type InvocationJSON struct {
 	InvocationID      string          `json:"invocation_id"`
 	AgentID           string          `json:"agent_id"`
-	InputData         inputDataJSON   `json:"input_data"`
+	InputData         InputData       `json:"input_data"`
 	OutputData        json.RawMessage `json:"output_data"`
 	ErrorDetail       *string         `json:"error_detail"`
 	RequestTimestamp  string          `json:"request_timestamp"`
@@ -24,7 +26,8 @@ type invocationJSON struct {
 	ClientInfo        json.RawMessage `json:"client_info"`
 }
 
-type inputDataJSON struct {
+// InputData is an invocation's inputs.
+type InputData struct {
 	InputArgs   json.RawMessage `json:"input_args"`
 	InputKwargs json.RawMessage `json:"input_kwargs"`
 }
@@ -46,10 +49,10 @@ func InvocationRecords(invs []domain.Invocation) []InvocationRecord {
 // timestamps like Python's datetime.isoformat() of a naive UTC time, null
 // for what is not known yet (response time, execution time) or absent.
 func (inv InvocationRecord) MarshalJSON() ([]byte, error) {
-	v := invocationJSON{
+	v := InvocationJSON{
 		InvocationID:     inv.ID,
 		AgentID:          inv.AgentID,
-		InputData:        inputDataJSON{InputArgs: jsonValue(inv.InputArgs, "[]"), InputKwargs: jsonValue(inv.InputKwargs, "{}")},
+		InputData:        InputData{InputArgs: jsonValue(inv.InputArgs, "[]"), InputKwargs: jsonValue(inv.InputKwargs, "{}")},
 		OutputData:       jsonValue(inv.Output, ""),
 		RequestTimestamp: IsoFormat(inv.RequestTime),
 		Status:           string(inv.Status),
