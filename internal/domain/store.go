@@ -56,14 +56,19 @@ type Agents interface {
 	// an agent, newest first.
 	Version(ctx context.Context, agentID string, version int) (Version, error)
 	Versions(ctx context.Context, agentID string) ([]Version, error)
+	// SetVersionStatus records a version's status and error ("" for
+	// none); ErrNotFound for a version that does not exist.
 	SetVersionStatus(ctx context.Context, agentID string, version int, status VersionStatus, errText string) error
 	// ActivateVersion makes version the one serving the agent; the one
 	// before it becomes retired. ErrNotFound (and no change) for a
 	// version that does not exist.
 	ActivateVersion(ctx context.Context, agentID string, version int) error
+	// DeleteVersion removes a version (ErrNotFound).
 	DeleteVersion(ctx context.Context, agentID string, version int) error
 	// DeletePlatformAgent removes an agent with its versions, logs and
-	// queued async invocations; its invocation history stays.
+	// queued async invocations; its invocation history stays, and the
+	// queued invocations that never started end failed there
+	// (CodeNotFound in their error).
 	DeletePlatformAgent(ctx context.Context, id string) error
 }
 
@@ -98,9 +103,13 @@ type AsyncQueue interface {
 	// StartAsync durably records that it is starting (one more attempt);
 	// ErrNotFound if it is not queued.
 	StartAsync(ctx context.Context, id string, at time.Time) error
-	// RequeueAsync puts an interrupted one back as not started.
+	// RequeueAsync puts an interrupted one back as not started
+	// (ErrNotFound if it is not queued).
 	RequeueAsync(ctx context.Context, id string) error
-	// FinishAsync writes its outcome and takes it off the queue, in one step.
+	// FinishAsync writes its outcome and takes it off the queue, in one
+	// step. An outcome is written once: ErrNotFound (and no change) for an
+	// invocation that is unknown or already ended. An invocation whose
+	// agent was deleted while it ran is still finished.
 	FinishAsync(ctx context.Context, inv Invocation) error
 	// PendingAsync returns the queued ones, oldest first.
 	PendingAsync(ctx context.Context) ([]AsyncJob, error)

@@ -193,9 +193,22 @@ func (db *DB) Versions(ctx context.Context, agentID string) ([]domain.Version, e
 
 // SetVersionStatus records a version's status and error ("" for none).
 func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status domain.VersionStatus, errText string) error {
-	_, err := db.sql.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = ? WHERE agent_id = ? AND version = ?`,
+	res, err := db.sql.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = ? WHERE agent_id = ? AND version = ?`,
 		status, nullString(errText), agentID, version)
-	return err
+	return oneRow(res, err)
+}
+
+// oneRow turns an update or delete that touched no row into ErrNotFound.
+func oneRow(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // ActivateVersion makes version the one serving the agent; the one before
@@ -224,14 +237,21 @@ func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) 
 
 // DeleteVersion removes a version row (an upload that could not be kept).
 func (db *DB) DeleteVersion(ctx context.Context, agentID string, version int) error {
-	_, err := db.sql.ExecContext(ctx, `DELETE FROM agent_versions WHERE agent_id = ? AND version = ?`, agentID, version)
-	return err
+	res, err := db.sql.ExecContext(ctx, `DELETE FROM agent_versions WHERE agent_id = ? AND version = ?`, agentID, version)
+	return oneRow(res, err)
 }
 
 // DeletePlatformAgent removes an agent with its versions, logs and queued
-// async invocations; its invocation history stays.
+// async invocations; its invocation history stays, and the queued
+// invocations that never started end failed there, saying why.
 func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
+	now := time.Now().UnixMicro()
 	return db.tx(ctx, func(t *sql.Tx) error {
+		if _, err := t.ExecContext(ctx, `UPDATE invocations SET status = ?, error_detail = ?, response_time = ?
+			WHERE invocation_id IN (SELECT invocation_id FROM async_queue WHERE agent_id = ? AND started_at IS NULL)`,
+			domain.StatusFailed, string(domain.CodeNotFound)+": the agent was deleted before this invocation ran", now, id); err != nil {
+			return err
+		}
 		for _, q := range []string{
 			`DELETE FROM agent_versions WHERE agent_id = ?`,
 			`DELETE FROM agent_logs WHERE agent_id = ?`,
@@ -403,19 +423,22 @@ func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) error {
 // RequeueAsync puts an interrupted async invocation back in the queue as
 // not started (its attempts stay counted).
 func (db *DB) RequeueAsync(ctx context.Context, id string) error {
-	_, err := db.sql.ExecContext(ctx, `UPDATE async_queue SET started_at = NULL WHERE invocation_id = ?`, id)
-	return err
+	res, err := db.sql.ExecContext(ctx, `UPDATE async_queue SET started_at = NULL WHERE invocation_id = ?`, id)
+	return oneRow(res, err)
 }
 
 // FinishAsync writes an async invocation's outcome and takes it off the
-// queue, in one transaction.
+// queue, in one transaction. An outcome already written stays: a second
+// finish is ErrNotFound and changes nothing.
 func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 	return db.tx(ctx, func(t *sql.Tx) error {
-		if _, err := t.ExecContext(ctx, `UPDATE invocations SET status = ?, output_data = ?, error_detail = ?, response_time = ?, execution_time_ms = ?
-			WHERE invocation_id = ?`, inv.Status, jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS, inv.ID); err != nil {
+		res, err := t.ExecContext(ctx, `UPDATE invocations SET status = ?, output_data = ?, error_detail = ?, response_time = ?, execution_time_ms = ?
+			WHERE invocation_id = ? AND status = ?`, inv.Status, jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS,
+			inv.ID, domain.StatusPending)
+		if err := oneRow(res, err); err != nil {
 			return err
 		}
-		_, err := t.ExecContext(ctx, `DELETE FROM async_queue WHERE invocation_id = ?`, inv.ID)
+		_, err = t.ExecContext(ctx, `DELETE FROM async_queue WHERE invocation_id = ?`, inv.ID)
 		return err
 	})
 }

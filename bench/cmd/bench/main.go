@@ -215,7 +215,7 @@ func run(args []string) int {
 	rep := &report{opts: o, info: b.info, results: results, sandboxes: sandboxes, elapsed: time.Since(b.started)}
 	fmt.Print(rep.text())
 	if o.write != "" {
-		if err := os.WriteFile(o.write, []byte(rep.markdown()), 0o644); err != nil {
+		if err := os.WriteFile(o.write, []byte(rep.markdown()+keptTail(o.write)), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: write report:", err)
 			return 1
 		}
@@ -225,4 +225,21 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// keptMarker starts the part of a report page written by hand (A/B runs of
+// two binaries, notes): a new report replaces what is above it and keeps it.
+const keptMarker = "<!-- written by hand below: the harness keeps this part -->"
+
+// keptTail returns the hand-written part of the page at path, from its
+// marker on ("" if there is none).
+func keptTail(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if i := strings.Index(string(old), keptMarker); i >= 0 {
+		return "\n" + string(old[i:])
+	}
+	return ""
 }

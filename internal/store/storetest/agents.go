@@ -60,6 +60,9 @@ func testAgents(t *testing.T, open Opener) {
 		if v, _ := s.Version(ctx, "ag1", 1); v.Status != domain.VersionStarting || v.Error != "" {
 			t.Fatalf("version 1 after a status without an error: %+v", v)
 		}
+		if err := s.SetVersionStatus(ctx, "ag1", 9, domain.VersionFailed, "x"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("status of a version that does not exist: %v, want ErrNotFound", err)
+		}
 		if err := s.DeletePlatformAgent(ctx, "ag1"); err != nil {
 			t.Fatal(err)
 		}
@@ -216,6 +219,9 @@ func testAgents(t *testing.T, open Opener) {
 		if _, err := s.Version(ctx, "ag", 2); !errors.Is(err, domain.ErrNotFound) {
 			t.Errorf("deleted version: %v, want ErrNotFound", err)
 		}
+		if err := s.DeleteVersion(ctx, "ag", 2); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("deleting it again: %v, want ErrNotFound", err)
+		}
 		vs, err := s.Versions(ctx, "ag")
 		if err != nil || len(vs) != 2 || vs[0].Version != 3 || vs[1].Version != 1 {
 			t.Errorf("versions after deleting 2: %+v, %v; want 3 and 1", vs, err)
@@ -274,9 +280,10 @@ func testAgents(t *testing.T, open Opener) {
 		if err != nil || len(jobs) != 1 || jobs[0].ID != "kept-async" {
 			t.Errorf("queued async after the delete: %s, %v; want kept-async alone", showJobs(jobs), err)
 		}
-		// The history stays, the async invocation's pending record too.
+		// The history stays; the async invocation that never ran ends
+		// failed (see "delete agent with a backlog" in async.go).
 		assertInvocation(t, mustGet(t, s, "gone-sync"), completed(pending("gone-sync", "gone", t0), 1, `"ok"`))
-		if got := mustGet(t, s, "gone-async"); got.Status != domain.StatusPending || got.AgentID != "gone" {
+		if got := mustGet(t, s, "gone-async"); got.Status != domain.StatusFailed || got.AgentID != "gone" {
 			t.Errorf("deleted agent's async invocation: %+v", got)
 		}
 		if got, err := s.List(ctx, "gone", "", 10); err != nil || ids(got) != "gone-async gone-sync" && ids(got) != "gone-sync gone-async" {

@@ -135,6 +135,67 @@ func testAsync(t *testing.T, open Opener) {
 			t.Errorf("stats after FinishAsync: %s, %v", showStats(st), err)
 		}
 	})
+
+	// An outcome is written once: a late second finish (a worker that
+	// lost its lease, a retry of the write) never overwrites it.
+	t.Run("finish once", func(t *testing.T) {
+		s := open(t, "store")
+		inv := pending("job", "a", t0)
+		if err := s.EnqueueAsync(ctx, inv, "acme", 0); err != nil {
+			t.Fatal(err)
+		}
+		done := completed(inv, 3, `"first"`)
+		if err := s.FinishAsync(ctx, done); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.FinishAsync(ctx, failed(inv, 4, "AGENT_CRASHED: late")); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("second FinishAsync = %v, want ErrNotFound", err)
+		}
+		assertInvocation(t, mustGet(t, s, "job"), done)
+		if err := s.FinishAsync(ctx, completed(pending("nope", "a", t0), 1, `1`)); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("FinishAsync of an unknown invocation = %v, want ErrNotFound", err)
+		}
+		if _, err := s.Get(ctx, "nope"); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("FinishAsync of an unknown invocation created it: %v", err)
+		}
+		if err := s.RequeueAsync(ctx, "job"); !errors.Is(err, domain.ErrNotFound) {
+			t.Errorf("RequeueAsync of a finished job = %v, want ErrNotFound", err)
+		}
+	})
+
+	// Deleting an agent ends its queued invocations in the history (none
+	// stays pending for ever); one already running is still finished.
+	t.Run("delete agent with a backlog", func(t *testing.T) {
+		s := open(t, "store")
+		if _, err := s.AddVersion(ctx, "acme", "ag", "default", domain.Version{AgentID: "ag", Dir: "/d"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"running", "queued"} {
+			if err := s.EnqueueAsync(ctx, pending(id, "ag", t0), "acme", 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.EnqueueAsync(ctx, pending("other", "ag2", t0), "acme", 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.StartAsync(ctx, "running", t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeletePlatformAgent(ctx, "ag"); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustGet(t, s, "queued"); got.Status != domain.StatusFailed || !strings.HasPrefix(got.ErrorDetail, string(domain.CodeNotFound)+": ") || got.ResponseTime.IsZero() {
+			t.Errorf("a queued invocation of a deleted agent: %s %q (ended %v); want failed, NOT_FOUND: why", got.Status, got.ErrorDetail, got.ResponseTime)
+		}
+		done := completed(pending("running", "ag", t0), 2, `"ran"`)
+		if err := s.FinishAsync(ctx, done); err != nil {
+			t.Fatalf("finishing the invocation that ran while its agent was deleted: %v", err)
+		}
+		assertInvocation(t, mustGet(t, s, "running"), done)
+		if jobs, err := s.PendingAsync(ctx); err != nil || len(jobs) != 1 || jobs[0].ID != "other" {
+			t.Errorf("queue after the delete: %s, %v; want only another agent's", showJobs(jobs), err)
+		}
+	})
 }
 
 // showJobs names each job with its queue fields.
