@@ -44,13 +44,13 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/store/batch"
 )
 
 var (
@@ -58,7 +58,7 @@ var (
 	// agent that does not exist (it is domain.ErrNotFound).
 	ErrNotFound = domain.ErrNotFound
 	// ErrClosed is returned by Flush after Close.
-	ErrClosed = errors.New("store closed")
+	ErrClosed = batch.ErrClosed
 )
 
 // Option configures Open.
@@ -125,18 +125,10 @@ type DB struct {
 	log  *slog.Logger
 	opts options
 
-	queue chan op
-	hurry chan struct{} // a FinishDurable waits: the writer stops lingering
-	done  chan struct{} // closed when the writer has exited
-
-	enqueued  atomic.Uint64 // Start/Finish calls accepted
-	processed atomic.Uint64 // of those, committed (or given up on)
-	errors    atomic.Uint64 // records that could not be written
-	closed    atomic.Bool
+	hist      *batch.Writer
+	w         *writer
 	closeOnce sync.Once
 	closeErr  error
-
-	w *writer
 }
 
 // Open opens (creating it and its directory if needed) the invocation
@@ -173,20 +165,13 @@ func Open(path string, opts ...Option) (*DB, error) {
 	sdb.SetConnMaxIdleTime(0)
 	sdb.SetConnMaxLifetime(0)
 
-	ctx := context.Background()
-	w, err := newWriter(ctx, sdb, o)
+	w, err := newWriter(context.Background(), sdb)
 	if err != nil {
 		sdb.Close()
 		return nil, fmt.Errorf("open invocation database %s: %w", path, err)
 	}
-	db := &DB{
-		sql: sdb, log: o.log, opts: o, w: w,
-		queue: make(chan op, o.queue),
-		hurry: make(chan struct{}, 1),
-		done:  make(chan struct{}),
-	}
-	w.db = db
-	go w.run()
+	db := &DB{sql: sdb, log: o.log, opts: o, w: w}
+	db.hist = batch.New(w, batch.Options{Log: o.log, Queue: o.queue, MaxBatch: o.maxBatch, Linger: o.linger})
 	return db, nil
 }
 
@@ -243,11 +228,11 @@ func migrate(ctx context.Context, conn *sql.Conn) (err error) {
 // Start records a pending invocation. It returns once the record is queued;
 // it blocks only while the queue is full. A record that arrives after Close
 // is logged and counted in WriteErrors, not written.
-func (db *DB) Start(inv domain.Invocation) { db.enqueue(opStart, &inv, nil) }
+func (db *DB) Start(inv domain.Invocation) { db.hist.Start(inv) }
 
 // Finish records the outcome of an invocation started with Start (same ID):
 // status, output or error, response time and execution time.
-func (db *DB) Finish(inv domain.Invocation) { db.enqueue(opFinish, &inv, nil) }
+func (db *DB) Finish(inv domain.Invocation) { db.hist.Finish(inv) }
 
 // FinishDurable is Finish that returns once the record is committed: a
 // server answers the call after it, so that no answered call is missing
@@ -256,89 +241,23 @@ func (db *DB) Finish(inv domain.Invocation) { db.enqueue(opFinish, &inv, nil) }
 // callers share commits. It returns ErrClosed if the store closed first,
 // ctx's error if ctx ends first (the record is still written).
 func (db *DB) FinishDurable(ctx context.Context, inv domain.Invocation) error {
-	ack := make(chan struct{})
-	if !db.enqueue(opFinish, &inv, ack) {
-		return ErrClosed
-	}
-	select {
-	case db.hurry <- struct{}{}:
-	default: // already told
-	}
-	select {
-	case <-ack:
-		return nil
-	case <-db.done:
-		select {
-		case <-ack:
-			return nil
-		default:
-			return ErrClosed
-		}
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// enqueue queues an op; ack, if not nil, is closed once it is committed.
-// It reports whether the op was queued.
-func (db *DB) enqueue(kind opKind, inv *domain.Invocation, ack chan struct{}) bool {
-	if db.closed.Load() {
-		db.lost(kind, inv)
-		return false
-	}
-	db.enqueued.Add(1)
-	select {
-	case db.queue <- op{kind: kind, inv: *inv, ack: ack}:
-		return true
-	case <-db.done:
-		db.lost(kind, inv)
-		return false
-	}
-}
-
-func (db *DB) lost(kind opKind, inv *domain.Invocation) {
-	db.errors.Add(1)
-	db.log.Error("invocation record arrived after the store was closed; not written", "invocation_id", inv.ID, "op", kind.String())
+	return db.hist.FinishDurable(ctx, inv)
 }
 
 // WriteErrors is how many records could not be written so far (each is
 // logged too).
-func (db *DB) WriteErrors() uint64 { return db.errors.Load() }
+func (db *DB) WriteErrors() uint64 { return db.hist.WriteErrors() }
 
 // Flush waits until everything queued before the call is committed (or
 // given up on after retries; see WriteErrors). It returns ctx's error if ctx
 // ends first, and ErrClosed if the store closed with records unwritten.
-func (db *DB) Flush(ctx context.Context) error {
-	want := db.enqueued.Load()
-	if db.processed.Load() >= want {
-		return nil
-	}
-	ack := make(chan struct{})
-	select {
-	case db.queue <- op{kind: opFlush, ack: ack}:
-	case <-db.done:
-		if db.processed.Load() >= want {
-			return nil
-		}
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case <-ack:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (db *DB) Flush(ctx context.Context) error { return db.hist.Flush(ctx) }
 
 // Close writes everything queued, then closes the database. Calling it
 // again returns the first call's result.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
-		db.closed.Store(true)
-		db.queue <- op{kind: opStop}
-		<-db.done
+		db.hist.Close()
 		db.closeErr = errors.Join(db.w.close(), db.sql.Close())
 	})
 	return db.closeErr
