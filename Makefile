@@ -5,7 +5,7 @@ BIN       := bin/runagent
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: build demo deps test test-go test-python test-py-sdk test-js test-rust vet bench clean microvm-image
+.PHONY: build demo deps test test-go test-go-postgres test-python test-py-sdk test-js test-rust vet bench clean microvm-image
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
@@ -17,7 +17,7 @@ demo: build
 
 # The whole test suite: Go (unit + end-to-end through the built binary),
 # the Python runner's own tests and the SDKs', after deps.
-test: deps vet test-python test-go test-py-sdk test-js test-rust
+test: deps vet test-python test-go test-go-postgres test-py-sdk test-js test-rust
 
 # What the tests need on this machine, installed when missing (Debian
 # packages with apt-get as root, pytest with pip): scripts/test-deps.sh says
@@ -40,6 +40,12 @@ WIRE_CHECKER := $(abspath ../shared/tools/check_wire.py)
 test-go: microvm-image
 	@test -f '$(WIRE_CHECKER)' || echo "test-go: the shared wire checker is not at $(WIRE_CHECKER): its checks (e2e TestWireContractCheck, TestPlatformAuthMatrix/wire_check) are skipped"
 	CGO_ENABLED=0 $(GO) test -count=1 -timeout 20m ./...
+
+# The platform server's end-to-end suites again, with its state in
+# PostgreSQL (--db; a private server the tests start, see
+# internal/store/pgstore/pgtest, or $$RUNAGENT_TEST_POSTGRES).
+test-go-postgres:
+	RUNAGENT_TEST_PLATFORM_DB=postgres CGO_ENABLED=0 $(GO) test -count=1 -timeout 10m -run 'TestPlatform|TestAttack' ./e2e
 
 # The microvm sandbox's guest image, which its tests boot: built from Debian
 # packages into ~/.runagent/microvm/image (about a minute the first time,

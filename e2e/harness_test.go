@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/runagent-go/runagent/internal/sandbox/microvm"
+	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
 )
 
 var (
@@ -51,6 +52,7 @@ func TestMain(m *testing.M) {
 	}
 	sharedCache = filepath.Join(dir, "cache")
 	code := m.Run()
+	pgtest.Stop() // the private PostgreSQL of the tests that use one
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

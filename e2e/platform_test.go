@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
 )
 
 // platformServer is a running `runagent server`.
@@ -48,6 +51,11 @@ func startPlatform(t *testing.T, dataDir string, port int, args ...string) *plat
 	}
 	s := &platformServer{t: t, Addr: fmt.Sprintf("127.0.0.1:%d", port), DataDir: dataDir, exited: make(chan struct{}), args: args}
 	full := append([]string{"server", "--port", strconv.Itoa(port), "--data-dir", dataDir}, fastScale...)
+	if os.Getenv("RUNAGENT_TEST_PLATFORM_DB") == "postgres" && !slices.Contains(args, "--db") {
+		// The whole platform suite on PostgreSQL: one schema per data
+		// directory, so that a restart finds its state again.
+		full = append(full, "--db", pgtest.Schema(t, dataDir))
+	}
 	full = append(full, args...)
 	s.cmd = exec.Command(binary, full...)
 	s.cmd.Env = append(os.Environ(), "RUNAGENT_CACHE_DIR="+sharedCache)

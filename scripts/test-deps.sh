@@ -11,6 +11,8 @@
 #                               microvm tests are skipped
 #   RUNAGENT_TEST_NO_BWRAP=1    no bubblewrap: the namespace tests are skipped
 #   RUNAGENT_TEST_NO_GVISOR=1   no runsc: the gvisor tests are skipped
+#   RUNAGENT_TEST_POSTGRES=URL  a PostgreSQL server for the store's tests
+#                               (default: a private one from the postgresql package)
 #   PYTHON                      the interpreter of the Python tests (python3)
 set -euo pipefail
 
@@ -92,6 +94,11 @@ if [ "${RUNAGENT_TEST_NO_BWRAP:-}" != 1 ]; then
 fi
 if [ "${RUNAGENT_TEST_NO_GVISOR:-}" != 1 ]; then
 	have runsc || need required runsc "runsc, the gvisor sandbox driver (or RUNAGENT_TEST_NO_GVISOR=1 to skip its tests)"
+fi
+# The PostgreSQL store's tests start a private server from these binaries
+# (or use the one RUNAGENT_TEST_POSTGRES names).
+if [ -z "${RUNAGENT_TEST_POSTGRES:-}" ] && ! have initdb && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+	need required postgresql "initdb and postgres, the PostgreSQL store's tests (or RUNAGENT_TEST_POSTGRES=postgres://... to use a running server)"
 fi
 # The browser test skips itself without Chromium, except in CI (CI=...).
 if ! have chromium && [ ! -x /usr/bin/chromium-browser ] && [ -z "${CHROMIUM:-}" ]; then

@@ -28,21 +28,21 @@ import (
 const DefaultServerPort = 8400
 
 type serverOptions struct {
-	host, dataDir, python, metricsAddr string
-	port                               int
-	allowPublic, allowNetwork          bool
-	rate                               float64
-	burst, keyConcurrency              int
-	dep                                manager.Deployment
-	maxUpload, maxBundle, maxBody      int64
-	maxFiles                           int
-	async                              platformserver.AsyncLimits
-	tick, health, stable, panic        time.Duration
-	logFormat, logLevel                string
-	microVM                            microvm.Options
-	http                               httpTimeouts
-	data                               dataFlags
-	corsOrigins                        []string
+	host, dataDir, db, python, metricsAddr string
+	port                                   int
+	allowPublic, allowNetwork              bool
+	rate                                   float64
+	burst, keyConcurrency                  int
+	dep                                    manager.Deployment
+	maxUpload, maxBundle, maxBody          int64
+	maxFiles                               int
+	async                                  platformserver.AsyncLimits
+	tick, health, stable, panic            time.Duration
+	logFormat, logLevel                    string
+	microVM                                microvm.Options
+	http                                   httpTimeouts
+	data                                   dataFlags
+	corsOrigins                            []string
 }
 
 func (a *app) serverCommand() *cobra.Command {
@@ -65,6 +65,7 @@ The API is described in docs/platform-api.md.`,
 	f.StringVar(&o.host, "host", "127.0.0.1", "address to listen on")
 	f.IntVar(&o.port, "port", DefaultServerPort, "port to listen on")
 	f.StringVar(&o.dataDir, "data-dir", "", "where the platform keeps its database and agent bundles (default $RUNAGENT_CACHE_DIR/server)")
+	f.StringVar(&o.db, "db", "", "keep the platform's state in PostgreSQL at this postgres:// URL instead of SQLite in the data directory (one server per database or schema; bundles stay in the data directory)")
 	f.StringVar(&o.python, "python", "", "Python interpreter (default: $RUNAGENT_PYTHON, then python3 on PATH)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of the main listener")
 	f.StringVar(&o.dep.Sandbox, "sandbox", o.dep.Sandbox, "how instances are isolated: "+strings.Join(sandbox.Names(), ", ")+
@@ -143,9 +144,13 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	fmt.Fprintf(a.stderr, "Opening the platform in %s...\n", o.dataDir)
+	if o.db != "" {
+		fmt.Fprintf(a.stderr, "Opening the platform in %s, its state in PostgreSQL...\n", o.dataDir)
+	} else {
+		fmt.Fprintf(a.stderr, "Opening the platform in %s...\n", o.dataDir)
+	}
 	p, err := platformserver.Open(ctx, platformserver.Config{
-		DataDir: o.dataDir, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
+		DataDir: o.dataDir, DB: o.db, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
 		CORSOrigins:   o.corsOrigins, Flow: o.data.flow, StallTimeout: o.data.stall,

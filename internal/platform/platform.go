@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,11 +29,15 @@ import (
 	"github.com/runagent-go/runagent/internal/sandbox"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
+	"github.com/runagent-go/runagent/internal/store/pgstore"
 )
 
 // Config configures the platform server.
 type Config struct {
-	DataDir  string // platform.db, agents/, admin-key
+	DataDir string // platform.db, agents/, admin-key
+	// DB is where the state is kept: "" for SQLite in DataDir/platform.db,
+	// or a postgres:// URL (one server per database or schema).
+	DB       string
 	CacheDir string // virtualenvs (shared with runagent serve)
 	Python   pyenv.Python
 	Script   string
@@ -109,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
-	db, err := store.Open(filepath.Join(cfg.DataDir, "platform.db"), store.WithLogger(cfg.Log), store.WithBatch(0, 5*time.Millisecond))
+	db, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +156,18 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// openStore opens the state store cfg names: SQLite in the data directory,
+// or PostgreSQL.
+func openStore(ctx context.Context, cfg Config) (domain.Store, error) {
+	switch {
+	case cfg.DB == "":
+		return store.Open(filepath.Join(cfg.DataDir, "platform.db"), store.WithLogger(cfg.Log), store.WithBatch(0, 5*time.Millisecond))
+	case strings.HasPrefix(cfg.DB, "postgres://"), strings.HasPrefix(cfg.DB, "postgresql://"):
+		return pgstore.Open(ctx, cfg.DB, pgstore.Options{Log: cfg.Log, SingleServer: true})
+	}
+	return nil, fmt.Errorf("--db %q: want a postgres:// (or postgresql://) URL, or nothing for SQLite in the data directory", cfg.DB)
 }
 
 // instanceEnv is what agent instances start from: enough to run Python,

@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,6 +51,12 @@ type Options struct {
 	Queue    int           // history records that may wait for the writer (default 8192)
 	MaxBatch int           // history records in one commit (default 2048)
 	Linger   time.Duration // how long the writer waits for more records (default 0)
+	// SingleServer holds an advisory lock for as long as the store is
+	// open, so that a second server opening the same database (schema) is
+	// refused: one server's async queue and start-up clean-up are not
+	// safe to share (several servers on one database are the multi-node
+	// roles' job).
+	SingleServer bool
 }
 
 // DB is the PostgreSQL store. Its methods are safe for concurrent use.
@@ -57,6 +64,9 @@ type DB struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
 	hist *batch.Writer
+	lock *pgx.Conn // SingleServer: the session that holds the lock
+
+	closeOnce sync.Once
 }
 
 // The PostgreSQL store is every store the platform needs.
@@ -77,13 +87,48 @@ func Open(ctx context.Context, url string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w", redact(cfg), err)
 	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to PostgreSQL at %s: %w (is it running, and may this user connect to this database?)", redact(cfg), err)
+	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("PostgreSQL at %s: %w", redact(cfg), err)
 	}
 	db := &DB{pool: pool, log: o.Log}
+	if o.SingleServer {
+		if db.lock, err = holdServerLock(ctx, cfg); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("PostgreSQL at %s: %w", redact(cfg), err)
+		}
+	}
 	db.hist = batch.New(committer{pool}, batch.Options{Log: o.Log, Queue: o.Queue, MaxBatch: o.MaxBatch, Linger: o.Linger})
 	return db, nil
+}
+
+// serverLock is the advisory lock a single server holds ("runagent"+1).
+const serverLock = migrationLock + 1
+
+// holdServerLock takes the single-server lock of the schema on a session
+// of its own, or says who holds it. The lock is per database; the key mixes
+// in the schema so that servers on other schemas of one database coexist.
+func holdServerLock(ctx context.Context, cfg *pgxpool.Config) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	var schema string
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT current_schema(), pg_try_advisory_lock($1, hashtext(current_schema()))`, int32(serverLock&0x7fffffff)).Scan(&schema, &got); err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("take the server lock: %w", err)
+	}
+	if !got {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("another runagent server is using this database (schema %q holds its server lock; see pg_locks): "+
+			"stop it, or give this one another database or schema (?search_path=...); several servers on one database are not supported yet", schema)
+	}
+	return conn, nil
 }
 
 // redact names the server and database of cfg, never its password.
@@ -141,8 +186,13 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 
 // Close writes the history records still queued, then closes the pool.
 func (db *DB) Close() error {
-	db.hist.Close()
-	db.pool.Close()
+	db.closeOnce.Do(func() {
+		db.hist.Close()
+		db.pool.Close()
+		if db.lock != nil {
+			db.lock.Close(context.Background()) // ends the session: the lock goes with it
+		}
+	})
 	return nil
 }
 

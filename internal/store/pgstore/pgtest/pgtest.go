@@ -7,7 +7,7 @@
 // root). When neither is available the test fails and says how to get one:
 // a store test never skips silently.
 //
-// A test binary that uses Start calls Main from its TestMain, so that the
+// A test binary that uses URL or Schema calls Main (or Stop) from its TestMain, so that the
 // private server stops when the tests end.
 package pgtest
 
@@ -47,10 +47,17 @@ var (
 // Main runs the tests of m and stops the private server, if one started.
 func Main(m interface{ Run() int }) {
 	code := m.Run()
+	Stop()
+	os.Exit(code)
+}
+
+// Stop stops the private server, if one started (for a TestMain that does
+// more than Main).
+func Stop() {
 	if srv != nil {
 		srv.stop()
+		srv = nil
 	}
-	os.Exit(code)
 }
 
 // URL returns the URL of the server (starting it at the first call).
