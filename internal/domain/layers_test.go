@@ -40,7 +40,7 @@ func TestImportsPointDown(t *testing.T) {
 		"internal/sandbox":               {"internal/domain"},
 		"internal/server":                {"internal/domain", "internal/wire"},
 		"internal/platformapi":           {"internal/domain"},
-		"internal/dispatch/dispatchtest": {"internal/domain"},
+		"internal/dispatch/natsdispatch": {"internal/domain", "internal/dispatch"},
 	}
 	for pkg, allowed := range only {
 		got, ok := imports[pkg]

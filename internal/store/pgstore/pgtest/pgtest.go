@@ -167,7 +167,7 @@ func startServer() (*server, error) {
 	var logs bytes.Buffer
 	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	s.cmd.SysProcAttr = serverAttr(cred)
 	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = &logs, &logs
 	if err := s.cmd.Start(); err != nil {

@@ -1,0 +1,316 @@
+package natsdispatch
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/runagent-go/runagent/internal/dispatch"
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+// Client is the dispatcher of a gateway: it sends each call to the queue
+// group of its agent version's subject. Its replies come to one wildcard
+// subscription, routed to the call by the last token of the subject.
+type Client struct {
+	nc     *nats.Conn
+	opts   Options
+	prefix string // of reply subjects: an inbox of this client
+	sub    *nats.Subscription
+
+	mu    sync.Mutex
+	calls map[string]*call
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// call is one call in flight, as the client sees it.
+type call struct {
+	id    string
+	msgs  chan *nats.Msg // start, chunk, result, end, error, the 503 of no responders
+	heard atomic.Int64   // unix nanoseconds of the last message from the node
+	dead  chan struct{}  // closed when the node has not been heard for the liveness timeout
+	once  sync.Once
+
+	mu      sync.Mutex
+	control string // the node's control subject, once started
+	node    string
+	cancel  bool // cancelled before the start arrived: cancel on start
+}
+
+// NewClient returns the dispatcher over nc. Close it before nc.
+func NewClient(nc *nats.Conn, o Options) (*Client, error) {
+	o = o.withDefaults()
+	c := &Client{nc: nc, opts: o, prefix: nc.NewRespInbox(), calls: map[string]*call{}, stop: make(chan struct{}), done: make(chan struct{})}
+	// NewRespInbox is "_INBOX.<conn>.<random>": the calls hang below it.
+	sub, err := nc.Subscribe(c.prefix+".*", c.route)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to replies: %w", err)
+	}
+	// Each call holds at most a window of chunks unread, so the pending
+	// limits only bound how many calls a gateway has in flight.
+	sub.SetPendingLimits(-1, -1)
+	c.sub = sub
+	go c.watch()
+	return c, nil
+}
+
+// Close stops the client; calls in flight end with CONNECTION_ERROR.
+func (c *Client) Close() {
+	select {
+	case <-c.stop:
+		return
+	default:
+	}
+	close(c.stop)
+	<-c.done
+	c.sub.Unsubscribe()
+	c.mu.Lock()
+	for _, cl := range c.calls {
+		cl.once.Do(func() { close(cl.dead) })
+	}
+	c.mu.Unlock()
+}
+
+// route hands a reply to its call (it runs on the subscription's goroutine
+// and never blocks: a call's channel holds a window and the few messages
+// around it).
+func (c *Client) route(m *nats.Msg) {
+	id := m.Subject[len(c.prefix)+1:]
+	c.mu.Lock()
+	cl := c.calls[id]
+	c.mu.Unlock()
+	if cl == nil {
+		return // a call that has ended
+	}
+	cl.heard.Store(time.Now().UnixNano())
+	if kindOf(m) == kindHB {
+		return
+	}
+	select {
+	case cl.msgs <- m:
+	default:
+		// The node sent more than the window allows: the call is broken.
+		cl.once.Do(func() { close(cl.dead) })
+	}
+}
+
+// watch sends the heartbeats of every call that has a control subject and
+// gives up the calls whose node has gone quiet.
+func (c *Client) watch() {
+	defer close(c.done)
+	t := time.NewTicker(c.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			c.mu.Lock()
+			for _, cl := range c.calls {
+				if now.Sub(time.Unix(0, cl.heard.Load())) > c.opts.Liveness {
+					cl.once.Do(func() { close(cl.dead) })
+					continue
+				}
+				if control := cl.controlSubject(); control != "" {
+					c.send(control, kindHB, "", "")
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+func (cl *call) controlSubject() string {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.control
+}
+
+func (c *Client) send(subject, kind, key, value string) {
+	m := nats.NewMsg(subject)
+	m.Header.Set(hKind, kind)
+	if key != "" {
+		m.Header.Set(key, value)
+	}
+	c.nc.PublishMsg(m) // a lost control message is covered by liveness
+}
+
+// cancel tells the node to stop the call: now if it has started, else as
+// soon as its start arrives (the caller has gone; a goroutine waits for it).
+func (c *Client) cancel(cl *call) {
+	cl.mu.Lock()
+	control := cl.control
+	if control == "" {
+		cl.cancel = true
+	}
+	cl.mu.Unlock()
+	if control != "" {
+		c.send(control, kindCancel, "", "")
+		c.forget(cl)
+		return
+	}
+	// Keep the call routed until its start (or the liveness timeout), so
+	// that the cancel reaches the node.
+	go func() {
+		defer c.forget(cl)
+		deadline := time.NewTimer(c.opts.Liveness)
+		defer deadline.Stop()
+		for {
+			select {
+			case m := <-cl.msgs:
+				if kindOf(m) == kindStart {
+					c.send(m.Header.Get(hControl), kindCancel, "", "")
+					return
+				}
+				if k := kindOf(m); k == kindResult || k == kindEnd || k == kindError || m.Header.Get(hStatus) != "" {
+					return
+				}
+			case <-cl.dead:
+				return
+			case <-deadline.C:
+				return
+			}
+		}
+	}()
+}
+
+func (c *Client) forget(cl *call) {
+	c.mu.Lock()
+	delete(c.calls, cl.id)
+	c.mu.Unlock()
+}
+
+// Call implements domain.Dispatcher.
+func (c *Client) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	out, _, err := c.do(ctx, t, modeCall, tag, args, kwargs, nil, nil)
+	return out, err
+}
+
+// Stream implements domain.Dispatcher.
+func (c *Client) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	_, n, err := c.do(ctx, t, modeStream, tag, args, kwargs, started, fn)
+	return n, err
+}
+
+func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (_ []byte, produced int, _ error) {
+	if err := context.Cause(ctx); err != nil {
+		return nil, 0, err
+	}
+	id := nuid.Next()
+	cl := &call{id: id, msgs: make(chan *nats.Msg, c.opts.WindowChunks+8), dead: make(chan struct{})}
+	cl.heard.Store(time.Now().UnixNano())
+	c.mu.Lock()
+	c.calls[id] = cl
+	c.mu.Unlock()
+	handedOver := false // cancel forgets the call itself
+	defer func() {
+		if !handedOver {
+			c.forget(cl)
+		}
+	}()
+
+	req := nats.NewMsg(CallSubject(c.opts.Prefix, t))
+	req.Reply = c.prefix + "." + id
+	h := req.Header
+	h.Set(hMode, mode)
+	h.Set(hAgent, t.AgentID)
+	h.Set(hVersion, strconv.Itoa(t.Version))
+	h.Set(hTag, tag)
+	h.Set(hArgsLen, strconv.Itoa(len(args)))
+	if inv := domain.InvocationOf(ctx); inv != "" {
+		h.Set(hInvocation, inv)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		h.Set(hTimeout, strconv.FormatInt(max(1, time.Until(dl).Milliseconds()), 10))
+	}
+	if mode == modeStream {
+		h.Set(hWindow, strconv.Itoa(c.opts.WindowChunks)+" "+strconv.FormatInt(c.opts.WindowBytes, 10))
+	}
+	req.Data = append(append(make([]byte, 0, len(args)+len(kwargs)), args...), kwargs...)
+	if err := c.nc.PublishMsg(req); err != nil {
+		return nil, 0, &domain.Error{Code: domain.CodeConnection, Message: "the cluster's message bus is not reachable; retry shortly", Err: err, RetryAfter: time.Second}
+	}
+
+	var (
+		node          string
+		seq           int64
+		takenChunks   int64 // since the last credit
+		takenBytes    int64
+		creditChunks  = max(1, int64(c.opts.WindowChunks)/4)
+		creditBytes   = max(1, c.opts.WindowBytes/4)
+		stopWithError = func(err error) ([]byte, int, error) {
+			handedOver = true
+			c.cancel(cl)
+			return nil, int(seq), err
+		}
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return stopWithError(context.Cause(ctx))
+		case <-cl.dead:
+			select {
+			case <-c.stop:
+				return stopWithError(&domain.Error{Code: domain.CodeConnection, Message: "the gateway is shutting down"})
+			default:
+			}
+			who := "the node running this call"
+			if node != "" {
+				who = "node " + node
+			}
+			return stopWithError(&domain.Error{Code: domain.CodeAgentCrashed,
+				Message: fmt.Sprintf("%s stopped answering (nothing for %s); the call may or may not have run", who, c.opts.Liveness)})
+		case m := <-cl.msgs:
+			if m.Header.Get(hStatus) == "503" {
+				return nil, 0, dispatch.NotRunning(t)
+			}
+			switch kindOf(m) {
+			case kindStart:
+				cl.mu.Lock()
+				cl.control, cl.node = m.Header.Get(hControl), m.Header.Get(hNode)
+				node = cl.node
+				cl.mu.Unlock()
+				if started != nil {
+					started()
+				}
+			case kindChunk:
+				if got := m.Header.Get(hSeq); got != strconv.FormatInt(seq, 10) {
+					return stopWithError(&domain.Error{Code: domain.CodeConnection,
+						Message: fmt.Sprintf("chunk %s arrived where %d was due: the stream lost chunks on the way", got, seq)})
+				}
+				seq++
+				if fn != nil {
+					if err := fn(domain.Chunk{Body: m.Data, EncodeError: m.Header.Get(hEncodeErr) != ""}); err != nil {
+						return stopWithError(err)
+					}
+				}
+				takenChunks++
+				takenBytes += int64(len(m.Data))
+				if takenChunks >= creditChunks || takenBytes >= creditBytes {
+					c.send(cl.controlSubject(), kindCredit, hCredit, strconv.FormatInt(takenChunks, 10)+" "+strconv.FormatInt(takenBytes, 10))
+					takenChunks, takenBytes = 0, 0
+				}
+			case kindResult:
+				return m.Data, 0, nil
+			case kindEnd:
+				n, _ := strconv.Atoi(m.Header.Get(hCount))
+				return nil, n, nil
+			case kindError:
+				if err := context.Cause(ctx); err != nil {
+					return nil, int(seq), err // the caller's own reason first
+				}
+				return nil, int(seq), decodeError(node, m.Data)
+			}
+		}
+	}
+}
+
+var _ domain.Dispatcher = (*Client)(nil)

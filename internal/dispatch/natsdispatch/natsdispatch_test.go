@@ -1,0 +1,221 @@
+package natsdispatch_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/runagent-go/runagent/internal/dispatch/dispatchtest"
+	"github.com/runagent-go/runagent/internal/dispatch/natsdispatch"
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+// runNATS starts a real NATS server (embedded, on a free loopback port) for
+// the test.
+func runNATS(t testing.TB) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the NATS server did not start")
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+func connect(t testing.TB, s *server.Server, name string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL(), nats.Name(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+var fast = natsdispatch.Options{Heartbeat: 100 * time.Millisecond, Liveness: time.Second}
+
+// A gateway's client and a node, each on its own connection to a real NATS
+// server, in front of a pool of real instances, pass the dispatcher suite.
+func TestConformance(t *testing.T) {
+	dispatchtest.Run(t, func(t *testing.T, dir string) (domain.Dispatcher, domain.Target) {
+		local, target := dispatchtest.ServeLocal(t, dir)
+		s := runNATS(t)
+		node, err := natsdispatch.NewNode(connect(t, s, "node"), "node-1", local, nil, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(node.Close)
+		if err := node.Serve(target); err != nil {
+			t.Fatal(err)
+		}
+		client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(client.Close)
+		return client, target
+	})
+}
+
+// sleeper is an execution side that takes its time: calls wait until
+// released, so that the tests can cut the node off mid-call.
+type sleeper struct {
+	mu      sync.Mutex
+	started chan string
+	ctxErr  chan error
+}
+
+func (s *sleeper) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	s.started <- tag
+	<-ctx.Done()
+	s.ctxErr <- context.Cause(ctx)
+	return nil, context.Cause(ctx)
+}
+
+func (s *sleeper) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	_, err := s.Call(ctx, t, tag, args, kwargs)
+	return 0, err
+}
+
+var target = domain.Target{AgentID: "agent", Version: 3}
+
+// A node that dies mid-call (its connection cut, as by kill -9) fails the
+// call at the gateway with AGENT_CRASHED within the liveness timeout.
+func TestNodeDeathFailsItsCalls(t *testing.T) {
+	s := runNATS(t)
+	exec := &sleeper{started: make(chan string, 1), ctxErr: make(chan error, 1)}
+	nodeConn := connect(t, s, "node")
+	node, err := natsdispatch.NewNode(nodeConn, "node-dies", exec, nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	node.Serve(target)
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := client.Call(context.Background(), target, "slow", nil, nil)
+		errc <- err
+	}()
+	<-exec.started
+	start := time.Now()
+	nodeConn.Close() // no goodbye: the gateway hears nothing more
+	err = <-errc
+	if domain.CodeOf(err) != domain.CodeAgentCrashed || !strings.Contains(err.Error(), "node node-dies stopped answering") {
+		t.Fatalf("call on a dead node = %v, want AGENT_CRASHED naming it", err)
+	}
+	if waited := time.Since(start); waited > 3*fast.Liveness {
+		t.Errorf("the gateway took %s to give up (liveness %s)", waited, fast.Liveness)
+	}
+}
+
+// A gateway that dies mid-call has the call cancelled on the node (the
+// agent's code sees its context end) within the liveness timeout.
+func TestGatewayDeathCancelsItsCalls(t *testing.T) {
+	s := runNATS(t)
+	exec := &sleeper{started: make(chan string, 1), ctxErr: make(chan error, 1)}
+	node, err := natsdispatch.NewNode(connect(t, s, "node"), "node", exec, nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	node.Serve(target)
+	gwConn := connect(t, s, "gateway")
+	client, err := natsdispatch.NewClient(gwConn, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go client.Call(context.Background(), target, "slow", nil, nil)
+	<-exec.started
+	gwConn.Close()
+	select {
+	case err := <-exec.ctxErr:
+		if domain.CodeOf(err) != domain.CodeCancelled {
+			t.Errorf("the node cancelled the call with %v, want CANCELLED", err)
+		}
+	case <-time.After(3 * fast.Liveness):
+		t.Fatal("the call still runs after its gateway died")
+	}
+	client.Close()
+}
+
+// Calls spread over the nodes of the queue group; a node that stops
+// serving a version takes no more of its calls, and with none left the
+// version is NOT_FOUND at once.
+func TestQueueGroup(t *testing.T) {
+	s := runNATS(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var nodes []*natsdispatch.Node
+	for _, name := range []string{"a", "b"} {
+		n, err := natsdispatch.NewNode(connect(t, s, name), name, echoNode{name, &mu, seen}, nil, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		n.Serve(target)
+		nodes = append(nodes, n)
+	}
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	call := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := client.Call(ctx, target, "who", nil, nil)
+		return string(out), err
+	}
+	for range 200 {
+		if _, err := call(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seen["a"] < 40 || seen["b"] < 40 {
+		t.Errorf("200 calls over two nodes: %v", seen)
+	}
+	nodes[0].Unserve(target)
+	nodes[0].Unserve(target) // harmless
+	for range 20 {
+		if who, err := call(); err != nil || who != "b" {
+			t.Fatalf("after a stopped serving: %q %v", who, err)
+		}
+	}
+	nodes[1].Unserve(target)
+	start := time.Now()
+	if _, err := call(); domain.CodeOf(err) != domain.CodeNotFound || time.Since(start) > time.Second {
+		t.Errorf("with no node serving: %v after %s, want NOT_FOUND at once", err, time.Since(start))
+	}
+}
+
+type echoNode struct {
+	name string
+	mu   *sync.Mutex
+	seen map[string]int
+}
+
+func (e echoNode) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	e.mu.Lock()
+	e.seen[e.name]++
+	e.mu.Unlock()
+	return []byte(e.name), nil
+}
+
+func (e echoNode) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	return 0, errors.New("not a stream")
+}
