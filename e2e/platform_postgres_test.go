@@ -19,8 +19,8 @@ import (
 // keys; a kill -9 and a restart keep all of it; a second server on the
 // same database is refused with a clear error.
 func TestPlatformOnPostgres(t *testing.T) {
-	db := pgtest.Schema(t, t.Name())
 	data := filepath.Join(t.TempDir(), "data")
+	db := pgtest.Schema(t, data) // a new schema for each run
 	port := freePort(t)
 	s := startPlatform(t, data, port, "--db", db)
 	if _, err := os.Stat(filepath.Join(data, "platform.db")); err == nil {
@@ -76,5 +76,59 @@ func TestPlatformOnPostgres(t *testing.T) {
 		if !outputs[want] {
 			t.Errorf("history after the restart lacks %s: %s", want, g.Body)
 		}
+	}
+}
+
+// PostgreSQL restarts under a running server: what needs the database
+// answers 503 CONNECTION_ERROR with a Retry-After while it is down (never a
+// 500), calls keep being answered, and afterwards every call is in the
+// history.
+func TestPlatformPostgresRestart(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	s := startPlatform(t, data, 0, "--db", pgtest.Schema(t, data))
+	dir, _ := newAgent(t, "showcase")
+	id := s.deploy(t, dir, s.Admin)
+	call := func() reply {
+		return s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, runBody("add", map[string]any{"a": 1, "b": 2}))
+	}
+	if r := call(); r.Status != 200 {
+		t.Fatalf("call: %d %s", r.Status, r.Body)
+	}
+	restarted := make(chan struct{})
+	go func() { defer close(restarted); pgtest.Restart(t, 2*time.Second) }()
+	sawDown := false
+	calls := 1
+	for i := 0; i < 30 && !sawDown; i++ {
+		time.Sleep(50 * time.Millisecond)
+		r := s.do(t, "GET", "/api/v1/agents/"+id+"/invocations?limit=1", s.Admin, nil)
+		switch {
+		case r.Status == 503 && r.code() == "CONNECTION_ERROR" && r.Header.Get("Retry-After") != "":
+			sawDown = true
+		case r.Status != 200:
+			t.Fatalf("history while the database restarts: %d %s (want 200 or 503 CONNECTION_ERROR with Retry-After)", r.Status, r.Body)
+		}
+	}
+	if !sawDown {
+		t.Fatalf("the history never answered 503 while the database was down\n%s", s.Logs())
+	}
+	// A call while it is down is answered (once its row is written).
+	if r := call(); r.Status != 200 {
+		t.Errorf("a call while the database restarts: %d %s", r.Status, r.Body)
+	}
+	calls++
+	<-restarted
+	for range 3 {
+		if r := call(); r.Status != 200 {
+			t.Fatalf("a call after the restart: %d %s\n%s", r.Status, r.Body, s.Logs())
+		}
+		calls++
+	}
+	g := s.do(t, "GET", "/api/v1/agents/"+id+"/invocations?limit=50", s.Admin, nil)
+	var list struct {
+		Invocations []struct{ Status string } `json:"invocations"`
+	}
+	json.Unmarshal(g.Body, &list)
+	if g.Status != 200 || len(list.Invocations) != calls {
+		t.Errorf("history after the restart: %d with %d invocations, want %d\n%s", g.Status, len(list.Invocations), calls, g.Body)
 	}
 }

@@ -81,5 +81,10 @@ func (s *Server) handleInvocation(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) storeFailure(w http.ResponseWriter, err error) {
 	s.log.Error("invocation store", "error", err)
+	var de *domain.Error
+	if errors.As(err, &de) && de.Code == domain.CodeConnection {
+		s.WriteError(w, de) // the database is away for now: 503, Retry-After
+		return
+	}
 	s.writeError(w, http.StatusInternalServerError, domain.Errorf(domain.CodeInternal, "reading invocation history failed: %v", err))
 }

@@ -33,7 +33,9 @@ func HTTPStatus(code domain.Code) int {
 		return http.StatusGatewayTimeout
 	case domain.CodeAgentCrashed, domain.CodeResourceLimit:
 		return http.StatusBadGateway
-	case domain.CodeOverloaded:
+	case domain.CodeOverloaded, domain.CodeConnection:
+		// CONNECTION_ERROR from the server is a dependency it needs (its
+		// database, the cluster's bus) out of reach for now.
 		return http.StatusServiceUnavailable
 	case domain.CodeCancelled:
 		return 499

@@ -65,7 +65,7 @@ func TestEnvelope(t *testing.T) {
 func TestHTTPStatus(t *testing.T) {
 	for code, want := range map[domain.Code]int{
 		domain.CodeValidation: 400, domain.CodeAuthentication: 401, domain.CodePermission: 403, domain.CodeNotFound: 404,
-		domain.CodeRateLimit: 429, domain.CodeTimeout: 504, domain.CodeAgentCrashed: 502, domain.CodeOverloaded: 503,
+		domain.CodeRateLimit: 429, domain.CodeTimeout: 504, domain.CodeAgentCrashed: 502, domain.CodeOverloaded: 503, domain.CodeConnection: 503,
 		domain.CodeInternal: 500, "SOMETHING_NEW": 500,
 	} {
 		if got := wire.HTTPStatus(code); got != want {

@@ -40,12 +40,22 @@ type Committer interface {
 	Commit(recs []Rec) error
 }
 
+// Transient is implemented by a Committer some of whose errors mean that
+// the database is away for a while (restarting, the network cut) rather
+// than that the batch is wrong: the writer then keeps retrying the batch,
+// with backoff, for up to Options.RetryFor, instead of giving records up
+// after a few quick attempts.
+type Transient interface {
+	Transient(err error) bool
+}
+
 // Options are the writer's sizes.
 type Options struct {
 	Log      *slog.Logger  // where write errors go (default slog.Default())
 	Queue    int           // Start/Finish calls that may wait before they block (default 8192)
 	MaxBatch int           // records in one commit (default 2048)
 	Linger   time.Duration // how long to wait for more once some are queued (0: commit at once)
+	RetryFor time.Duration // how long to retry a batch while its errors are Transient (default 1 min)
 }
 
 type opKind uint8
@@ -119,6 +129,9 @@ func New(c Committer, o Options) *Writer {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 2048
+	}
+	if o.RetryFor <= 0 {
+		o.RetryFor = time.Minute
 	}
 	w := &Writer{
 		c: c, log: o.Log, opts: o,
@@ -381,14 +394,28 @@ func merge(start, fin domain.Invocation) domain.Invocation {
 func (w *Writer) commit() {
 	if len(w.recs) > 0 {
 		var err error
-		for attempt := range 3 {
-			if attempt > 0 {
-				time.Sleep(time.Duration(attempt) * 50 * time.Millisecond)
-			}
+		transient, _ := w.c.(Transient)
+		giveUp := time.Now().Add(w.opts.RetryFor)
+		backoff := 100 * time.Millisecond
+		for attempt := 0; ; attempt++ {
 			if err = w.c.Commit(w.recs); err == nil {
 				break
 			}
+			if transient != nil && transient.Transient(err) && time.Now().Before(giveUp) {
+				// The database is away: wait for it, records kept (Start and
+				// Finish block once the queue is full).
+				if attempt == 0 || backoff >= 2*time.Second {
+					w.log.Warn("the database is not reachable; invocation records wait for it", "records", len(w.recs), "error", err)
+				}
+				time.Sleep(backoff)
+				backoff = min(2*backoff, 2*time.Second)
+				continue
+			}
+			if attempt >= 2 {
+				break
+			}
 			w.log.Warn("writing invocation records failed; retrying", "records", len(w.recs), "attempt", attempt+1, "error", err)
+			time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
 		}
 		if err != nil {
 			var (

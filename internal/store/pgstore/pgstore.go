@@ -22,12 +22,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -199,6 +202,38 @@ func (db *DB) Close() error {
 // WriteErrors is how many history records could not be written.
 func (db *DB) WriteErrors() uint64 { return db.hist.WriteErrors() }
 
+// classify turns an error that means the database is unreachable (down,
+// restarting, the connection cut) into CONNECTION_ERROR with a Retry-After:
+// the gateway answers it 503, and the caller retries. The context's own
+// errors, and the store's typed ones, pass as they are.
+func classify(ctx context.Context, err *error) {
+	if *err == nil || ctx.Err() != nil || !transient(*err) {
+		return
+	}
+	*err = &domain.Error{Code: domain.CodeConnection, Message: "the platform's database is not reachable right now; retry shortly",
+		RetryAfter: time.Second, Err: *err}
+}
+
+// transient says whether err is the database being away rather than the
+// request being wrong: a connection that failed or was cut, or a server
+// shutting down or starting up.
+func transient(err error) bool {
+	var de *domain.Error
+	if errors.As(err, &de) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || // connection exception
+			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" // admin/crash shutdown, cannot connect now
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return pgconn.SafeToRetry(err) || errors.As(err, &connErr) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || strings.Contains(err.Error(), "conn closed")
+}
+
 // --- history --------------------------------------------------------------
 
 // Start records a pending invocation (queued, see package batch).
@@ -231,6 +266,10 @@ const upsertSQL = `INSERT INTO invocations (` + invocationColumns + `)
 // a batch as one implicit transaction, so it is written whole or not at all.
 type committer struct{ pool *pgxpool.Pool }
 
+// Transient implements batch.Transient: a batch that failed because the
+// database is away waits for it.
+func (committer) Transient(err error) bool { return transient(err) }
+
 func (c committer) Commit(recs []batch.Rec) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -262,7 +301,8 @@ const invocationColumns = `invocation_id, agent_id, entrypoint_tag, sdk_type, in
 const defaultListLimit = 50
 
 // Get returns one invocation, or ErrNotFound.
-func (db *DB) Get(ctx context.Context, id string) (domain.Invocation, error) {
+func (db *DB) Get(ctx context.Context, id string) (_ domain.Invocation, err error) {
+	defer classify(ctx, &err)
 	if err := db.Flush(ctx); err != nil {
 		return domain.Invocation{}, err
 	}
@@ -278,7 +318,8 @@ func (db *DB) Get(ctx context.Context, id string) (domain.Invocation, error) {
 
 // List returns invocations newest first (of two at the same request time,
 // the later recorded first).
-func (db *DB) List(ctx context.Context, agentID string, status domain.Status, limit int) ([]domain.Invocation, error) {
+func (db *DB) List(ctx context.Context, agentID string, status domain.Status, limit int) (_ []domain.Invocation, err error) {
+	defer classify(ctx, &err)
 	var agents []string
 	if agentID != "" {
 		agents = []string{agentID}
@@ -287,7 +328,8 @@ func (db *DB) List(ctx context.Context, agentID string, status domain.Status, li
 }
 
 // ListForAgents is List over a set of agents (nil: every agent).
-func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status domain.Status, limit int) ([]domain.Invocation, error) {
+func (db *DB) ListForAgents(ctx context.Context, agentIDs []string, status domain.Status, limit int) (_ []domain.Invocation, err error) {
+	defer classify(ctx, &err)
 	if agentIDs != nil && len(agentIDs) == 0 {
 		return nil, nil
 	}
@@ -331,7 +373,8 @@ func (db *DB) list(ctx context.Context, agentIDs []string, byAgent bool, status 
 }
 
 // Stats sums up the invocations of agentID ("" for all agents).
-func (db *DB) Stats(ctx context.Context, agentID string) (domain.Stats, error) {
+func (db *DB) Stats(ctx context.Context, agentID string) (_ domain.Stats, err error) {
+	defer classify(ctx, &err)
 	if err := db.Flush(ctx); err != nil {
 		return domain.Stats{}, err
 	}
@@ -367,7 +410,8 @@ func (db *DB) Stats(ctx context.Context, agentID string) (domain.Stats, error) {
 
 // FailAbandoned marks failed the pending invocations that are not queued
 // async ones: their server stopped before they finished.
-func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (int64, error) {
+func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (_ int64, err error) {
+	defer classify(ctx, &err)
 	if err := db.Flush(ctx); err != nil {
 		return 0, err
 	}
@@ -401,7 +445,8 @@ func scanAgent(r pgx.Row) (domain.DeployedAgent, error) {
 }
 
 // PlatformAgent returns one deployed agent, or ErrNotFound.
-func (db *DB) PlatformAgent(ctx context.Context, id string) (domain.DeployedAgent, error) {
+func (db *DB) PlatformAgent(ctx context.Context, id string) (_ domain.DeployedAgent, err error) {
+	defer classify(ctx, &err)
 	a, err := scanAgent(db.pool.QueryRow(ctx, `SELECT `+agentColumns+` FROM platform_agents WHERE agent_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return a, domain.ErrNotFound
@@ -410,7 +455,8 @@ func (db *DB) PlatformAgent(ctx context.Context, id string) (domain.DeployedAgen
 }
 
 // PlatformAgents returns every deployed agent, oldest first.
-func (db *DB) PlatformAgents(ctx context.Context) ([]domain.DeployedAgent, error) {
+func (db *DB) PlatformAgents(ctx context.Context) (_ []domain.DeployedAgent, err error) {
+	defer classify(ctx, &err)
 	rows, err := db.pool.Query(ctx, `SELECT `+agentColumns+` FROM platform_agents ORDER BY created_at, agent_id`)
 	if err != nil {
 		return nil, err
@@ -445,6 +491,7 @@ func claimAgent(ctx context.Context, tx pgx.Tx, id, tenant, name, framework stri
 // PutAgentMetadata records a metadata upload, creating the agent for tenant
 // if it is new; it says whether the agent existed.
 func (db *DB) PutAgentMetadata(ctx context.Context, id, tenant, name, framework string, meta json.RawMessage) (existed bool, err error) {
+	defer classify(ctx, &err)
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if existed, err = claimAgent(ctx, tx, id, tenant, name, framework, time.Now()); err != nil {
 			return err
@@ -457,10 +504,11 @@ func (db *DB) PutAgentMetadata(ctx context.Context, id, tenant, name, framework 
 
 // AddVersion records a new uploaded version of agent v.AgentID for tenant
 // (creating the agent if it is new) and returns its number.
-func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v domain.Version) (int, error) {
+func (db *DB) AddVersion(ctx context.Context, tenant, name, framework string, v domain.Version) (_ int, err error) {
+	defer classify(ctx, &err)
 	now := time.Now()
 	var n int
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if _, err := claimAgent(ctx, tx, v.AgentID, tenant, name, framework, now); err != nil {
 			return err
 		}
@@ -497,7 +545,8 @@ func scanVersion(r pgx.Row) (domain.Version, error) {
 }
 
 // Version returns one version of an agent, or ErrNotFound.
-func (db *DB) Version(ctx context.Context, agentID string, version int) (domain.Version, error) {
+func (db *DB) Version(ctx context.Context, agentID string, version int) (_ domain.Version, err error) {
+	defer classify(ctx, &err)
 	v, err := scanVersion(db.pool.QueryRow(ctx, `SELECT `+versionColumns+` FROM agent_versions WHERE agent_id = $1 AND version = $2`, agentID, version))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return v, domain.ErrNotFound
@@ -506,7 +555,8 @@ func (db *DB) Version(ctx context.Context, agentID string, version int) (domain.
 }
 
 // Versions returns an agent's versions, newest first.
-func (db *DB) Versions(ctx context.Context, agentID string) ([]domain.Version, error) {
+func (db *DB) Versions(ctx context.Context, agentID string) (_ []domain.Version, err error) {
+	defer classify(ctx, &err)
 	rows, err := db.pool.Query(ctx, `SELECT `+versionColumns+` FROM agent_versions WHERE agent_id = $1 ORDER BY version DESC`, agentID)
 	if err != nil {
 		return nil, err
@@ -515,14 +565,16 @@ func (db *DB) Versions(ctx context.Context, agentID string) ([]domain.Version, e
 }
 
 // SetVersionStatus records a version's status and error ("" for none).
-func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status domain.VersionStatus, errText string) error {
+func (db *DB) SetVersionStatus(ctx context.Context, agentID string, version int, status domain.VersionStatus, errText string) (err error) {
+	defer classify(ctx, &err)
 	return oneRow(db.pool.Exec(ctx, `UPDATE agent_versions SET status = $1, error = $2 WHERE agent_id = $3 AND version = $4`,
 		string(status), nullString(errText), agentID, version))
 }
 
 // ActivateVersion makes version the one serving the agent; the one before
 // it becomes retired.
-func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) error {
+func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) (err error) {
+	defer classify(ctx, &err)
 	now := time.Now().UnixMicro()
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if err := oneRow(tx.Exec(ctx, `UPDATE agent_versions SET status = $1, error = NULL, activated_at = $2 WHERE agent_id = $3 AND version = $4`,
@@ -539,14 +591,16 @@ func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) 
 }
 
 // DeleteVersion removes a version row (an upload that could not be kept).
-func (db *DB) DeleteVersion(ctx context.Context, agentID string, version int) error {
+func (db *DB) DeleteVersion(ctx context.Context, agentID string, version int) (err error) {
+	defer classify(ctx, &err)
 	return oneRow(db.pool.Exec(ctx, `DELETE FROM agent_versions WHERE agent_id = $1 AND version = $2`, agentID, version))
 }
 
 // DeletePlatformAgent removes an agent with its versions, logs and queued
 // async invocations; its history stays, and the queued invocations that
 // never started end failed there.
-func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
+func (db *DB) DeletePlatformAgent(ctx context.Context, id string) (err error) {
+	defer classify(ctx, &err)
 	now := time.Now().UnixMicro()
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE invocations SET status = $1, error_detail = $2, response_time = $3
@@ -571,19 +625,21 @@ func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
 // --- keys -------------------------------------------------------------------
 
 // InsertAPIKey stores a new key (never its secret, only the secret's hash).
-func (db *DB) InsertAPIKey(ctx context.Context, k domain.Key) error {
+func (db *DB) InsertAPIKey(ctx context.Context, k domain.Key) (err error) {
+	defer classify(ctx, &err)
 	scopes := make([]string, len(k.Scopes))
 	for i, s := range k.Scopes {
 		scopes[i] = string(s)
 	}
-	_, err := db.pool.Exec(ctx, `INSERT INTO api_keys (id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at)
+	_, err = db.pool.Exec(ctx, `INSERT INTO api_keys (id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, k.ID, k.Name, k.Tenant, strings.Join(scopes, ","), strings.Join(k.Agents, ","),
 		k.Hash, k.RatePerSecond, k.Burst, k.MaxConcurrency, k.CreatedAt.UnixMicro())
 	return err
 }
 
 // APIKeys returns every key, revoked ones too, oldest first.
-func (db *DB) APIKeys(ctx context.Context) ([]domain.Key, error) {
+func (db *DB) APIKeys(ctx context.Context) (_ []domain.Key, err error) {
+	defer classify(ctx, &err)
 	rows, err := db.pool.Query(ctx, `SELECT id, name, tenant, scopes, agents, hash, rate_per_second, burst, max_concurrency, created_at, revoked_at
 		FROM api_keys ORDER BY created_at, id`)
 	if err != nil {
@@ -610,14 +666,16 @@ func (db *DB) APIKeys(ctx context.Context) ([]domain.Key, error) {
 
 // RevokeAPIKey marks a key revoked (ErrNotFound); a second revoke keeps the
 // first time.
-func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) error {
+func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) (err error) {
+	defer classify(ctx, &err)
 	return oneRow(db.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2`, at.UnixMicro(), id))
 }
 
 // --- logs -------------------------------------------------------------------
 
 // AppendLogs stores lines in one transaction and fills in their Seq.
-func (db *DB) AppendLogs(ctx context.Context, lines []domain.LogLine) error {
+func (db *DB) AppendLogs(ctx context.Context, lines []domain.LogLine) (err error) {
+	defer classify(ctx, &err)
 	if len(lines) == 0 {
 		return ctx.Err()
 	}
@@ -636,7 +694,8 @@ func (db *DB) AppendLogs(ctx context.Context, lines []domain.LogLine) error {
 
 // Logs returns an agent's lines with seq > after, oldest first, at most
 // limit (<= 0: 1000); invocationID "" means all.
-func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) ([]domain.LogLine, error) {
+func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int64, limit int) (_ []domain.LogLine, err error) {
+	defer classify(ctx, &err)
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -674,7 +733,8 @@ func (db *DB) Logs(ctx context.Context, agentID, invocationID string, after int6
 }
 
 // PruneLogs keeps the newest keep lines of every agent.
-func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
+func (db *DB) PruneLogs(ctx context.Context, keep int) (_ int64, err error) {
+	defer classify(ctx, &err)
 	tag, err := db.pool.Exec(ctx, `DELETE FROM agent_logs WHERE seq IN (
 		SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY agent_id ORDER BY seq DESC) AS n FROM agent_logs) ranked WHERE n > $1)`, keep)
 	if err != nil {
@@ -687,7 +747,8 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 
 // EnqueueAsync durably records an accepted async invocation (pending) of
 // tenant and its place in the queue, in one transaction.
-func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant string, timeoutSeconds float64) error {
+func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant string, timeoutSeconds float64) (err error) {
+	defer classify(ctx, &err)
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, $8, NULL, NULL, $9)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
@@ -702,18 +763,21 @@ func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant st
 
 // StartAsync durably records that a queued async invocation is starting
 // (one more attempt); ErrNotFound if it is not queued.
-func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) error {
+func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) (err error) {
+	defer classify(ctx, &err)
 	return oneRow(db.pool.Exec(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = $1 WHERE invocation_id = $2`, at.UnixMicro(), id))
 }
 
 // RequeueAsync puts an interrupted async invocation back as not started.
-func (db *DB) RequeueAsync(ctx context.Context, id string) error {
+func (db *DB) RequeueAsync(ctx context.Context, id string) (err error) {
+	defer classify(ctx, &err)
 	return oneRow(db.pool.Exec(ctx, `UPDATE async_queue SET started_at = NULL WHERE invocation_id = $1`, id))
 }
 
 // FinishAsync writes an async invocation's outcome, once, and takes it off
 // the queue, in one transaction.
-func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
+func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) (err error) {
+	defer classify(ctx, &err)
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if err := oneRow(tx.Exec(ctx, `UPDATE invocations SET status = $1, output_data = $2, error_detail = $3, response_time = $4, execution_time_ms = $5
 			WHERE invocation_id = $6 AND status = $7`, string(inv.Status), jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS,
@@ -726,7 +790,8 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 }
 
 // PendingAsync returns the queued async invocations, oldest first.
-func (db *DB) PendingAsync(ctx context.Context) ([]domain.AsyncJob, error) {
+func (db *DB) PendingAsync(ctx context.Context) (_ []domain.AsyncJob, err error) {
+	defer classify(ctx, &err)
 	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at, q.seq`)
 	if err != nil {

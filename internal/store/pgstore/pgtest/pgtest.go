@@ -123,9 +123,11 @@ func withParam(base, key, value string) string {
 }
 
 type server struct {
-	dir string
-	cmd *exec.Cmd
-	url string
+	dir, bin, data string
+	cred           *syscall.Credential
+	cmd            *exec.Cmd
+	logs           *bytes.Buffer
+	url            string
 }
 
 // startServer initialises a cluster in a temporary directory and starts
@@ -139,12 +141,11 @@ func startServer() (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{dir: dir}
+	s := &server{dir: dir, bin: bin, data: filepath.Join(dir, "data")}
 	fail := func(err error) (*server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -152,28 +153,36 @@ func startServer() (*server, error) {
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 		if err := os.Chown(dir, uid, gid); err != nil {
 			return fail(err)
 		}
 	}
-	data := filepath.Join(dir, "data")
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "runagent", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C")
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", s.data, "-U", "runagent", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	initdb.Dir = dir
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return fail(fmt.Errorf("initdb: %v\n%s", err, out))
 	}
-	var logs bytes.Buffer
-	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
-	s.cmd.SysProcAttr = serverAttr(cred)
-	s.cmd.Dir = dir
-	s.cmd.Stdout, s.cmd.Stderr = &logs, &logs
-	if err := s.cmd.Start(); err != nil {
-		return fail(fmt.Errorf("start postgres: %w", err))
-	}
 	s.url = "postgres://runagent@/postgres?host=" + url.QueryEscape(dir) + "&sslmode=disable"
+	if err := s.run(); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// run starts postgres on the cluster and waits until it takes connections.
+func (s *server) run() error {
+	s.logs = &bytes.Buffer{}
+	s.cmd = exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.data, "-k", s.dir, "-c", "listen_addresses=",
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
+	s.cmd.SysProcAttr = serverAttr(s.cred)
+	s.cmd.Dir = s.dir
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -181,30 +190,53 @@ func startServer() (*server, error) {
 		if err == nil {
 			conn.Close(ctx)
 			cancel()
-			return s, nil
+			return nil
 		}
 		cancel()
-		if time.Now().After(deadline) || s.cmd.ProcessState != nil {
-			s.stop()
-			return nil, fmt.Errorf("postgres did not accept connections within 60 s: %v\n%s", err, logs.String())
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres did not accept connections within 60 s: %v\n%s", err, s.logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func (s *server) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGINT) // fast shutdown
-		done := make(chan struct{})
-		go func() { s.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+// halt stops postgres (a fast shutdown: sessions are cut) and keeps the
+// cluster.
+func (s *server) halt() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
 	}
+	s.cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	s.cmd = nil
+}
+
+func (s *server) stop() {
+	s.halt()
 	os.RemoveAll(s.dir)
+}
+
+// Restart stops the private server (cutting every session), keeps it down
+// for down, and starts it again on the same data. A test that needs it
+// fails when the server is not the private one (RUNAGENT_TEST_POSTGRES).
+func Restart(t testing.TB, down time.Duration) {
+	t.Helper()
+	URL(t)
+	if srv == nil {
+		t.Fatalf("Restart needs the tests' private PostgreSQL; unset %s", Env)
+	}
+	srv.halt()
+	time.Sleep(down)
+	if err := srv.run(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // findBin finds the directory of initdb and postgres: PATH first, then
