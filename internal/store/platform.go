@@ -216,21 +216,15 @@ func oneRow(res sql.Result, err error) error {
 func (db *DB) ActivateVersion(ctx context.Context, agentID string, version int) error {
 	now := time.Now().UnixMicro()
 	return db.tx(ctx, func(t *sql.Tx) error {
-		res, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
-			domain.VersionActive, now, agentID, version)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return domain.ErrNotFound // nothing changes: the transaction rolls back
+		if err := oneRow(t.ExecContext(ctx, `UPDATE agent_versions SET status = ?, error = NULL, activated_at = ? WHERE agent_id = ? AND version = ?`,
+			domain.VersionActive, now, agentID, version)); err != nil {
+			return err // ErrNotFound: nothing changes, the transaction rolls back
 		}
 		if _, err := t.ExecContext(ctx, `UPDATE agent_versions SET status = ? WHERE agent_id = ? AND status = ? AND version <> ?`,
 			domain.VersionRetired, agentID, domain.VersionActive, version); err != nil {
 			return err
 		}
-		_, err = t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
+		_, err := t.ExecContext(ctx, `UPDATE platform_agents SET active_version = ?, updated_at = ? WHERE agent_id = ?`, version, now, agentID)
 		return err
 	})
 }
@@ -314,14 +308,7 @@ func (db *DB) APIKeys(ctx context.Context) ([]domain.Key, error) {
 // RevokeAPIKey marks a key revoked; ErrNotFound if there is no such key.
 // Revoking a revoked key keeps the first time.
 func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) error {
-	res, err := db.sql.ExecContext(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, at.UnixMicro(), id)
-	if err != nil {
-		return err
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return oneRow(db.sql.ExecContext(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`, at.UnixMicro(), id))
 }
 
 // AppendLogs stores lines in one transaction and fills in their Seq.
@@ -408,16 +395,7 @@ func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant st
 // StartAsync durably records that a queued async invocation is starting
 // (one more attempt), before it runs; ErrNotFound if it is not queued.
 func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) error {
-	res, err := db.sql.ExecContext(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return oneRow(db.sql.ExecContext(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id))
 }
 
 // RequeueAsync puts an interrupted async invocation back in the queue as
