@@ -43,6 +43,17 @@ func NewKeyring(keys []domain.Key) *Keyring {
 	return kr
 }
 
+// Replace makes keys the whole keyring (a reload from the store).
+func (kr *Keyring) Replace(keys []domain.Key) {
+	m := make(map[string]*domain.Key, len(keys))
+	for i := range keys {
+		m[keys[i].ID] = cloneKey(keys[i])
+	}
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	kr.keys.Store(&m)
+}
+
 // Put adds k, or replaces the key with the same id.
 func (kr *Keyring) Put(k domain.Key) {
 	kr.update(func(m map[string]*domain.Key) { m[k.ID] = cloneKey(k) })

@@ -29,6 +29,9 @@ const DefaultServerPort = 8400
 
 type serverOptions struct {
 	host, dataDir, db, python, metricsAddr string
+	role, nodeID                           string
+	nats                                   []string
+	replicas                               int
 	port                                   int
 	allowPublic, allowNetwork              bool
 	rate                                   float64
@@ -65,7 +68,11 @@ The API is described in docs/platform-api.md.`,
 	f.StringVar(&o.host, "host", "127.0.0.1", "address to listen on")
 	f.IntVar(&o.port, "port", DefaultServerPort, "port to listen on")
 	f.StringVar(&o.dataDir, "data-dir", "", "where the platform keeps its database and agent bundles (default $RUNAGENT_CACHE_DIR/server)")
-	f.StringVar(&o.db, "db", "", "keep the platform's state in PostgreSQL at this postgres:// URL instead of SQLite in the data directory (one server per database or schema; bundles stay in the data directory)")
+	f.StringVar(&o.db, "db", "", "keep the platform's state in PostgreSQL at this postgres:// URL instead of SQLite in the data directory (alone: one server per database or schema; a cluster's gateways and nodes share one)")
+	f.StringVar(&o.role, "role", "all", "this server's part in a cluster: all (alone), gateway (the API; calls go to the nodes over NATS) or node (runs instances); see docs/multinode.md")
+	f.StringSliceVar(&o.nats, "nats", nil, "NATS servers of the cluster (nats://host:4222, repeat or comma-separate), for --role gateway or node")
+	f.StringVar(&o.nodeID, "node-id", "", "this server's name in the cluster (default: the host name and a random suffix)")
+	f.IntVar(&o.replicas, "nats-replicas", 1, "how many NATS servers keep each agent bundle (JetStream replicas; 3 in a three-server cluster)")
 	f.StringVar(&o.python, "python", "", "Python interpreter (default: $RUNAGENT_PYTHON, then python3 on PATH)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics on this address instead of the main listener")
 	f.StringVar(&o.dep.Sandbox, "sandbox", o.dep.Sandbox, "how instances are isolated: "+strings.Join(sandbox.Names(), ", ")+
@@ -119,9 +126,11 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return fmt.Errorf("create cache directory %s (set $%s to use another): %w", cache, EnvCacheDir, err)
 	}
-	py, err := pyenv.Find(ctx, o.python)
-	if err != nil {
-		return err
+	var py pyenv.Python
+	if o.role != platformserver.RoleGateway { // a gateway runs no Python
+		if py, err = pyenv.Find(ctx, o.python); err != nil {
+			return err
+		}
 	}
 	if err := sandbox.CheckName(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox: %w", err)
@@ -144,7 +153,9 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	if o.db != "" {
+	if o.role == platformserver.RoleGateway || o.role == platformserver.RoleNode {
+		fmt.Fprintf(a.stderr, "Joining the cluster as a %s (NATS %s), its state in PostgreSQL...\n", o.role, strings.Join(o.nats, ","))
+	} else if o.db != "" {
 		fmt.Fprintf(a.stderr, "Opening the platform in %s, its state in PostgreSQL...\n", o.dataDir)
 	} else {
 		fmt.Fprintf(a.stderr, "Opening the platform in %s...\n", o.dataDir)
@@ -158,6 +169,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,
 		Sandbox: sandboxes.Get, DenyNetwork: !o.allowNetwork, Log: log, Version: a.version,
+		Role: o.role, NATS: o.nats, NodeID: o.nodeID, Replicas: o.replicas,
 	})
 	if err != nil {
 		return err
@@ -180,7 +192,9 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	go func() { served <- hs.Serve(ln) }()
 	base := "http://" + net.JoinHostPort(o.host, strconv.Itoa(port))
 	if a.json {
-		a.printJSON(map[string]any{"event": "serving", "url": base, "data_dir": o.dataDir, "admin_key_file": p.AdminKeyFile})
+		a.printJSON(map[string]any{"event": "serving", "url": base, "data_dir": o.dataDir, "admin_key_file": p.AdminKeyFile, "role": o.role})
+	} else if o.role == platformserver.RoleNode {
+		fmt.Fprintf(a.stdout, "RunAgent node on %s (health and /metrics; calls come over NATS)\n", base)
 	} else {
 		fmt.Fprintf(a.stdout, "RunAgent platform server on %s (data in %s)\n", base, o.dataDir)
 		if p.AdminKeyFile != "" {

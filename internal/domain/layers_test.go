@@ -41,6 +41,7 @@ func TestImportsPointDown(t *testing.T) {
 		"internal/server":                {"internal/domain", "internal/wire"},
 		"internal/platformapi":           {"internal/domain"},
 		"internal/dispatch/natsdispatch": {"internal/domain", "internal/dispatch"},
+		"internal/cluster":               {"internal/domain"},
 	}
 	for pkg, allowed := range only {
 		got, ok := imports[pkg]
@@ -57,7 +58,7 @@ func TestImportsPointDown(t *testing.T) {
 
 	// never lists imports that would point up or sideways into another layer.
 	never := map[string][]string{
-		"internal/manager":  {"internal/server", "internal/store", "internal/platform", "internal/cli"},
+		"internal/manager":  {"internal/server", "internal/store", "internal/platform", "internal/cli", "internal/cluster"},
 		"internal/runner":   {"internal/server", "internal/manager", "internal/store", "internal/platform", "internal/cli"},
 		"internal/platform": {"internal/cli"},
 	}

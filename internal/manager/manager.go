@@ -71,6 +71,36 @@ type Config struct {
 	// (deployment.network) at upload, and runs any already deployed
 	// without it.
 	DenyNetwork bool
+
+	// Cluster, when set, makes this manager one of a multi-node cluster's
+	// (docs/multinode.md): the store is shared, bundles live in the
+	// cluster's store, and the hooks tie the manager to the bus.
+	Cluster *ClusterHooks
+}
+
+// ClusterHooks tie a manager to the other servers of its cluster.
+type ClusterHooks struct {
+	// Remote: this manager runs no instances (a gateway). It checks and
+	// records versions; Prepare brings a version up on the nodes before
+	// Start activates it.
+	Remote  bool
+	Prepare func(ctx context.Context, agentID string, version int) error
+	// Bundles keeps every bundle by content hash for all servers: Stage
+	// puts the upload there, and a version whose bundle is not unpacked
+	// here yet is fetched (and checked against its hash).
+	Bundles BundleStore
+	// Changed announces that an agent changed in the store (gateways).
+	Changed func(agentID string)
+	// Serve and Unserve are told when a version starts and stops taking
+	// calls here (a node's NATS subscriptions).
+	Serve   func(t domain.Target) error
+	Unserve func(t domain.Target)
+}
+
+// BundleStore keeps bundles (their zip) by SHA-256.
+type BundleStore interface {
+	PutBundle(ctx context.Context, sha string, r io.Reader) error
+	FetchBundle(ctx context.Context, sha, path string) error
 }
 
 // Manager owns the deployed agents.
@@ -81,6 +111,8 @@ type Manager struct {
 
 	mu     sync.RWMutex
 	agents map[string]*agentState
+
+	fetchMu sync.Mutex // a cluster's bundle fetches
 }
 
 type agentState struct {
@@ -91,6 +123,7 @@ type agentState struct {
 
 	mu       sync.Mutex
 	retiring []*version
+	staged   map[int]*version // a node's versions prepared before they are active
 }
 
 // version is a running version of an agent.
@@ -160,6 +193,7 @@ func (m *Manager) forget(st *agentState) {
 func (m *Manager) Claim(id, tenant string) {
 	st, _ := m.putState(id, tenant)
 	m.markClaimed(st)
+	m.changed(id)
 }
 
 func (m *Manager) markClaimed(st *agentState) {
@@ -276,17 +310,30 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 		}()
 	}
 	final := filepath.Join(m.cfg.DataDir, "agents", id, uuid.NewString())
+	if c := m.cfg.Cluster; c != nil && c.Bundles != nil {
+		// In a cluster the bundle is kept by its hash, for every server.
+		if err := c.Bundles.PutBundle(ctx, sum, io.NewSectionReader(zip, 0, size)); err != nil {
+			return "", 0, err
+		}
+		final = m.bundleDir(sum)
+	}
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return "", 0, err
 	}
+	shared := m.cfg.Cluster != nil && m.cfg.Cluster.Bundles != nil
 	if err := os.Rename(dir, final); err != nil {
-		return "", 0, err
+		if !shared || !dirExists(final) {
+			return "", 0, err
+		}
+		os.RemoveAll(dir) // the same bundle is already unpacked here
 	}
 	n, err := m.cfg.DB.AddVersion(ctx, tenant, cfg.AgentName, cfg.Framework, domain.Version{
 		AgentID: id, Dir: final, FileName: fileName, FileSize: size, SHA256: sum,
 	})
 	if err != nil {
-		os.RemoveAll(final)
+		if !shared { // a cached bundle may be another version's too
+			os.RemoveAll(final)
+		}
 		if errors.Is(err, domain.ErrOtherTenant) {
 			return "", 0, domain.ErrOtherTenant
 		}
@@ -295,6 +342,7 @@ func (m *Manager) Stage(ctx context.Context, tenant, agentID string, authorize f
 	keep = true
 	m.markClaimed(st)
 	m.system(id, n, "", fmt.Sprintf("version %d uploaded (%s, %d bytes)", n, fileName, size))
+	m.changed(id)
 	return id, n, nil
 }
 
@@ -334,29 +382,42 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	m.cfg.DB.SetVersionStatus(ctx, agentID, vrec.Version, domain.VersionStarting, "")
 	m.system(agentID, vrec.Version, "", fmt.Sprintf("starting version %d", vrec.Version))
 	warm := 1
-	if old != nil {
+	if old != nil && old.pool != nil {
 		warm = max(warm, old.pool.Status().Ready)
 	}
 	v, err := m.bringUp(ctx, st, vrec, warm)
+	if err == nil && m.remote() {
+		err = m.cfg.Cluster.Prepare(ctx, agentID, vrec.Version)
+	}
 	if err != nil {
 		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, domain.VersionFailed, err.Error())
 		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
 		return 0, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
 	}
 	if err := m.cfg.DB.ActivateVersion(context.WithoutCancel(ctx), agentID, v.n); err != nil {
-		v.pool.Close()
+		v.close()
 		return 0, err
 	}
-	st.active.Store(v)
+	m.activate(st, v, old)
 	m.system(agentID, v.n, "", fmt.Sprintf("version %d is serving", v.n))
+	m.changed(agentID)
+	return v.n, nil
+}
+
+// activate makes v the version serving st in place of old (nil), which
+// retires.
+func (m *Manager) activate(st *agentState, v, old *version) {
+	st.active.Store(v)
 	if old != nil {
 		m.retire(st, old)
 	}
-	return v.n, nil
 }
 
 // retire drains an old version; calls already on it finish there.
 func (m *Manager) retire(st *agentState, old *version) {
+	if old.pool == nil {
+		return // a gateway's: nothing runs here
+	}
 	st.mu.Lock()
 	st.retiring = append(st.retiring, old)
 	st.mu.Unlock()
@@ -371,6 +432,7 @@ func (m *Manager) retire(st *agentState, old *version) {
 			}
 		}
 		st.mu.Unlock()
+		m.unserve(st.id, old)
 		m.system(st.id, old.n, "", fmt.Sprintf("version %d drained and stopped", old.n))
 	}()
 }
@@ -412,6 +474,13 @@ func redactErr(r *strings.Replacer, err error) error {
 // bringUp prepares a version's environment and pool, warming n instances
 // (0: none, for a restore that scales from zero).
 func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec domain.Version, n int) (*version, error) {
+	if c := m.cfg.Cluster; c != nil && c.Bundles != nil {
+		dir, err := m.ensureBundle(ctx, vrec.SHA256)
+		if err != nil {
+			return nil, fmt.Errorf("version %d of agent %s: %w", vrec.Version, st.id, err)
+		}
+		vrec.Dir = dir
+	}
 	r := m.redactor(vrec.Dir)
 	v, err := m.bringUpWith(ctx, st.id, st.tenant, vrec, n, r)
 	return v, redactErr(r, err)
@@ -431,6 +500,15 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 		dep.Network = false
 		m.system(agentID, vrec.Version, "", "deployment.network is ignored: this server does not let agents reach the network")
 	}
+	v := &version{n: vrec.Version, folder: folder, dep: dep}
+	a := folder.Agent()
+	a.ID, a.Version = agentID, vrec.Version // the deployed id, whatever the bundle's config says
+	a.Tenant = tenant
+	a.CallTimeout = dep.CallTimeout
+	v.agent = a
+	if m.remote() {
+		return v, nil // a gateway: the nodes run it
+	}
 	progress := &lineWriter{fn: func(line string) { m.system(agentID, vrec.Version, "", r.Replace(line)) }}
 	env, err := pyenv.Prepare(ctx, m.cfg.Python, folder.Dir, m.cfg.CacheDir, progress)
 	progress.Flush()
@@ -441,7 +519,6 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 	if err != nil {
 		return nil, err
 	}
-	v := &version{n: vrec.Version, folder: folder, dep: dep}
 	limits := domain.Limits{MemoryBytes: int64(dep.MemoryMB) << 20, CPUSeconds: dep.CPUSeconds, CPUs: dep.CPUs, Pids: dep.MaxPids,
 		OpenFiles: dep.OpenFiles, WorkDirBytes: int64(dep.WorkDirMB) << 20}
 	spec := InstanceSpec{
@@ -465,11 +542,6 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 		return nil, err
 	}
 	v.pool = pool
-	a := folder.Agent()
-	a.ID, a.Version = agentID, vrec.Version // the deployed id, whatever the bundle's config says
-	a.Tenant = tenant
-	a.CallTimeout = dep.CallTimeout
-	v.agent = a
 	if n > 0 {
 		if err := pool.Warm(ctx, max(n, dep.MinInstances)); err != nil {
 			pool.Close()
@@ -509,7 +581,9 @@ func (m *Manager) Restore(ctx context.Context) error {
 			return err
 		}
 		for _, v := range vs {
-			if v.Status == domain.VersionStarting {
+			// A cluster's store is shared: a version starting there may
+			// be another gateway's start in progress.
+			if v.Status == domain.VersionStarting && m.cfg.Cluster == nil {
 				m.cfg.DB.SetVersionStatus(ctx, pa.ID, v.Version, domain.VersionFailed, "the server stopped while this version was starting; start it again")
 			}
 		}
@@ -523,10 +597,17 @@ func (m *Manager) Restore(ctx context.Context) error {
 		v, err := m.bringUp(ctx, st, vrec, 0)
 		if err != nil {
 			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
-			m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, domain.VersionFailed, err.Error())
+			if m.cfg.Cluster == nil { // in a cluster, the failure is this server's, not the version's
+				m.cfg.DB.SetVersionStatus(ctx, pa.ID, vrec.Version, domain.VersionFailed, err.Error())
+			}
 			continue
 		}
-		st.active.Store(v)
+		st.active.Store(v) // findable before the cluster may send it calls
+		if err := m.serve(pa.ID, v); err != nil {
+			st.active.Store(nil)
+			v.close()
+			return err
+		}
 		m.log.Info("agent restored", "agent_id", pa.ID, "version", v.n)
 	}
 	return nil
@@ -543,17 +624,11 @@ func (m *Manager) Delete(ctx context.Context, agentID string) error {
 	m.mu.Lock()
 	delete(m.agents, agentID)
 	m.mu.Unlock()
-	if v := st.active.Swap(nil); v != nil {
-		v.pool.Close()
-	}
-	st.mu.Lock()
-	for _, v := range st.retiring {
-		v.pool.Close()
-	}
-	st.mu.Unlock()
+	m.stopAll(st)
 	if err := m.cfg.DB.DeletePlatformAgent(ctx, agentID); err != nil {
 		return err
 	}
+	m.changed(agentID)
 	return os.RemoveAll(filepath.Join(m.cfg.DataDir, "agents", agentID))
 }
 
@@ -573,7 +648,10 @@ func (m *Manager) Status(agentID string) (AgentStatus, bool) {
 	}
 	var s AgentStatus
 	if v := st.active.Load(); v != nil {
-		s.ActiveVersion, s.Deployment, s.Pool = v.n, v.dep, v.pool.Status()
+		s.ActiveVersion, s.Deployment = v.n, v.dep
+		if v.pool != nil {
+			s.Pool = v.pool.Status()
+		}
 	}
 	st.mu.Lock()
 	for _, v := range st.retiring {
@@ -603,11 +681,14 @@ func (m *Manager) pools() []*Pool {
 	defer m.mu.RUnlock()
 	var out []*Pool
 	for _, st := range m.agents {
-		if v := st.active.Load(); v != nil {
+		if v := st.active.Load(); v != nil && v.pool != nil {
 			out = append(out, v.pool)
 		}
 		st.mu.Lock()
 		for _, v := range st.retiring {
+			out = append(out, v.pool)
+		}
+		for _, v := range st.staged {
 			out = append(out, v.pool)
 		}
 		st.mu.Unlock()
@@ -675,7 +756,7 @@ func (w *lineWriter) Flush() {
 func (m *Manager) Invoker(t domain.Target) (domain.Invoker, error) {
 	st := m.state(t.AgentID)
 	if st != nil {
-		if v := st.active.Load(); v != nil && v.n == t.Version {
+		if v := st.active.Load(); v != nil && v.n == t.Version && v.pool != nil {
 			return v.pool, nil
 		}
 		st.mu.Lock()
@@ -684,6 +765,9 @@ func (m *Manager) Invoker(t domain.Target) (domain.Invoker, error) {
 			if v.n == t.Version {
 				return v.pool, nil
 			}
+		}
+		if v := st.staged[t.Version]; v != nil {
+			return v.pool, nil // a node's, prepared: a gateway may call it as it activates
 		}
 		if v := st.active.Load(); v != nil && v.n > t.Version {
 			return nil, errPoolClosed // replaced as the call arrived: retry

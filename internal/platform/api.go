@@ -30,6 +30,15 @@ import (
 // /metrics (unless metrics is false: served on its own listener).
 func (p *Platform) Handler(metrics bool) http.Handler {
 	mux := http.NewServeMux()
+	if p.cfg.Role == RoleNode {
+		// A node serves no API: its health, and its metrics to whoever
+		// reaches its listener (keep it on the cluster's network).
+		mux.HandleFunc("GET /api/v1/health", p.handleHealth)
+		if metrics {
+			mux.Handle("GET /metrics", p.MetricsHandler())
+		}
+		return p.middleware(mux)
+	}
 	p.wire.Register(mux)
 	mux.HandleFunc("GET /api/v1/health", p.handleHealth)
 	mux.HandleFunc("GET /api/v1", p.handleInfo)
@@ -669,6 +678,7 @@ func (p *Platform) handleCreateKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.keys.Put(k)
+	p.keysChanged()
 	out := keyRecord(&k)
 	out.Key = token
 	p.wire.WriteEnvelope(w, http.StatusCreated, out, "API key created; it is shown only once")
@@ -756,5 +766,6 @@ func (p *Platform) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.keys.Revoke(id, at)
+	p.keysChanged()
 	p.wire.WriteEnvelope(w, http.StatusOK, platformapi.Revoked{ID: id, Revoked: true}, "API key revoked")
 }

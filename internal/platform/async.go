@@ -318,6 +318,9 @@ func (ar *asyncRunner) close(grace time.Duration) {
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
 func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
+	if p.cfg.Role != RoleAll {
+		return errAsyncInCluster
+	}
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	if e := p.async.admit(tenant, a.ID); e != nil {
 		return e

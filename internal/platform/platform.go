@@ -73,6 +73,15 @@ type Config struct {
 	// refused at upload).
 	DenyNetwork bool
 
+	// Role is this server's part in a cluster (docs/multinode.md): "" or
+	// "all" runs alone; "gateway" serves the API and sends calls over
+	// NATS to the nodes; "node" runs the instances. A gateway and a node
+	// need NATS (URLs of one NATS cluster) and DB (PostgreSQL, shared).
+	Role     string
+	NATS     []string
+	NodeID   string // a node's name in the cluster (default: host name and a random suffix)
+	Replicas int    // JetStream replicas of the bundles (default 1; 3 in a three-server NATS cluster)
+
 	Log     *slog.Logger
 	Version string
 }
@@ -94,6 +103,7 @@ type Platform struct {
 	// serves it (*server.Agent).
 	servedAgents sync.Map
 	dispatch     domain.Dispatcher
+	cluster      *clusterParts // nil unless Role is gateway or node
 
 	// AdminKeyFile is where the first admin key was written ("" if the
 	// store already had keys).
@@ -111,39 +121,61 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		cfg.MaxUpload = 128 << 20
 	}
 	cfg.Async = cfg.Async.withDefaults()
+	if err := checkRole(&cfg); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
+	p := &Platform{cfg: cfg, log: cfg.Log, limiter: ratelimit.New(nil), started: time.Now()}
+	if cfg.Role != RoleAll {
+		cp, err := connectCluster(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.cluster = cp
+	}
 	db, err := openStore(ctx, cfg)
 	if err != nil {
+		p.closeCluster()
 		return nil, err
 	}
-	p := &Platform{cfg: cfg, log: cfg.Log, db: db, limiter: ratelimit.New(nil), started: time.Now()}
+	p.db = db
+	fail := func(err error) (*Platform, error) {
+		p.closeCluster()
+		db.Close()
+		return nil, err
+	}
 	p.metrics = newMetrics()
 	p.logs = newLogHub(db, p.metrics, cfg.Log)
-	if err := p.loadKeys(ctx); err != nil {
-		db.Close()
-		return nil, err
+	if cfg.Role == RoleNode {
+		p.keys = apikeys.NewKeyring(nil) // a node serves no API
+	} else if err := p.loadKeys(ctx); err != nil {
+		return fail(err)
 	}
-	if n, err := db.FailAbandoned(ctx, time.Now()); err != nil {
-		db.Close()
-		return nil, err
-	} else if n > 0 {
-		p.log.Warn("calls that were running when the server stopped are marked failed", "count", n)
+	if cfg.Role == RoleAll {
+		// In a cluster the running calls may be another server's.
+		if n, err := db.FailAbandoned(ctx, time.Now()); err != nil {
+			return fail(err)
+		} else if n > 0 {
+			p.log.Warn("calls that were running when the server stopped are marked failed", "count", n)
+		}
 	}
 	p.mgr = manager.New(manager.Config{
 		DB: db, DataDir: cfg.DataDir, CacheDir: cfg.CacheDir, Python: cfg.Python, Script: cfg.Script,
 		Defaults: cfg.Defaults, StableWindow: cfg.StableWindow, PanicWindow: cfg.PanicWindow,
 		Tick: cfg.Tick, HealthInterval: cfg.HealthInterval, Env: instanceEnv(cfg.DataDir),
 		Bundle: cfg.Bundle, Host: cfg.Host, Port: cfg.Port, Obs: p.metrics, Logs: p.logs, Log: cfg.Log,
-		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork, Flow: cfg.Flow,
+		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork, Flow: cfg.Flow, Cluster: p.clusterHooks(),
 	})
+	p.dispatch = dispatch.NewLocal(p.mgr)
+	if err := p.joinCluster(ctx); err != nil {
+		return fail(err)
+	}
 	if err := p.mgr.Restore(ctx); err != nil {
-		db.Close()
-		return nil, err
+		return fail(err)
 	}
 	p.metrics.watch(p.mgr)
-	p.dispatch = dispatch.NewLocal(p.mgr)
 	p.wire = server.New(server.Config{
 		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
@@ -151,9 +183,10 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		StallTimeout: cfg.StallTimeout,
 	})
 	p.async = newAsyncRunner(p, cfg.Async)
-	if err := p.async.resume(ctx); err != nil {
-		db.Close()
-		return nil, err
+	if cfg.Role == RoleAll {
+		if err := p.async.resume(ctx); err != nil {
+			return fail(err)
+		}
 	}
 	return p, nil
 }
@@ -165,7 +198,7 @@ func openStore(ctx context.Context, cfg Config) (domain.Store, error) {
 	case cfg.DB == "":
 		return store.Open(filepath.Join(cfg.DataDir, "platform.db"), store.WithLogger(cfg.Log), store.WithBatch(0, 5*time.Millisecond))
 	case strings.HasPrefix(cfg.DB, "postgres://"), strings.HasPrefix(cfg.DB, "postgresql://"):
-		return pgstore.Open(ctx, cfg.DB, pgstore.Options{Log: cfg.Log, SingleServer: true})
+		return pgstore.Open(ctx, cfg.DB, pgstore.Options{Log: cfg.Log, SingleServer: cfg.Role == RoleAll})
 	}
 	return nil, fmt.Errorf("--db %q: want a postgres:// (or postgresql://) URL, or nothing for SQLite in the data directory", cfg.DB)
 }
@@ -214,7 +247,12 @@ func (p *Platform) loadKeys(ctx context.Context) error {
 // ends.
 func (p *Platform) Run(ctx context.Context) {
 	go p.logs.run(ctx)
-	p.async.start(p.cfg.Async.Workers)
+	if p.cfg.Role == RoleAll {
+		p.async.start(p.cfg.Async.Workers)
+	}
+	if p.cluster != nil {
+		go p.resync(ctx)
+	}
 	p.mgr.Run(ctx)
 }
 
@@ -226,8 +264,10 @@ const asyncGrace = 10 * time.Second
 // instance and closes the store.
 func (p *Platform) Close() error {
 	p.async.close(asyncGrace)
+	p.leaveCluster()
 	p.mgr.Close()
 	p.logs.flush()
+	p.closeCluster()
 	return p.db.Close()
 }
 
@@ -324,6 +364,16 @@ func (p *Platform) Admit(w http.ResponseWriter, r *http.Request, agentID string,
 	if agentID == "" {
 		release()
 		return nil, nil, nil
+	}
+	if p.cluster != nil && (!exists || a == nil) {
+		// Deployed through another gateway a moment ago: read it from the
+		// store rather than wait for the notice (only for a caller with a
+		// valid key, within its rate limit).
+		if err := p.readThrough(r.Context(), agentID); err != nil {
+			release()
+			return nil, nil, err
+		}
+		a, tenant, exists = p.mgr.Lookup(agentID)
 	}
 	notFound := &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
 	switch {

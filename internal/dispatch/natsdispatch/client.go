@@ -2,6 +2,7 @@ package natsdispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -14,6 +15,10 @@ import (
 	"github.com/runagent-go/runagent/internal/dispatch"
 	"github.com/runagent-go/runagent/internal/domain"
 )
+
+// ErrNoNode is in the error of a call that no node took: none serves its
+// version (NATS's no-responders). The call did not run.
+var ErrNoNode = errors.New("no node serves this agent version")
 
 // Client is the dispatcher of a gateway: it sends each call to the queue
 // group of its agent version's subject. Its replies come to one wildcard
@@ -270,7 +275,9 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 				Message: fmt.Sprintf("%s stopped answering (nothing for %s); the call may or may not have run", who, c.opts.Liveness)})
 		case m := <-cl.msgs:
 			if m.Header.Get(hStatus) == "503" {
-				return nil, 0, dispatch.NotRunning(t)
+				e := dispatch.NotRunning(t)
+				e.Err = ErrNoNode
+				return nil, 0, e
 			}
 			switch kindOf(m) {
 			case kindStart:

@@ -219,3 +219,79 @@ func (e echoNode) Call(ctx context.Context, t domain.Target, tag string, args, k
 func (e echoNode) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
 	return 0, errors.New("not a stream")
 }
+
+// releaser answers a call once released.
+type releaser struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (r releaser) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	r.started <- struct{}{}
+	select {
+	case <-r.release:
+		return []byte(`"done"`), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func (r releaser) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	return 0, errors.New("not a stream")
+}
+
+// A node that leaves (shutting down) takes no new call and lets the one in
+// flight finish, within the grace; past the grace it cancels it.
+func TestNodeLeaveFinishesCallsInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		grace    time.Duration
+		release  bool
+		wantCode domain.Code
+	}{
+		{"finishes within the grace", 5 * time.Second, true, ""},
+		{"cut off past the grace", 200 * time.Millisecond, false, domain.CodeConnection},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := runNATS(t)
+			exec := releaser{started: make(chan struct{}, 1), release: make(chan struct{})}
+			node, err := natsdispatch.NewNode(connect(t, s, "node"), "leaver", exec, nil, fast)
+			if err != nil {
+				t.Fatal(err)
+			}
+			node.Serve(target)
+			client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			type result struct {
+				out []byte
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				out, err := client.Call(context.Background(), target, "slow", nil, nil)
+				done <- result{out, err}
+			}()
+			<-exec.started
+			left := make(chan struct{})
+			go func() { node.Leave(tc.grace); close(left) }()
+			time.Sleep(100 * time.Millisecond) // Leave has unsubscribed
+			if _, err := client.Call(context.Background(), target, "new", nil, nil); !errors.Is(err, natsdispatch.ErrNoNode) || domain.CodeOf(err) != domain.CodeNotFound {
+				t.Errorf("a call to a leaving node = %v, want NOT_FOUND (ErrNoNode)", err)
+			}
+			if tc.release {
+				close(exec.release)
+			}
+			r := <-done
+			<-left
+			if got := domain.CodeOf(r.err); r.err != nil && got != tc.wantCode || r.err == nil && tc.wantCode != "" {
+				t.Fatalf("the call in flight = %s %v, want code %q", r.out, r.err, tc.wantCode)
+			}
+			if tc.wantCode == "" && string(r.out) != `"done"` {
+				t.Errorf("the call in flight answered %s", r.out)
+			}
+		})
+	}
+}

@@ -113,9 +113,22 @@ func (n *Node) Unserve(t domain.Target) {
 	}
 }
 
-// Close stops taking calls, cancels the ones in flight and waits for them
-// to end (their callers get the error).
-func (n *Node) Close() {
+// Leave stops taking calls, lets the ones in flight finish for up to
+// grace, then closes the node: a node shutting down fails no call that
+// ends within grace.
+func (n *Node) Leave(grace time.Duration) {
+	n.unserveAll()
+	done := make(chan struct{})
+	go func() { n.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		n.log.Warn("calls still running when the node left were cancelled", "grace", grace)
+	}
+	n.Close()
+}
+
+func (n *Node) unserveAll() {
 	n.mu.Lock()
 	var targets []domain.Target
 	for t := range n.served {
@@ -125,6 +138,12 @@ func (n *Node) Close() {
 	for _, t := range targets {
 		n.Unserve(t)
 	}
+}
+
+// Close stops taking calls, cancels the ones in flight and waits for them
+// to end (their callers get the error).
+func (n *Node) Close() {
+	n.unserveAll()
 	n.cancel()
 	n.wg.Wait()
 	n.ctlSub.Unsubscribe()

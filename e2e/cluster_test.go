@@ -1,0 +1,285 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/runagent-go/runagent/internal/apikeys"
+	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
+)
+
+// runNATS starts a NATS server with JetStream in the test process, on a
+// free loopback port, and returns its URL.
+func runNATS(t *testing.T) string {
+	t.Helper()
+	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s.ClientURL()
+}
+
+// testCluster is gateways and nodes of the real binary on one NATS server
+// and one PostgreSQL schema.
+type testCluster struct {
+	nats, db string
+	gateways []*platformServer
+	nodes    []*platformServer
+	admin    string
+}
+
+func startCluster(t *testing.T, gateways, nodes int) *testCluster {
+	t.Helper()
+	c := &testCluster{nats: runNATS(t), db: pgtest.Schema(t, filepath.Join(t.TempDir(), "cluster"))}
+	common := []string{"--nats", c.nats, "--db", c.db}
+	for i := range gateways {
+		g := startPlatform(t, "", 0, append([]string{"--role", "gateway", "--node-id", "g" + string(rune('1'+i))}, common...)...)
+		if i == 0 {
+			c.admin = g.Admin
+		}
+		g.Admin = c.admin
+		c.gateways = append(c.gateways, g)
+	}
+	for i := range nodes {
+		c.nodes = append(c.nodes, startPlatform(t, "", 0, append([]string{"--role", "node", "--node-id", "n" + string(rune('1'+i))}, common...)...))
+	}
+	return c
+}
+
+// servedBy says which node ran a call: the showcase agent's getenv("HOME")
+// is the node's data directory.
+func (c *testCluster) servedBy(t *testing.T, r reply) int {
+	t.Helper()
+	for i, n := range c.nodes {
+		if strings.Contains(string(r.Env.Data), filepath.Join(n.DataDir, "home")) {
+			return i
+		}
+	}
+	t.Fatalf("a call's answer names no node's home: %s", r.Body)
+	return -1
+}
+
+func (c *testCluster) logs() string {
+	var b strings.Builder
+	for i, g := range c.gateways {
+		b.WriteString("--- gateway " + string(rune('1'+i)) + "\n" + g.Logs())
+	}
+	for i, n := range c.nodes {
+		b.WriteString("--- node " + string(rune('1'+i)) + "\n" + n.Logs())
+	}
+	return b.String()
+}
+
+// TestCluster runs two gateways and two nodes of the real binary on a real
+// NATS server (JetStream: the bundles) and PostgreSQL: an agent deployed
+// through one gateway is called through the other, its calls spread over
+// both nodes; keys made or revoked on one gateway count on the other at
+// once; a new version rolls out everywhere; a node stopped under calls
+// lets them finish; a node that joins serves; kill -9 of a node leaves the
+// calls to the others; a deleted agent is gone from every server.
+func TestCluster(t *testing.T) {
+	c := startCluster(t, 2, 2)
+	g1, g2 := c.gateways[0], c.gateways[1]
+	dir, _ := newAgent(t, "showcase")
+	id := g1.deploy(t, dir, c.admin)
+
+	// Called through the other gateway, at once: the deploy returned
+	// once the nodes had the version warm and the store said it is active.
+	add := func(g *platformServer, key string) reply {
+		return g.do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody("add", map[string]any{"a": 2, "b": 3}))
+	}
+	if r := add(g2, c.admin); r.Status != 200 || !strings.Contains(string(r.Env.Data), `\"payload\": \"5\"`) {
+		t.Fatalf("a call through the second gateway: %d %s\n%s", r.Status, r.Body, c.logs())
+	}
+	if st, frames := g2.stream(t, id, c.admin, "count_stream", map[string]any{"n": 3}); st != 101 || len(frames) != 5 || frames[4]["status"] != "stream_completed" {
+		t.Errorf("a stream through the second gateway: %d %v", st, frames)
+	}
+	// Both nodes take calls (NATS's queue group spreads them).
+	home := func(g *platformServer) reply {
+		return g.do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("getenv", map[string]any{"name": "HOME"}))
+	}
+	seen := map[int]int{}
+	for i := range 40 {
+		r := home(c.gateways[i%2])
+		if r.Status != 200 {
+			t.Fatalf("call %d: %d %s", i, r.Status, r.Body)
+		}
+		seen[c.servedBy(t, r)]++
+	}
+	if len(seen) != 2 {
+		t.Errorf("40 calls all ran on one node: %v", seen)
+	}
+
+	// A key made on one gateway works on the other; revoked, it stops.
+	key := g1.createKey(t, map[string]any{"name": "runner", "scopes": []string{"run"}})
+	eventually(t, 3*time.Second, "a key made on gateway 1 to work on gateway 2", func() bool { return add(g2, key).Status == 200 })
+	keyID, _, err := apikeys.Parse(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := g1.do(t, "DELETE", "/api/v1/keys/"+keyID, c.admin, nil); r.Status != 200 {
+		t.Fatalf("revoke: %d %s", r.Status, r.Body)
+	}
+	eventually(t, 3*time.Second, "a key revoked on gateway 1 to be refused on gateway 2", func() bool { return add(g2, key).Status == 401 })
+
+	// Async invocations are refused, saying why, until they run on JetStream.
+	if r := asyncRun(t, g2, c.admin, id, "add", map[string]any{"a": 1, "b": 1}); r.Status != 400 || !strings.Contains(string(r.Body), "not available on a multi-node cluster") {
+		t.Errorf("async on a cluster: %d %s", r.Status, r.Body)
+	}
+
+	// The official SDKs' view of a gateway.
+	others := 0 // agents besides id
+	if checker, ok := wireChecker(t); ok {
+		wireKey := g1.createKey(t, map[string]any{"name": "wire", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 1000})
+		eventually(t, 3*time.Second, "the wire key on gateway 2", func() bool { return add(g2, wireKey).Status == 200 })
+		defDir, _ := newAgent(t, "default")
+		defID := g1.deploy(t, defDir, c.admin)
+		others++
+		out, err := exec.Command("python3", checker, g2.Addr, defID, wireKey).CombinedOutput()
+		if !strings.Contains(string(out), "wire: 16 passed, 1 failed") || !strings.Contains(string(out), "FAIL health") {
+			t.Errorf("check_wire against a gateway (%v):\n%s", err, out)
+		}
+	}
+
+	// A new version rolls out on both nodes; both gateways send it calls.
+	addPyEntrypoint(t, dir, "v2.py", "import os, time\n\n\ndef version():\n    return 2\n\n\n"+
+		"def slow_home(seconds):\n    time.sleep(seconds)\n    return os.environ['HOME']\n", "version", "version")
+	editConfig(t, dir, func(cfg map[string]any) {
+		arch := cfg["agent_architecture"].(map[string]any)
+		arch["entrypoints"] = append(arch["entrypoints"].([]any), map[string]any{"file": "v2.py", "module": "slow_home", "tag": "slow_home"})
+	})
+	g2.deploy(t, dir, c.admin)
+	for i, g := range c.gateways {
+		var r reply
+		eventually(t, 5*time.Second, "version 2 through gateway "+string(rune('1'+i)), func() bool {
+			r = g.do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("version", nil))
+			return r.Status == 200 && strings.Contains(string(r.Env.Data), "2")
+		}, func() string { return fmt.Sprintf("%d %s\n%s", r.Status, r.Body, c.logs()) })
+	}
+
+	// Both nodes run version 2 (the deploy returned when the first had it).
+	onNode := map[int]bool{}
+	eventually(t, 10*time.Second, "both nodes to run version 2", func() bool {
+		r := g1.do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("slow_home", map[string]any{"seconds": 0}))
+		if r.Status == 200 {
+			onNode[c.servedBy(t, r)] = true
+		}
+		return len(onNode) == 2
+	})
+
+	// A node stopped (SIGINT) while calls run on it: they finish, and the
+	// calls after go to the other node.
+	const inFlight = 12 // all on node 2: one run in 4096
+	slow := make(chan reply, inFlight)
+	for i := range inFlight {
+		go func() {
+			slow <- c.gateways[i%2].do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("slow_home", map[string]any{"seconds": 1.5}))
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the calls are running
+	syscall.Kill(c.nodes[0].cmd.Process.Pid, syscall.SIGINT)
+	onStopped := 0
+	for range inFlight {
+		r := <-slow
+		if r.Status != 200 {
+			t.Errorf("a call running when a node was stopped: %d %s", r.Status, r.Body)
+		} else if c.servedBy(t, r) == 0 {
+			onStopped++
+		}
+	}
+	if onStopped == 0 {
+		t.Errorf("none of %d calls ran on node 1, so its stop was not tested", inFlight)
+	}
+	select {
+	case <-c.nodes[0].exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the stopped node did not exit\n%s", c.logs())
+	}
+	for i := range 10 {
+		if r := home(c.gateways[i%2]); r.Status != 200 || c.servedBy(t, r) != 1 {
+			t.Fatalf("call %d after node 1 stopped: %d %s", i, r.Status, r.Body)
+		}
+	}
+
+	// A node that joins serves the active version (its instances start on
+	// demand); kill -9 the other: calls keep succeeding on the new one.
+	c.nodes = append(c.nodes, startPlatform(t, "", 0, "--role", "node", "--node-id", "n3", "--nats", c.nats, "--db", c.db))
+	syscall.Kill(c.nodes[1].cmd.Process.Pid, syscall.SIGKILL)
+	<-c.nodes[1].exited
+	for i := range 20 {
+		r := home(c.gateways[i%2])
+		if r.Status != 200 {
+			t.Fatalf("call %d after a node was killed: %d %s\n%s", i, r.Status, r.Body, c.logs())
+		}
+		if n := c.servedBy(t, r); n != 2 {
+			t.Fatalf("call %d ran on node %d, not the one that joined", i, n+1)
+		}
+	}
+
+	// Deleted through one gateway: gone from the other, and from the node.
+	if r := g2.do(t, "DELETE", "/api/v1/agents/"+id, c.admin, nil); r.Status != 200 {
+		t.Fatalf("delete: %d %s", r.Status, r.Body)
+	}
+	eventually(t, 3*time.Second, "the deleted agent to be gone from gateway 1", func() bool { return add(g1, c.admin).Status == 404 })
+	eventually(t, 5*time.Second, "the node to stop the deleted agent's instances", func() bool {
+		r := c.nodes[2].do(t, "GET", "/api/v1/health", "", nil)
+		var h struct {
+			Agents int `json:"agents"`
+		}
+		json.Unmarshal(r.Body, &h)
+		return r.Status == 200 && h.Agents == others
+	})
+}
+
+// TestClusterRoleErrors: a role without what it needs is refused, naming
+// the flag.
+func TestClusterRoleErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--role", "gateway"}, "--role gateway needs --nats"},
+		{[]string{"--role", "node", "--nats", "nats://127.0.0.1:1"}, "--role node needs --db postgres://"},
+		{[]string{"--role", "boss"}, `--role "boss": want all`},
+		{[]string{"--nats", "nats://127.0.0.1:1"}, "--nats is for the servers of a cluster"},
+		{[]string{"--role", "node", "--nats", "nats://127.0.0.1:1", "--db", "postgres://127.0.0.1:1/x"}, "connect to NATS at nats://127.0.0.1:1"},
+	} {
+		args := append([]string{"server", "--port", "0", "--data-dir", t.TempDir()}, tc.args...)
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("runagent %s: %v\n%s\nwant %q", strings.Join(args, " "), err, out, tc.want)
+		}
+	}
+}
+
+// eventually polls cond every 20 ms for up to d, failing the test with
+// what it waited for.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool, detail ...func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	if !cond() {
+		more := ""
+		for _, f := range detail {
+			more += "\n" + f()
+		}
+		t.Fatalf("waited %s for %s%s", d, what, more)
+	}
+}

@@ -1,0 +1,293 @@
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/runagent-go/runagent/internal/cluster"
+	"github.com/runagent-go/runagent/internal/dispatch/natsdispatch"
+	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/manager"
+)
+
+// The roles of `runagent server` (docs/multinode.md).
+const (
+	RoleAll     = "all"     // alone: API, instances and state in one process
+	RoleGateway = "gateway" // the API; calls go over NATS to the nodes
+	RoleNode    = "node"    // instances, for the gateways
+)
+
+// resyncEvery is how often a cluster server re-reads every agent and key
+// from the store, in case it missed a change notice (NATS was away).
+const resyncEvery = 10 * time.Second
+
+// clusterParts are a gateway's or a node's pieces on NATS.
+type clusterParts struct {
+	cl     *cluster.Cluster
+	client *natsdispatch.Client // a gateway's
+	node   *natsdispatch.Node   // a node's
+	stops  []func()
+}
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// checkRole checks the role and what it needs, and fills in the defaults.
+func checkRole(cfg *Config) error {
+	switch cfg.Role {
+	case "":
+		cfg.Role = RoleAll
+	case RoleAll, RoleGateway, RoleNode:
+	default:
+		return fmt.Errorf("--role %q: want all (one server alone), gateway or node", cfg.Role)
+	}
+	if cfg.Role == RoleAll {
+		if len(cfg.NATS) > 0 {
+			return fmt.Errorf("--nats is for the servers of a cluster: give --role gateway or --role node too")
+		}
+		return nil
+	}
+	if len(cfg.NATS) == 0 {
+		return fmt.Errorf("--role %s needs --nats nats://host:4222[,...]: the servers of a cluster talk over NATS", cfg.Role)
+	}
+	if !isPostgresURL(cfg.DB) {
+		return fmt.Errorf("--role %s needs --db postgres://...: the servers of a cluster share their state in PostgreSQL", cfg.Role)
+	}
+	if cfg.NodeID == "" {
+		host, _ := os.Hostname()
+		host = regexp.MustCompile(`[^A-Za-z0-9_-]+`).ReplaceAllString(host, "-")
+		if len(host) > 40 {
+			host = host[:40]
+		}
+		cfg.NodeID = strings.Trim(host+"-"+strings.ToLower(nuid.Next()[16:]), "-")
+	}
+	if !nodeIDPattern.MatchString(cfg.NodeID) {
+		return fmt.Errorf("--node-id %q: use 1 to 64 letters, digits, - or _ (it is part of NATS subjects)", cfg.NodeID)
+	}
+	return nil
+}
+
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+func connectCluster(ctx context.Context, cfg Config) (*clusterParts, error) {
+	cl, err := cluster.Connect(ctx, cluster.Options{URLs: cfg.NATS, Name: "runagent " + cfg.Role + " " + cfg.NodeID,
+		Replicas: cfg.Replicas, Log: cfg.Log})
+	if err != nil {
+		return nil, err
+	}
+	return &clusterParts{cl: cl}, nil
+}
+
+// clusterHooks tie the manager to the cluster: a gateway's runs nothing
+// and asks the nodes to prepare; a node's serves its versions over NATS.
+func (p *Platform) clusterHooks() *manager.ClusterHooks {
+	c := p.cluster
+	if c == nil {
+		return nil
+	}
+	if p.cfg.Role == RoleGateway {
+		return &manager.ClusterHooks{Remote: true, Prepare: c.cl.Prepare, Bundles: c.cl,
+			Changed: func(id string) { c.cl.Changed(cluster.ChangeAgent, id) }}
+	}
+	return &manager.ClusterHooks{Bundles: c.cl,
+		Serve: func(t domain.Target) error { return c.node.Serve(t) }, Unserve: func(t domain.Target) { c.node.Unserve(t) }}
+}
+
+// joinCluster starts the gateway's dispatcher or the node's serving, and
+// the change notices; before Restore, so that no notice is missed.
+func (p *Platform) joinCluster(ctx context.Context) error {
+	c := p.cluster
+	if c == nil {
+		return nil
+	}
+	on := func(stop func(), err error) error {
+		if err != nil {
+			return fmt.Errorf("subscribe on NATS: %w", err)
+		}
+		c.stops = append(c.stops, stop)
+		return nil
+	}
+	switch p.cfg.Role {
+	case RoleGateway:
+		client, err := natsdispatch.NewClient(c.cl.Conn(), natsdispatch.Options{})
+		if err != nil {
+			return err
+		}
+		c.client, p.dispatch = client, gatewayDispatch{Client: client, p: p}
+		if err := on(c.cl.OnChange(cluster.ChangeKeys, func(string) { p.reloadKeys(context.Background()) })); err != nil {
+			return err
+		}
+	case RoleNode:
+		node, err := natsdispatch.NewNode(c.cl.Conn(), p.cfg.NodeID, p.dispatch, p.log, natsdispatch.Options{})
+		if err != nil {
+			return err
+		}
+		c.node = node
+		if err := on(c.cl.ServePrepare(p.cfg.NodeID, p.mgr.PrepareVersion)); err != nil {
+			return err
+		}
+	}
+	return on(c.cl.OnChange(cluster.ChangeAgent, func(id string) { go p.reconcile(id) }))
+}
+
+// readThrough reconciles an agent the gateway does not know (or knows
+// without a serving version) from the store, now.
+func (p *Platform) readThrough(ctx context.Context, agentID string) *domain.Error {
+	id, err := manager.NormalizeID(agentID)
+	if err != nil {
+		return nil // not an agent id: it is not found
+	}
+	if err := p.mgr.Reconcile(ctx, id); err != nil {
+		var de *domain.Error
+		if errors.As(err, &de) {
+			return de
+		}
+		return &domain.Error{Code: domain.CodeInternal, Message: "could not read the agent from the store", Err: err}
+	}
+	return nil
+}
+
+// gatewayDispatch sends calls to the nodes. A call that no node takes
+// (natsdispatch.ErrNoNode: it did not run) waits at the gateway for up to
+// activatorWait while a node brings its version up, as Knative's activator
+// does; it goes to the agent's active version instead when another gateway
+// activated a newer one that this one has not heard of yet.
+type gatewayDispatch struct {
+	*natsdispatch.Client
+	p *Platform
+}
+
+// activatorWait is how long a call waits at a gateway for a node to serve
+// its version.
+const activatorWait = 10 * time.Second
+
+func (g gatewayDispatch) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) (out []byte, err error) {
+	err = g.untilTaken(ctx, &t, func() error {
+		out, err = g.Client.Call(ctx, t, tag, args, kwargs)
+		return err
+	})
+	return out, err
+}
+
+func (g gatewayDispatch) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (n int, err error) {
+	err = g.untilTaken(ctx, &t, func() error {
+		n, err = g.Client.Stream(ctx, t, tag, args, kwargs, started, fn)
+		return err
+	})
+	return n, err
+}
+
+// untilTaken sends a call until a node takes it, following the agent to a
+// newer active version; it gives up with OVERLOADED after activatorWait
+// (or the caller's deadline).
+func (g gatewayDispatch) untilTaken(ctx context.Context, t *domain.Target, send func() error) error {
+	deadline := time.Now().Add(activatorWait)
+	pause := 20 * time.Millisecond
+	for {
+		err := send()
+		if !errors.Is(err, natsdispatch.ErrNoNode) {
+			return err
+		}
+		if g.p.mgr.Reconcile(ctx, t.AgentID) == nil {
+			if a, _, _ := g.p.mgr.Lookup(t.AgentID); a != nil && a.Version != t.Version {
+				*t = domain.Target{AgentID: t.AgentID, Version: a.Version}
+				continue
+			} else if a == nil {
+				return err // deleted, or no longer serving: NOT_FOUND
+			}
+		}
+		if time.Now().Add(pause).After(deadline) {
+			return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second, Err: err, Message: fmt.Sprintf(
+				"no node runs version %d of agent %s right now (the nodes are starting it, or none is up); retry shortly", t.Version, t.AgentID)}
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
+// reconcile brings one agent in line with the store after a notice.
+func (p *Platform) reconcile(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute) // a start may install dependencies
+	defer cancel()
+	if err := p.mgr.Reconcile(ctx, id); err != nil {
+		p.log.Warn("could not bring an agent in line with the store; retrying at the next resync", "agent_id", id, "error", err)
+	}
+}
+
+// resync re-reads every agent (and a gateway's keys) every resyncEvery.
+func (p *Platform) resync(ctx context.Context) {
+	t := time.NewTicker(resyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.mgr.ReconcileAll(ctx); err != nil && ctx.Err() == nil {
+			p.log.Warn("resync with the store", "error", err)
+		}
+		if p.cfg.Role == RoleGateway {
+			p.reloadKeys(ctx)
+		}
+	}
+}
+
+// reloadKeys replaces the keyring with the store's keys.
+func (p *Platform) reloadKeys(ctx context.Context) {
+	stored, err := p.db.APIKeys(ctx)
+	if err != nil {
+		p.log.Warn("reload the API keys; keeping the ones loaded", "error", err)
+		return
+	}
+	p.keys.Replace(stored)
+}
+
+// keysChanged tells the other gateways to reload the keys.
+func (p *Platform) keysChanged() {
+	if p.cluster != nil {
+		p.cluster.cl.Changed(cluster.ChangeKeys, "")
+	}
+}
+
+// errAsyncInCluster refuses async invocations on a gateway until they run
+// on a JetStream work queue (docs/multinode.md): the single-server queue
+// would lose or repeat them when gateways restart.
+var errAsyncInCluster = &domain.Error{Code: domain.CodeValidation, Field: "async",
+	Message: "async invocations are not available on a multi-node cluster yet; call the agent synchronously or run a single server (runagent server without --role)"}
+
+// leaveCluster stops taking calls and notices (in-flight calls of a node
+// end) before the instances stop.
+func (p *Platform) leaveCluster() {
+	c := p.cluster
+	if c == nil {
+		return
+	}
+	for _, stop := range c.stops {
+		stop()
+	}
+	if c.node != nil {
+		c.node.Leave(asyncGrace)
+	}
+	if c.client != nil {
+		c.client.Close()
+	}
+}
+
+func (p *Platform) closeCluster() {
+	if p.cluster != nil {
+		p.cluster.cl.Close()
+	}
+}
