@@ -40,12 +40,14 @@ type testCluster struct {
 	gateways []*platformServer
 	nodes    []*platformServer
 	admin    string
+	nodeArgs []string
 }
 
-func startCluster(t *testing.T, gateways, nodes int) *testCluster {
+func startCluster(t *testing.T, gateways, nodes int, nodeArgs ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{nats: runNATS(t), db: pgtest.Schema(t, filepath.Join(t.TempDir(), "cluster"))}
 	common := []string{"--nats", c.nats, "--db", c.db}
+	c.nodeArgs = nodeArgs
 	for i := range gateways {
 		g := startPlatform(t, "", 0, append([]string{"--role", "gateway", "--node-id", "g" + string(rune('1'+i))}, common...)...)
 		if i == 0 {
@@ -55,7 +57,7 @@ func startCluster(t *testing.T, gateways, nodes int) *testCluster {
 		c.gateways = append(c.gateways, g)
 	}
 	for i := range nodes {
-		c.nodes = append(c.nodes, startPlatform(t, "", 0, append([]string{"--role", "node", "--node-id", "n" + string(rune('1'+i))}, common...)...))
+		c.nodes = append(c.nodes, startPlatform(t, "", 0, append(append([]string{"--role", "node", "--node-id", "n" + string(rune('1'+i))}, common...), nodeArgs...)...))
 	}
 	return c
 }
@@ -136,9 +138,11 @@ func TestCluster(t *testing.T) {
 	}
 	eventually(t, 3*time.Second, "a key revoked on gateway 1 to be refused on gateway 2", func() bool { return add(g2, key).Status == 401 })
 
-	// Async invocations are refused, saying why, until they run on JetStream.
-	if r := asyncRun(t, g2, c.admin, id, "add", map[string]any{"a": 1, "b": 1}); r.Status != 400 || !strings.Contains(string(r.Body), "not available on a multi-node cluster") {
-		t.Errorf("async on a cluster: %d %s", r.Status, r.Body)
+	// An async invocation accepted by one gateway runs on a node; its
+	// outcome is read through the other.
+	async := acceptedID(t, asyncRun(t, g2, c.admin, id, "add", map[string]any{"a": 40, "b": 2}))
+	if st, detail := waitInvocation(t, g1, async, 20*time.Second); st != "completed" {
+		t.Errorf("async on a cluster: %s %s\n%s", st, detail, c.logs())
 	}
 
 	// The official SDKs' view of a gateway.
@@ -243,6 +247,95 @@ func TestCluster(t *testing.T) {
 		json.Unmarshal(r.Body, &h)
 		return r.Status == 200 && h.Agents == others
 	})
+}
+
+// TestClusterAsync: async invocations on the cluster's JetStream queue.
+// Accepted by a gateway that is then killed, they still run; a node killed
+// under a backlog has its running invocations delivered to the other node
+// once their lease expires: each ends exactly once in the record, the
+// idempotent ones completed, the others run again never (failed, saying
+// why).
+func TestClusterAsync(t *testing.T) {
+	c := startCluster(t, 2, 2, "--async-lease", "2s", "--async-workers", "4", "--async-tenant-workers", "4")
+	g1, g2 := c.gateways[0], c.gateways[1]
+	dir, _ := newAgent(t, "showcase")
+	addPyEntrypoint(t, dir, "work.py", "import os, time\n\n\ndef work(seconds):\n    time.sleep(seconds)\n    return os.environ['HOME']\n", "work", "work")
+	editConfig(t, dir, func(cfg map[string]any) {
+		arch := cfg["agent_architecture"].(map[string]any)
+		arch["entrypoints"] = append(arch["entrypoints"].([]any), map[string]any{"file": "work.py", "module": "work", "tag": "work_idempotent", "idempotent": true})
+	})
+	id := g1.deploy(t, dir, c.admin)
+
+	// Accepted, then the gateway is killed: nothing acknowledged is lost.
+	var quick []string
+	for i := range 4 {
+		quick = append(quick, acceptedID(t, asyncRun(t, g1, c.admin, id, "add", map[string]any{"a": i, "b": 1})))
+	}
+	syscall.Kill(g1.cmd.Process.Pid, syscall.SIGKILL)
+	<-g1.exited
+	for _, inv := range quick {
+		if st, detail := waitInvocation(t, g2, inv, 20*time.Second); st != "completed" {
+			t.Errorf("accepted by a gateway killed after: %s %s", st, detail)
+		}
+	}
+
+	// A backlog, then a node is killed under it.
+	var plain, idem []string
+	for i := range 16 {
+		// In pairs: the nodes' pulls take turns, so each gets both kinds.
+		if i%4 < 2 {
+			plain = append(plain, acceptedID(t, asyncRun(t, g2, c.admin, id, "work", map[string]any{"seconds": 1.5})))
+		} else {
+			idem = append(idem, acceptedID(t, asyncRun(t, g2, c.admin, id, "work_idempotent", map[string]any{"seconds": 1.5})))
+		}
+	}
+	time.Sleep(700 * time.Millisecond) // both nodes run some
+	syscall.Kill(c.nodes[0].cmd.Process.Pid, syscall.SIGKILL)
+	<-c.nodes[0].exited
+	interrupted := 0
+	for _, inv := range idem {
+		if st, detail := waitInvocation(t, g2, inv, 60*time.Second); st != "completed" {
+			t.Errorf("an idempotent invocation: %s %s, want completed (run again after the kill)", st, detail)
+		}
+	}
+	for _, inv := range plain {
+		switch st, detail := waitInvocation(t, g2, inv, 60*time.Second); {
+		case st == "completed":
+		case st == "failed" && strings.Contains(detail, "not run again") && strings.Contains(detail, "not declared idempotent"):
+			interrupted++
+		default:
+			t.Errorf("an invocation running when its node was killed: %s %q, want completed, or failed saying it was not run again", st, detail)
+		}
+	}
+	reran := strings.Count(c.nodes[1].Logs(), "running an interrupted async invocation again")
+	t.Logf("after the kill: %d failed as interrupted, %d run again", interrupted, reran)
+	if interrupted+reran == 0 {
+		t.Errorf("the kill interrupted no invocation, so redelivery was not tested\n%s", c.logs())
+	}
+	if interrupted > 4 || reran > 4 {
+		t.Errorf("%d failed as interrupted and %d run again: more than the 4 the killed node ran", interrupted, reran)
+	}
+	// Exactly once in the record: every one there, once, ended.
+	r := g2.do(t, "GET", "/api/v1/agents/"+id+"/invocations?limit=100", c.admin, nil)
+	var list struct {
+		Invocations []struct {
+			ID     string `json:"invocation_id"`
+			Status string
+		} `json:"invocations"`
+	}
+	json.Unmarshal(r.Body, &list)
+	seen := map[string]int{}
+	for _, inv := range list.Invocations {
+		seen[inv.ID]++
+		if inv.Status == "pending" {
+			t.Errorf("invocation %s still pending", inv.ID)
+		}
+	}
+	for _, inv := range append(append(quick, plain...), idem...) {
+		if seen[inv] != 1 {
+			t.Errorf("invocation %s is %d times in the history", inv, seen[inv])
+		}
+	}
 }
 
 // TestClusterRoleErrors: a role without what it needs is refused, naming

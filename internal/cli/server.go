@@ -105,6 +105,7 @@ The API is described in docs/platform-api.md.`,
 	f.IntVar(&o.async.TenantWorkers, "async-tenant-workers", 0, "async invocations one tenant may run at once (default: half the async workers), so that others' start while it has a backlog")
 	f.IntVar(&o.async.TenantBacklog, "async-tenant-backlog", 2000, "async invocations a tenant may have waiting or running (429 beyond)")
 	f.IntVar(&o.async.AgentBacklog, "async-agent-backlog", 1000, "async invocations an agent may have waiting or running (429 beyond)")
+	f.DurationVar(&o.async.Lease, "async-lease", 30*time.Second, "on a cluster: how long a node may go without renewing an async invocation it runs before the queue gives it to another node (renewed every third of it)")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&o.tick, "scale-tick", time.Second, "how often pools sample load and usage")

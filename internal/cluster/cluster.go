@@ -52,9 +52,10 @@ const (
 // Cluster is one process's connection to the cluster.
 type Cluster struct {
 	nc      *nats.Conn
-	bundles jetstream.ObjectStore
-	prefix  string
-	log     *slog.Logger
+	bundles  jetstream.ObjectStore
+	prefix   string
+	replicas int
+	log      *slog.Logger
 }
 
 // Connect connects to NATS and opens (creating on first use) the bundle
@@ -102,7 +103,7 @@ func Connect(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		return nil, fmt.Errorf("open the bundle store %s on NATS (replicas %d): %w", BundleBucket, o.Replicas, err)
 	}
-	return &Cluster{nc: nc, bundles: obs, prefix: o.Prefix, log: log}, nil
+	return &Cluster{nc: nc, bundles: obs, prefix: o.Prefix, replicas: o.Replicas, log: log}, nil
 }
 
 // Conn is the NATS connection (for natsdispatch).

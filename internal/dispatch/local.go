@@ -5,6 +5,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/runagent-go/runagent/internal/domain"
@@ -38,9 +39,14 @@ func Single(t domain.Target, inv domain.Invoker) *Local {
 	}))
 }
 
+// ErrNotHere is in NotRunning's error: the version does not run in this
+// process (a node may try the cluster).
+var ErrNotHere = errors.New("the agent version does not run here")
+
 // NotRunning is the error for a target that does not run.
 func NotRunning(t domain.Target) *domain.Error {
-	return &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("version %d of agent %s is not running", t.Version, t.AgentID)}
+	return &domain.Error{Code: domain.CodeNotFound, Err: ErrNotHere,
+		Message: fmt.Sprintf("version %d of agent %s is not running", t.Version, t.AgentID)}
 }
 
 // Call implements domain.Dispatcher.

@@ -113,7 +113,17 @@ type AsyncQueue interface {
 	FinishAsync(ctx context.Context, inv Invocation) error
 	// PendingAsync returns the queued ones, oldest first.
 	PendingAsync(ctx context.Context) ([]AsyncJob, error)
+	// AsyncJob returns one queued invocation (ErrNotFound if it is not
+	// queued: unknown, ended, or its agent deleted).
+	AsyncJob(ctx context.Context, id string) (AsyncJob, error)
+	// AsyncBacklog counts the queued invocations: all, tenant's and
+	// agentID's.
+	AsyncBacklog(ctx context.Context, tenant, agentID string) (AsyncBacklog, error)
 }
+
+// AsyncBacklog is how many async invocations are queued (waiting or
+// running).
+type AsyncBacklog struct{ Total, Tenant, Agent int }
 
 // Store is everything the platform server keeps.
 type Store interface {

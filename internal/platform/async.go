@@ -26,6 +26,10 @@ type AsyncLimits struct {
 	// MaxAttempts bounds how often an interrupted invocation of an
 	// entrypoint declared idempotent is started (default 3).
 	MaxAttempts int
+	// Lease is, on a cluster, how long a node may go without renewing
+	// an invocation it runs before the queue gives it to another node
+	// (default 30 s; renewed every third of it).
+	Lease time.Duration
 }
 
 func (l AsyncLimits) withDefaults() AsyncLimits {
@@ -46,6 +50,9 @@ func (l AsyncLimits) withDefaults() AsyncLimits {
 	}
 	if l.MaxAttempts <= 0 {
 		l.MaxAttempts = 3
+	}
+	if l.Lease <= 0 {
+		l.Lease = 30 * time.Second
 	}
 	return l
 }
@@ -149,23 +156,36 @@ func (ar *asyncRunner) failInterrupted(ctx context.Context, j domain.AsyncJob, i
 func (ar *asyncRunner) admit(tenant, agent string) *domain.Error {
 	ar.mu.Lock()
 	defer ar.mu.Unlock()
-	retry := 5 * time.Second
-	switch {
-	case ar.closing:
-		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: retry, Message: "the server is shutting down; retry the call"}
-	case ar.total >= ar.lim.Backlog:
-		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
-			"the server has %d async invocations waiting or running, its limit; retry later", ar.total)}
-	case ar.tenants[tenant] != nil && ar.tenants[tenant].backlog >= ar.lim.TenantBacklog:
-		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
-			"tenant %s has %d async invocations waiting or running, the most a tenant may have (runagent server --async-tenant-backlog); retry once some have finished",
-			tenant, ar.lim.TenantBacklog)}
-	case ar.agents[agent] >= ar.lim.AgentBacklog:
-		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
-			"agent %s has %d async invocations waiting or running, the most an agent may have (runagent server --async-agent-backlog); retry once some have finished",
-			agent, ar.lim.AgentBacklog)}
+	if ar.closing {
+		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: 5 * time.Second, Message: "the server is shutting down; retry the call"}
+	}
+	b := domain.AsyncBacklog{Total: ar.total, Agent: ar.agents[agent]}
+	if t := ar.tenants[tenant]; t != nil {
+		b.Tenant = t.backlog
+	}
+	if e := ar.lim.over(b, tenant, agent); e != nil {
+		return e
 	}
 	ar.reserveLocked(tenant, agent)
+	return nil
+}
+
+// over says which backlog limit b is at, if any.
+func (l AsyncLimits) over(b domain.AsyncBacklog, tenant, agent string) *domain.Error {
+	const retry = 5 * time.Second
+	switch {
+	case b.Total >= l.Backlog:
+		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: retry, Message: fmt.Sprintf(
+			"the server has %d async invocations waiting or running, its limit; retry later", b.Total)}
+	case b.Tenant >= l.TenantBacklog:
+		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+			"tenant %s has %d async invocations waiting or running, the most a tenant may have (runagent server --async-tenant-backlog); retry once some have finished",
+			tenant, l.TenantBacklog)}
+	case b.Agent >= l.AgentBacklog:
+		return &domain.Error{Code: domain.CodeRateLimit, RetryAfter: retry, Message: fmt.Sprintf(
+			"agent %s has %d async invocations waiting or running, the most an agent may have (runagent server --async-agent-backlog); retry once some have finished",
+			agent, l.AgentBacklog)}
+	}
 	return nil
 }
 
@@ -318,8 +338,8 @@ func (ar *asyncRunner) close(grace time.Duration) {
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
 func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
-	if p.cfg.Role != RoleAll {
-		return errAsyncInCluster
+	if p.cluster != nil {
+		return p.enqueueClusterAsync(ctx, a, inv)
 	}
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	if e := p.async.admit(tenant, a.ID); e != nil {
@@ -342,7 +362,14 @@ func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain
 
 func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 	defer ar.done(j)
-	p := ar.p
+	ar.p.runAsyncJob(ctx, j)
+}
+
+// runAsyncJob runs one queued invocation and records its outcome; ran is
+// false when it did not end here: its agent was deleted, its start could
+// not be recorded, or ctx ended (shutdown) while it ran, leaving it queued
+// as started.
+func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool) {
 	inv := j.Invocation
 	start := time.Now()
 	// Durably started before it runs: after a crash it is not run again
@@ -351,7 +378,7 @@ func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 		if !errors.Is(err, domain.ErrNotFound) { // not found: its agent was deleted
 			p.log.Error("record the start of an async invocation; it stays queued", "invocation_id", inv.ID, "error", err)
 		}
-		return
+		return false
 	}
 	a, _, _ := p.mgr.Lookup(inv.AgentID)
 	var result []byte
@@ -365,11 +392,11 @@ func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 		}
 		cctx, cancel := context.WithTimeoutCause(domain.WithInvocation(ctx, inv.ID), timeout, &domain.Error{Code: domain.CodeTimeout,
 			Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", timeout)})
-		result, err = p.dispatch.Call(cctx, a.Target(), inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
+		result, err = p.asyncDispatch.Call(cctx, a.Target(), inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
 		cancel()
 	}
 	if ctx.Err() != nil {
-		return // cut off by shutdown: it stays queued, as started
+		return false // cut off by shutdown: it stays queued, as started
 	}
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)
@@ -395,6 +422,11 @@ func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 		p.metrics.call(a, inv.EntrypointTag, code, elapsed)
 	}
 	if err := p.db.FinishAsync(context.Background(), inv); err != nil {
-		p.log.Error("record the outcome of an async invocation", "invocation_id", inv.ID, "error", err)
+		if !errors.Is(err, domain.ErrNotFound) {
+			p.log.Error("record the outcome of an async invocation", "invocation_id", inv.ID, "error", err)
+			return false
+		}
+		p.log.Warn("an async invocation ended that was already ended elsewhere; its outcome here is not recorded", "invocation_id", inv.ID)
 	}
+	return true
 }

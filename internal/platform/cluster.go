@@ -31,8 +31,10 @@ const resyncEvery = 10 * time.Second
 // clusterParts are a gateway's or a node's pieces on NATS.
 type clusterParts struct {
 	cl     *cluster.Cluster
-	client *natsdispatch.Client // a gateway's
+	queue  *cluster.Queue       // of async invocations
+	client *natsdispatch.Client // calls to the nodes (a node's async invocations go through one too)
 	node   *natsdispatch.Node   // a node's
+	async  *nodeAsync           // a node's
 	stops  []func()
 }
 
@@ -83,7 +85,12 @@ func connectCluster(ctx context.Context, cfg Config) (*clusterParts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &clusterParts{cl: cl}, nil
+	q, err := cl.Queue(ctx, cfg.Async.Lease)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return &clusterParts{cl: cl, queue: q}, nil
 }
 
 // clusterHooks tie the manager to the cluster: a gateway's runs nothing
@@ -115,17 +122,21 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 		c.stops = append(c.stops, stop)
 		return nil
 	}
+	client, err := natsdispatch.NewClient(c.cl.Conn(), natsdispatch.Options{})
+	if err != nil {
+		return err
+	}
+	c.client = client
+	remote := gatewayDispatch{Client: client, p: p}
 	switch p.cfg.Role {
 	case RoleGateway:
-		client, err := natsdispatch.NewClient(c.cl.Conn(), natsdispatch.Options{})
-		if err != nil {
-			return err
-		}
-		c.client, p.dispatch = client, gatewayDispatch{Client: client, p: p}
+		p.dispatch, p.asyncDispatch = remote, remote
 		if err := on(c.cl.OnChange(cluster.ChangeKeys, func(string) { p.reloadKeys(context.Background()) })); err != nil {
 			return err
 		}
 	case RoleNode:
+		c.async = &nodeAsync{running: map[string]int{}, done: make(chan struct{})}
+		p.asyncDispatch = localFirst{local: p.dispatch, cluster: remote}
 		node, err := natsdispatch.NewNode(c.cl.Conn(), p.cfg.NodeID, p.dispatch, p.log, natsdispatch.Options{})
 		if err != nil {
 			return err
@@ -262,12 +273,6 @@ func (p *Platform) keysChanged() {
 	}
 }
 
-// errAsyncInCluster refuses async invocations on a gateway until they run
-// on a JetStream work queue (docs/multinode.md): the single-server queue
-// would lose or repeat them when gateways restart.
-var errAsyncInCluster = &domain.Error{Code: domain.CodeValidation, Field: "async",
-	Message: "async invocations are not available on a multi-node cluster yet; call the agent synchronously or run a single server (runagent server without --role)"}
-
 // leaveCluster stops taking calls and notices (in-flight calls of a node
 // end) before the instances stop.
 func (p *Platform) leaveCluster() {
@@ -277,6 +282,12 @@ func (p *Platform) leaveCluster() {
 	}
 	for _, stop := range c.stops {
 		stop()
+	}
+	if c.async != nil && c.async.started.Load() {
+		select { // Run's end stopped the consumer; its runs get asyncGrace
+		case <-c.async.done:
+		case <-time.After(asyncGrace + 5*time.Second):
+		}
 	}
 	if c.node != nil {
 		c.node.Leave(asyncGrace)

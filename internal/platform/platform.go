@@ -103,7 +103,10 @@ type Platform struct {
 	// serves it (*server.Agent).
 	servedAgents sync.Map
 	dispatch     domain.Dispatcher
-	cluster      *clusterParts // nil unless Role is gateway or node
+	// asyncDispatch runs async invocations: dispatch, or on a node the
+	// cluster's (the version may run on another node).
+	asyncDispatch domain.Dispatcher
+	cluster       *clusterParts // nil unless Role is gateway or node
 
 	// AdminKeyFile is where the first admin key was written ("" if the
 	// store already had keys).
@@ -169,6 +172,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		Sandbox: cfg.Sandbox, DenyNetwork: cfg.DenyNetwork, Flow: cfg.Flow, Cluster: p.clusterHooks(),
 	})
 	p.dispatch = dispatch.NewLocal(p.mgr)
+	p.asyncDispatch = p.dispatch
 	if err := p.joinCluster(ctx); err != nil {
 		return fail(err)
 	}
@@ -252,6 +256,10 @@ func (p *Platform) Run(ctx context.Context) {
 	}
 	if p.cluster != nil {
 		go p.resync(ctx)
+		if na := p.cluster.async; na != nil {
+			na.started.Store(true)
+			go p.consumeAsync(ctx)
+		}
 	}
 	p.mgr.Run(ctx)
 }

@@ -792,8 +792,33 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) (err error
 // PendingAsync returns the queued async invocations, oldest first.
 func (db *DB) PendingAsync(ctx context.Context) (_ []domain.AsyncJob, err error) {
 	defer classify(ctx, &err)
+	return db.asyncJobs(ctx, `ORDER BY q.enqueued_at, q.seq`)
+}
+
+// AsyncJob returns one queued async invocation.
+func (db *DB) AsyncJob(ctx context.Context, id string) (_ domain.AsyncJob, err error) {
+	defer classify(ctx, &err)
+	jobs, err := db.asyncJobs(ctx, `WHERE q.invocation_id = $1`, id)
+	if err != nil {
+		return domain.AsyncJob{}, err
+	}
+	if len(jobs) == 0 {
+		return domain.AsyncJob{}, domain.ErrNotFound
+	}
+	return jobs[0], nil
+}
+
+// AsyncBacklog counts the queued async invocations.
+func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domain.AsyncBacklog, err error) {
+	defer classify(ctx, &err)
+	err = db.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE agent_id = $2) FROM async_queue`,
+		tenant, agentID).Scan(&b.Total, &b.Tenant, &b.Agent)
+	return b, err
+}
+
+func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
 	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
-		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id ORDER BY q.enqueued_at, q.seq`)
+		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -79,6 +79,49 @@ func testAsync(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("one job and the backlog", func(t *testing.T) {
+		s := open(t, "store")
+		for i, q := range []struct{ id, agent, tenant string }{{"b1", "x", "acme"}, {"b2", "x", "acme"}, {"b3", "y", "acme"}, {"b4", "z", "other"}} {
+			inv := pending(q.id, q.agent, t0.Add(time.Duration(i)*time.Second))
+			inv.InputKwargs = json.RawMessage(`{"i": ` + fmt.Sprint(i) + `}`)
+			if err := s.EnqueueAsync(ctx, inv, q.tenant, 1.5); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Start(pending("sync", "x", t0)) // not queued
+		for _, tc := range []struct {
+			tenant, agent string
+			want          domain.AsyncBacklog
+		}{
+			{"acme", "x", domain.AsyncBacklog{Total: 4, Tenant: 3, Agent: 2}},
+			{"other", "y", domain.AsyncBacklog{Total: 4, Tenant: 1, Agent: 1}},
+			{"nobody", "nothing", domain.AsyncBacklog{Total: 4}},
+		} {
+			if got, err := s.AsyncBacklog(ctx, tc.tenant, tc.agent); err != nil || got != tc.want {
+				t.Errorf("AsyncBacklog(%s, %s) = %+v, %v; want %+v", tc.tenant, tc.agent, got, err, tc.want)
+			}
+		}
+		if err := s.StartAsync(ctx, "b2", t0.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		j, err := s.AsyncJob(ctx, "b2")
+		if err != nil || j.ID != "b2" || j.AgentID != "x" || j.Tenant != "acme" || j.TimeoutSeconds != 1.5 ||
+			j.Attempts != 1 || !j.StartedAt.Equal(t0.Add(time.Minute)) || string(j.InputKwargs) != `{"i": 1}` {
+			t.Fatalf("AsyncJob(b2) = %s, %v", showJobs([]domain.AsyncJob{j}), err)
+		}
+		if err := s.FinishAsync(ctx, completed(pending("b2", "x", t0.Add(time.Second)), 1, `1`)); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"b2", "sync", "nope"} {
+			if _, err := s.AsyncJob(ctx, id); !errors.Is(err, domain.ErrNotFound) {
+				t.Errorf("AsyncJob(%s) = %v, want ErrNotFound (ended, sync, unknown)", id, err)
+			}
+		}
+		if got, _ := s.AsyncBacklog(ctx, "acme", "x"); got != (domain.AsyncBacklog{Total: 3, Tenant: 2, Agent: 1}) {
+			t.Errorf("backlog after a finish: %+v", got)
+		}
+	})
+
 	t.Run("pending oldest first", func(t *testing.T) {
 		s := open(t, "store")
 		var want []string

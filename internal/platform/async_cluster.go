@@ -1,0 +1,155 @@
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/cluster"
+	"github.com/runagent-go/runagent/internal/dispatch"
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+// On a cluster, an accepted async invocation is recorded in PostgreSQL
+// (pending, queued: the source of truth) and then published to the
+// JetStream work queue; the client has its 202 only once both hold it.
+// Nodes pull from the queue, run each invocation through the cluster's
+// dispatcher and record its outcome once (FinishAsync writes it once, so a
+// redelivered invocation that already ended is not run again).
+
+// enqueueClusterAsync is a gateway's server.Config.Async.
+func (p *Platform) enqueueClusterAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
+	_, tenant, _ := p.mgr.Lookup(a.ID)
+	// Backlogs are counted in the store, across gateways: two gateways
+	// admitting at once may each pass at the limit's last place.
+	b, err := p.db.AsyncBacklog(ctx, tenant, a.ID)
+	if err != nil {
+		return err
+	}
+	if e := p.cfg.Async.over(b, tenant, a.ID); e != nil {
+		return e
+	}
+	var timeout float64
+	if a.CallTimeout > 0 {
+		timeout = a.CallTimeout.Seconds()
+	}
+	if err := p.db.EnqueueAsync(ctx, inv, tenant, timeout); err != nil {
+		return fmt.Errorf("record the async invocation: %w", err)
+	}
+	if err := p.cluster.queue.Enqueue(ctx, inv.ID, tenant); err != nil {
+		// Refused: say so in its record, where it would otherwise wait
+		// for ever.
+		inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
+		inv.ErrorDetail = string(domain.CodeConnection) + ": the cluster's queue (NATS JetStream) did not take it; the invocation was refused and never ran"
+		if ferr := p.db.FinishAsync(context.WithoutCancel(ctx), inv); ferr != nil {
+			p.log.Error("record a refused async invocation", "invocation_id", inv.ID, "error", ferr)
+		}
+		return &domain.Error{Code: domain.CodeConnection, RetryAfter: time.Second, Err: err,
+			Message: "the cluster's queue is not reachable right now; retry shortly"}
+	}
+	return nil
+}
+
+// nodeAsync is a node's share of the async work: how many of each
+// tenant's invocations run here.
+type nodeAsync struct {
+	mu      sync.Mutex
+	running map[string]int
+	started atomic.Bool   // consume runs
+	done    chan struct{} // closed when consume has returned
+}
+
+// consumeAsync runs async invocations from the queue until ctx ends, then
+// lets the ones running finish for asyncGrace.
+func (p *Platform) consumeAsync(ctx context.Context) {
+	na := p.cluster.async
+	defer close(na.done)
+	runCtx, cutOff := context.WithCancel(context.Background())
+	defer cutOff()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(asyncGrace, cutOff) })
+	defer stop()
+	p.cluster.queue.Consume(ctx, p.cfg.Async.Workers, func(d cluster.Delivery) { p.runDelivery(runCtx, d) })
+}
+
+// tenantSlot takes one of tenant's places on this node (TenantWorkers), so
+// that one tenant's backlog does not hold every worker.
+func (na *nodeAsync) tenantSlot(tenant string, most int) (release func(), ok bool) {
+	na.mu.Lock()
+	defer na.mu.Unlock()
+	if na.running[tenant] >= most {
+		return nil, false
+	}
+	na.running[tenant]++
+	return func() {
+		na.mu.Lock()
+		if na.running[tenant]--; na.running[tenant] <= 0 {
+			delete(na.running, tenant)
+		}
+		na.mu.Unlock()
+	}, true
+}
+
+// runDelivery runs one delivered invocation, or decides it was run.
+func (p *Platform) runDelivery(ctx context.Context, d cluster.Delivery) {
+	j, err := p.db.AsyncJob(ctx, d.ID)
+	switch {
+	case errors.Is(err, domain.ErrNotFound):
+		d.Ack() // ended already (a redelivery), or its agent was deleted
+		return
+	case err != nil:
+		p.log.Warn("read an async invocation; it will be delivered again", "invocation_id", d.ID, "error", err)
+		d.Retry(time.Second)
+		return
+	}
+	release, ok := p.cluster.async.tenantSlot(j.Tenant, p.cfg.Async.TenantWorkers)
+	if !ok {
+		d.Retry(250 * time.Millisecond) // another tenant's may run meanwhile
+		return
+	}
+	defer release()
+	if !j.StartedAt.IsZero() {
+		// Started before, by a node that stopped (or lost its lease)
+		// while it ran: as after a single server's crash, it runs again
+		// only if its entrypoint is idempotent and has attempts left.
+		a, _, _ := p.mgr.Lookup(j.AgentID)
+		idempotent := a != nil && a.Idempotent(j.EntrypointTag)
+		if !idempotent || j.Attempts >= p.cfg.Async.MaxAttempts {
+			if err := p.async.failInterrupted(ctx, j, idempotent); err != nil && !errors.Is(err, domain.ErrNotFound) {
+				d.Retry(time.Second)
+				return
+			}
+			d.Ack()
+			return
+		}
+		p.log.Info("running an interrupted async invocation again (its entrypoint is idempotent)", "invocation_id", j.ID, "attempt", j.Attempts+1)
+	}
+	if p.runAsyncJob(ctx, j) {
+		d.Ack()
+	}
+	// Otherwise it stays in the queue, its lease running out: the node
+	// that gets it next decides as about an interruption.
+}
+
+// localFirst runs a node's async invocation on this node's own pool of
+// its version when there is one, so that the node that holds the lease is
+// the one running it; else anywhere in the cluster.
+type localFirst struct{ local, cluster domain.Dispatcher }
+
+func (l localFirst) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	out, err := l.local.Call(ctx, t, tag, args, kwargs)
+	if errors.Is(err, dispatch.ErrNotHere) {
+		return l.cluster.Call(ctx, t, tag, args, kwargs)
+	}
+	return out, err
+}
+
+func (l localFirst) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	n, err := l.local.Stream(ctx, t, tag, args, kwargs, started, fn)
+	if errors.Is(err, dispatch.ErrNotHere) {
+		return l.cluster.Stream(ctx, t, tag, args, kwargs, started, fn)
+	}
+	return n, err
+}
