@@ -51,7 +51,7 @@ const (
 
 // Cluster is one process's connection to the cluster.
 type Cluster struct {
-	nc      *nats.Conn
+	nc       *nats.Conn
 	bundles  jetstream.ObjectStore
 	prefix   string
 	replicas int
