@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/runagent-go/runagent/internal/apikeys"
+	"github.com/runagent-go/runagent/internal/platformapi"
 	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
 )
 
@@ -184,6 +187,86 @@ func TestCluster(t *testing.T) {
 		}
 		return len(onNode) == 2
 	})
+
+	// runagent nodes list: both nodes, each serving the agent.
+	var nodes []platformapi.Node
+	eventually(t, 5*time.Second, "both nodes to advertise the agent", func() bool {
+		nodes = c.listNodes(t, g1)
+		if len(nodes) != 2 || nodes[0].ID != "n1" || nodes[1].ID != "n2" {
+			return false
+		}
+		for _, n := range nodes {
+			if !slices.ContainsFunc(n.Agents, func(a platformapi.NodeAgent) bool { return a.AgentID == id && a.Version == 2 && a.Ready >= 1 }) {
+				return false
+			}
+		}
+		return true
+	}, func() string { return fmt.Sprintf("%+v", nodes) })
+	for _, n := range nodes {
+		if n.Draining || n.CPUs < 1 || n.MemoryBytes <= 0 || len(n.Drivers) == 0 || n.Drivers[0] != "process" ||
+			n.HeartbeatAgeSeconds > 10 || n.Instances < 1 {
+			t.Errorf("node advert: %+v", n)
+		}
+	}
+	loadKey := g1.createKey(t, map[string]any{"name": "load", "scopes": []string{"run"}, "rate_per_second": 100000, "burst": 100000, "max_concurrency": 1000})
+	eventually(t, 3*time.Second, "the load key on gateway 2", func() bool { return add(g2, loadKey).Status == 200 })
+
+	// Drain node 1 under load: no call fails, and then none goes there;
+	// resumed, it takes calls again.
+	stopLoad := make(chan struct{})
+	var loadMu sync.Mutex
+	var loadFailed []string
+	var loadWG sync.WaitGroup
+	for w := range 4 {
+		loadWG.Add(1)
+		go func() {
+			defer loadWG.Done()
+			for {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				r := c.gateways[w%2].do(t, "POST", "/api/v1/agents/"+id+"/run", loadKey, runBody("getenv", map[string]any{"name": "HOME"}))
+				if r.Status != 200 {
+					loadMu.Lock()
+					loadFailed = append(loadFailed, fmt.Sprintf("%d %s", r.Status, r.Body))
+					loadMu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if out, errOut, err := runCLI(t, t.TempDir(), "nodes", "drain", "n1", "--server", "http://"+g2.Addr, "--api-key", c.admin); err != nil || !strings.Contains(out, "draining") {
+		t.Fatalf("runagent nodes drain n1: %v\n%s%s", err, out, errOut)
+	}
+	for i := range 10 {
+		if r := home(c.gateways[i%2]); r.Status != 200 || c.servedBy(t, r) != 1 {
+			t.Fatalf("call %d after node 1 was drained: %d %s", i, r.Status, r.Body)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stopLoad)
+	loadWG.Wait()
+	if len(loadFailed) > 0 {
+		t.Errorf("%d calls failed while a node was drained: %v", len(loadFailed), loadFailed[:min(3, len(loadFailed))])
+	}
+	if n := c.listNodes(t, g1); !n[0].Draining || n[1].Draining {
+		t.Errorf("after the drain, nodes list says %+v", n)
+	}
+	if out, errOut, err := runCLI(t, t.TempDir(), "nodes", "resume", "n1", "--server", "http://"+g1.Addr, "--api-key", c.admin); err != nil {
+		t.Fatalf("runagent nodes resume n1: %v\n%s%s", err, out, errOut)
+	}
+	onNode = map[int]bool{}
+	eventually(t, 10*time.Second, "node 1 to take calls again after resume", func() bool {
+		if r := home(g1); r.Status == 200 {
+			onNode[c.servedBy(t, r)] = true
+		}
+		return len(onNode) == 2
+	})
+	if _, errOut, err := runCLI(t, t.TempDir(), "nodes", "drain", "nope", "--server", "http://"+g1.Addr, "--api-key", c.admin); err == nil || !strings.Contains(errOut, "node nope is not in the cluster") {
+		t.Errorf("drain of an unknown node: %v %s", err, errOut)
+	}
 
 	// A node stopped (SIGINT) while calls run on it: they finish, and the
 	// calls after go to the other node.
@@ -375,4 +458,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool, de
 		}
 		t.Fatalf("waited %s for %s%s", d, what, more)
 	}
+}
+
+// listNodes is `runagent nodes list --json` through g.
+func (c *testCluster) listNodes(t *testing.T, g *platformServer) []platformapi.Node {
+	t.Helper()
+	out, errOut, err := runCLI(t, t.TempDir(), "nodes", "list", "--json", "--server", "http://"+g.Addr, "--api-key", c.admin)
+	if err != nil {
+		t.Fatalf("runagent nodes list: %v\n%s%s", err, out, errOut)
+	}
+	var nodes []platformapi.Node
+	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
+		t.Fatalf("runagent nodes list --json printed %q: %v", out, err)
+	}
+	return nodes
 }

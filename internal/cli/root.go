@@ -100,7 +100,7 @@ $RUNAGENT_API_KEY, and on the server's machine need neither):
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print machine-readable JSON instead of text")
 	root.AddCommand(a.initCommand(), a.serveCommand(), a.runCommand(false), a.runCommand(true), a.dbCommand(), a.serverCommand(),
-		a.deployCommand(), a.agentsCommand(), a.keysCommand(), a.invocationsCommand(), a.logsCommand(), a.microvmCommand())
+		a.deployCommand(), a.agentsCommand(), a.nodesCommand(), a.keysCommand(), a.invocationsCommand(), a.logsCommand(), a.microvmCommand())
 	return root
 }
 

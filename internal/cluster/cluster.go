@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -56,6 +57,10 @@ type Cluster struct {
 	prefix   string
 	replicas int
 	log      *slog.Logger
+
+	kvOnce sync.Once // the node bucket, opened on first use
+	kv     jetstream.KeyValue
+	kvErr  error
 }
 
 // Connect connects to NATS and opens (creating on first use) the bundle

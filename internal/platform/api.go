@@ -56,6 +56,8 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 	mux.HandleFunc("POST /api/v1/keys", p.handleCreateKey)
 	mux.HandleFunc("GET /api/v1/keys", p.handleKeys)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", p.handleRevokeKey)
+	mux.HandleFunc("GET /api/v1/nodes", p.handleNodes)
+	mux.HandleFunc("POST /api/v1/nodes/{id}/{action}", p.handleNodeAction)
 	if metrics {
 		mux.HandleFunc("GET /metrics", p.handleMetrics)
 	}

@@ -380,7 +380,7 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 		}
 		return false
 	}
-	a, _, _ := p.mgr.Lookup(inv.AgentID)
+	a := p.servingAgent(ctx, inv.AgentID)
 	var result []byte
 	var err error
 	if a == nil {

@@ -71,7 +71,28 @@ func (p *Platform) consumeAsync(ctx context.Context) {
 	defer cutOff()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(asyncGrace, cutOff) })
 	defer stop()
-	p.cluster.queue.Consume(ctx, p.cfg.Async.Workers, func(d cluster.Delivery) { p.runDelivery(runCtx, d) })
+	ops := p.cluster.ops
+	for ctx.Err() == nil {
+		// Until a drain stops this run (its invocations finish), or ctx ends.
+		cctx, cancel := context.WithCancel(ctx)
+		ops.mu.Lock()
+		resumed := ops.resumed
+		if ops.draining {
+			cancel()
+		} else {
+			ops.stopAsync = cancel
+		}
+		ops.mu.Unlock()
+		if cctx.Err() == nil {
+			p.cluster.queue.Consume(cctx, p.cfg.Async.Workers, func(d cluster.Delivery) { p.runDelivery(runCtx, d) })
+			cancel()
+			continue
+		}
+		select { // draining: wait for resume
+		case <-resumed:
+		case <-ctx.Done():
+		}
+	}
 }
 
 // tenantSlot takes one of tenant's places on this node (TenantWorkers), so
@@ -114,7 +135,7 @@ func (p *Platform) runDelivery(ctx context.Context, d cluster.Delivery) {
 		// Started before, by a node that stopped (or lost its lease)
 		// while it ran: as after a single server's crash, it runs again
 		// only if its entrypoint is idempotent and has attempts left.
-		a, _, _ := p.mgr.Lookup(j.AgentID)
+		a := p.servingAgent(ctx, j.AgentID)
 		idempotent := a != nil && a.Idempotent(j.EntrypointTag)
 		if !idempotent || j.Attempts >= p.cfg.Async.MaxAttempts {
 			if err := p.async.failInterrupted(ctx, j, idempotent); err != nil && !errors.Is(err, domain.ErrNotFound) {
@@ -152,4 +173,15 @@ func (l localFirst) Stream(ctx context.Context, t domain.Target, tag string, arg
 		return l.cluster.Stream(ctx, t, tag, args, kwargs, started, fn)
 	}
 	return n, err
+}
+
+// servingAgent is the agent's active version, read from the store when
+// this server does not know it yet (on a cluster, the notice of its
+// activation may still be on its way).
+func (p *Platform) servingAgent(ctx context.Context, id string) *domain.Agent {
+	a, _, _ := p.mgr.Lookup(id)
+	if a == nil && p.cluster != nil && p.readThrough(ctx, id) == nil {
+		a, _, _ = p.mgr.Lookup(id)
+	}
+	return a
 }

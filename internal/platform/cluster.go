@@ -35,6 +35,7 @@ type clusterParts struct {
 	client *natsdispatch.Client // calls to the nodes (a node's async invocations go through one too)
 	node   *natsdispatch.Node   // a node's
 	async  *nodeAsync           // a node's
+	ops    *nodeOps             // a node's
 	stops  []func()
 }
 
@@ -105,7 +106,14 @@ func (p *Platform) clusterHooks() *manager.ClusterHooks {
 			Changed: func(id string) { c.cl.Changed(cluster.ChangeAgent, id) }}
 	}
 	return &manager.ClusterHooks{Bundles: c.cl,
-		Serve: func(t domain.Target) error { return c.node.Serve(t) }, Unserve: func(t domain.Target) { c.node.Unserve(t) }}
+		Serve: func(t domain.Target) error {
+			defer c.ops.changed()
+			return c.node.Serve(t)
+		},
+		Unserve: func(t domain.Target) {
+			c.node.Unserve(t)
+			c.ops.changed()
+		}}
 }
 
 // joinCluster starts the gateway's dispatcher or the node's serving, and
@@ -142,7 +150,13 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 			return err
 		}
 		c.node = node
-		if err := on(c.cl.ServePrepare(p.cfg.NodeID, p.mgr.PrepareVersion)); err != nil {
+		c.ops = &nodeOps{started: time.Now(), kick: make(chan struct{}, 1)}
+		stopPrepare, err := c.cl.ServePrepare(p.cfg.NodeID, p.mgr.PrepareVersion)
+		if err != nil {
+			return fmt.Errorf("subscribe on NATS: %w", err)
+		}
+		c.ops.stopPrepare = stopPrepare
+		if err := on(c.cl.ServeNodeControl(p.cfg.NodeID, p.nodeControl)); err != nil {
 			return err
 		}
 	}
@@ -282,6 +296,17 @@ func (p *Platform) leaveCluster() {
 	}
 	for _, stop := range c.stops {
 		stop()
+	}
+	if c.ops != nil {
+		c.ops.mu.Lock()
+		if c.ops.stopPrepare != nil {
+			c.ops.stopPrepare()
+			c.ops.stopPrepare = nil
+		}
+		c.ops.mu.Unlock()
+	}
+	if c.node != nil {
+		c.node.Pause() // no new call while the async invocations finish
 	}
 	if c.async != nil && c.async.started.Load() {
 		select { // Run's end stopped the consumer; its runs get asyncGrace

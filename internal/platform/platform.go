@@ -259,6 +259,7 @@ func (p *Platform) Run(ctx context.Context) {
 		if na := p.cluster.async; na != nil {
 			na.started.Store(true)
 			go p.consumeAsync(ctx)
+			go p.advertise(ctx)
 		}
 	}
 	p.mgr.Run(ctx)

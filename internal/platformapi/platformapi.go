@@ -378,3 +378,41 @@ func TextPtr(s string) *Text {
 	t := Text(s)
 	return &t
 }
+
+// Node is one node of a cluster as it advertises itself (GET
+// /api/v1/nodes, admin): its capacity, what it runs, its last heartbeat.
+type Node struct {
+	ID                   string      `json:"id"`
+	Addr                 string      `json:"addr"` // its health and metrics listener
+	Version              string      `json:"version"`
+	StartedAt            string      `json:"started_at"`
+	HeartbeatAt          string      `json:"heartbeat_at"`
+	HeartbeatAgeSeconds  float64     `json:"heartbeat_age_seconds"`
+	Draining             bool        `json:"draining"`
+	CPUs                 int         `json:"cpus"`
+	MemoryBytes          int64       `json:"memory_bytes"`
+	MemoryAvailableBytes int64       `json:"memory_available_bytes"`
+	Instances            int         `json:"instances"` // ready or starting
+	InFlight             int         `json:"in_flight"`
+	Drivers              []string    `json:"drivers"` // the sandboxes it can run
+	Agents               []NodeAgent `json:"agents"`
+}
+
+// NodeAgent is one agent version a node serves.
+type NodeAgent struct {
+	AgentID  string `json:"agent_id"`
+	Version  int    `json:"version"`
+	Ready    int    `json:"ready"`
+	InFlight int    `json:"in_flight"`
+}
+
+// NodeList is GET /api/v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// NodeAction is the answer of POST /api/v1/nodes/{id}/drain and /resume.
+type NodeAction struct {
+	ID     string `json:"id"`
+	Action string `json:"action"`
+}

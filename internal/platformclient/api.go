@@ -290,3 +290,17 @@ func (c *Client) FollowLogs(ctx context.Context, agentID string, after int64, fn
 	}
 	return nil
 }
+
+// ListNodes is GET /api/v1/nodes (admin): a cluster's live nodes.
+func (c *Client) ListNodes(ctx context.Context) ([]platformapi.Node, error) {
+	var out platformapi.NodeList
+	if err := c.do(ctx, http.MethodGet, path("nodes"), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Nodes, nil
+}
+
+// NodeAction is POST /api/v1/nodes/{id}/{action} (admin): drain or resume.
+func (c *Client) NodeAction(ctx context.Context, node, action string) error {
+	return c.do(ctx, http.MethodPost, path("nodes", node, action), nil, nil, nil)
+}

@@ -295,3 +295,53 @@ func TestNodeLeaveFinishesCallsInFlight(t *testing.T) {
 		})
 	}
 }
+
+// A paused node takes no calls, even for a version it is told to serve
+// meanwhile; resumed, it takes them all again.
+func TestNodePauseResume(t *testing.T) {
+	s := runNATS(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	other := domain.Target{AgentID: "agent", Version: 4}
+	a, err := natsdispatch.NewNode(connect(t, s, "a"), "a", echoNode{"a", &mu, seen}, nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.Serve(target)
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	call := func(tg domain.Target) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := client.Call(ctx, tg, "who", nil, nil)
+		return string(out), err
+	}
+	a.Pause()
+	if !a.Paused() {
+		t.Fatal("Paused() is false after Pause")
+	}
+	a.Serve(other)
+	for _, tg := range []domain.Target{target, other} {
+		if _, err := call(tg); !errors.Is(err, natsdispatch.ErrNoNode) {
+			t.Errorf("call to %v on a paused node = %v, want ErrNoNode", tg, err)
+		}
+	}
+	if err := a.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range []domain.Target{target, other} {
+		if who, err := call(tg); err != nil || who != "a" {
+			t.Errorf("call to %v after Resume = %q %v", tg, who, err)
+		}
+	}
+	a.Unserve(other)
+	a.Pause()
+	a.Resume()
+	if _, err := call(other); !errors.Is(err, natsdispatch.ErrNoNode) {
+		t.Errorf("a version unserved while serving came back with Resume: %v", err)
+	}
+}

@@ -29,6 +29,8 @@ type Node struct {
 
 	mu     sync.Mutex
 	served map[domain.Target]*nats.Subscription
+	wanted map[domain.Target]bool // what Serve was told (paused: not subscribed)
+	paused bool
 	calls  map[string]*serving
 
 	ctx    context.Context // ends when the node closes: its calls are cancelled
@@ -58,7 +60,7 @@ func NewNode(nc *nats.Conn, id string, local domain.Dispatcher, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{nc: nc, opts: o, id: id, local: local, log: log, control: o.Prefix + ".ctl." + id,
-		served: map[domain.Target]*nats.Subscription{}, calls: map[string]*serving{}}
+		served: map[domain.Target]*nats.Subscription{}, wanted: map[domain.Target]bool{}, calls: map[string]*serving{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	sub, err := nc.Subscribe(n.control+".*", n.onControl)
 	if err != nil {
@@ -73,10 +75,18 @@ func NewNode(nc *nats.Conn, id string, local domain.Dispatcher, log *slog.Logger
 // ID is the node's name.
 func (n *Node) ID() string { return n.id }
 
-// Serve starts taking calls for t.
+// Serve starts taking calls for t (once resumed, if paused).
 func (n *Node) Serve(t domain.Target) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.wanted[t] = true
+	if n.paused {
+		return nil
+	}
+	return n.subscribeLocked(t)
+}
+
+func (n *Node) subscribeLocked(t domain.Target) error {
 	if n.served[t] != nil {
 		return nil
 	}
@@ -94,6 +104,56 @@ func (n *Node) Serve(t domain.Target) error {
 // drain, not an unsubscribe, so that none is dropped), and so do the calls
 // in flight.
 func (n *Node) Unserve(t domain.Target) {
+	n.mu.Lock()
+	delete(n.wanted, t)
+	n.mu.Unlock()
+	n.unsubscribe(t)
+}
+
+// Pause stops taking new calls for every version (a drain: the calls
+// already here run) and returns once none is routed here; Serve still
+// records what to take once resumed.
+func (n *Node) Pause() {
+	n.mu.Lock()
+	n.paused = true
+	var targets []domain.Target
+	for t := range n.served {
+		targets = append(targets, t)
+	}
+	n.mu.Unlock()
+	for _, t := range targets {
+		n.unsubscribe(t)
+	}
+}
+
+// Resume takes calls again for every version Serve was told.
+func (n *Node) Resume() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.paused = false
+	for t := range n.wanted {
+		if err := n.subscribeLocked(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Paused reports whether the node is paused.
+func (n *Node) Paused() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.paused
+}
+
+// InFlight is how many calls the node runs now.
+func (n *Node) InFlight() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.calls)
+}
+
+func (n *Node) unsubscribe(t domain.Target) {
 	n.mu.Lock()
 	sub := n.served[t]
 	delete(n.served, t)
@@ -128,17 +188,7 @@ func (n *Node) Leave(grace time.Duration) {
 	n.Close()
 }
 
-func (n *Node) unserveAll() {
-	n.mu.Lock()
-	var targets []domain.Target
-	for t := range n.served {
-		targets = append(targets, t)
-	}
-	n.mu.Unlock()
-	for _, t := range targets {
-		n.Unserve(t)
-	}
-}
+func (n *Node) unserveAll() { n.Pause() }
 
 // Close stops taking calls, cancels the ones in flight and waits for them
 // to end (their callers get the error).
