@@ -43,14 +43,21 @@ var fastScale = []string{"--scale-tick", "200ms", "--scale-window", "3s", "--pan
 
 func startPlatform(t *testing.T, dataDir string, port int, args ...string) *platformServer {
 	t.Helper()
+	return startPlatformOn(t, "127.0.0.1", nil, dataDir, port, args...)
+}
+
+// startPlatformOn starts `runagent server` listening on host, its command
+// line after wrap (such as ip netns exec NAME).
+func startPlatformOn(t *testing.T, host string, wrap []string, dataDir string, port int, args ...string) *platformServer {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = filepath.Join(t.TempDir(), "data")
 	}
 	if port == 0 {
 		port = freePort(t)
 	}
-	s := &platformServer{t: t, Addr: fmt.Sprintf("127.0.0.1:%d", port), DataDir: dataDir, exited: make(chan struct{}), args: args}
-	full := append([]string{"server", "--port", strconv.Itoa(port), "--data-dir", dataDir}, fastScale...)
+	s := &platformServer{t: t, Addr: fmt.Sprintf("%s:%d", host, port), DataDir: dataDir, exited: make(chan struct{}), args: args}
+	full := append([]string{"server", "--host", host, "--port", strconv.Itoa(port), "--data-dir", dataDir}, fastScale...)
 	if os.Getenv("RUNAGENT_TEST_PLATFORM_DB") == "postgres" && !slices.Contains(args, "--db") {
 		// The whole platform suite on PostgreSQL: one schema per data
 		// directory, so that a restart finds its state again.
@@ -58,6 +65,9 @@ func startPlatform(t *testing.T, dataDir string, port int, args ...string) *plat
 	}
 	full = append(full, args...)
 	s.cmd = exec.Command(binary, full...)
+	if len(wrap) > 0 {
+		s.cmd = exec.Command(wrap[0], append(append(wrap[1:], binary), full...)...)
+	}
 	s.cmd.Env = append(os.Environ(), "RUNAGENT_CACHE_DIR="+sharedCache)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -97,6 +97,7 @@ if [ "${RUNAGENT_TEST_NO_GVISOR:-}" != 1 ]; then
 fi
 # The PostgreSQL store's tests start a private server from these binaries
 # (or use the one RUNAGENT_TEST_POSTGRES names).
+have ip || need required iproute2 "ip, the network namespace of the cluster resilience test"
 if [ -z "${RUNAGENT_TEST_POSTGRES:-}" ] && ! have initdb && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 	need required postgresql "initdb and postgres, the PostgreSQL store's tests (or RUNAGENT_TEST_POSTGRES=postgres://... to use a running server)"
 fi

@@ -1,0 +1,262 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
+)
+
+// runNATSCluster starts three NATS servers with JetStream in one cluster,
+// their client ports on every interface (a network namespace reaches them
+// through its veth), and returns them with their client ports.
+func runNATSCluster(t *testing.T) ([]*natsserver.Server, []int) {
+	t.Helper()
+	clientPorts := []int{freePort(t), freePort(t), freePort(t)}
+	routePorts := []int{freePort(t), freePort(t), freePort(t)}
+	var routes []string
+	for _, p := range routePorts {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var servers []*natsserver.Server
+	for i := range 3 {
+		s, err := natsserver.NewServer(&natsserver.Options{ServerName: fmt.Sprintf("nats-%d", i+1), Host: "0.0.0.0", Port: clientPorts[i],
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: natsserver.ClusterOpts{Name: "runagent-test", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:  natsserver.RoutesFromStr(strings.Join(routes, ","))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Start()
+		t.Cleanup(s.Shutdown)
+		servers = append(servers, s)
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("a NATS server is not ready")
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, s := range servers {
+			if s.JetStreamIsLeader() {
+				return servers, clientPorts
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("the NATS cluster elected no JetStream leader in 30 s")
+	return nil, nil
+}
+
+// netns makes a network namespace joined to the host by a veth pair and
+// returns its name, the host's address and the namespace's.
+func netns(t *testing.T) (name, hostIP, nsIP string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a network namespace needs root: the cluster resilience test is skipped")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("the cluster resilience test needs ip (iproute2; scripts/test-deps.sh installs it): %v", err)
+	}
+	n := os.Getpid() % 250
+	name = fmt.Sprintf("ra-e2e-%d", os.Getpid())
+	hostIP, nsIP = fmt.Sprintf("10.231.%d.1", n), fmt.Sprintf("10.231.%d.2", n)
+	host, peer := fmt.Sprintf("rah%d", os.Getpid()), fmt.Sprintf("ran%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run("link", "add", host, "type", "veth", "peer", "name", peer)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
+	run("link", "set", peer, "netns", name)
+	run("addr", "add", hostIP+"/30", "dev", host)
+	run("link", "set", host, "up")
+	run("netns", "exec", name, "ip", "addr", "add", nsIP+"/30", "dev", peer)
+	run("netns", "exec", name, "ip", "link", "set", peer, "up")
+	run("netns", "exec", name, "ip", "link", "set", "lo", "up")
+	return name, hostIP, nsIP
+}
+
+// load calls through the gateways until stopped, recording each failure
+// with when it happened.
+type load struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	calls   int
+	onNode  map[int]int
+	failure []loadFailure
+}
+
+type loadFailure struct {
+	at     time.Time
+	status int
+	code   string
+	body   string
+}
+
+func startLoad(t *testing.T, c *testCluster, id, key string, workers int) *load {
+	l := &load{stop: make(chan struct{}), onNode: map[int]int{}}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				r := c.gateways[w%len(c.gateways)].do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody("getenv", map[string]any{"name": "HOME"}))
+				l.mu.Lock()
+				l.calls++
+				if r.Status == 200 {
+					for i, n := range c.nodes {
+						if strings.Contains(string(r.Env.Data), filepath.Join(n.DataDir, "home")) {
+							l.onNode[i]++
+						}
+					}
+				} else {
+					l.failure = append(l.failure, loadFailure{time.Now(), r.Status, r.code(), string(r.Body)})
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// check fails the test for a failure outside [from, until] or not a clear
+// retryable one (503 with Retry-After or 502 AGENT_CRASHED).
+func (l *load) check(t *testing.T, what string, from, until time.Time) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Logf("%s: %d calls, %d failed, by node %v", what, l.calls, len(l.failure), l.onNode)
+	for _, f := range l.failure {
+		clear := f.status == 503 && (f.code == "CONNECTION_ERROR" || f.code == "OVERLOADED") || f.status == 502 && f.code == "AGENT_CRASHED"
+		if !clear || f.at.Before(from) || f.at.After(until) {
+			t.Errorf("%s: a call failed at %s (window %s to %s): %d %s", what, f.at.Format("15:04:05.000"),
+				from.Format("15:04:05.000"), until.Format("15:04:05.000"), f.status, f.body)
+		}
+	}
+}
+
+// TestClusterResilience runs two gateways and two nodes (one in its own
+// network namespace, so that its traffic crosses a veth) on a three-server
+// NATS cluster with JetStream replicas 3 and PostgreSQL, under load: one
+// NATS server is killed, then PostgreSQL restarts. Clients see at most a
+// short burst of clear, retryable errors; calls go on through both nodes;
+// every async invocation accepted meanwhile ends exactly once.
+func TestClusterResilience(t *testing.T) {
+	ns, hostIP, nsIP := netns(t)
+	servers, ports := runNATSCluster(t)
+	urls := func(host string) string {
+		var u []string
+		for _, p := range ports {
+			u = append(u, fmt.Sprintf("nats://%s:%d", host, p))
+		}
+		return strings.Join(u, ",")
+	}
+	c := &testCluster{db: pgtest.Schema(t, filepath.Join(t.TempDir(), "cluster"))}
+	common := func(host string) []string {
+		return []string{"--nats", urls(host), "--nats-replicas", "3", "--db", c.db, "--async-lease", "3s"}
+	}
+	for i := range 2 {
+		g := startPlatform(t, "", 0, append([]string{"--role", "gateway", "--node-id", fmt.Sprintf("g%d", i+1)}, common("127.0.0.1")...)...)
+		if i == 0 {
+			c.admin = g.Admin
+		}
+		g.Admin = c.admin
+		c.gateways = append(c.gateways, g)
+	}
+	c.nodes = append(c.nodes, startPlatform(t, "", 0, append([]string{"--role", "node", "--node-id", "n1"}, common("127.0.0.1")...)...))
+	c.nodes = append(c.nodes, startPlatformOn(t, nsIP, []string{"ip", "netns", "exec", ns}, "", 0,
+		append([]string{"--role", "node", "--node-id", "n2-netns"}, common(hostIP)...)...))
+
+	dir, _ := newAgent(t, "showcase")
+	id := c.gateways[0].deploy(t, dir, c.admin)
+	key := c.gateways[0].createKey(t, map[string]any{"name": "load", "scopes": []string{"run"}, "rate_per_second": 100000, "burst": 100000, "max_concurrency": 1000})
+	seen := map[int]bool{}
+	eventually(t, 15*time.Second, "both nodes, one across the veth, to serve calls", func() bool {
+		r := c.gateways[1].do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody("getenv", map[string]any{"name": "HOME"}))
+		if r.Status == 200 {
+			seen[c.servedBy(t, r)] = true
+		}
+		return len(seen) == 2
+	}, func() string { return c.logs() })
+
+	async := func(n int) []string {
+		var ids []string
+		for i := range n {
+			r := asyncRun(t, c.gateways[i%2], key, id, "add", map[string]any{"a": i, "b": 1})
+			if r.Status == 202 {
+				ids = append(ids, acceptedID(t, r))
+			} else if r.Status != 503 || r.Header.Get("Retry-After") == "" {
+				t.Errorf("async accepted during a failure: %d %s, want 202 or 503 with Retry-After", r.Status, r.Body)
+			}
+		}
+		return ids
+	}
+
+	// One NATS server dies.
+	l := startLoad(t, c, id, key, 4)
+	time.Sleep(time.Second)
+	victim := servers[0] // the server most of the processes use
+	for _, s := range servers {
+		if s.NumClients() > victim.NumClients() {
+			victim = s
+		}
+	}
+	t.Logf("killing %s with %d of the clients", victim.Name(), victim.NumClients())
+	killed := time.Now()
+	victim.Shutdown()
+	accepted := async(10)
+	time.Sleep(10 * time.Second)
+	l.end()
+	l.check(t, "a NATS server killed", killed, killed.Add(8*time.Second))
+	for i := range c.nodes {
+		if l.onNode[i] == 0 {
+			t.Errorf("no call ran on node %d while a NATS server was down", i+1)
+		}
+	}
+
+	// PostgreSQL restarts.
+	l = startLoad(t, c, id, key, 4)
+	time.Sleep(500 * time.Millisecond)
+	down := time.Now()
+	restarted := make(chan struct{})
+	go func() { defer close(restarted); pgtest.Restart(t, 2*time.Second) }()
+	accepted = append(accepted, async(10)...)
+	<-restarted
+	time.Sleep(4 * time.Second)
+	l.end()
+	l.check(t, "PostgreSQL restarted", down, down.Add(8*time.Second))
+
+	for _, inv := range accepted {
+		if st, detail := waitInvocation(t, c.gateways[1], inv, 30*time.Second); st != "completed" {
+			t.Errorf("async invocation %s: %s %s", inv, st, detail)
+		}
+	}
+	if t.Failed() {
+		t.Logf("servers:\n%s", c.logs())
+	}
+}
