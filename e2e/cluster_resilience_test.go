@@ -18,7 +18,7 @@ import (
 // runNATSCluster starts three NATS servers with JetStream in one cluster,
 // their client ports on every interface (a network namespace reaches them
 // through its veth), and returns them with their client ports.
-func runNATSCluster(t *testing.T) ([]*natsserver.Server, []int) {
+func runNATSCluster(t testing.TB) ([]*natsserver.Server, []int) {
 	t.Helper()
 	clientPorts := []int{freePort(t), freePort(t), freePort(t)}
 	routePorts := []int{freePort(t), freePort(t), freePort(t)}
@@ -59,7 +59,7 @@ func runNATSCluster(t *testing.T) ([]*natsserver.Server, []int) {
 
 // netns makes a network namespace joined to the host by a veth pair and
 // returns its name, the host's address and the namespace's.
-func netns(t *testing.T) (name, hostIP, nsIP string) {
+func netns(t testing.TB) (name, hostIP, nsIP string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("a network namespace needs root: the cluster resilience test is skipped")
@@ -108,7 +108,7 @@ type loadFailure struct {
 	body   string
 }
 
-func startLoad(t *testing.T, c *testCluster, id, key string, workers int) *load {
+func startLoad(t testing.TB, c *testCluster, id, key string, workers int) *load {
 	l := &load{stop: make(chan struct{}), onNode: map[int]int{}}
 	for w := range workers {
 		l.wg.Add(1)
@@ -146,7 +146,7 @@ func (l *load) end() {
 
 // check fails the test for a failure outside [from, until] or not a clear
 // retryable one (503 with Retry-After or 502 AGENT_CRASHED).
-func (l *load) check(t *testing.T, what string, from, until time.Time) {
+func (l *load) check(t testing.TB, what string, from, until time.Time) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -21,7 +21,7 @@ import (
 
 // runNATS starts a NATS server with JetStream in the test process, on a
 // free loopback port, and returns its URL.
-func runNATS(t *testing.T) string {
+func runNATS(t testing.TB) string {
 	t.Helper()
 	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
@@ -46,7 +46,7 @@ type testCluster struct {
 	nodeArgs []string
 }
 
-func startCluster(t *testing.T, gateways, nodes int, nodeArgs ...string) *testCluster {
+func startCluster(t testing.TB, gateways, nodes int, nodeArgs ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{nats: runNATS(t), db: pgtest.Schema(t, filepath.Join(t.TempDir(), "cluster"))}
 	common := []string{"--nats", c.nats, "--db", c.db}
@@ -67,7 +67,7 @@ func startCluster(t *testing.T, gateways, nodes int, nodeArgs ...string) *testCl
 
 // servedBy says which node ran a call: the showcase agent's getenv("HOME")
 // is the node's data directory.
-func (c *testCluster) servedBy(t *testing.T, r reply) int {
+func (c *testCluster) servedBy(t testing.TB, r reply) int {
 	t.Helper()
 	for i, n := range c.nodes {
 		if strings.Contains(string(r.Env.Data), filepath.Join(n.DataDir, "home")) {
@@ -444,7 +444,7 @@ func TestClusterRoleErrors(t *testing.T) {
 
 // eventually polls cond every 20 ms for up to d, failing the test with
 // what it waited for.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool, detail ...func() string) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if cond() {
@@ -461,7 +461,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool, de
 }
 
 // listNodes is `runagent nodes list --json` through g.
-func (c *testCluster) listNodes(t *testing.T, g *platformServer) []platformapi.Node {
+func (c *testCluster) listNodes(t testing.TB, g *platformServer) []platformapi.Node {
 	t.Helper()
 	out, errOut, err := runCLI(t, t.TempDir(), "nodes", "list", "--json", "--server", "http://"+g.Addr, "--api-key", c.admin)
 	if err != nil {

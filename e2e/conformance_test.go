@@ -39,7 +39,7 @@ type conformanceExpect struct {
 }
 
 // generated builds an argument described by a "generate" entry.
-func generated(t *testing.T, spec any) any {
+func generated(t testing.TB, spec any) any {
 	m, _ := spec.(map[string]any)
 	switch {
 	case m["repeat"] != nil:
@@ -56,7 +56,7 @@ func generated(t *testing.T, spec any) any {
 }
 
 // canonical re-encodes v so that values compare by value, numbers by text.
-func canonical(t *testing.T, v any) any {
+func canonical(t testing.TB, v any) any {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {

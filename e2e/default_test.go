@@ -16,7 +16,7 @@ import (
 	_ "modernc.org/sqlite"
 )
 
-func defaultServer(t *testing.T) *agentServer {
+func defaultServer(t testing.TB) *agentServer {
 	t.Helper()
 	dir, id := newAgent(t, "default")
 	return serve(t, dir, id, serveOpts{args: []string{"--max-body", "65536"}})
@@ -181,7 +181,7 @@ func TestInfoRoutesAndCORS(t *testing.T) {
 }
 
 // wsFrames streams tag and returns every frame and the close code.
-func wsFrames(t *testing.T, s *agentServer, first any) ([]map[string]any, int) {
+func wsFrames(t testing.TB, s *agentServer, first any) ([]map[string]any, int) {
 	t.Helper()
 	c, _, err := websocket.DefaultDialer.Dial("ws://"+s.Addr+"/api/v1/agents/"+s.AgentID+"/run-stream", nil)
 	if err != nil {

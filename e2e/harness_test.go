@@ -62,7 +62,7 @@ func TestMain(m *testing.M) {
 // the repository alone has no such folder: then ok is false and the caller
 // skips its check, naming path. RUNAGENT_TEST_REQUIRE_SHARED=1 makes a
 // missing checker fail the test instead.
-func wireChecker(t *testing.T) (path string, ok bool) {
+func wireChecker(t testing.TB) (path string, ok bool) {
 	t.Helper()
 	path, err := filepath.Abs(filepath.Join("..", "..", "shared", "tools", "check_wire.py"))
 	if err != nil {
@@ -78,7 +78,7 @@ func wireChecker(t *testing.T) (path string, ok bool) {
 }
 
 // runCLI runs the binary with an isolated cache and returns stdout, stderr.
-func runCLI(t *testing.T, cache string, args ...string) (string, string, error) {
+func runCLI(t testing.TB, cache string, args ...string) (string, string, error) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), "RUNAGENT_CACHE_DIR="+cache)
@@ -89,7 +89,7 @@ func runCLI(t *testing.T, cache string, args ...string) (string, string, error) 
 }
 
 // newAgent creates an agent folder from a template and returns its path and id.
-func newAgent(t *testing.T, template string) (dir, id string) {
+func newAgent(t testing.TB, template string) (dir, id string) {
 	t.Helper()
 	dir = filepath.Join(t.TempDir(), "agent")
 	out, errOut, err := runCLI(t, t.TempDir(), "init", dir, "--template", template, "--json")
@@ -107,7 +107,7 @@ func newAgent(t *testing.T, template string) (dir, id string) {
 
 // agentServer is a running `runagent serve`.
 type agentServer struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	Addr    string // host:port
 	AgentID string
@@ -135,7 +135,7 @@ type serveOpts struct {
 	port  int           // default: a free port
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -146,7 +146,7 @@ func freePort(t *testing.T) int {
 }
 
 // serve starts `runagent serve dir` on a free port and waits for health.
-func serve(t *testing.T, dir, id string, o serveOpts) *agentServer {
+func serve(t testing.TB, dir, id string, o serveOpts) *agentServer {
 	t.Helper()
 	if o.cache == "" {
 		o.cache = t.TempDir()
@@ -232,7 +232,7 @@ type envelope struct {
 }
 
 // post sends a JSON body (a string is sent as is) and decodes the envelope.
-func (s *agentServer) post(t *testing.T, path string, body any) (int, envelope, []byte) {
+func (s *agentServer) post(t testing.TB, path string, body any) (int, envelope, []byte) {
 	t.Helper()
 	var raw []byte
 	switch b := body.(type) {
@@ -254,7 +254,7 @@ func (s *agentServer) post(t *testing.T, path string, body any) (int, envelope, 
 	return resp.StatusCode, env, out
 }
 
-func (s *agentServer) get(t *testing.T, path string) (int, []byte) {
+func (s *agentServer) get(t testing.TB, path string) (int, []byte) {
 	t.Helper()
 	resp, err := http.Get(s.URL(path))
 	if err != nil {
@@ -266,7 +266,7 @@ func (s *agentServer) get(t *testing.T, path string) (int, []byte) {
 }
 
 // run calls /run for tag and returns the envelope.
-func (s *agentServer) run(t *testing.T, tag string, args []any, kwargs map[string]any) (int, envelope) {
+func (s *agentServer) run(t testing.TB, tag string, args []any, kwargs map[string]any) (int, envelope) {
 	t.Helper()
 	if args == nil {
 		args = []any{}
@@ -279,7 +279,7 @@ func (s *agentServer) run(t *testing.T, tag string, args []any, kwargs map[strin
 }
 
 // decodeStructured decodes a structured string: outer JSON, then payload.
-func decodeStructured(t *testing.T, s string) (string, any) {
+func decodeStructured(t testing.TB, s string) (string, any) {
 	t.Helper()
 	var outer struct {
 		Type    string `json:"type"`
@@ -296,7 +296,7 @@ func decodeStructured(t *testing.T, s string) (string, any) {
 }
 
 // result runs tag and returns the decoded value, failing on any error.
-func (s *agentServer) result(t *testing.T, tag string, args []any, kwargs map[string]any) any {
+func (s *agentServer) result(t testing.TB, tag string, args []any, kwargs map[string]any) any {
 	t.Helper()
 	st, env := s.run(t, tag, args, kwargs)
 	if st != 200 || !env.Success {
@@ -319,7 +319,7 @@ func contains(s string, subs ...string) bool {
 	return true
 }
 
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

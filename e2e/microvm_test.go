@@ -30,7 +30,7 @@ func TestMicroVMNetwork(t *testing.T) {
 }
 
 // nonLoopbackIPv4 is an IPv4 address of this host other than the loopback.
-func nonLoopbackIPv4(t *testing.T) string {
+func nonLoopbackIPv4(t testing.TB) string {
 	t.Helper()
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {

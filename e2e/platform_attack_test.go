@@ -54,7 +54,7 @@ def echo(message):
     return message
 `
 
-func newHostileAgent(t *testing.T, deployment map[string]any, entrypoints ...map[string]any) string {
+func newHostileAgent(t testing.TB, deployment map[string]any, entrypoints ...map[string]any) string {
 	t.Helper()
 	dir, _ := newAgent(t, "default")
 	if err := os.WriteFile(filepath.Join(dir, "hostile.py"), []byte(hostileAgent), 0o644); err != nil {
@@ -78,7 +78,7 @@ func newHostileAgent(t *testing.T, deployment map[string]any, entrypoints ...map
 }
 
 // rssMiB is a process's resident memory.
-func rssMiB(t *testing.T, pid int) float64 {
+func rssMiB(t testing.TB, pid int) float64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -123,7 +123,7 @@ func TestAttackPublicAgentHistoryIsPrivate(t *testing.T) {
 }
 
 // uploadAs posts a bundle with an optional agent_id field.
-func uploadAs(t *testing.T, s *platformServer, key, dir, agentID string) reply {
+func uploadAs(t testing.TB, s *platformServer, key, dir, agentID string) reply {
 	t.Helper()
 	files := map[string]string{}
 	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
@@ -137,7 +137,7 @@ func uploadAs(t *testing.T, s *platformServer, key, dir, agentID string) reply {
 	return s.upload(t, key, zipOf(t, files), agentID)
 }
 
-func agentVersions(t *testing.T, s *platformServer, id string) (latest int, status int) {
+func agentVersions(t testing.TB, s *platformServer, id string) (latest int, status int) {
 	t.Helper()
 	r := s.do(t, "GET", "/api/v1/agents/"+id, s.Admin, nil)
 	var d struct {
@@ -357,7 +357,7 @@ func TestAttackStalledStreamHoldsNoInstance(t *testing.T) {
 }
 
 // waitInvocation polls one invocation until it leaves pending.
-func waitInvocation(t *testing.T, s *platformServer, id string, timeout time.Duration) (status, detail string) {
+func waitInvocation(t testing.TB, s *platformServer, id string, timeout time.Duration) (status, detail string) {
 	t.Helper()
 	var inv struct {
 		Status      string
@@ -371,14 +371,14 @@ func waitInvocation(t *testing.T, s *platformServer, id string, timeout time.Dur
 	return inv.Status, inv.ErrorDetail
 }
 
-func asyncRun(t *testing.T, s *platformServer, key, agent, tag string, kwargs map[string]any) reply {
+func asyncRun(t testing.TB, s *platformServer, key, agent, tag string, kwargs map[string]any) reply {
 	t.Helper()
 	body := runBody(tag, kwargs)
 	body["async_execution"] = true
 	return s.do(t, "POST", "/api/v1/agents/"+agent+"/run", key, body)
 }
 
-func acceptedID(t *testing.T, r reply) string {
+func acceptedID(t testing.TB, r reply) string {
 	t.Helper()
 	var acc struct {
 		InvocationID string `json:"invocation_id"`

@@ -18,7 +18,7 @@ import (
 )
 
 // editConfig rewrites the agent's runagent.config.json through fn.
-func editConfig(t *testing.T, dir string, fn func(cfg map[string]any)) {
+func editConfig(t testing.TB, dir string, fn func(cfg map[string]any)) {
 	t.Helper()
 	path := filepath.Join(dir, "runagent.config.json")
 	b, err := os.ReadFile(path)
@@ -38,7 +38,7 @@ func editConfig(t *testing.T, dir string, fn func(cfg map[string]any)) {
 
 // addPyEntrypoint writes file (Python code) into the agent and adds an
 // entrypoint tag that calls the function fn in it.
-func addPyEntrypoint(t *testing.T, dir, file, code, fn, tag string) {
+func addPyEntrypoint(t testing.TB, dir, file, code, fn, tag string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(code), 0o644); err != nil {
 		t.Fatal(err)
@@ -361,7 +361,7 @@ type lineReader struct {
 	done  chan struct{}
 }
 
-func readLines(t *testing.T, cmd *exec.Cmd) *lineReader {
+func readLines(t testing.TB, cmd *exec.Cmd) *lineReader {
 	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 
 // platformServer is a running `runagent server`.
 type platformServer struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     *exec.Cmd
 	Addr    string
 	DataDir string
@@ -41,14 +41,14 @@ type platformServer struct {
 var fastScale = []string{"--scale-tick", "200ms", "--scale-window", "3s", "--panic-window", "1s",
 	"--idle-timeout", "3s", "--health-interval", "1s"}
 
-func startPlatform(t *testing.T, dataDir string, port int, args ...string) *platformServer {
+func startPlatform(t testing.TB, dataDir string, port int, args ...string) *platformServer {
 	t.Helper()
 	return startPlatformOn(t, "127.0.0.1", nil, dataDir, port, args...)
 }
 
 // startPlatformOn starts `runagent server` listening on host, its command
 // line after wrap (such as ip netns exec NAME).
-func startPlatformOn(t *testing.T, host string, wrap []string, dataDir string, port int, args ...string) *platformServer {
+func startPlatformOn(t testing.TB, host string, wrap []string, dataDir string, port int, args ...string) *platformServer {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = filepath.Join(t.TempDir(), "data")
@@ -137,7 +137,7 @@ type reply struct {
 }
 
 // do sends a request with key (if any) and a JSON body (if any).
-func (s *platformServer) do(t *testing.T, method, path, key string, body any) reply {
+func (s *platformServer) do(t testing.TB, method, path, key string, body any) reply {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -167,7 +167,7 @@ func (r reply) code() string {
 }
 
 // deploy deploys dir with the CLI and returns the agent id.
-func (s *platformServer) deploy(t *testing.T, dir, key string) string {
+func (s *platformServer) deploy(t testing.TB, dir, key string) string {
 	t.Helper()
 	out, errOut, err := runCLI(t, sharedCache, "deploy", dir, "--server", "http://"+s.Addr, "--api-key", key, "--json")
 	if err != nil {
@@ -184,7 +184,7 @@ func (s *platformServer) deploy(t *testing.T, dir, key string) string {
 	return res.AgentID
 }
 
-func (s *platformServer) createKey(t *testing.T, body map[string]any) string {
+func (s *platformServer) createKey(t testing.TB, body map[string]any) string {
 	t.Helper()
 	r := s.do(t, "POST", "/api/v1/keys", s.Admin, body)
 	if r.Status != http.StatusCreated {
@@ -196,7 +196,7 @@ func (s *platformServer) createKey(t *testing.T, body map[string]any) string {
 }
 
 // setDeployment writes a "deployment" section into the agent's config.
-func setDeployment(t *testing.T, dir string, dep map[string]any) {
+func setDeployment(t testing.TB, dir string, dep map[string]any) {
 	t.Helper()
 	path := filepath.Join(dir, "runagent.config.json")
 	b, err := os.ReadFile(path)
@@ -216,7 +216,7 @@ func runBody(tag string, kwargs map[string]any) map[string]any {
 
 // wsStatus dials the stream route and returns the handshake's HTTP status
 // (101 when it upgraded) and, when it did, the frames until the close.
-func (s *platformServer) stream(t *testing.T, agent, token, tag string, kwargs map[string]any) (int, []map[string]any) {
+func (s *platformServer) stream(t testing.TB, agent, token, tag string, kwargs map[string]any) (int, []map[string]any) {
 	t.Helper()
 	u := "ws://" + s.Addr + "/api/v1/agents/" + agent + "/run-stream"
 	if token != "" {
@@ -373,7 +373,7 @@ func TestPlatformAuthMatrix(t *testing.T) {
 
 // zipOf builds a zip from entries (name → content); a name starting with
 // "link:" becomes a symlink entry.
-func zipOf(t *testing.T, entries map[string]string) []byte {
+func zipOf(t testing.TB, entries map[string]string) []byte {
 	var b bytes.Buffer
 	zw := zip.NewWriter(&b)
 	for name, body := range entries {
@@ -391,7 +391,7 @@ func zipOf(t *testing.T, entries map[string]string) []byte {
 	return b.Bytes()
 }
 
-func (s *platformServer) upload(t *testing.T, key string, zipBytes []byte, agentID string) reply {
+func (s *platformServer) upload(t testing.TB, key string, zipBytes []byte, agentID string) reply {
 	t.Helper()
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
@@ -536,7 +536,7 @@ func TestPlatformRateLimitAndOverload(t *testing.T) {
 }
 
 // agentDetail reads GET /api/v1/agents/{id}.
-func (s *platformServer) agentDetail(t *testing.T, id string) (ready int, pids []int, version int) {
+func (s *platformServer) agentDetail(t testing.TB, id string) (ready int, pids []int, version int) {
 	t.Helper()
 	r := s.do(t, "GET", "/api/v1/agents/"+id, s.Admin, nil)
 	var d struct {
@@ -558,7 +558,7 @@ func (s *platformServer) agentDetail(t *testing.T, id string) (ready int, pids [
 	return ready, pids, d.ActiveVersion
 }
 
-func metricValue(t *testing.T, s *platformServer, prefix string) float64 {
+func metricValue(t testing.TB, s *platformServer, prefix string) float64 {
 	t.Helper()
 	r := s.do(t, "GET", "/metrics", s.Admin, nil)
 	if r.Status != 200 {

@@ -83,7 +83,7 @@ func TestRequirementsLocalPackageAndFailure(t *testing.T) {
 	}
 }
 
-func writeFiles(t *testing.T, root string, files map[string]string) {
+func writeFiles(t testing.TB, root string, files map[string]string) {
 	t.Helper()
 	for name, body := range files {
 		p := filepath.Join(root, name)
@@ -97,7 +97,7 @@ func writeFiles(t *testing.T, root string, files map[string]string) {
 }
 
 // addEntrypoint appends an entrypoint object to the agent's config.
-func addEntrypoint(t *testing.T, dir, entry string) {
+func addEntrypoint(t testing.TB, dir, entry string) {
 	t.Helper()
 	p := filepath.Join(dir, "runagent.config.json")
 	b, err := os.ReadFile(p)

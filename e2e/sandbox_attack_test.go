@@ -76,10 +76,10 @@ type attackCase struct {
 	// processBlocks: the process driver must block it too.
 	processBlocks bool
 	// check runs after the attack, before the common checks.
-	check func(t *testing.T, o *attackOutcome)
+	check func(t testing.TB, o *attackOutcome)
 }
 
-func runAttackSuite(t *testing.T, driver string) {
+func runAttackSuite(t testing.TB, driver string) {
 	attackPrecheck(t, driver)
 	sandboxed := driver != "process"
 	marker := attackRandHex(t, 6)
@@ -183,7 +183,7 @@ func runAttackSuite(t *testing.T, driver string) {
 			kwargs: map[string]any{"data_dir": data, "victim_dir": victimBundle}},
 		{name: "write outside work dir", tag: "write_outside",
 			kwargs: map[string]any{"data_dir": data, "marker": marker, "driver": driver},
-			check: func(t *testing.T, o *attackOutcome) {
+			check: func(t testing.TB, o *attackOutcome) {
 				// The places an instance may write to must work, or "blocked"
 				// means nothing.
 				sanity, _ := o.result["sanity"].(map[string]any)
@@ -219,7 +219,7 @@ func runAttackSuite(t *testing.T, driver string) {
 			}},
 		{name: "tcp to host loopback", tag: "tcp_connect",
 			kwargs: map[string]any{"port": lnPort, "marker": "host-listener-" + marker},
-			check: func(t *testing.T, o *attackOutcome) {
+			check: func(t testing.TB, o *attackOutcome) {
 				if n := accepted.Load(); n > 0 && o.blocked {
 					o.blocked = false
 					o.detail += fmt.Sprintf("; but the test's listener accepted %d connection(s)", n)
@@ -227,7 +227,7 @@ func runAttackSuite(t *testing.T, driver string) {
 			}},
 		{name: "fork bomb", tag: "fork_bomb", processBlocks: true,
 			kwargs: map[string]any{"marker": forkName, "count": 1000, "hold": 4},
-			check: func(t *testing.T, o *attackOutcome) {
+			check: func(t testing.TB, o *attackOutcome) {
 				if !sandboxed && o.limit == "" && o.failure == "" {
 					t.Errorf("process driver: fork bomb: want the call to end with RESOURCE_LIMIT (the /proc sampling), got %s: %s", o.verdict(), o.detail)
 				}
@@ -252,7 +252,7 @@ func runAttackSuite(t *testing.T, driver string) {
 				"server_marker": "RUNAGENT_CACHE_DIR=" + sharedCache}},
 		{name: "signal victim/server", tag: "signal_attack",
 			kwargs: map[string]any{"victim_pid": sigVictim, "server_pid": sigServer},
-			check: func(t *testing.T, o *attackOutcome) {
+			check: func(t testing.TB, o *attackOutcome) {
 				if sandboxed {
 					return
 				}
@@ -389,7 +389,7 @@ func attackValue(r reply) (any, error) {
 
 // attackPrecheck fails (or, when the environment says the tool is missing
 // on purpose, skips) a driver this machine or this build cannot run.
-func attackPrecheck(t *testing.T, driver string) {
+func attackPrecheck(t testing.TB, driver string) {
 	t.Helper()
 	var tool, env string
 	switch driver {
@@ -419,7 +419,7 @@ func attackPrecheck(t *testing.T, driver string) {
 
 // attackSandboxServes starts `runagent server --sandbox driver` and says
 // why it did not come up, if it did not (it checks its driver at start).
-func attackSandboxServes(t *testing.T, driver string) error {
+func attackSandboxServes(t testing.TB, driver string) error {
 	port := freePort(t)
 	cmd := exec.Command(binary, "server", "--sandbox", driver, "--port", strconv.Itoa(port), "--data-dir", filepath.Join(t.TempDir(), "probe"))
 	cmd.Env = append(os.Environ(), "RUNAGENT_CACHE_DIR="+sharedCache)
@@ -477,7 +477,7 @@ func (b *attackBuffer) String() string {
 
 // attackFixture copies testdata/<name> to a fresh folder (deploy and the
 // test edit the copy, never the fixture).
-func attackFixture(t *testing.T, name string) string {
+func attackFixture(t testing.TB, name string) string {
 	t.Helper()
 	src := filepath.Join("testdata", name)
 	dst := filepath.Join(t.TempDir(), name)
@@ -506,7 +506,7 @@ func attackFixture(t *testing.T, name string) string {
 
 // attackReadyPID is the pid of the agent's one ready instance, waiting for
 // it to be ready.
-func attackReadyPID(t *testing.T, s *platformServer, agent string) int {
+func attackReadyPID(t testing.TB, s *platformServer, agent string) int {
 	t.Helper()
 	var pids []int
 	if !attackPoll(30*time.Second, func() bool {
@@ -519,7 +519,7 @@ func attackReadyPID(t *testing.T, s *platformServer, agent string) int {
 	return pids[0]
 }
 
-func attackRandHex(t *testing.T, n int) string {
+func attackRandHex(t testing.TB, n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -616,7 +616,7 @@ func attackProcState(pid int) string {
 
 // greetingListener listens on addr, writes greeting to whoever connects and
 // counts them, until the test ends; it returns its port and the count.
-func greetingListener(t *testing.T, addr, greeting string) (int, *atomic.Int64) {
+func greetingListener(t testing.TB, addr, greeting string) (int, *atomic.Int64) {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	runagent "github.com/runagent-go/runagent/sdk/go"
 )
 
-func sdkClient(t *testing.T, s *agentServer, tag string) *runagent.Client {
+func sdkClient(t testing.TB, s *agentServer, tag string) *runagent.Client {
 	t.Helper()
 	host, port, _ := strings.Cut(s.Addr, ":")
 	p, _ := strconv.Atoi(port)

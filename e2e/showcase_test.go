@@ -14,7 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-func showcaseServer(t *testing.T, args ...string) *agentServer {
+func showcaseServer(t testing.TB, args ...string) *agentServer {
 	t.Helper()
 	dir, id := newAgent(t, "showcase")
 	// .env values reach the agent beside env_vars.
@@ -24,7 +24,7 @@ func showcaseServer(t *testing.T, args ...string) *agentServer {
 	return serve(t, dir, id, serveOpts{args: args})
 }
 
-func jsonEqual(t *testing.T, got, want any) bool {
+func jsonEqual(t testing.TB, got, want any) bool {
 	t.Helper()
 	g, _ := json.Marshal(got)
 	w, _ := json.Marshal(want)
@@ -91,7 +91,7 @@ func TestShowcaseFunctionShapes(t *testing.T) {
 }
 
 // streamTag opens a stream and returns data values, the last frame and the close code.
-func streamTag(t *testing.T, s *agentServer, tag string, args []any, kwargs map[string]any) ([]any, map[string]any, int) {
+func streamTag(t testing.TB, s *agentServer, tag string, args []any, kwargs map[string]any) ([]any, map[string]any, int) {
 	t.Helper()
 	if args == nil {
 		args = []any{}
@@ -142,7 +142,7 @@ func TestShowcaseStreamShapes(t *testing.T) {
 }
 
 // waitForLine polls a file until it contains want.
-func waitForLine(t *testing.T, path, want string, d time.Duration) string {
+func waitForLine(t testing.TB, path, want string, d time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -223,7 +223,7 @@ func TestCallTimeout(t *testing.T) {
 	}
 }
 
-func runnerPID(t *testing.T, s *agentServer) int {
+func runnerPID(t testing.TB, s *agentServer) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
