@@ -5,7 +5,7 @@ BIN       := bin/runagent
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: build demo deps test test-go test-go-postgres test-python test-py-sdk test-js test-rust vet bench clean microvm-image
+.PHONY: build demo deps test test-go test-go-postgres test-python test-py-sdk test-js test-rust vet bench bench-cluster clean microvm-image
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
@@ -76,6 +76,14 @@ test-rust: build
 
 bench: build
 	$(GO) run ./bench/cmd/bench $(BENCHFLAGS)
+
+# The cluster's benchmarks (real gateways and nodes on NATS and PostgreSQL;
+# docs/benchmarks.md records them by hand): one vs two nodes, memory, the
+# NATS hop, a node kill to the last redelivered async run.
+bench-cluster:
+	$(GO) test -run '^$$' -bench 'ClusterThroughput' -benchtime 400x ./e2e
+	$(GO) test -run '^$$' -bench 'ClusterRedelivery' -benchtime 1x ./e2e
+	$(GO) test -run '^$$' -bench 'CallHop' ./internal/dispatch/natsdispatch
 
 clean:
 	rm -rf bin demo-agent

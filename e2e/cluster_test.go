@@ -141,6 +141,38 @@ func TestCluster(t *testing.T) {
 	}
 	eventually(t, 3*time.Second, "a key revoked on gateway 1 to be refused on gateway 2", func() bool { return add(g2, key).Status == 401 })
 
+	// Rate limits are shared by the gateways: a key of 5/s, burst 10, used
+	// through both at once gets, over a burst and 3 s, at most its burst,
+	// its rate and the documented overshoot of one gateway's burst plus
+	// 0.1 s of rate (two gateways on their own would admit about 50).
+	const rate, burst, share = 5.0, 10.0, 0.1
+	limited := g1.createKey(t, map[string]any{"name": "limited", "scopes": []string{"run"}, "rate_per_second": rate, "burst": burst})
+	list := func(g *platformServer) int { return g.do(t, "GET", "/api/v1/agents", limited, nil).Status }
+	eventually(t, 3*time.Second, "the limited key on gateway 2", func() bool { return list(g2) == 200 })
+	time.Sleep(time.Duration(burst/rate*float64(time.Second)) + 500*time.Millisecond) // both buckets full again
+	admitted := 0
+	began := time.Now()
+	for i := range 40 { // a burst, through both
+		if st := list(c.gateways[i%2]); st == 200 {
+			admitted++
+		} else if st != 429 {
+			t.Fatalf("a limited request: %d", st)
+		}
+	}
+	for i := 0; time.Since(began) < 3*time.Second; i++ { // then a steady stream
+		if list(c.gateways[i%2]) == 200 {
+			admitted++
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Since(began).Seconds()
+	most := burst + rate*elapsed + (burst + rate*share) + 2 // 2: the refill during a report's flight
+	t.Logf("shared rate limit: %d admitted in %.1f s (at most %.1f; alone, each gateway would admit %.0f)", admitted, elapsed, most, burst+rate*elapsed)
+	if float64(admitted) > most || float64(admitted) < burst+rate*elapsed/2 {
+		t.Errorf("a key of %g/s burst %g through two gateways was admitted %d times in %.1f s, want between %.1f and %.1f",
+			rate, burst, admitted, elapsed, burst+rate*elapsed/2, most)
+	}
+
 	// An async invocation accepted by one gateway runs on a node; its
 	// outcome is read through the other.
 	async := acceptedID(t, asyncRun(t, g2, c.admin, id, "add", map[string]any{"a": 40, "b": 2}))

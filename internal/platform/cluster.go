@@ -36,6 +36,7 @@ type clusterParts struct {
 	node   *natsdispatch.Node   // a node's
 	async  *nodeAsync           // a node's
 	ops    *nodeOps             // a node's
+	share  *rateShare           // a gateway's
 	stops  []func()
 }
 
@@ -139,6 +140,13 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 	switch p.cfg.Role {
 	case RoleGateway:
 		p.dispatch, p.asyncDispatch = remote, remote
+		c.share = &rateShare{spent: map[string]int{}}
+		sub, err := c.cl.Conn().Subscribe(p.rateSubject(), p.onSpent)
+		if err != nil {
+			return fmt.Errorf("subscribe on NATS: %w", err)
+		}
+		sub.SetPendingLimits(-1, -1)
+		c.stops = append(c.stops, func() { sub.Unsubscribe() })
 		if err := on(c.cl.OnChange(cluster.ChangeKeys, func(string) { p.reloadKeys(context.Background()) })); err != nil {
 			return err
 		}
@@ -184,15 +192,21 @@ func (p *Platform) readThrough(ctx context.Context, agentID string) *domain.Erro
 // (natsdispatch.ErrNoNode: it did not run) waits at the gateway for up to
 // activatorWait while a node brings its version up, as Knative's activator
 // does; it goes to the agent's active version instead when another gateway
-// activated a newer one that this one has not heard of yet.
+// activated a newer one that this one has not heard of yet. A call a full
+// node refused (OVERLOADED: it did not run) is sent again, up to
+// overloadResends times, for another node to take.
 type gatewayDispatch struct {
 	*natsdispatch.Client
 	p *Platform
 }
 
 // activatorWait is how long a call waits at a gateway for a node to serve
-// its version.
-const activatorWait = 10 * time.Second
+// its version; overloadResends is how often a call a full node refused is
+// sent again before the client gets the OVERLOADED.
+const (
+	activatorWait   = 10 * time.Second
+	overloadResends = 2
+)
 
 func (g gatewayDispatch) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) (out []byte, err error) {
 	err = g.untilTaken(ctx, &t, func() error {
@@ -216,8 +230,15 @@ func (g gatewayDispatch) Stream(ctx context.Context, t domain.Target, tag string
 func (g gatewayDispatch) untilTaken(ctx context.Context, t *domain.Target, send func() error) error {
 	deadline := time.Now().Add(activatorWait)
 	pause := 20 * time.Millisecond
+	resent := 0
 	for {
 		err := send()
+		if domain.CodeOf(err) == domain.CodeOverloaded && !errors.Is(err, natsdispatch.ErrNoNode) && resent < overloadResends {
+			// A node refused it unrun (full, or its version retiring):
+			// the queue group may pick one with room.
+			resent++
+			continue
+		}
 		if !errors.Is(err, natsdispatch.ErrNoNode) {
 			return err
 		}

@@ -256,6 +256,9 @@ func (p *Platform) Run(ctx context.Context) {
 	}
 	if p.cluster != nil {
 		go p.resync(ctx)
+		if p.cluster.share != nil {
+			go p.shareRates(ctx)
+		}
 		if na := p.cluster.async; na != nil {
 			na.started.Store(true)
 			go p.consumeAsync(ctx)
@@ -342,6 +345,9 @@ func (p *Platform) limit(w http.ResponseWriter, id string, pol ratelimit.Policy,
 	if !d.Allowed {
 		p.metrics.rateLimited.WithLabelValues(d.Reason).Inc()
 		return nil, nil, &domain.Error{Code: domain.CodeRateLimit, Message: d.Message, RetryAfter: d.RetryAfter}
+	}
+	if p.cluster != nil && p.cluster.share != nil && pol.RatePerSecond > 0 {
+		p.cluster.share.took(id)
 	}
 	return k, release, nil
 }

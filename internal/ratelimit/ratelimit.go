@@ -180,6 +180,23 @@ func (l *Limiter) Acquire(key string, p Policy) (d Decision, release func()) {
 	}
 }
 
+// Spend takes n tokens from key's bucket under p without asking: tokens
+// another gateway admitted for the same key (a cluster shares its limits
+// this way). The bucket may go into debt; the key's next requests here wait
+// until it is paid. Concurrency is not touched: it stays per server.
+func (l *Limiter) Spend(key string, p Policy, n int) {
+	if !p.rateLimited() || n <= 0 {
+		return
+	}
+	now := l.now()
+	e := l.lockedEntry(key, now)
+	defer e.mu.Unlock()
+	e.lastUsed = now
+	e.setPolicy(p, now)
+	debt := min(maxSpan, time.Duration(n)*e.interval)
+	e.full = laterOf(e.full, now).Add(debt)
+}
+
 // lockedEntry returns key's live entry, creating it if needed, with its mutex held.
 func (l *Limiter) lockedEntry(key string, now time.Time) *entry {
 	for {

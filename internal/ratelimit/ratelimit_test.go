@@ -447,3 +447,43 @@ func BenchmarkAcquire(b *testing.B) {
 		})
 	})
 }
+
+// Tokens spent elsewhere (another gateway) come off the bucket: what is
+// left is admitted, a debt is paid by waiting, and an unlimited policy or
+// nothing spent changes nothing.
+func TestSpend(t *testing.T) {
+	p := Policy{RatePerSecond: 10, Burst: 20}
+	for _, tc := range []struct {
+		name      string
+		policy    Policy
+		spend     int
+		wait      time.Duration
+		wantAdmit int // Acquire calls allowed in a row after the spend and the wait
+	}{
+		{"nothing spent", p, 0, 0, 20},
+		{"part of the burst", p, 5, 0, 15},
+		{"the whole burst", p, 20, 0, 0},
+		{"a debt, not yet paid", p, 30, 500 * ms, 0},
+		{"a debt, paid and refilled", p, 30, 1500 * ms, 5},
+		{"refills after a spend", p, 20, 300 * ms, 3},
+		{"no rate limit", Policy{MaxConcurrency: 5}, 100, 0, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClock()
+			l := New(c.now)
+			l.Spend("k", tc.policy, tc.spend)
+			c.advance(tc.wait)
+			admitted := 0
+			for range 100 {
+				d, _ := l.Acquire("k", tc.policy) // never released: concurrency caps the no-rate case
+				if !d.Allowed {
+					break
+				}
+				admitted++
+			}
+			if admitted != tc.wantAdmit {
+				t.Errorf("admitted %d after spending %d and waiting %s, want %d", admitted, tc.spend, tc.wait, tc.wantAdmit)
+			}
+		})
+	}
+}
