@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -100,6 +101,7 @@ func TestCluster(t *testing.T) {
 	c := startCluster(t, 2, 2)
 	g1, g2 := c.gateways[0], c.gateways[1]
 	dir, _ := newAgent(t, "showcase")
+	addPyEntrypoint(t, dir, "shout.py", "def shout(marker):\n    print(\"marker \" + marker)\n    return \"ok\"\n", "shout", "shout")
 	id := g1.deploy(t, dir, c.admin)
 
 	// Called through the other gateway, at once: the deploy returned
@@ -113,6 +115,28 @@ func TestCluster(t *testing.T) {
 	if st, frames := g2.stream(t, id, c.admin, "count_stream", map[string]any{"n": 3}); st != 101 || len(frames) != 5 || frames[4]["status"] != "stream_completed" {
 		t.Errorf("a stream through the second gateway: %d %v", st, frames)
 	}
+	// runagent logs --follow on one gateway shows the lines a node stored
+	// for a call made through the other.
+	follow := exec.Command(binary, "logs", id, "--follow", "--server", "http://"+g2.Addr, "--api-key", c.admin)
+	follow.Env = append(os.Environ(), "RUNAGENT_CACHE_DIR="+sharedCache)
+	lr := readLines(t, follow)
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
+	if !pollUntil(10*time.Second, func() bool { return len(lr.with("version 1 is serving")) > 0 }) {
+		t.Fatalf("logs --follow through gateway 2 printed no past line:\n%s", lr.all())
+	}
+	for i := range 3 {
+		m := fmt.Sprintf("m%d-%d", i, time.Now().UnixNano())
+		if r := g1.do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("shout", map[string]any{"marker": m})); r.Status != 200 {
+			t.Fatalf("shout: %d %s", r.Status, r.Body)
+		}
+		if !pollUntil(5*time.Second, func() bool { return len(lr.with("marker "+m)) == 1 }) {
+			t.Fatalf("a line a node stored did not reach logs --follow on the other gateway:\n%s", lr.all())
+		}
+	}
+
 	// Both nodes take calls (NATS's queue group spreads them).
 	home := func(g *platformServer) reply {
 		return g.do(t, "POST", "/api/v1/agents/"+id+"/run", c.admin, runBody("getenv", map[string]any{"name": "HOME"}))

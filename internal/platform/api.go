@@ -547,6 +547,11 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 	deadline()
 	enc := json.NewEncoder(w)
 	last := after
+	// seen drops the lines of the backlog the subscription brings again.
+	// Lines are not dropped for being older than the last one sent: on a
+	// cluster, several servers store lines, and one may commit a lower
+	// seq after another's higher one.
+	seen := map[int64]bool{}
 	for {
 		lines, err := p.db.Logs(r.Context(), id, inv, last, 1000)
 		if err != nil {
@@ -555,6 +560,7 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 		for _, l := range lines {
 			enc.Encode(logLine(l))
 			last = l.Seq
+			seen[l.Seq] = true
 		}
 		if len(lines) < 1000 {
 			break
@@ -573,14 +579,17 @@ func (p *Platform) handleLogs(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case l := <-ch:
-			if l.Seq <= last || (inv != "" && l.InvocationID != inv) {
+			if l.Seq <= after || seen[l.Seq] || (inv != "" && l.InvocationID != inv) {
 				continue
 			}
 			deadline()
 			if enc.Encode(logLine(l)) != nil || rc.Flush() != nil {
 				return
 			}
-			last = l.Seq
+			if len(seen) > 50000 { // long past the backlog's overlap
+				clear(seen)
+			}
+			seen[l.Seq] = true
 		}
 	}
 }

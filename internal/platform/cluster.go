@@ -2,6 +2,7 @@ package platform
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/runagent-go/runagent/internal/cluster"
@@ -168,7 +170,47 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 			return err
 		}
 	}
+	p.shareLogs()
 	return on(c.cl.OnChange(cluster.ChangeAgent, func(id string) { go p.reconcile(id) }))
+}
+
+// logsSubject carries every stored batch of agent log lines, for the
+// gateways' `runagent logs --follow` readers.
+const logsSubject = "runagent.logs"
+
+type sharedLogs struct {
+	From  string           `json:"from"`
+	Lines []domain.LogLine `json:"lines"`
+}
+
+// shareLogs publishes the lines this server stores and, on a gateway,
+// hands the other servers' lines to its followers.
+func (p *Platform) shareLogs() {
+	c := p.cluster
+	p.logs.published = func(lines []domain.LogLine) {
+		b, err := json.Marshal(sharedLogs{From: p.cfg.NodeID, Lines: lines})
+		if err == nil {
+			err = c.cl.Conn().Publish(logsSubject, b)
+		}
+		if err != nil {
+			p.log.Debug("publish agent log lines", "error", err)
+		}
+	}
+	if p.cfg.Role != RoleGateway {
+		return
+	}
+	sub, err := c.cl.Conn().Subscribe(logsSubject, func(m *nats.Msg) {
+		var b sharedLogs
+		if json.Unmarshal(m.Data, &b) == nil && b.From != p.cfg.NodeID {
+			p.logs.deliver(b.Lines)
+		}
+	})
+	if err != nil {
+		p.log.Warn("subscribe to the agents' log lines; logs --follow on this gateway shows only what it reads from the store", "error", err)
+		return
+	}
+	sub.SetPendingLimits(-1, -1)
+	c.stops = append(c.stops, func() { sub.Unsubscribe() })
 }
 
 // readThrough reconciles an agent the gateway does not know (or knows

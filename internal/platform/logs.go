@@ -26,6 +26,10 @@ type logHub struct {
 
 	mu   sync.Mutex
 	subs map[string]map[chan domain.LogLine]struct{}
+
+	// published, when set, is told of every batch stored (a cluster's
+	// servers pass their lines to the other gateways' followers).
+	published func([]domain.LogLine)
 }
 
 const (
@@ -122,6 +126,14 @@ func (h *logHub) write(batch []domain.LogLine) {
 		h.log.Warn("store agent logs", "lines", len(batch), "error", err)
 		return
 	}
+	if h.published != nil {
+		h.published(batch)
+	}
+	h.deliver(batch)
+}
+
+// deliver hands stored lines to their agents' followers.
+func (h *logHub) deliver(batch []domain.LogLine) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, l := range batch {
