@@ -83,6 +83,34 @@ func TestSingleServerLock(t *testing.T) {
 	third.Close()
 }
 
+// The lock is a session's: a PostgreSQL restart ends it. The server takes
+// it again once PostgreSQL is back, so that a second server started after
+// the restart is still refused.
+func TestSingleServerLockSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Schema(t, t.TempDir())
+	first, err := pgstore.Open(ctx, url, pgstore.Options{SingleServer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	pgtest.Restart(t, time.Second)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		second, err := pgstore.Open(ctx, url, pgstore.Options{SingleServer: true})
+		if err != nil && strings.Contains(err.Error(), "another runagent server is using this database") {
+			return // taken again
+		}
+		if err == nil {
+			second.Close() // opened before the first took its lock again: give it back
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("15 s after PostgreSQL restarted, a second server still opens the database (last: %v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // A URL that does not parse or a server that does not answer is a clear
 // error naming what to give.
 func TestOpenErrors(t *testing.T) {

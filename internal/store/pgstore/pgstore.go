@@ -67,7 +67,9 @@ type DB struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
 	hist *batch.Writer
-	lock *pgx.Conn // SingleServer: the session that holds the lock
+	lockMu sync.Mutex
+	lock   *pgx.Conn // SingleServer: the session that holds the lock
+	stop   chan struct{}
 
 	closeOnce sync.Once
 }
@@ -98,12 +100,13 @@ func Open(ctx context.Context, url string, o Options) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("PostgreSQL at %s: %w", redact(cfg), err)
 	}
-	db := &DB{pool: pool, log: o.Log}
+	db := &DB{pool: pool, log: o.Log, stop: make(chan struct{})}
 	if o.SingleServer {
 		if db.lock, err = holdServerLock(ctx, cfg); err != nil {
 			pool.Close()
 			return nil, fmt.Errorf("PostgreSQL at %s: %w", redact(cfg), err)
 		}
+		go db.keepServerLock(cfg)
 	}
 	db.hist = batch.New(committer{pool}, batch.Options{Log: o.Log, Queue: o.Queue, MaxBatch: o.MaxBatch, Linger: o.Linger})
 	return db, nil
@@ -129,9 +132,56 @@ func holdServerLock(ctx context.Context, cfg *pgxpool.Config) (*pgx.Conn, error)
 	if !got {
 		conn.Close(ctx)
 		return nil, fmt.Errorf("another runagent server is using this database (schema %q holds its server lock; see pg_locks): "+
-			"stop it, or give this one another database or schema (?search_path=...); several servers on one database are not supported yet", schema)
+			"stop it, or give this one another database or schema (?search_path=...); several servers share one database as a cluster: --role gateway and --role node (docs/multinode.md)", schema)
 	}
 	return conn, nil
+}
+
+// lockCheckEvery is how often a single server checks that the session
+// holding its lock is alive.
+const lockCheckEvery = time.Second
+
+// keepServerLock takes the lock again when its session was lost (a
+// PostgreSQL restart ends every session, and the lock with it), so that a
+// second server started later is still refused.
+func (db *DB) keepServerLock(cfg *pgxpool.Config) {
+	t := time.NewTicker(lockCheckEvery)
+	defer t.Stop()
+	lost := false
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+		}
+		db.lockMu.Lock()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if db.lock != nil && db.lock.Ping(ctx) == nil {
+			cancel()
+			db.lockMu.Unlock()
+			continue
+		}
+		if db.lock != nil {
+			db.lock.Close(ctx)
+			db.lock = nil
+		}
+		conn, err := holdServerLock(ctx, cfg)
+		cancel()
+		switch {
+		case err == nil:
+			db.lock = conn
+			if lost {
+				db.log.Info("the single-server lock is held again")
+			}
+			lost = false
+		case strings.Contains(err.Error(), "another runagent server"):
+			db.log.Error("while this server was away from PostgreSQL, another took its lock: two servers now share one database, which is not safe; stop one", "error", err)
+			lost = true
+		default:
+			lost = true // PostgreSQL still away: try again
+		}
+		db.lockMu.Unlock()
+	}
 }
 
 // redact names the server and database of cfg, never its password.
@@ -190,11 +240,14 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 // Close writes the history records still queued, then closes the pool.
 func (db *DB) Close() error {
 	db.closeOnce.Do(func() {
+		close(db.stop)
 		db.hist.Close()
 		db.pool.Close()
+		db.lockMu.Lock()
 		if db.lock != nil {
 			db.lock.Close(context.Background()) // ends the session: the lock goes with it
 		}
+		db.lockMu.Unlock()
 	})
 	return nil
 }
