@@ -64,9 +64,9 @@ type Options struct {
 
 // DB is the PostgreSQL store. Its methods are safe for concurrent use.
 type DB struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
-	hist *batch.Writer
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	hist   *batch.Writer
 	lockMu sync.Mutex
 	lock   *pgx.Conn // SingleServer: the session that holds the lock
 	stop   chan struct{}
