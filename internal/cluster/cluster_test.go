@@ -1,0 +1,246 @@
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/runagent-go/runagent/internal/cluster"
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+// runNATS starts a NATS server in the test, with JetStream unless noJS.
+func runNATS(t *testing.T, noJS bool) string {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: !noJS, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s.ClientURL()
+}
+
+func connect(t *testing.T, url, name string) *cluster.Cluster {
+	t.Helper()
+	c, err := cluster.Connect(context.Background(), cluster.Options{URLs: []string{url}, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// What Connect refuses, it names.
+func TestConnectErrors(t *testing.T) {
+	noJS := runNATS(t, true)
+	for _, tc := range []struct {
+		name string
+		urls []string
+		want string
+	}{
+		{"no URL", nil, "--nats: give the URL of at least one NATS server"},
+		{"nothing there", []string{"nats://127.0.0.1:1"}, "connect to NATS at nats://127.0.0.1:1"},
+		{"no JetStream", []string{noJS}, "has no JetStream: run nats-server with -js"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := cluster.Connect(context.Background(), cluster.Options{URLs: tc.urls})
+			if err == nil {
+				c.Close()
+				t.Fatal("connected")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q, want it to say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A bundle put by one server is fetched by another, byte for byte; one
+// not stored is a clear error.
+func TestBundles(t *testing.T) {
+	url := runNATS(t, false)
+	gw, node := connect(t, url, "gateway"), connect(t, url, "node")
+	ctx := context.Background()
+	zip := bytes.Repeat([]byte("PK\x03\x04 a bundle "), 100_000) // 1.7 MB: many chunks
+	if err := gw.PutBundle(ctx, "abc123", bytes.NewReader(zip)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.PutBundle(ctx, "abc123", bytes.NewReader(zip)); err != nil { // already there: not sent again
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "b.zip")
+	if err := node.FetchBundle(ctx, "abc123", path); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, zip) {
+		t.Errorf("fetched %d bytes, want the %d put", len(got), len(zip))
+	}
+	if err := node.FetchBundle(ctx, "nope", path); err == nil || !strings.Contains(err.Error(), "not in the cluster's bundle store") {
+		t.Errorf("fetch of a missing bundle: %v", err)
+	}
+}
+
+// Change notices reach every other server; prepare requests go to every
+// node and the first answer counts; with no node, the error says to start
+// one.
+func TestNoticesAndPrepare(t *testing.T) {
+	url := runNATS(t, false)
+	gw := connect(t, url, "gateway")
+	ctx := context.Background()
+	if err := gw.Prepare(ctx, "agent", 1); domain.CodeOf(err) != domain.CodeOverloaded || !strings.Contains(err.Error(), "start one with runagent server --role node") {
+		t.Errorf("prepare with no node: %v", err)
+	}
+	got := make(chan string, 4)
+	for _, name := range []string{"a", "b"} {
+		n := connect(t, url, name)
+		stop, err := n.OnChange(cluster.ChangeAgent, func(id string) { got <- name + ":" + id })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop()
+		stopPrep, err := n.ServePrepare(name, func(ctx context.Context, agentID string, version int) error {
+			if agentID == "bad" {
+				return errors.New("pip failed")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stopPrep()
+	}
+	gw.Conn().Flush()
+	time.Sleep(100 * time.Millisecond) // the subscriptions reach the server
+	gw.Changed(cluster.ChangeAgent, "x")
+	seen := map[string]bool{}
+	for range 2 {
+		select {
+		case s := <-got:
+			seen[s] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("notices seen: %v", seen)
+		}
+	}
+	if !seen["a:x"] || !seen["b:x"] {
+		t.Errorf("notices seen: %v", seen)
+	}
+	if err := gw.Prepare(ctx, "good", 2); err != nil {
+		t.Errorf("prepare: %v", err)
+	}
+	if err := gw.Prepare(ctx, "bad", 2); err == nil || !strings.Contains(err.Error(), "pip failed") || !strings.Contains(err.Error(), "on node ") {
+		t.Errorf("a failed prepare: %v, want the node's error naming the node", err)
+	}
+}
+
+// The async queue: an invocation enqueued twice (a retried publish) is
+// delivered once; a run longer than the lease keeps it (renewed from Go)
+// and is not delivered again; one given back is delivered again.
+func TestQueue(t *testing.T) {
+	url := runNATS(t, false)
+	gw, node := connect(t, url, "gateway"), connect(t, url, "node")
+	ctx := context.Background()
+	const lease = time.Second
+	qg, err := gw.Queue(ctx, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qn, err := node.Queue(ctx, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"once", "once", "long", "retry"} {
+		if err := qg.Enqueue(ctx, id, "acme"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	deliveries := map[string][]uint64{}
+	var done atomic.Int32
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go qn.Consume(cctx, 4, func(d cluster.Delivery) {
+		mu.Lock()
+		deliveries[d.ID] = append(deliveries[d.ID], d.Delivered)
+		n := len(deliveries[d.ID])
+		mu.Unlock()
+		if d.Tenant != "acme" {
+			t.Errorf("delivery of %s: tenant %q", d.ID, d.Tenant)
+		}
+		switch {
+		case d.ID == "long":
+			time.Sleep(3 * lease) // past the lease: renewed meanwhile
+		case d.ID == "retry" && n == 1:
+			d.Retry(100 * time.Millisecond)
+			return
+		}
+		d.Ack()
+		done.Add(1)
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for done.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * lease) // a redelivery of "long" would show by now
+	mu.Lock()
+	defer mu.Unlock()
+	if len(deliveries["once"]) != 1 || len(deliveries["long"]) != 1 || len(deliveries["retry"]) != 2 {
+		t.Errorf("deliveries: %v; want once and long delivered once, retry twice", deliveries)
+	}
+	if r := deliveries["retry"]; len(r) == 2 && r[1] != 2 {
+		t.Errorf("the second delivery of retry counts %d deliveries, want 2", r[1])
+	}
+}
+
+// Adverts: written, listed, withdrawn; control requests reach the node,
+// its error comes back, and a node that is not up is ErrNoSuchNode.
+func TestNodes(t *testing.T) {
+	url := runNATS(t, false)
+	gw, node := connect(t, url, "gateway"), connect(t, url, "node")
+	ctx := context.Background()
+	if err := node.Advertise(ctx, "n1", map[string]any{"id": "n1", "cpus": 2}); err != nil {
+		t.Fatal(err)
+	}
+	ads, err := gw.Adverts(ctx)
+	if err != nil || len(ads) != 1 || !strings.Contains(string(ads["n1"]), `"cpus":2`) {
+		t.Fatalf("adverts: %s, %v", ads, err)
+	}
+	stop, err := node.ServeNodeControl("n1", func(action string) error {
+		if action == "explode" {
+			return errors.New("no such action")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	node.Conn().Flush()
+	if err := gw.NodeControl(ctx, "n1", cluster.ActionDrain); err != nil {
+		t.Errorf("drain: %v", err)
+	}
+	if err := gw.NodeControl(ctx, "n1", "explode"); err == nil || err.Error() != "no such action" {
+		t.Errorf("a refused action: %v", err)
+	}
+	if err := gw.NodeControl(ctx, "n9", cluster.ActionDrain); !errors.Is(err, cluster.ErrNoSuchNode) {
+		t.Errorf("a node that is not up: %v", err)
+	}
+	if err := node.Withdraw(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if ads, err := gw.Adverts(ctx); err != nil || len(ads) != 0 {
+		t.Errorf("adverts after a withdraw: %s, %v", ads, err)
+	}
+}

@@ -1,0 +1,101 @@
+package manager
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// memBundles is a cluster's bundle store in memory, counting fetches.
+type memBundles struct {
+	blobs   map[string][]byte
+	fetches int
+}
+
+func (m *memBundles) PutBundle(ctx context.Context, sha string, r io.Reader) error {
+	b, err := io.ReadAll(r)
+	m.blobs[sha] = b
+	return err
+}
+
+func (m *memBundles) FetchBundle(ctx context.Context, sha, path string) error {
+	m.fetches++
+	b, ok := m.blobs[sha]
+	if !ok {
+		return errors.New("bundle " + sha + " is not in the cluster's bundle store")
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func testZip(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for name, body := range files {
+		w, err := zw.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(body))
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func shaOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// A cluster server unpacks a version's bundle from the cluster's store
+// once, checked against its hash; a damaged copy, a missing one or a name
+// that is no hash is an error saying what to do, and leaves nothing behind.
+func TestEnsureBundle(t *testing.T) {
+	good := testZip(t, map[string]string{"main.py": "def f():\n    return 1\n"})
+	other := testZip(t, map[string]string{"main.py": "def f():\n    return 2\n"})
+	for _, tc := range []struct {
+		name    string
+		stored  map[string][]byte
+		sha     string
+		wantErr string
+	}{
+		{"fetched and unpacked", map[string][]byte{shaOf(good): good}, shaOf(good), ""},
+		{"a damaged copy", map[string][]byte{shaOf(good): other}, shaOf(good), "is damaged; upload the agent again"},
+		{"not in the store", map[string][]byte{}, shaOf(good), "not in the cluster's bundle store"},
+		{"not a hash", map[string][]byte{}, "../../etc", "not a SHA-256"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := &memBundles{blobs: tc.stored}
+			m := New(Config{DataDir: t.TempDir(), Cluster: &ClusterHooks{Bundles: store}})
+			dir, err := m.ensureBundle(context.Background(), tc.sha)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ensureBundle = %q, %v; want an error saying %q", dir, err, tc.wantErr)
+				}
+				if left, _ := os.ReadDir(filepath.Join(m.cfg.DataDir, "bundles", ".incoming")); len(left) != 0 {
+					t.Errorf("left behind in .incoming: %v", left)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "main.py")); err != nil || !strings.Contains(string(b), "return 1") {
+				t.Fatalf("unpacked main.py: %q, %v", b, err)
+			}
+			if again, err := m.ensureBundle(context.Background(), tc.sha); err != nil || again != dir || store.fetches != 1 {
+				t.Errorf("a second ensureBundle: %q, %v after %d fetches; want the same folder, no new fetch", again, err, store.fetches)
+			}
+		})
+	}
+}
