@@ -77,3 +77,21 @@ func InvocationOf(ctx context.Context) string {
 	id, _ := ctx.Value(invocationKey{}).(string)
 	return id
 }
+
+type requestKey struct{}
+
+// Request is what a call carries of the request it serves, across
+// servers: its id (X-Request-Id) and its W3C trace context (the
+// traceparent header), so that a node's logs and traces join the gateway's.
+type Request struct{ ID, TraceParent string }
+
+// WithRequest puts r on ctx.
+func WithRequest(ctx context.Context, r Request) context.Context {
+	return context.WithValue(ctx, requestKey{}, r)
+}
+
+// RequestOf returns what WithRequest put on ctx (zero if nothing).
+func RequestOf(ctx context.Context) Request {
+	r, _ := ctx.Value(requestKey{}).(Request)
+	return r
+}

@@ -112,6 +112,9 @@ func (p *Platform) middleware(next http.Handler) http.Handler {
 		start := time.Now()
 		id := requestID(r)
 		w.Header()["X-Request-Id"] = []string{id}
+		if p.cluster != nil { // the calls this request makes carry it to the nodes
+			r = r.WithContext(domain.WithRequest(r.Context(), domain.Request{ID: id, TraceParent: r.Header.Get("traceparent")}))
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
 		status := sw.status

@@ -233,6 +233,14 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 	if inv := domain.InvocationOf(ctx); inv != "" {
 		h.Set(hInvocation, inv)
 	}
+	if r := domain.RequestOf(ctx); r.ID != "" || r.TraceParent != "" {
+		if r.ID != "" {
+			h.Set(hRequestID, r.ID)
+		}
+		if r.TraceParent != "" {
+			h.Set(hTrace, r.TraceParent)
+		}
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		h.Set(hTimeout, strconv.FormatInt(max(1, time.Until(dl).Milliseconds()), 10))
 	}

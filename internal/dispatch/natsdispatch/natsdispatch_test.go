@@ -345,3 +345,48 @@ func TestNodePauseResume(t *testing.T) {
 		t.Errorf("a version unserved while serving came back with Resume: %v", err)
 	}
 }
+
+// reqRecorder answers with the request the call carried.
+type reqRecorder struct{}
+
+func (reqRecorder) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	r := domain.RequestOf(ctx)
+	return []byte(r.ID + "|" + r.TraceParent + "|" + domain.InvocationOf(ctx)), nil
+}
+
+func (reqRecorder) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	return 0, errors.New("not a stream")
+}
+
+// The request id, the trace context and the invocation id reach the node's
+// side of a call.
+func TestRequestCarried(t *testing.T) {
+	s := runNATS(t)
+	node, err := natsdispatch.NewNode(connect(t, s, "node"), "n", reqRecorder{}, nil, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	node.Serve(target)
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for _, tc := range []struct {
+		req  domain.Request
+		inv  string
+		want string
+	}{
+		{domain.Request{ID: "req-1", TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "inv-1",
+			"req-1|00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01|inv-1"},
+		{domain.Request{ID: "req-2"}, "", "req-2||"},
+		{domain.Request{}, "", "||"},
+	} {
+		ctx := domain.WithInvocation(domain.WithRequest(context.Background(), tc.req), tc.inv)
+		out, err := client.Call(ctx, target, "x", nil, nil)
+		if err != nil || string(out) != tc.want {
+			t.Errorf("%+v: node saw %q, %v; want %q", tc.req, out, err, tc.want)
+		}
+	}
+}

@@ -237,6 +237,9 @@ func (n *Node) run(m *nats.Msg) {
 	if inv := h.Get(hInvocation); inv != "" {
 		ctx = domain.WithInvocation(ctx, inv)
 	}
+	if r := (domain.Request{ID: h.Get(hRequestID), TraceParent: h.Get(hTrace)}); r != (domain.Request{}) {
+		ctx = domain.WithRequest(ctx, r)
+	}
 	id := nuid.Next()
 	s := &serving{reply: m.Reply, cancel: cancel, credit: make(chan struct{}, 1)}
 	now := time.Now().UnixNano()

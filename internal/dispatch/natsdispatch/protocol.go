@@ -36,6 +36,7 @@ const (
 	hTimeout    = "Ra-Timeout-Ms" // request: what is left of the caller's deadline
 	hInvocation = "Ra-Invocation" // request: the invocation id (logs)
 	hRequestID  = "Ra-Request-Id" // request: the gateway's request id
+	hTrace      = "traceparent"   // request: the W3C trace context, as the client sent it
 	hWindow     = "Ra-Window"     // request (stream): chunks and bytes in flight, "256 1048576"
 	hNode       = "Ra-Node"       // start: the node's id
 	hControl    = "Ra-Control"    // start: where the caller sends credit, hb, cancel
