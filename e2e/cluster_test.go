@@ -47,10 +47,16 @@ type testCluster struct {
 	nodeArgs []string
 }
 
+// startCluster starts the gateways and nodes; serverArgs go to every
+// server, nodeArgs after them to the nodes.
 func startCluster(t testing.TB, gateways, nodes int, nodeArgs ...string) *testCluster {
+	return startClusterWith(t, gateways, nodes, nil, nodeArgs...)
+}
+
+func startClusterWith(t testing.TB, gateways, nodes int, serverArgs []string, nodeArgs ...string) *testCluster {
 	t.Helper()
 	c := &testCluster{nats: runNATS(t), db: pgtest.Schema(t, filepath.Join(t.TempDir(), "cluster"))}
-	common := []string{"--nats", c.nats, "--db", c.db}
+	common := append([]string{"--nats", c.nats, "--db", c.db}, serverArgs...)
 	c.nodeArgs = nodeArgs
 	for i := range gateways {
 		g := startPlatform(t, "", 0, append([]string{"--role", "gateway", "--node-id", "g" + string(rune('1'+i))}, common...)...)

@@ -71,24 +71,52 @@ func canonical(t testing.TB, v any) any {
 	return out
 }
 
-func TestSDKConformanceGo(t *testing.T) {
+type conformanceSuite struct {
+	Template  string            `json:"template"`
+	ServeArgs []string          `json:"serve_args"`
+	Cases     []conformanceCase `json:"cases"`
+}
+
+func readConformance(t *testing.T) conformanceSuite {
+	t.Helper()
 	raw, err := os.ReadFile(conformanceFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var suite struct {
-		Template  string            `json:"template"`
-		ServeArgs []string          `json:"serve_args"`
-		Cases     []conformanceCase `json:"cases"`
-	}
+	var suite conformanceSuite
 	if err := json.Unmarshal(raw, &suite); err != nil {
 		t.Fatalf("%s: %v", conformanceFile, err)
 	}
+	return suite
+}
+
+func TestSDKConformanceGo(t *testing.T) {
+	suite := readConformance(t)
 	dir, id := newAgent(t, suite.Template)
 	s := serve(t, dir, id, serveOpts{args: suite.ServeArgs})
 	host, port, _ := strings.Cut(s.Addr, ":")
 	p, _ := strconv.Atoi(port)
+	runGoConformance(t, suite, func(tag string) runagent.Config {
+		return runagent.Config{AgentID: id, EntrypointTag: tag, Local: true, Host: host, Port: p}
+	})
+}
 
+// The same suite through a cluster's gateway (its calls crossing NATS to
+// a node, with the NATS server's default max_payload of 1 MiB: the 3 MiB
+// case goes through the payload store), with an API key.
+func TestSDKConformanceGoGateway(t *testing.T) {
+	suite := readConformance(t)
+	c := startClusterWith(t, 1, 1, suite.ServeArgs)
+	dir, _ := newAgent(t, suite.Template)
+	id := c.gateways[0].deploy(t, dir, c.admin)
+	key := c.gateways[0].createKey(t, map[string]any{"name": "sdk", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 1000})
+	base := "http://" + c.gateways[0].Addr
+	runGoConformance(t, suite, func(tag string) runagent.Config {
+		return runagent.Config{AgentID: id, EntrypointTag: tag, BaseURL: base, APIKey: key}
+	})
+}
+
+func runGoConformance(t *testing.T, suite conformanceSuite, config func(tag string) runagent.Config) {
 	for _, c := range suite.Cases {
 		t.Run(c.Name, func(t *testing.T) {
 			args := c.Args
@@ -102,7 +130,7 @@ func TestSDKConformanceGo(t *testing.T) {
 			if kwargs == nil {
 				kwargs = map[string]any{}
 			}
-			client, err := runagent.New(runagent.Config{AgentID: id, EntrypointTag: c.Tag, Local: true, Host: host, Port: p})
+			client, err := runagent.New(config(c.Tag))
 			if err != nil {
 				t.Fatal(err)
 			}

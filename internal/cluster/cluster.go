@@ -61,6 +61,10 @@ type Cluster struct {
 	kvOnce sync.Once // the node bucket, opened on first use
 	kv     jetstream.KeyValue
 	kvErr  error
+
+	payOnce sync.Once // the payload store, opened on first use
+	pay     *Payloads
+	payErr  error
 }
 
 // Connect connects to NATS and opens (creating on first use) the bundle

@@ -133,7 +133,12 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 		c.stops = append(c.stops, stop)
 		return nil
 	}
-	client, err := natsdispatch.NewClient(c.cl.Conn(), natsdispatch.Options{})
+	payloads, err := c.cl.Payloads(ctx)
+	if err != nil {
+		return err
+	}
+	opts := natsdispatch.Options{Spill: payloads}
+	client, err := natsdispatch.NewClient(c.cl.Conn(), opts)
 	if err != nil {
 		return err
 	}
@@ -155,7 +160,7 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 	case RoleNode:
 		c.async = &nodeAsync{running: map[string]int{}, done: make(chan struct{})}
 		p.asyncDispatch = localFirst{local: p.dispatch, cluster: remote}
-		node, err := natsdispatch.NewNode(c.cl.Conn(), p.cfg.NodeID, p.dispatch, p.log, natsdispatch.Options{})
+		node, err := natsdispatch.NewNode(c.cl.Conn(), p.cfg.NodeID, p.dispatch, p.log, opts)
 		if err != nil {
 			return err
 		}

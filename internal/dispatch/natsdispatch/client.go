@@ -248,6 +248,9 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 		h.Set(hWindow, strconv.Itoa(c.opts.WindowChunks)+" "+strconv.FormatInt(c.opts.WindowBytes, 10))
 	}
 	req.Data = append(append(make([]byte, 0, len(args)+len(kwargs)), args...), kwargs...)
+	if err := c.opts.spillIfLarge(ctx, c.nc, req); err != nil {
+		return nil, 0, err
+	}
 	if err := c.nc.PublishMsg(req); err != nil {
 		return nil, 0, &domain.Error{Code: domain.CodeConnection, Message: "the cluster's message bus is not reachable; retry shortly", Err: err, RetryAfter: time.Second}
 	}
@@ -302,19 +305,27 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 						Message: fmt.Sprintf("chunk %s arrived where %d was due: the stream lost chunks on the way", got, seq)})
 				}
 				seq++
+				body, err := c.opts.bodyOf(ctx, m)
+				if err != nil {
+					return stopWithError(err)
+				}
 				if fn != nil {
-					if err := fn(domain.Chunk{Body: m.Data, EncodeError: m.Header.Get(hEncodeErr) != ""}); err != nil {
+					if err := fn(domain.Chunk{Body: body, EncodeError: m.Header.Get(hEncodeErr) != ""}); err != nil {
 						return stopWithError(err)
 					}
 				}
 				takenChunks++
-				takenBytes += int64(len(m.Data))
+				takenBytes += int64(len(body))
 				if takenChunks >= creditChunks || takenBytes >= creditBytes {
 					c.send(cl.controlSubject(), kindCredit, hCredit, strconv.FormatInt(takenChunks, 10)+" "+strconv.FormatInt(takenBytes, 10))
 					takenChunks, takenBytes = 0, 0
 				}
 			case kindResult:
-				return m.Data, 0, nil
+				body, err := c.opts.bodyOf(ctx, m)
+				if err != nil {
+					return stopWithError(err)
+				}
+				return body, 0, nil
 			case kindEnd:
 				n, _ := strconv.Atoi(m.Header.Get(hCount))
 				return nil, n, nil

@@ -1,8 +1,10 @@
 package natsdispatch_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -388,5 +390,109 @@ func TestRequestCarried(t *testing.T) {
 		if err != nil || string(out) != tc.want {
 			t.Errorf("%+v: node saw %q, %v; want %q", tc.req, out, err, tc.want)
 		}
+	}
+}
+
+// memSpill is a Spill in memory, counting what went through it.
+type memSpill struct {
+	mu    sync.Mutex
+	blobs map[string][]byte
+	puts  int
+}
+
+func (m *memSpill) Put(ctx context.Context, body []byte) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.puts++
+	name := fmt.Sprint("blob-", m.puts)
+	m.blobs[name] = bytes.Clone(body)
+	return name, nil
+}
+
+func (m *memSpill) Take(ctx context.Context, name string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.blobs[name]
+	if !ok {
+		return nil, errors.New("no such blob")
+	}
+	delete(m.blobs, name)
+	return b, nil
+}
+
+// sizer answers a call with its input repeated and a stream with one chunk
+// as large as its input: the bodies each way are as large as the caller's.
+type sizer struct{}
+
+func (sizer) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	return append(bytes.Clone(args), kwargs...), nil
+}
+
+func (sizer) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	if err := fn(domain.Chunk{Body: bytes.Clone(args)}); err != nil {
+		return 0, err
+	}
+	return 2, fn(domain.Chunk{Body: []byte(`"small"`)})
+}
+
+// Bodies larger than the NATS server's max_payload go through the spill
+// store, each way, and come back whole; without one, such a call fails
+// naming max_payload.
+func TestLargeBodiesSpill(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, MaxPayload: 128 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	for _, tc := range []struct {
+		name  string
+		spill bool
+	}{{"with a spill store", true}, {"without", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := fast
+			spill := &memSpill{blobs: map[string][]byte{}}
+			if tc.spill {
+				o.Spill = spill
+			}
+			node, err := natsdispatch.NewNode(connect(t, s, "node"), "n", sizer{}, nil, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer node.Close()
+			node.Serve(target)
+			client, err := natsdispatch.NewClient(connect(t, s, "gateway"), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			out, err := client.Call(context.Background(), target, "x", big, []byte("{}"))
+			if !tc.spill {
+				if domain.CodeOf(err) != domain.CodeValidation || !strings.Contains(err.Error(), "max_payload") {
+					t.Fatalf("a 1 MiB input without a spill store: %v, want VALIDATION_ERROR naming max_payload", err)
+				}
+				return
+			}
+			if err != nil || len(out) != len(big)+2 {
+				t.Fatalf("a 1 MiB call: %d bytes, %v", len(out), err)
+			}
+			var chunks [][]byte
+			n, err := client.Stream(context.Background(), target, "x", big, nil, nil, func(c domain.Chunk) error {
+				chunks = append(chunks, c.Body)
+				return nil
+			})
+			if err != nil || n != 2 || len(chunks) != 2 || !bytes.Equal(chunks[0], big) || string(chunks[1]) != `"small"` {
+				t.Fatalf("a stream with a 1 MiB chunk: %d chunks (%d), %v", len(chunks), n, err)
+			}
+			spill.mu.Lock()
+			defer spill.mu.Unlock()
+			if spill.puts != 4 || len(spill.blobs) != 0 { // input, result, input, chunk
+				t.Errorf("spill store: %d puts, %d left; want 4 puts, none left", spill.puts, len(spill.blobs))
+			}
+		})
 	}
 }

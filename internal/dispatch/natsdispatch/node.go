@@ -215,12 +215,17 @@ func (n *Node) run(m *nats.Msg) {
 	h := m.Header
 	version, _ := strconv.Atoi(h.Get(hVersion))
 	t := domain.Target{AgentID: h.Get(hAgent), Version: version}
+	body, err := n.opts.bodyOf(n.ctx, m)
+	if err != nil {
+		n.answerError(m.Reply, err)
+		return
+	}
 	argsLen, err := strconv.Atoi(h.Get(hArgsLen))
-	if err != nil || argsLen < 0 || argsLen > len(m.Data) {
+	if err != nil || argsLen < 0 || argsLen > len(body) {
 		n.answerError(m.Reply, &domain.Error{Code: domain.CodeValidation, Message: "a malformed call request (" + hArgsLen + ")"})
 		return
 	}
-	args, kwargs := nilIfEmpty(m.Data[:argsLen]), nilIfEmpty(m.Data[argsLen:])
+	args, kwargs := nilIfEmpty(body[:argsLen]), nilIfEmpty(body[argsLen:])
 
 	ctx, cancel := context.WithCancelCause(n.ctx)
 	defer cancel(nil)
@@ -270,6 +275,10 @@ func (n *Node) run(m *nats.Msg) {
 		res := nats.NewMsg(m.Reply)
 		res.Header.Set(hKind, kindResult)
 		res.Data = out
+		if err := n.opts.spillIfLarge(ctx, n.nc, res); err != nil {
+			n.answerErrorOf(s, ctx, err)
+			return
+		}
 		n.publish(s, res)
 	case modeStream:
 		windowChunks, windowBytes, ok := parsePair(h.Get(hWindow))
@@ -288,6 +297,9 @@ func (n *Node) run(m *nats.Msg) {
 				msg.Header.Set(hEncodeErr, "1")
 			}
 			msg.Data = c.Body
+			if err := n.opts.spillIfLarge(ctx, n.nc, msg); err != nil {
+				return err
+			}
 			seq++
 			s.mu.Lock()
 			s.sentChunks++

@@ -14,6 +14,7 @@
 package natsdispatch
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,10 +43,65 @@ const (
 	hControl    = "Ra-Control"    // start: where the caller sends credit, hb, cancel
 	hSeq        = "Ra-Seq"        // chunk: its number, from 0
 	hEncodeErr  = "Ra-Encode-Error"
-	hCount      = "Ra-Count"  // end: the chunks the agent produced
-	hCredit     = "Ra-Credit" // credit: chunks and bytes taken since the last one, "64 12345"
-	hStatus     = "Status"    // NATS's own: 503 when nobody serves the subject
+	hCount      = "Ra-Count"       // end: the chunks the agent produced
+	hCredit     = "Ra-Credit"      // credit: chunks and bytes taken since the last one, "64 12345"
+	hStatus     = "Status"         // NATS's own: 503 when nobody serves the subject
+	hBodyObject = "Ra-Body-Object" // any: the body, too large for one message, is this object of the Spill store
 )
+
+// Spill keeps the bodies too large for one NATS message (the servers'
+// max_payload, 1 MiB by default) until the other side takes them: a call's
+// input, a result, a chunk. The cluster's is a JetStream object store.
+type Spill interface {
+	Put(ctx context.Context, body []byte) (name string, err error)
+	// Take reads a body and removes it.
+	Take(ctx context.Context, name string) ([]byte, error)
+}
+
+// bodyLimit is the largest body sent in the message itself: the server's
+// max_payload less room for the headers.
+func bodyLimit(nc *nats.Conn) int {
+	mp := nc.MaxPayload()
+	return int(mp - min(64<<10, mp/4))
+}
+
+// spillIfLarge moves m's body to the spill store when it is too large for
+// one message.
+func (o Options) spillIfLarge(ctx context.Context, nc *nats.Conn, m *nats.Msg) error {
+	if len(m.Data) <= bodyLimit(nc) {
+		return nil
+	}
+	if o.Spill == nil {
+		return &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf(
+			"%d bytes is more than one message of the cluster's bus may carry (NATS max_payload %d bytes): raise max_payload on the NATS servers",
+			len(m.Data), nc.MaxPayload())}
+	}
+	name, err := o.Spill.Put(ctx, m.Data)
+	if err != nil {
+		return &domain.Error{Code: domain.CodeConnection, RetryAfter: time.Second, Err: err,
+			Message: fmt.Sprintf("could not store a body of %d bytes in the cluster's payload store; retry shortly", len(m.Data))}
+	}
+	m.Header.Set(hBodyObject, name)
+	m.Data = nil
+	return nil
+}
+
+// bodyOf is m's body, taken from the spill store if it was moved there.
+func (o Options) bodyOf(ctx context.Context, m *nats.Msg) ([]byte, error) {
+	name := m.Header.Get(hBodyObject)
+	if name == "" {
+		return m.Data, nil
+	}
+	if o.Spill == nil {
+		return nil, &domain.Error{Code: domain.CodeConnection, Message: "a body came through the payload store, which this server does not have"}
+	}
+	b, err := o.Spill.Take(ctx, name)
+	if err != nil {
+		return nil, &domain.Error{Code: domain.CodeConnection, RetryAfter: time.Second, Err: err,
+			Message: "could not read a body from the cluster's payload store"}
+	}
+	return b, nil
+}
 
 // The kinds of message of a call.
 const (
@@ -80,6 +136,9 @@ type Options struct {
 	// between node and gateway (default 256 and 1 MiB).
 	WindowChunks int
 	WindowBytes  int64
+	// Spill carries the bodies too large for one message (nil: such a
+	// body is an error naming the NATS max_payload).
+	Spill Spill
 }
 
 func (o Options) withDefaults() Options {
