@@ -36,6 +36,10 @@ type History interface {
 	// queued async ones (their server stopped before they finished) and
 	// says how many. A server calls it at start-up.
 	FailAbandoned(ctx context.Context, at time.Time) (int64, error)
+	// FailStale is FailAbandoned for the ones requested before before: on
+	// a cluster, where other servers' calls are running, those older than
+	// any call may last had a server that stopped.
+	FailStale(ctx context.Context, before, at time.Time) (int64, error)
 }
 
 // Agents keeps the platform's agents and their versions.

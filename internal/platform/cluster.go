@@ -338,6 +338,35 @@ func (p *Platform) resync(ctx context.Context) {
 	}
 }
 
+// staleEvery is how often a gateway fails the calls a stopped server left
+// pending in the history.
+const staleEvery = time.Minute
+
+// sweepStale marks failed, every staleEvery, the pending sync calls older
+// than any call may last (the call timeout, and room for the history
+// writer's retries): the server that ran them stopped. On a cluster no
+// server may fail the pending calls at its start, as a single server does,
+// because the other servers' calls are running.
+func (p *Platform) sweepStale(ctx context.Context) {
+	t := time.NewTicker(staleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		n, err := p.db.FailStale(ctx, now.Add(-p.cfg.Defaults.CallTimeout-2*time.Minute), now)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			p.log.Warn("fail the calls left pending by a stopped server", "error", err)
+		case n > 0:
+			p.log.Warn("calls left pending by a server that stopped are marked failed", "count", n)
+		}
+	}
+}
+
 // reloadKeys replaces the keyring with the store's keys.
 func (p *Platform) reloadKeys(ctx context.Context) {
 	stored, err := p.db.APIKeys(ctx)

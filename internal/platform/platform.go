@@ -256,8 +256,9 @@ func (p *Platform) Run(ctx context.Context) {
 	}
 	if p.cluster != nil {
 		go p.resync(ctx)
-		if p.cluster.share != nil {
+		if p.cluster.share != nil { // a gateway
 			go p.shareRates(ctx)
+			go p.sweepStale(ctx)
 		}
 		if na := p.cluster.async; na != nil {
 			na.started.Store(true)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -490,12 +491,18 @@ func prefixed(p, cols string) string {
 // ones as failed: their server stopped before they finished. The platform
 // server calls it at start-up, when no call of its own can be running.
 func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (int64, error) {
+	return db.FailStale(ctx, time.UnixMicro(math.MaxInt64), at)
+}
+
+// FailStale marks failed the pending invocations requested before before
+// that are not queued async ones.
+func (db *DB) FailStale(ctx context.Context, before, at time.Time) (int64, error) {
 	if err := db.Flush(ctx); err != nil {
 		return 0, err
 	}
 	res, err := db.sql.ExecContext(ctx, `UPDATE invocations SET status = ?, error_detail = ?, response_time = ?
-		WHERE status = ? AND invocation_id NOT IN (SELECT invocation_id FROM async_queue)`,
-		domain.StatusFailed, "the server stopped before the call finished", at.UnixMicro(), domain.StatusPending)
+		WHERE status = ? AND request_time < ? AND invocation_id NOT IN (SELECT invocation_id FROM async_queue)`,
+		domain.StatusFailed, "the server running the call stopped before it finished", at.UnixMicro(), domain.StatusPending, before.UnixMicro())
 	if err != nil {
 		return 0, err
 	}

@@ -25,6 +25,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"sort"
 	"strconv"
@@ -464,13 +465,19 @@ func (db *DB) Stats(ctx context.Context, agentID string) (_ domain.Stats, err er
 // FailAbandoned marks failed the pending invocations that are not queued
 // async ones: their server stopped before they finished.
 func (db *DB) FailAbandoned(ctx context.Context, at time.Time) (_ int64, err error) {
+	return db.FailStale(ctx, time.UnixMicro(math.MaxInt64), at)
+}
+
+// FailStale marks failed the pending invocations requested before before
+// that are not queued async ones.
+func (db *DB) FailStale(ctx context.Context, before, at time.Time) (_ int64, err error) {
 	defer classify(ctx, &err)
 	if err := db.Flush(ctx); err != nil {
 		return 0, err
 	}
 	tag, err := db.pool.Exec(ctx, `UPDATE invocations i SET status = $1, error_detail = $2, response_time = $3
-		WHERE i.status = $4 AND NOT EXISTS (SELECT 1 FROM async_queue q WHERE q.invocation_id = i.invocation_id)`,
-		string(domain.StatusFailed), "the server stopped before the call finished", at.UnixMicro(), string(domain.StatusPending))
+		WHERE i.status = $4 AND i.request_time < $5 AND NOT EXISTS (SELECT 1 FROM async_queue q WHERE q.invocation_id = i.invocation_id)`,
+		string(domain.StatusFailed), "the server running the call stopped before it finished", at.UnixMicro(), string(domain.StatusPending), before.UnixMicro())
 	if err != nil {
 		return 0, err
 	}

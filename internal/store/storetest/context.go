@@ -41,6 +41,7 @@ func testEndedContext(t *testing.T, open Opener) {
 		"ListForAgents":  func() error { _, err := s.ListForAgents(ctx, []string{"ag"}, "", 10); return err },
 		"Stats":          func() error { _, err := s.Stats(ctx, "ag"); return err },
 		"FailAbandoned":  func() error { _, err := s.FailAbandoned(ctx, now()); return err },
+		"FailStale":      func() error { _, err := s.FailStale(ctx, now(), now()); return err },
 		"PlatformAgent":  func() error { _, err := s.PlatformAgent(ctx, "ag"); return err },
 		"PlatformAgents": func() error { _, err := s.PlatformAgents(ctx); return err },
 		"Version":        func() error { _, err := s.Version(ctx, "ag", 1); return err },

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -279,6 +280,31 @@ func testHistory(t *testing.T, open Opener) {
 					t.Errorf("Stats(%q) = %s, want %s", tt.agent, showStats(got), showStats(tt.want))
 				}
 			})
+		}
+	})
+
+	// FailStale fails only the pending sync calls requested before its
+	// cutoff.
+	t.Run("fail stale", func(t *testing.T) {
+		s := open(t, "store")
+		old, young := pending("old", "a", t0), pending("young", "a", t0.Add(time.Minute))
+		s.Start(old)
+		s.Start(young)
+		queued := pending("queued", "a", t0)
+		if err := s.EnqueueAsync(ctx, queued, "acme", 0); err != nil {
+			t.Fatal(err)
+		}
+		at := t0.Add(2 * time.Minute)
+		if n, err := s.FailStale(ctx, t0.Add(30*time.Second), at); err != nil || n != 1 {
+			t.Fatalf("FailStale = %d, %v; want the one call requested before the cutoff", n, err)
+		}
+		if got := mustGet(t, s, "old"); got.Status != domain.StatusFailed || !strings.Contains(got.ErrorDetail, "stopped") || !got.ResponseTime.Equal(at) {
+			t.Errorf("the stale call: %q %q %v", got.Status, got.ErrorDetail, got.ResponseTime)
+		}
+		for _, id := range []string{"young", "queued"} {
+			if got := mustGet(t, s, id); got.Status != domain.StatusPending {
+				t.Errorf("%s: %q, want still pending", id, got.Status)
+			}
 		}
 	})
 
