@@ -104,10 +104,13 @@ func (m *Manager) Reconcile(ctx context.Context, agentID string) error {
 		st, _ = m.putState(pa.ID, pa.Tenant)
 	}
 	m.markClaimed(st)
+	if cur := st.active.Load(); pa.ActiveVersion == 0 || (cur != nil && cur.n == pa.ActiveVersion) {
+		return nil // nothing to change: no lock (a start may hold it for minutes)
+	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()
 	cur := st.active.Load()
-	if pa.ActiveVersion == 0 || (cur != nil && cur.n == pa.ActiveVersion) {
+	if cur != nil && cur.n == pa.ActiveVersion {
 		return nil
 	}
 	st.mu.Lock()

@@ -392,6 +392,9 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	if err != nil {
 		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, domain.VersionFailed, err.Error())
 		m.system(agentID, vrec.Version, "", "start failed: "+err.Error())
+		if c := domain.CodeOf(err); c == domain.CodeOverloaded || c == domain.CodeConnection {
+			return 0, err // no node, or the bus away: retryable, not the version's fault
+		}
 		return 0, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf("version %d of agent %s did not start: %v", vrec.Version, agentID, err)}
 	}
 	if err := m.cfg.DB.ActivateVersion(context.WithoutCancel(ctx), agentID, v.n); err != nil {
@@ -590,11 +593,18 @@ func (m *Manager) Restore(ctx context.Context) error {
 		if pa.ActiveVersion == 0 {
 			continue
 		}
+		st.deploy.Lock()
+		if st.active.Load() != nil { // a notice brought it up meanwhile
+			st.deploy.Unlock()
+			continue
+		}
 		vrec, err := m.cfg.DB.Version(ctx, pa.ID, pa.ActiveVersion)
 		if err != nil {
+			st.deploy.Unlock()
 			return err
 		}
 		v, err := m.bringUp(ctx, st, vrec, 0)
+		st.deploy.Unlock()
 		if err != nil {
 			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
 			if m.cfg.Cluster == nil { // in a cluster, the failure is this server's, not the version's
@@ -686,10 +696,14 @@ func (m *Manager) pools() []*Pool {
 		}
 		st.mu.Lock()
 		for _, v := range st.retiring {
-			out = append(out, v.pool)
+			if v.pool != nil {
+				out = append(out, v.pool)
+			}
 		}
 		for _, v := range st.staged {
-			out = append(out, v.pool)
+			if v.pool != nil { // a gateway stages versions without pools
+				out = append(out, v.pool)
+			}
 		}
 		st.mu.Unlock()
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -264,8 +265,14 @@ func (g gatewayDispatch) Call(ctx context.Context, t domain.Target, tag string, 
 }
 
 func (g gatewayDispatch) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (n int, err error) {
+	var once sync.Once // a node that started it may refuse it, and the next start it again
+	announce := func() {
+		if started != nil {
+			once.Do(started)
+		}
+	}
 	err = g.untilTaken(ctx, &t, func() error {
-		n, err = g.Client.Stream(ctx, t, tag, args, kwargs, started, fn)
+		n, err = g.Client.Stream(ctx, t, tag, args, kwargs, announce, fn)
 		return err
 	})
 	return n, err

@@ -149,11 +149,16 @@ func (p *Platform) nodeControl(action string) error {
 			ops.stopPrepare() // it brings no new version up
 			ops.stopPrepare = nil
 		}
-		if ops.stopAsync != nil {
-			ops.stopAsync() // it takes no new async invocation; the running ones finish
+		stopAsync := ops.stopAsync
+		ops.mu.Unlock() // pausing waits for NATS: the advert must not wait behind it
+		if stopAsync != nil {
+			stopAsync() // it takes no new async invocation; the running ones finish
 		}
 		c.node.Pause() // no new call; the ones here finish
 		p.log.Info("draining: this node takes no new calls; its instances stop as they go idle")
+		ops.changed()
+		ops.mu.Lock() // for the deferred unlock
+		return nil
 	case cluster.ActionResume:
 		if !ops.draining {
 			return nil
