@@ -83,7 +83,19 @@ func (n *Node) Serve(t domain.Target) error {
 	if n.paused {
 		return nil
 	}
-	return n.subscribeLocked(t)
+	if err := n.subscribeLocked(t); err != nil {
+		return err
+	}
+	return n.flush()
+}
+
+// flush returns once the NATS server has the subscriptions made so far: a
+// call sent after Serve or Resume returns finds this node.
+func (n *Node) flush() error {
+	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("subscribe on NATS: %w", err)
+	}
+	return nil
 }
 
 func (n *Node) subscribeLocked(t domain.Target) error {
@@ -136,7 +148,7 @@ func (n *Node) Resume() error {
 			return err
 		}
 	}
-	return nil
+	return n.flush()
 }
 
 // Paused reports whether the node is paused.
