@@ -44,10 +44,11 @@ func (a *app) nodesListCommand(rf *remoteFlags) *cobra.Command {
 			}
 			ctx, cancel := shortCtx(cmd.Context())
 			defer cancel()
-			nodes, err := rc.ListNodes(ctx)
+			list, err := rc.ListNodes(ctx)
 			if err != nil {
 				return rc.explain(err)
 			}
+			nodes := list.Nodes
 			if a.json {
 				if nodes == nil {
 					nodes = []platformapi.Node{}
@@ -70,7 +71,15 @@ func (a *app) nodesListCommand(rf *remoteFlags) *cobra.Command {
 					gib(n.MemoryAvailableBytes), gib(n.MemoryBytes), n.Instances, n.InFlight, len(n.Agents),
 					strings.Join(n.Drivers, ","), n.HeartbeatAgeSeconds)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if list.Scheduler == "" {
+				fmt.Fprintln(a.stdout, "Scheduler: none right now (the gateways elect one within seconds)")
+			} else {
+				fmt.Fprintln(a.stdout, "Scheduler: gateway "+list.Scheduler)
+			}
+			return nil
 		},
 	}
 }

@@ -62,6 +62,9 @@ type Cluster struct {
 	kv     jetstream.KeyValue
 	kvErr  error
 
+	leaderMu sync.Mutex // the scheduler's lease bucket, opened on first use
+	leaderKV jetstream.KeyValue
+
 	payOnce sync.Once // the payload store, opened on first use
 	pay     *Payloads
 	payErr  error
@@ -163,8 +166,8 @@ func (c *Cluster) OnChange(kind string, fn func(id string)) (stop func(), err er
 	return func() { sub.Unsubscribe() }, nil
 }
 
-func (c *Cluster) prepareSubject(agentID string, version int) string {
-	return c.prefix + ".prepare." + agentID + "." + strconv.Itoa(version)
+func (c *Cluster) prepareSubject(node, agentID string, version int) string {
+	return c.prefix + ".node." + node + ".prepare." + agentID + "." + strconv.Itoa(version)
 }
 
 // prepareReply is a node's answer to a prepare request.
@@ -173,21 +176,21 @@ type prepareReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// Prepare asks the nodes to bring a version up (its bundle fetched, its
-// dependencies installed, an instance warm) and returns when the first
-// answers: nil if it is ready there, else its error.
-func (c *Cluster) Prepare(ctx context.Context, agentID string, version int) error {
-	m, err := c.nc.RequestWithContext(ctx, c.prepareSubject(agentID, version), nil)
+// PrepareOn asks node to bring a version up (its bundle fetched, its
+// dependencies installed, an instance warm) and returns once it is ready
+// there, or with the node's error naming the node.
+func (c *Cluster) PrepareOn(ctx context.Context, node, agentID string, version int) error {
+	m, err := c.nc.RequestWithContext(ctx, c.prepareSubject(node, agentID, version), nil)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return &domain.Error{Code: domain.CodeOverloaded, RetryAfter: 5 * time.Second,
-			Message: "no node is in the cluster to run the agent: start one with runagent server --role node, then start the agent again"}
+			Message: fmt.Sprintf("node %s left the cluster (or is draining) before it started version %d; start the agent again", node, version)}
 	}
 	if err != nil {
-		return fmt.Errorf("ask the nodes to start version %d: %w", version, err)
+		return fmt.Errorf("ask node %s to start version %d: %w", node, version, err)
 	}
 	var r prepareReply
 	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return fmt.Errorf("a node answered a start with %q: %w", m.Data, err)
+		return fmt.Errorf("node %s answered a start with %q: %w", node, m.Data, err)
 	}
 	if r.Error != "" {
 		return fmt.Errorf("on node %s: %s", r.Node, r.Error)
@@ -195,10 +198,9 @@ func (c *Cluster) Prepare(ctx context.Context, agentID string, version int) erro
 	return nil
 }
 
-// ServePrepare answers prepare requests as node with fn; every node
-// subscribes (no queue group): each brings the version up for itself.
+// ServePrepare answers the prepare requests sent to node with fn.
 func (c *Cluster) ServePrepare(node string, fn func(ctx context.Context, agentID string, version int) error) (stop func(), err error) {
-	sub, err := c.nc.Subscribe(c.prefix+".prepare.*.*", func(m *nats.Msg) {
+	sub, err := c.nc.Subscribe(c.prefix+".node."+node+".prepare.*.*", func(m *nats.Msg) {
 		parts := strings.Split(m.Subject, ".")
 		agentID := parts[len(parts)-2]
 		version, _ := strconv.Atoi(parts[len(parts)-1])

@@ -93,14 +93,14 @@ func TestBundles(t *testing.T) {
 	}
 }
 
-// Change notices reach every other server; prepare requests go to every
-// node and the first answer counts; with no node, the error says to start
-// one.
+// Change notices reach every other server; a prepare request goes to the
+// node named, whose error comes back naming it; a node that is not there
+// is said to have left.
 func TestNoticesAndPrepare(t *testing.T) {
 	url := runNATS(t, false)
 	gw := connect(t, url, "gateway")
 	ctx := context.Background()
-	if err := gw.Prepare(ctx, "agent", 1); domain.CodeOf(err) != domain.CodeOverloaded || !strings.Contains(err.Error(), "start one with runagent server --role node") {
+	if err := gw.PrepareOn(ctx, "a", "agent", 1); domain.CodeOf(err) != domain.CodeOverloaded || !strings.Contains(err.Error(), "node a left the cluster") {
 		t.Errorf("prepare with no node: %v", err)
 	}
 	got := make(chan string, 4)
@@ -137,11 +137,13 @@ func TestNoticesAndPrepare(t *testing.T) {
 	if !seen["a:x"] || !seen["b:x"] {
 		t.Errorf("notices seen: %v", seen)
 	}
-	if err := gw.Prepare(ctx, "good", 2); err != nil {
-		t.Errorf("prepare: %v", err)
-	}
-	if err := gw.Prepare(ctx, "bad", 2); err == nil || !strings.Contains(err.Error(), "pip failed") || !strings.Contains(err.Error(), "on node ") {
-		t.Errorf("a failed prepare: %v, want the node's error naming the node", err)
+	for _, name := range []string{"a", "b"} {
+		if err := gw.PrepareOn(ctx, name, "good", 2); err != nil {
+			t.Errorf("prepare on %s: %v", name, err)
+		}
+		if err := gw.PrepareOn(ctx, name, "bad", 2); err == nil || !strings.Contains(err.Error(), "pip failed") || !strings.Contains(err.Error(), "on node "+name) {
+			t.Errorf("a failed prepare on %s: %v, want the node's error naming the node", name, err)
+		}
 	}
 }
 
@@ -242,5 +244,132 @@ func TestNodes(t *testing.T) {
 	}
 	if ads, err := gw.Adverts(ctx); err != nil || len(ads) != 0 {
 		t.Errorf("adverts after a withdraw: %s, %v", ads, err)
+	}
+}
+
+// Of three candidates exactly one leads at a time; one stopped hands the
+// lease over at once; one that dies (its connection gone, the lease no
+// longer renewed) is replaced within LeaderTTL, and it stops leading
+// before the next begins.
+func TestCampaign(t *testing.T) {
+	url := runNATS(t, false)
+	var leading, most atomic.Int32
+	events := make(chan string, 16)
+	type candidate struct {
+		c      *cluster.Cluster
+		cancel context.CancelFunc
+	}
+	cands := map[string]candidate{}
+	for _, id := range []string{"a", "b", "c"} {
+		c := connect(t, url, id)
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		if err := c.Campaign(ctx, id, func(ctx context.Context) {
+			n := leading.Add(1)
+			for {
+				m := most.Load()
+				if n <= m || most.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			events <- "lead " + id
+			<-ctx.Done()
+			leading.Add(-1)
+			events <- "stop " + id
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cands[id] = candidate{c, cancel}
+	}
+	next := func(within time.Duration) string {
+		t.Helper()
+		select {
+		case e := <-events:
+			return e
+		case <-time.After(within):
+			t.Fatalf("no leadership change within %s", within)
+			return ""
+		}
+	}
+	first := strings.TrimPrefix(next(5*time.Second), "lead ")
+	if got, err := cands[first].c.Leader(context.Background()); err != nil || got != first {
+		t.Errorf("Leader() = %q %v, want %q", got, err, first)
+	}
+	// Stopped: it hands over at once.
+	began := time.Now()
+	cands[first].cancel()
+	if e := next(3 * time.Second); e != "stop "+first {
+		t.Fatalf("after stopping the leader: %q", e)
+	}
+	second := strings.TrimPrefix(next(3*time.Second), "lead ")
+	t.Logf("handover after a stop: %s", time.Since(began))
+	if second == first || cands[second].c == nil {
+		t.Fatalf("the next leader is %q", second)
+	}
+	// Dead: its connection closes, nothing renews; it stops leading, and
+	// another takes over within the lease's TTL.
+	began = time.Now()
+	cands[second].c.Close()
+	if e := next(cluster.LeaderTTL); e != "stop "+second {
+		t.Fatalf("after the leader's connection closed: %q", e)
+	}
+	third := next(cluster.LeaderTTL + 4*time.Second) // TTL + 1 s, and room for a slow machine
+	t.Logf("takeover after a death: %s", time.Since(began))
+	if third == "lead "+first || third == "lead "+second {
+		t.Fatalf("after the leader died: %q", third)
+	}
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d candidates led at once", m)
+	}
+}
+
+// The placement table: what one writes, every watcher sees, with a notice
+// naming the agent; deleted, it is gone.
+func TestPlacementTable(t *testing.T) {
+	url := runNATS(t, false)
+	ctx := context.Background()
+	w, err := connect(t, url, "scheduler").Placements(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	key := cluster.VersionKey{Agent: "0b9f3c2e-1d2a-4f5b-8c6d-7e8f9a0b1c2d", Version: 3}
+	if err := w.Set(ctx, key, []string{"n1", "n2"}, "g1"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := connect(t, url, "node").Placements(ctx) // opened after: the table holds the key at once
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !r.Has(key.Agent, 3, "n2") || r.Has(key.Agent, 3, "n3") || r.Has(key.Agent, 2, "n1") {
+		t.Errorf("a table opened after a write: %v", r.Snapshot())
+	}
+	changed := make(chan string, 4)
+	r.OnChange(func(agent string) { changed <- agent })
+	if err := w.Set(ctx, key, []string{"n3"}, "g1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-changed:
+		if a != key.Agent {
+			t.Errorf("notice for %q", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notice of a placement change")
+	}
+	if !r.Has(key.Agent, 3, "n3") || r.Has(key.Agent, 3, "n1") {
+		t.Errorf("after the change: %v", r.Snapshot())
+	}
+	if err := w.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notice of a placement removed")
+	}
+	if len(r.Snapshot()) != 0 {
+		t.Errorf("after the delete: %v", r.Snapshot())
 	}
 }

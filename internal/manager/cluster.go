@@ -25,6 +25,17 @@ import (
 // remote reports whether this manager runs no instances (a gateway).
 func (m *Manager) remote() bool { return m.cfg.Cluster != nil && m.cfg.Cluster.Remote }
 
+// runsHere reports whether this server runs the version's instances: a
+// single server does, a gateway never, a node where the cluster's
+// placement lists it.
+func (m *Manager) runsHere(agentID string, version int) bool {
+	c := m.cfg.Cluster
+	if c == nil {
+		return true
+	}
+	return !c.Remote && (c.Placed == nil || c.Placed(agentID, version))
+}
+
 // changed announces that agentID changed in the store.
 func (m *Manager) changed(agentID string) {
 	if c := m.cfg.Cluster; c != nil && c.Changed != nil {
@@ -84,9 +95,11 @@ func (m *Manager) drop(st *agentState) {
 	m.log.Info("agent removed", "agent_id", st.id)
 }
 
-// Reconcile brings this server's view of one agent in line with the store:
-// it appears, its active version is brought up here when it changed (the
-// old one retiring, its calls finishing), or it goes.
+// Reconcile brings this server's view of one agent in line with the store
+// and, on a node, with the placement: it appears, its active version is
+// brought up when it changed (the old one retiring, its calls finishing),
+// its instances start or stop here as the placement lists this node or no
+// longer does, or it goes.
 func (m *Manager) Reconcile(ctx context.Context, agentID string) error {
 	pa, err := m.cfg.DB.PlatformAgent(ctx, agentID)
 	if errors.Is(err, domain.ErrNotFound) {
@@ -104,13 +117,16 @@ func (m *Manager) Reconcile(ctx context.Context, agentID string) error {
 		st, _ = m.putState(pa.ID, pa.Tenant)
 	}
 	m.markClaimed(st)
-	if cur := st.active.Load(); pa.ActiveVersion == 0 || (cur != nil && cur.n == pa.ActiveVersion) {
+	inLine := func(cur *version) bool {
+		return pa.ActiveVersion == 0 || (cur != nil && cur.n == pa.ActiveVersion && (cur.pool != nil) == m.runsHere(agentID, cur.n))
+	}
+	if inLine(st.active.Load()) {
 		return nil // nothing to change: no lock (a start may hold it for minutes)
 	}
 	st.deploy.Lock()
 	defer st.deploy.Unlock()
 	cur := st.active.Load()
-	if cur != nil && cur.n == pa.ActiveVersion {
+	if inLine(cur) {
 		return nil
 	}
 	st.mu.Lock()
@@ -122,16 +138,20 @@ func (m *Manager) Reconcile(ctx context.Context, agentID string) error {
 		if err != nil {
 			return err
 		}
-		if v, err = m.bringUp(ctx, st, vrec, 0); err != nil {
+		here := m.runsHere(agentID, vrec.Version)
+		if v, err = m.bringUp(ctx, st, vrec, 0, here); err != nil {
 			return err
 		}
-		if err := m.stageAndServe(st, v); err != nil {
-			return err
+		if here {
+			if err := m.stageAndServe(st, v); err != nil {
+				return err
+			}
+			st.mu.Lock()
+			delete(st.staged, v.n)
+			st.mu.Unlock()
 		}
-		st.mu.Lock()
-		delete(st.staged, v.n)
-		st.mu.Unlock()
-	}
+	} // else prepared here at the scheduler's request: it runs here
+
 	m.activate(st, v, cur)
 	// Versions prepared before this one will never be activated.
 	st.mu.Lock()
@@ -146,7 +166,7 @@ func (m *Manager) Reconcile(ctx context.Context, agentID string) error {
 	for _, sv := range stale {
 		m.retire(st, sv)
 	}
-	m.log.Info("agent version serving", "agent_id", agentID, "version", v.n)
+	m.log.Info("agent version serving", "agent_id", agentID, "version", v.n, "here", v.pool != nil)
 	return nil
 }
 
@@ -206,7 +226,7 @@ func (m *Manager) PrepareVersion(ctx context.Context, agentID string, n int) err
 	if err != nil {
 		return err
 	}
-	v, err := m.bringUp(ctx, st, vrec, 1)
+	v, err := m.bringUp(ctx, st, vrec, 1, true)
 	if err != nil {
 		return err
 	}

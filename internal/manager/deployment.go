@@ -31,13 +31,16 @@ type Deployment struct {
 	Network   bool
 	WorkDirMB int // size of the writable work directory and /tmp in a sandbox
 	OpenFiles int // descriptors per process
+	// MinNodes is how many nodes of a cluster run the version while it is
+	// held (more under load); a single server ignores it.
+	MinNodes int
 }
 
 // DefaultDeployment is what a server uses without flags.
 var DefaultDeployment = Deployment{
 	MinInstances: 0, MaxInstances: 4, TargetConcurrency: 4, MaxConcurrency: 16, MaxQueue: 100,
 	IdleTimeout: 60 * time.Second, MemoryMB: 1024, MaxPids: 256, CallTimeout: 5 * time.Minute,
-	Sandbox: "process", WorkDirMB: 256, OpenFiles: 1024,
+	Sandbox: "process", WorkDirMB: 256, OpenFiles: 1024, MinNodes: 2,
 }
 
 // deploymentFields are the keys of the config section, with how each is set
@@ -68,6 +71,7 @@ var deploymentFields = map[string]func(d *Deployment, v any) string{
 var numericFields = map[string]func(d *Deployment, v float64) string{
 	"work_dir_mb":   func(d *Deployment, v float64) string { d.WorkDirMB = int(v); return whole(v, 1) },
 	"open_files":    func(d *Deployment, v float64) string { d.OpenFiles = int(v); return whole(v, 16) },
+	"min_nodes":     func(d *Deployment, v float64) string { d.MinNodes = int(v); return whole(v, 1) },
 	"min_instances": func(d *Deployment, v float64) string { d.MinInstances = int(v); return whole(v, 0) },
 	"max_instances": func(d *Deployment, v float64) string { d.MaxInstances = int(v); return whole(v, 1) },
 	"target_concurrency": func(d *Deployment, v float64) string {

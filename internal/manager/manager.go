@@ -84,7 +84,10 @@ type ClusterHooks struct {
 	// records versions; Prepare brings a version up on the nodes before
 	// Start activates it.
 	Remote  bool
-	Prepare func(ctx context.Context, agentID string, version int) error
+	Prepare func(ctx context.Context, agentID string, version int, dep Deployment) error
+	// Placed says whether this node is to run a version (a node's view of
+	// the cluster's placement); nil: every version runs here.
+	Placed func(agentID string, version int) bool
 	// Bundles keeps every bundle by content hash for all servers: Stage
 	// puts the upload there, and a version whose bundle is not unpacked
 	// here yet is fetched (and checked against its hash).
@@ -385,9 +388,9 @@ func (m *Manager) Start(ctx context.Context, agentID string) (int, error) {
 	if old != nil && old.pool != nil {
 		warm = max(warm, old.pool.Status().Ready)
 	}
-	v, err := m.bringUp(ctx, st, vrec, warm)
+	v, err := m.bringUp(ctx, st, vrec, warm, !m.remote())
 	if err == nil && m.remote() {
-		err = m.cfg.Cluster.Prepare(ctx, agentID, vrec.Version)
+		err = m.cfg.Cluster.Prepare(ctx, agentID, vrec.Version, v.dep)
 	}
 	if err != nil {
 		m.cfg.DB.SetVersionStatus(context.WithoutCancel(ctx), agentID, vrec.Version, domain.VersionFailed, err.Error())
@@ -424,6 +427,7 @@ func (m *Manager) retire(st *agentState, old *version) {
 	st.mu.Lock()
 	st.retiring = append(st.retiring, old)
 	st.mu.Unlock()
+	m.unserve(st.id, old) // first: the cluster sends it no new call while it drains
 	old.pool.Drain()
 	go func() {
 		<-old.pool.Drained()
@@ -435,7 +439,6 @@ func (m *Manager) retire(st *agentState, old *version) {
 			}
 		}
 		st.mu.Unlock()
-		m.unserve(st.id, old)
 		m.system(st.id, old.n, "", fmt.Sprintf("version %d drained and stopped", old.n))
 	}()
 }
@@ -476,7 +479,10 @@ func redactErr(r *strings.Replacer, err error) error {
 
 // bringUp prepares a version's environment and pool, warming n instances
 // (0: none, for a restore that scales from zero).
-func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec domain.Version, n int) (*version, error) {
+// bringUp loads a version and, if here, starts its pool with n instances
+// warm; a version not run here (a gateway's, or a node's placed
+// elsewhere) is its config only.
+func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec domain.Version, n int, here bool) (*version, error) {
 	if c := m.cfg.Cluster; c != nil && c.Bundles != nil {
 		dir, err := m.ensureBundle(ctx, vrec.SHA256)
 		if err != nil {
@@ -485,11 +491,11 @@ func (m *Manager) bringUp(ctx context.Context, st *agentState, vrec domain.Versi
 		vrec.Dir = dir
 	}
 	r := m.redactor(vrec.Dir)
-	v, err := m.bringUpWith(ctx, st.id, st.tenant, vrec, n, r)
+	v, err := m.bringUpWith(ctx, st.id, st.tenant, vrec, n, here, r)
 	return v, redactErr(r, err)
 }
 
-func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec domain.Version, n int, r *strings.Replacer) (*version, error) {
+func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec domain.Version, n int, here bool, r *strings.Replacer) (*version, error) {
 	folder, err := agentfolder.Load(vrec.Dir)
 	if err != nil {
 		return nil, err
@@ -509,8 +515,8 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 	a.Tenant = tenant
 	a.CallTimeout = dep.CallTimeout
 	v.agent = a
-	if m.remote() {
-		return v, nil // a gateway: the nodes run it
+	if !here {
+		return v, nil // the nodes run it, or other nodes
 	}
 	progress := &lineWriter{fn: func(line string) { m.system(agentID, vrec.Version, "", r.Replace(line)) }}
 	env, err := pyenv.Prepare(ctx, m.cfg.Python, folder.Dir, m.cfg.CacheDir, progress)
@@ -603,7 +609,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 			st.deploy.Unlock()
 			return err
 		}
-		v, err := m.bringUp(ctx, st, vrec, 0)
+		v, err := m.bringUp(ctx, st, vrec, 0, m.runsHere(pa.ID, vrec.Version))
 		st.deploy.Unlock()
 		if err != nil {
 			m.log.Error("could not restore an agent; it will not serve until started again", "agent_id", pa.ID, "version", vrec.Version, "error", err)
@@ -647,6 +653,7 @@ type AgentStatus struct {
 	ActiveVersion int
 	Deployment    Deployment
 	Pool          PoolStatus
+	Local         bool // its instances run here
 	Retiring      []int
 }
 
@@ -658,7 +665,7 @@ func (m *Manager) Status(agentID string) (AgentStatus, bool) {
 	}
 	var s AgentStatus
 	if v := st.active.Load(); v != nil {
-		s.ActiveVersion, s.Deployment = v.n, v.dep
+		s.ActiveVersion, s.Deployment, s.Local = v.n, v.dep, v.pool != nil
 		if v.pool != nil {
 			s.Pool = v.pool.Status()
 		}

@@ -120,6 +120,7 @@ type Pool struct {
 	nextID   int
 	draining bool // retired: no new instances; closes once idle
 	closed   bool
+	calls    int64     // calls taken, ever (a cluster's scheduler reads activity from it)
 	failures int       // consecutive failed starts
 	retryAt  time.Time // no start before this after failures
 	lastErr  error     // the last start failure
@@ -169,6 +170,7 @@ func (p *Pool) acquire(ctx context.Context) (*instance, error) {
 		p.mu.Unlock()
 		return nil, errPoolClosed
 	}
+	p.calls++
 	if in := p.pickLocked(); in != nil {
 		in.inflight++
 		p.mu.Unlock()
@@ -460,6 +462,7 @@ func (p *Pool) Warm(ctx context.Context, n int) error {
 type PoolStatus struct {
 	Starting, Ready, Draining int
 	InFlight, Queued          int
+	Calls                     int64 // taken since the pool began
 	Instances                 []InstanceStatus
 }
 
@@ -480,7 +483,7 @@ func (p *Pool) Status() PoolStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var st PoolStatus
-	st.Queued = len(p.waiters)
+	st.Queued, st.Calls = len(p.waiters), p.calls
 	for _, in := range p.insts {
 		switch in.state {
 		case domain.StateStarting:

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/runagent-go/runagent/internal/dispatch/natsdispatch"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/wire"
@@ -397,6 +398,13 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 	}
 	if ctx.Err() != nil {
 		return false // cut off by shutdown: it stays queued, as started
+	}
+	if errors.Is(err, natsdispatch.ErrNodeLost) {
+		// It ran on another node, which died: like a worker lost, it is
+		// delivered again once its lease runs out and runs again only if
+		// its entrypoint is idempotent.
+		p.log.Warn("the node running an async invocation was lost; it is delivered again", "invocation_id", inv.ID, "error", err)
+		return false
 	}
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)

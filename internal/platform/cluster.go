@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,12 +35,14 @@ const resyncEvery = 10 * time.Second
 // clusterParts are a gateway's or a node's pieces on NATS.
 type clusterParts struct {
 	cl     *cluster.Cluster
-	queue  *cluster.Queue       // of async invocations
-	client *natsdispatch.Client // calls to the nodes (a node's async invocations go through one too)
-	node   *natsdispatch.Node   // a node's
-	async  *nodeAsync           // a node's
-	ops    *nodeOps             // a node's
-	share  *rateShare           // a gateway's
+	queue  *cluster.Queue // of async invocations
+	table  *cluster.PlacementTable
+	sched  atomic.Pointer[scheduling] // a gateway's, while it leads
+	client *natsdispatch.Client       // calls to the nodes (a node's async invocations go through one too)
+	node   *natsdispatch.Node         // a node's
+	async  *nodeAsync                 // a node's
+	ops    *nodeOps                   // a node's
+	share  *rateShare                 // a gateway's
 	stops  []func()
 }
 
@@ -95,7 +98,15 @@ func connectCluster(ctx context.Context, cfg Config) (*clusterParts, error) {
 		cl.Close()
 		return nil, err
 	}
-	return &clusterParts{cl: cl, queue: q}, nil
+	table, err := cl.Placements(ctx)
+	if err == nil && cfg.Role == RoleGateway {
+		err = cl.OpenLease(ctx) // now, at the start: Run competes for it
+	}
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return &clusterParts{cl: cl, queue: q, table: table}, nil
 }
 
 // clusterHooks tie the manager to the cluster: a gateway's runs nothing
@@ -106,10 +117,12 @@ func (p *Platform) clusterHooks() *manager.ClusterHooks {
 		return nil
 	}
 	if p.cfg.Role == RoleGateway {
-		return &manager.ClusterHooks{Remote: true, Prepare: c.cl.Prepare, Bundles: c.cl,
+		return &manager.ClusterHooks{Remote: true, Prepare: p.placeNew, Bundles: c.cl,
 			Changed: func(id string) { c.cl.Changed(cluster.ChangeAgent, id) }}
 	}
+	node := p.cfg.NodeID
 	return &manager.ClusterHooks{Bundles: c.cl,
+		Placed: func(agentID string, version int) bool { return c.table.Has(agentID, version, node) },
 		Serve: func(t domain.Target) error {
 			defer c.ops.changed()
 			return c.node.Serve(t)
@@ -172,6 +185,7 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 			return fmt.Errorf("subscribe on NATS: %w", err)
 		}
 		c.ops.stopPrepare = stopPrepare
+		c.table.OnChange(func(id string) { go p.reconcile(id) })
 		if err := on(c.cl.ServeNodeControl(p.cfg.NodeID, p.nodeControl)); err != nil {
 			return err
 		}
@@ -285,8 +299,13 @@ func (g gatewayDispatch) untilTaken(ctx context.Context, t *domain.Target, send 
 	deadline := time.Now().Add(activatorWait)
 	pause := 20 * time.Millisecond
 	resent := 0
+	asked := false
 	for {
 		err := send()
+		if errors.Is(err, natsdispatch.ErrNoNode) && !asked {
+			asked = true // the scheduler places it (it may be at zero) while the call waits
+			go g.p.askActivate(*t)
+		}
 		if domain.CodeOf(err) == domain.CodeOverloaded && !errors.Is(err, natsdispatch.ErrNoNode) && resent < overloadResends {
 			// A node refused it unrun (full, or its version retiring):
 			// the queue group may pick one with room.
@@ -424,6 +443,7 @@ func (p *Platform) leaveCluster() {
 	if c.client != nil {
 		c.client.Close()
 	}
+	c.table.Close()
 }
 
 func (p *Platform) closeCluster() {

@@ -99,11 +99,13 @@ func (p *Platform) advert() platformapi.Node {
 	n.MemoryBytes, n.MemoryAvailableBytes = memInfo()
 	for _, id := range p.mgr.AgentIDs("") {
 		st, ok := p.mgr.Status(id)
-		if !ok || st.ActiveVersion == 0 {
+		if !ok || st.ActiveVersion == 0 || !st.Local {
 			continue
 		}
 		n.Instances += st.Pool.Ready + st.Pool.Starting
-		n.Agents = append(n.Agents, platformapi.NodeAgent{AgentID: id, Version: st.ActiveVersion, Ready: st.Pool.Ready, InFlight: st.Pool.InFlight})
+		n.Agents = append(n.Agents, platformapi.NodeAgent{AgentID: id, Version: st.ActiveVersion, Ready: st.Pool.Ready,
+			Starting: st.Pool.Starting, InFlight: st.Pool.InFlight, Queued: st.Pool.Queued, Calls: st.Pool.Calls,
+			MaxInstances: st.Deployment.MaxInstances})
 	}
 	return n
 }
@@ -196,6 +198,11 @@ func (p *Platform) handleNodes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list := platformapi.NodeList{Nodes: []platformapi.Node{}}
+	if leader, err := p.cluster.cl.Leader(r.Context()); err == nil {
+		list.Scheduler = leader
+	} else {
+		p.log.Warn("read which gateway schedules the cluster", "error", err)
+	}
 	for id, raw := range adverts {
 		var n platformapi.Node
 		if err := json.Unmarshal(raw, &n); err != nil {

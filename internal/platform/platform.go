@@ -257,6 +257,9 @@ func (p *Platform) Run(ctx context.Context) {
 	if p.cluster != nil {
 		go p.resync(ctx)
 		if p.cluster.share != nil { // a gateway
+			if err := p.cluster.cl.Campaign(ctx, p.cfg.NodeID, p.lead); err != nil {
+				p.log.Error("this gateway cannot compete to schedule the cluster; the others do", "error", err)
+			}
 			go p.shareRates(ctx)
 			go p.sweepStale(ctx)
 		}

@@ -400,15 +400,20 @@ type Node struct {
 
 // NodeAgent is one agent version a node serves.
 type NodeAgent struct {
-	AgentID  string `json:"agent_id"`
-	Version  int    `json:"version"`
-	Ready    int    `json:"ready"`
-	InFlight int    `json:"in_flight"`
+	AgentID      string `json:"agent_id"`
+	Version      int    `json:"version"`
+	Ready        int    `json:"ready"`
+	Starting     int    `json:"starting"`
+	InFlight     int    `json:"in_flight"`
+	Queued       int    `json:"queued"`
+	Calls        int64  `json:"calls"` // taken since the version came up here
+	MaxInstances int    `json:"max_instances"`
 }
 
 // NodeList is GET /api/v1/nodes.
 type NodeList struct {
-	Nodes []Node `json:"nodes"`
+	Nodes     []Node `json:"nodes"`
+	Scheduler string `json:"scheduler"` // the gateway placing versions now ("" during an election)
 }
 
 // NodeAction is the answer of POST /api/v1/nodes/{id}/drain and /resume.

@@ -292,12 +292,10 @@ func (c *Client) FollowLogs(ctx context.Context, agentID string, after int64, fn
 }
 
 // ListNodes is GET /api/v1/nodes (admin): a cluster's live nodes.
-func (c *Client) ListNodes(ctx context.Context) ([]platformapi.Node, error) {
+func (c *Client) ListNodes(ctx context.Context) (platformapi.NodeList, error) {
 	var out platformapi.NodeList
-	if err := c.do(ctx, http.MethodGet, path("nodes"), nil, nil, &out); err != nil {
-		return nil, err
-	}
-	return out.Nodes, nil
+	err := c.do(ctx, http.MethodGet, path("nodes"), nil, nil, &out)
+	return out, err
 }
 
 // NodeAction is POST /api/v1/nodes/{id}/{action} (admin): drain or resume.

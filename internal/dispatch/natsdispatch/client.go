@@ -20,6 +20,10 @@ import (
 // version (NATS's no-responders). The call did not run.
 var ErrNoNode = errors.New("no node serves this agent version")
 
+// ErrNodeLost is in the error of a call whose node stopped answering
+// mid-call (it died, or was cut off): the call may or may not have run.
+var ErrNodeLost = errors.New("the node running the call was lost")
+
 // Client is the dispatcher of a gateway: it sends each call to the queue
 // group of its agent version's subject. Its replies come to one wildcard
 // subscription, routed to the call by the last token of the subject.
@@ -282,7 +286,7 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 			if node != "" {
 				who = "node " + node
 			}
-			return stopWithError(&domain.Error{Code: domain.CodeAgentCrashed,
+			return stopWithError(&domain.Error{Code: domain.CodeAgentCrashed, Err: ErrNodeLost,
 				Message: fmt.Sprintf("%s stopped answering (nothing for %s); the call may or may not have run", who, c.opts.Liveness)})
 		case m := <-cl.msgs:
 			if m.Header.Get(hStatus) == "503" {

@@ -117,7 +117,7 @@ func TestNodeDeathFailsItsCalls(t *testing.T) {
 	start := time.Now()
 	nodeConn.Close() // no goodbye: the gateway hears nothing more
 	err = <-errc
-	if domain.CodeOf(err) != domain.CodeAgentCrashed || !strings.Contains(err.Error(), "node node-dies stopped answering") {
+	if domain.CodeOf(err) != domain.CodeAgentCrashed || !errors.Is(err, natsdispatch.ErrNodeLost) || !strings.Contains(err.Error(), "node node-dies stopped answering") {
 		t.Fatalf("call on a dead node = %v, want AGENT_CRASHED naming it", err)
 	}
 	if waited := time.Since(start); waited > 3*fast.Liveness {
