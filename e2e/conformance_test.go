@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -252,4 +255,37 @@ func TestSDKRetriesAcrossServerRestart(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the call did not succeed after the server came back")
 	}
+}
+
+// The official Python SDK's conformance cases (sdk/python/tests), sync
+// and async clients, through a cluster's gateway with an API key: the SDK
+// installed the standard way into a virtualenv of its own.
+func TestSDKConformancePythonGateway(t *testing.T) {
+	suite := readConformance(t)
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	venv := filepath.Join(t.TempDir(), "venv")
+	for _, cmd := range [][]string{
+		{"python3", "-m", "venv", venv},
+		{filepath.Join(venv, "bin", "pip"), "install", "--quiet", "--disable-pip-version-check", filepath.Join(root, "sdk", "python"), "pytest"},
+	} {
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("install the Python SDK (%s): %v\n%s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	c := startClusterWith(t, 1, 1, suite.ServeArgs)
+	dir, _ := newAgent(t, suite.Template)
+	id := c.gateways[0].deploy(t, dir, c.admin)
+	key := c.gateways[0].createKey(t, map[string]any{"name": "sdk", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 1000})
+	cmd := exec.Command(filepath.Join(venv, "bin", "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_conformance.py")
+	cmd.Dir = filepath.Join(root, "sdk", "python")
+	cmd.Env = append(os.Environ(), "RUNAGENT_CONFORMANCE_BASE_URL=http://"+c.gateways[0].Addr,
+		"RUNAGENT_CONFORMANCE_AGENT_ID="+id, "RUNAGENT_CONFORMANCE_API_KEY="+key)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("%d passed", 2*len(suite.Cases))) {
+		t.Fatalf("the Python SDK's conformance cases through a gateway (%v):\n%s\n%s", err, out, c.logs())
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
 }

@@ -48,6 +48,9 @@ def runagent_bin(tmp_path_factory):
 
 
 class Server:
+    def client_args(self):
+        return {"host": "127.0.0.1", "port": self.port}
+
     def __init__(self, binary, root, template, *serve_args):
         self.cache = root / "cache"
         self.cache.mkdir()
@@ -113,9 +116,30 @@ def conformance_suite():
     return json.loads(CONFORMANCE.read_text(encoding="utf-8"))
 
 
+class Remote:
+    """An agent already deployed on a platform server (or a cluster's gateway)."""
+
+    def __init__(self, base_url, agent_id, api_key):
+        self.base_url, self.agent_id, self.api_key = base_url, agent_id, api_key
+
+    def client_args(self):
+        return {"base_url": self.base_url, "api_key": self.api_key}
+
+
 @pytest.fixture(scope="session")
-def showcase(runagent_bin, tmp_path_factory):
-    """The showcase template served as the conformance suite says (--timeout 2s)."""
+def showcase(request, tmp_path_factory):
+    """The showcase template served as the conformance suite says (--timeout 2s);
+    with RUNAGENT_CONFORMANCE_BASE_URL, RUNAGENT_CONFORMANCE_AGENT_ID and
+    RUNAGENT_CONFORMANCE_API_KEY, that deployed agent instead (the Go end-to-end
+    suite runs the cases so through a cluster's gateway)."""
+    base = os.environ.get("RUNAGENT_CONFORMANCE_BASE_URL")
+    if base:
+        agent_id, key = os.environ.get("RUNAGENT_CONFORMANCE_AGENT_ID"), os.environ.get("RUNAGENT_CONFORMANCE_API_KEY")
+        if not agent_id or not key:
+            pytest.fail("RUNAGENT_CONFORMANCE_BASE_URL needs RUNAGENT_CONFORMANCE_AGENT_ID and RUNAGENT_CONFORMANCE_API_KEY")
+        yield Remote(base, agent_id, key)
+        return
+    runagent_bin = request.getfixturevalue("runagent_bin")
     suite = conformance_suite() or {}
     args = suite.get("serve_args") or ["--timeout", "2s"]
     s = Server(runagent_bin, tmp_path_factory.mktemp("showcase"), suite.get("template", "showcase"), *args)

@@ -76,7 +76,7 @@ def call_of(case):
 def test_sync(case, showcase):
     args, kwargs = inputs(case)
     value = chunks = error = None
-    with ra.RunAgentClient(showcase.agent_id, case["tag"], host="127.0.0.1", port=showcase.port) as c:
+    with ra.RunAgentClient(showcase.agent_id, case["tag"], **showcase.client_args()) as c:
         try:
             if call_of(case) == "run":
                 value = c.run(*args, **kwargs)
@@ -97,7 +97,7 @@ def test_async(case, showcase):
 
     async def main():
         value = chunks = error = None
-        async with ra.AsyncRunAgentClient(showcase.agent_id, case["tag"], host="127.0.0.1", port=showcase.port) as c:
+        async with ra.AsyncRunAgentClient(showcase.agent_id, case["tag"], **showcase.client_args()) as c:
             try:
                 if call_of(case) == "run":
                     value = await c.run(*args, **kwargs)
