@@ -59,6 +59,9 @@ func TestClusterPlacement(t *testing.T) {
 	// instance of one call at a time: the calls queue there, so a second
 	// node joins and takes some.
 	key := g1.createKey(t, map[string]any{"name": "load", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 100})
+	eventually(t, 3*time.Second, "the key made on gateway 1 to work on gateway 2", func() bool {
+		return c.gateways[1].do(t, "GET", "/api/v1/agents", key, nil).Status != 401
+	})
 	stop := make(chan struct{})
 	var mu sync.Mutex
 	served := map[int]int{}

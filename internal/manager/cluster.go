@@ -84,8 +84,12 @@ func (m *Manager) stopAll(st *agentState) {
 	}
 }
 
-// drop forgets an agent that is gone from the store.
+// drop forgets an agent that is gone from the store; after any start or
+// prepare of it here has finished (they hold st.deploy), so that none
+// brings a version up after its instances were stopped.
 func (m *Manager) drop(st *agentState) {
+	st.deploy.Lock()
+	defer st.deploy.Unlock()
 	m.mu.Lock()
 	if m.agents[st.id] == st {
 		delete(m.agents, st.id)
