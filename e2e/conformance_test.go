@@ -275,17 +275,89 @@ func TestSDKConformancePythonGateway(t *testing.T) {
 			t.Fatalf("install the Python SDK (%s): %v\n%s", strings.Join(cmd, " "), err, out)
 		}
 	}
-	c := startClusterWith(t, 1, 1, suite.ServeArgs)
-	dir, _ := newAgent(t, suite.Template)
-	id := c.gateways[0].deploy(t, dir, c.admin)
-	key := c.gateways[0].createKey(t, map[string]any{"name": "sdk", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 1000})
+	c, env := sdkGateway(t, suite)
 	cmd := exec.Command(filepath.Join(venv, "bin", "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_conformance.py")
 	cmd.Dir = filepath.Join(root, "sdk", "python")
-	cmd.Env = append(os.Environ(), "RUNAGENT_CONFORMANCE_BASE_URL=http://"+c.gateways[0].Addr,
-		"RUNAGENT_CONFORMANCE_AGENT_ID="+id, "RUNAGENT_CONFORMANCE_API_KEY="+key)
+	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), fmt.Sprintf("%d passed", 2*len(suite.Cases))) {
 		t.Fatalf("the Python SDK's conformance cases through a gateway (%v):\n%s\n%s", err, out, c.logs())
 	}
 	t.Logf("%s", strings.TrimSpace(string(out)))
+}
+
+// sdkGateway deploys the conformance suite's agent on a cluster of one
+// gateway and one node and makes a run key for it: the environment that
+// points an SDK's conformance runner (RUNAGENT_CONFORMANCE_*) at it.
+func sdkGateway(t *testing.T, suite conformanceSuite) (*testCluster, []string) {
+	t.Helper()
+	c := startClusterWith(t, 1, 1, suite.ServeArgs)
+	dir, _ := newAgent(t, suite.Template)
+	id := c.gateways[0].deploy(t, dir, c.admin)
+	key := c.gateways[0].createKey(t, map[string]any{"name": "sdk", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000, "max_concurrency": 1000})
+	return c, append(os.Environ(), "RUNAGENT_CONFORMANCE_BASE_URL=http://"+c.gateways[0].Addr,
+		"RUNAGENT_CONFORMANCE_AGENT_ID="+id, "RUNAGENT_CONFORMANCE_API_KEY="+key)
+}
+
+// needTool fails (never skips) when a toolchain the SDK suites need is
+// missing: make deps installs them.
+func needTool(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Fatalf("%s is not installed: run make deps (scripts/test-deps.sh installs it)", n)
+		}
+	}
+}
+
+// The TypeScript SDK's conformance cases (sdk/js/test/conformance.test.ts)
+// through a cluster's gateway with an API key, the SDK built as make
+// test-js builds it.
+func TestSDKConformanceTypeScriptGateway(t *testing.T) {
+	needTool(t, "node", "npm")
+	suite := readConformance(t)
+	js, err := filepath.Abs(filepath.Join("..", "sdk", "js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"npm", "ci", "--no-audit", "--no-fund"}, {"npm", "run", "build"}} {
+		c := exec.Command(cmd[0], cmd[1:]...)
+		c.Dir = js
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("build the TypeScript SDK (%s): %v\n%s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	c, env := sdkGateway(t, suite)
+	cmd := exec.Command("node", "--test", "--test-name-pattern=^conformance: ", "dist/test/conformance.test.js")
+	cmd.Dir, cmd.Env = js, env
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("# pass %d\n", len(suite.Cases))) || !strings.Contains(string(out), "# fail 0\n") {
+		t.Fatalf("the TypeScript SDK's conformance cases through a gateway (%v):\n%s\n%s", err, out, c.logs())
+	}
+}
+
+// The Rust SDK's conformance test (sdk/rust/tests/conformance.rs: every
+// case, a dropped stream stopping its generator, the blocking client)
+// through a cluster's gateway with an API key.
+func TestSDKConformanceRustGateway(t *testing.T) {
+	needTool(t, "cargo")
+	suite := readConformance(t)
+	rs, err := filepath.Abs(filepath.Join("..", "sdk", "rust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Built before the cluster starts, so the build's time counts against
+	// no timeout of the cluster's.
+	build := exec.Command("cargo", "test", "--locked", "--test", "conformance", "--no-run")
+	build.Dir = rs
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the Rust SDK's conformance test: %v\n%s", err, out)
+	}
+	c, env := sdkGateway(t, suite)
+	cmd := exec.Command("cargo", "test", "--locked", "--test", "conformance", "--", "--exact", "conformance")
+	cmd.Dir, cmd.Env = rs, env
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "test result: ok. 1 passed") {
+		t.Fatalf("the Rust SDK's conformance test through a gateway (%v):\n%s\n%s", err, out, c.logs())
+	}
 }

@@ -1,5 +1,9 @@
 //! Runs every case of testdata/conformance/cases.json against the real
-//! `runagent serve` (docs/sdk-contract.md, "Conformance suite").
+//! `runagent serve` (docs/sdk-contract.md, "Conformance suite"). With
+//! RUNAGENT_CONFORMANCE_BASE_URL, RUNAGENT_CONFORMANCE_AGENT_ID and
+//! RUNAGENT_CONFORMANCE_API_KEY, `conformance` runs against that deployed
+//! agent instead (the Go end-to-end suite runs it so through a cluster's
+//! gateway).
 use runagent::{Client, Code, Config, Map, Value};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,16 +108,32 @@ fn generated(spec: &Value) -> Value {
     panic!("unknown generate spec {spec}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance() {
-    let suite = parse(&std::fs::read_to_string(Path::new(REPO).join("testdata/conformance/cases.json")).unwrap());
-    let tmp = temp_dir("conformance");
-    let bin = binary(&tmp);
+/// Where the suite's agent is served: `runagent serve` here on a port, or
+/// a deployed agent behind a base URL and an API key.
+enum Target {
+    Local(u16),
+    Remote { base_url: String, api_key: String },
+}
+
+impl Target {
+    fn config(&self, agent_id: &str, tag: &str) -> Config {
+        let base = Config { agent_id: agent_id.into(), entrypoint_tag: tag.into(), ..Default::default() };
+        match self {
+            Target::Local(port) => Config { local: true, host: Some("127.0.0.1".into()), port: Some(*port), ..base },
+            Target::Remote { base_url, api_key } => Config { base_url: Some(base_url.clone()), api_key: Some(api_key.clone()), ..base },
+        }
+    }
+}
+
+/// `runagent serve` of the suite's template with its serve_args, healthy:
+/// the agent id, the port and the server (stopped when dropped).
+fn serve_showcase(suite: &Value, tmp: &Path) -> (String, u16, Server) {
+    let bin = binary(tmp);
     let agent = tmp.join("agent");
     let cache = tmp.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     let out = Command::new(&bin).arg("init").arg(&agent).args(["--template", suite["template"].as_str().unwrap(), "--json"])
-        .current_dir(&tmp).env("RUNAGENT_CACHE_DIR", &cache).output().expect("runagent init");
+        .current_dir(tmp).env("RUNAGENT_CACHE_DIR", &cache).output().expect("runagent init");
     assert!(out.status.success(), "runagent init: {}", String::from_utf8_lossy(&out.stderr));
     let id = parse(std::str::from_utf8(&out.stdout).unwrap())["agent_id"].as_str().expect("agent_id").to_string();
 
@@ -129,6 +149,24 @@ async fn conformance() {
         assert!(t0.elapsed() < Duration::from_secs(60), "runagent serve not healthy after 60s");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (id, port, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let suite = parse(&std::fs::read_to_string(Path::new(REPO).join("testdata/conformance/cases.json")).unwrap());
+    let tmp = temp_dir("conformance");
+    let (id, target, server) = match std::env::var("RUNAGENT_CONFORMANCE_BASE_URL") {
+        Ok(base) => {
+            let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("RUNAGENT_CONFORMANCE_BASE_URL needs {k}"));
+            (var("RUNAGENT_CONFORMANCE_AGENT_ID"), Target::Remote { base_url: base, api_key: var("RUNAGENT_CONFORMANCE_API_KEY") }, None)
+        }
+        Err(_) => {
+            let (id, port, server) = serve_showcase(&suite, &tmp);
+            (id, Target::Local(port), Some(server))
+        }
+    };
+    let config = |tag: &str| target.config(&id, tag);
 
     let mut failures = Vec::new();
     let cases = suite["cases"].as_array().unwrap();
@@ -142,10 +180,7 @@ async fn conformance() {
             args = g.iter().map(generated).collect();
         }
         let kwargs: Map<String, Value> = c.get("kwargs").and_then(Value::as_object).cloned().unwrap_or_default();
-        let client = Client::new(Config {
-            agent_id: id.clone(), entrypoint_tag: tag.into(), local: true,
-            host: Some("127.0.0.1".into()), port: Some(port), ..Default::default()
-        }).unwrap();
+        let client = Client::new(config(tag)).unwrap();
         let call = c.get("call").and_then(Value::as_str).unwrap_or(if tag.ends_with("_stream") { "run_stream" } else { "run" });
         let (mut value, mut chunks, mut err) = (Value::Null, Vec::new(), None);
         let work = async {
@@ -209,8 +244,7 @@ async fn conformance() {
     }
     // Dropping a stream closes the socket; the server stops the generator (its finally runs).
     let ticks = tmp.join("ticks.txt");
-    let client = Client::new(Config { agent_id: id.clone(), entrypoint_tag: "tick_stream".into(), local: true,
-        host: Some("127.0.0.1".into()), port: Some(port), ..Default::default() }).unwrap();
+    let client = Client::new(config("tick_stream")).unwrap();
     let mut kw = Map::new();
     kw.insert("path".into(), Value::String(ticks.to_string_lossy().into_owned()));
     kw.insert("interval".into(), Value::from(0.05));
@@ -236,10 +270,9 @@ async fn conformance() {
     }
 
     // The blocking client, from a plain thread.
-    let (id2, port2) = (id.clone(), port);
+    let add = config("add");
     let blocking = std::thread::spawn(move || {
-        let c = runagent::blocking::Client::new(Config { agent_id: id2, entrypoint_tag: "add".into(), local: true,
-            host: Some("127.0.0.1".into()), port: Some(port2), ..Default::default() }).unwrap();
+        let c = runagent::blocking::Client::new(add).unwrap();
         let sum = c.run(vec![40.into(), 2.into()], Map::new()).unwrap();
         let mut kw = Map::new();
         kw.insert("n".into(), Value::from(3));
