@@ -137,6 +137,30 @@ func (ar *asyncRunner) resume(ctx context.Context) error {
 	return nil
 }
 
+// finishRetryFor bounds how long an outcome is retried against a failing
+// store.
+var finishRetryFor = 2 * time.Minute
+
+// finishAsync records an invocation's outcome, retrying while the store
+// fails (a PostgreSQL restart or failover) for up to finishRetryFor or
+// until ctx ends: the outcome exists only here, and a redelivery would
+// find the invocation started and fail it as interrupted.
+func (p *Platform) finishAsync(ctx context.Context, inv domain.Invocation) error {
+	deadline := time.Now().Add(finishRetryFor)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := p.db.FinishAsync(context.WithoutCancel(ctx), inv)
+		if err == nil || errors.Is(err, domain.ErrNotFound) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		p.log.Warn("record the outcome of an async invocation: the store failed; retrying", "invocation_id", inv.ID, "retry_in", wait, "error", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
 // failInterrupted records the outcome of an invocation the server stopped
 // under: failed, saying why it was not run again.
 func (ar *asyncRunner) failInterrupted(ctx context.Context, j domain.AsyncJob, idempotent bool) error {
@@ -429,9 +453,9 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 	if a != nil {
 		p.metrics.call(a, inv.EntrypointTag, code, elapsed)
 	}
-	if err := p.db.FinishAsync(context.Background(), inv); err != nil {
+	if err := p.finishAsync(ctx, inv); err != nil {
 		if !errors.Is(err, domain.ErrNotFound) {
-			p.log.Error("record the outcome of an async invocation", "invocation_id", inv.ID, "error", err)
+			p.log.Error("record the outcome of an async invocation; it is lost, and the invocation ends as interrupted", "invocation_id", inv.ID, "error", err)
 			return false
 		}
 		p.log.Warn("an async invocation ended that was already ended elsewhere; its outcome here is not recorded", "invocation_id", inv.ID)

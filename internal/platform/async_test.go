@@ -1,9 +1,12 @@
 package platform
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/runagent-go/runagent/internal/domain"
 )
@@ -100,5 +103,63 @@ func TestAsyncCloseStopsTaking(t *testing.T) {
 	}
 	if e := ar.admit("t", "a"); e == nil || e.Code != domain.CodeOverloaded {
 		t.Fatalf("admit after close: %v", e)
+	}
+}
+
+// flakyFinish is a store whose FinishAsync fails its first fails calls.
+type flakyFinish struct {
+	domain.Store
+	fails, calls int
+	err          error
+}
+
+func (f *flakyFinish) FinishAsync(context.Context, domain.Invocation) error {
+	f.calls++
+	if f.calls <= f.fails {
+		return f.err
+	}
+	return nil
+}
+
+// An outcome is retried while the store fails, for a bounded time; a
+// store that says the invocation is gone is not retried.
+func TestFinishAsyncRetriesTheStore(t *testing.T) {
+	defer func(d time.Duration) { finishRetryFor = d }(finishRetryFor)
+	finishRetryFor = 2 * time.Second
+	boom := errors.New("connection refused")
+	tests := []struct {
+		name      string
+		fails     int
+		err       error
+		cancelled bool
+		wantErr   error
+		wantCalls int
+	}{
+		{"stored at once", 0, boom, false, nil, 1},
+		{"the store comes back", 3, boom, false, nil, 4},
+		{"the store stays down", 1000, boom, false, boom, -1},
+		{"gone: not retried", 1000, domain.ErrNotFound, false, domain.ErrNotFound, 1},
+		{"shut down while retrying", 1000, boom, true, boom, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db := &flakyFinish{fails: tt.fails, err: tt.err}
+			p := &Platform{db: db, log: slog.New(slog.DiscardHandler)}
+			ctx, cancel := context.WithCancel(context.Background())
+			if tt.cancelled {
+				cancel()
+			}
+			defer cancel()
+			err := p.finishAsync(ctx, domain.Invocation{ID: "inv"})
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantCalls >= 0 && db.calls != tt.wantCalls {
+				t.Fatalf("%d calls to the store, want %d", db.calls, tt.wantCalls)
+			}
+			if tt.wantCalls < 0 && db.calls < 3 {
+				t.Fatalf("gave up after %d calls", db.calls)
+			}
+		})
 	}
 }
