@@ -64,3 +64,8 @@ func (p *Payloads) Take(ctx context.Context, name string) ([]byte, error) {
 	go p.obs.Delete(context.Background(), name) // off the call's path; the TTL is the backstop
 	return b, nil
 }
+
+// Remove removes the body stored under name.
+func (p *Payloads) Remove(ctx context.Context, name string) error {
+	return p.obs.Delete(ctx, name)
+}

@@ -197,6 +197,19 @@ func (c *Client) forget(cl *call) {
 	c.mu.Unlock()
 }
 
+// removeSpilled removes the spilled body of a request no node received,
+// which would otherwise stay in the spill store until its TTL: a caller
+// waiting for a node sends it again, spilled again, every few hundred ms.
+func (c *Client) removeSpilled(req *nats.Msg) {
+	name := req.Header.Get(hBodyObject)
+	if name == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = c.opts.Spill.Remove(ctx, name) // on failure, the store's TTL removes it
+}
+
 // Call implements domain.Dispatcher.
 func (c *Client) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
 	out, _, err := c.do(ctx, t, modeCall, tag, args, kwargs, nil, nil)
@@ -290,6 +303,7 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 				Message: fmt.Sprintf("%s stopped answering (nothing for %s); the call may or may not have run", who, c.opts.Liveness)})
 		case m := <-cl.msgs:
 			if m.Header.Get(hStatus) == "503" {
+				c.removeSpilled(req)
 				e := dispatch.NotRunning(t)
 				e.Err = ErrNoNode
 				return nil, 0, e

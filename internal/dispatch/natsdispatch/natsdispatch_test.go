@@ -426,6 +426,13 @@ func (m *memSpill) Take(ctx context.Context, name string) ([]byte, error) {
 	return b, nil
 }
 
+func (m *memSpill) Remove(ctx context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.blobs, name)
+	return nil
+}
+
 // sizer answers a call with its input repeated and a stream with one chunk
 // as large as its input: the bodies each way are as large as the caller's.
 type sizer struct{}
@@ -498,6 +505,17 @@ func TestLargeBodiesSpill(t *testing.T) {
 			defer spill.mu.Unlock()
 			if spill.puts != 4 || len(spill.blobs) != 0 { // input, result, input, chunk
 				t.Errorf("spill store: %d puts, %d left; want 4 puts, none left", spill.puts, len(spill.blobs))
+			}
+			spill.mu.Unlock()
+			// A large call that no node serves: its spilled input is
+			// removed, not left for the store's TTL.
+			nobody := domain.Target{AgentID: target.AgentID, Version: target.Version + 1}
+			if _, err := client.Call(context.Background(), nobody, "x", big, nil); !errors.Is(err, natsdispatch.ErrNoNode) {
+				t.Fatalf("a call of a version no node serves: %v, want ErrNoNode", err)
+			}
+			spill.mu.Lock()
+			if spill.puts != 5 || len(spill.blobs) != 0 {
+				t.Errorf("after a call no node received: %d puts, %d left; want 5 puts, none left", spill.puts, len(spill.blobs))
 			}
 		})
 	}

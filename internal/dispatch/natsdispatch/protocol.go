@@ -56,6 +56,8 @@ type Spill interface {
 	Put(ctx context.Context, body []byte) (name string, err error)
 	// Take reads a body and removes it.
 	Take(ctx context.Context, name string) ([]byte, error)
+	// Remove removes a body nobody will take (a call no node received).
+	Remove(ctx context.Context, name string) error
 }
 
 // bodyLimit is the largest body sent in the message itself: the server's
