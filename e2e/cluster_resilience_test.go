@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 
+	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/store/pgstore"
 	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
 )
 
@@ -258,5 +263,56 @@ func TestClusterResilience(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("servers:\n%s", c.logs())
+	}
+}
+
+// An async invocation recorded in PostgreSQL whose gateway stopped before
+// it reached the JetStream queue (written here straight to the store, as
+// such a gateway leaves it) is found by the scheduler and run once; one
+// queued the normal way is not queued again.
+func TestClusterAsyncNeverQueued(t *testing.T) {
+	c := startCluster(t, 1, 1)
+	g := c.gateways[0]
+	dir, _ := newAgent(t, "showcase")
+	id := g.deploy(t, dir, c.admin)
+	ctx := context.Background()
+	db, err := pgstore.Open(ctx, c.db, pgstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lost := fmt.Sprintf("lost-%d", time.Now().UnixNano())
+	inv := domain.Invocation{ID: lost, AgentID: id, EntrypointTag: "add", SDKType: "async", InputArgs: json.RawMessage(`[]`),
+		InputKwargs: json.RawMessage(`{"a": 2, "b": 40}`), Status: domain.StatusPending, RequestTime: time.Now()}
+	if err := db.EnqueueAsync(ctx, inv, "default", 0); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, c.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Recorded ten minutes ago, as a gateway that died then left it.
+	if _, err := conn.Exec(ctx, `UPDATE async_queue SET enqueued_at = enqueued_at - $1 WHERE invocation_id = $2`, (10 * time.Minute).Microseconds(), lost); err != nil {
+		t.Fatal(err)
+	}
+	normal := acceptedID(t, asyncRun(t, g, c.admin, id, "add", map[string]any{"a": 1, "b": 1}))
+	if st, detail := waitInvocation(t, g, normal, 20*time.Second); st != "completed" {
+		t.Fatalf("an async invocation queued the normal way: %s %s", st, detail)
+	}
+	if st, detail := waitInvocation(t, g, lost, 40*time.Second); st != "completed" {
+		t.Fatalf("the invocation the queue never had: %s %s (want completed once the scheduler queued it)\n%s", st, detail, c.logs())
+	}
+	r := g.do(t, "GET", "/api/v1/invocations/"+lost, c.admin, nil)
+	var got struct {
+		OutputData json.RawMessage `json:"output_data"`
+	}
+	json.Unmarshal(r.Body, &got)
+	if string(got.OutputData) != "42" {
+		t.Fatalf("its output: %s, want 42", r.Body)
+	}
+	logs := g.Logs()
+	if n := strings.Count(logs, "queued again an async invocation"); n != 1 || !strings.Contains(logs, lost) {
+		t.Fatalf("the gateway queued %d invocations again, want 1 (%s):\n%s", n, lost, logs)
 	}
 }

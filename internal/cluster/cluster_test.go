@@ -149,7 +149,8 @@ func TestNoticesAndPrepare(t *testing.T) {
 
 // The async queue: an invocation enqueued twice (a retried publish) is
 // delivered once; a run longer than the lease keeps it (renewed from Go)
-// and is not delivered again; one given back is delivered again.
+// and is not delivered again; one given back is delivered again. The
+// stream holds an invocation until it is acknowledged (Holds).
 func TestQueue(t *testing.T) {
 	url := runNATS(t, false)
 	gw, node := connect(t, url, "gateway"), connect(t, url, "node")
@@ -168,6 +169,21 @@ func TestQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := qg.Enqueue(ctx, "a.b", "acme"); err == nil {
+		t.Error("an id with a dot was queued; want an error (not a subject token)")
+	}
+	holds := func(id string) bool {
+		t.Helper()
+		h, err := qg.Holds(ctx, id)
+		if err != nil {
+			t.Fatalf("Holds(%s): %v", id, err)
+		}
+		return h
+	}
+	if !holds("once") || !holds("long") || holds("never") {
+		t.Error("before any run: want once and long held, never not")
+	}
+	var heldWhileRunning atomic.Bool
 	var mu sync.Mutex
 	deliveries := map[string][]uint64{}
 	var done atomic.Int32
@@ -184,6 +200,8 @@ func TestQueue(t *testing.T) {
 		switch {
 		case d.ID == "long":
 			time.Sleep(3 * lease) // past the lease: renewed meanwhile
+			h, err := qg.Holds(ctx, "long")
+			heldWhileRunning.Store(h && err == nil)
 		case d.ID == "retry" && n == 1:
 			d.Retry(100 * time.Millisecond)
 			return
@@ -203,6 +221,10 @@ func TestQueue(t *testing.T) {
 	}
 	if r := deliveries["retry"]; len(r) == 2 && r[1] != 2 {
 		t.Errorf("the second delivery of retry counts %d deliveries, want 2", r[1])
+	}
+	if !heldWhileRunning.Load() || holds("once") || holds("long") || holds("retry") {
+		t.Errorf("held while running: %v (want true); after their acks, held: once %v, long %v, retry %v (want none)",
+			heldWhileRunning.Load(), holds("once"), holds("long"), holds("retry"))
 	}
 }
 

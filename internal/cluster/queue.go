@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ const hTenant = "Ra-Tenant"
 type Queue struct {
 	c       *Cluster
 	js      jetstream.JetStream
+	stream  jetstream.Stream
 	cons    jetstream.Consumer
 	subject string
 	lease   time.Duration
@@ -44,11 +46,14 @@ func (c *Cluster) Queue(ctx context.Context, lease time.Duration) (*Queue, error
 	octx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	subject := c.prefix + ".async.jobs"
-	if _, err := js.CreateOrUpdateStream(octx, jetstream.StreamConfig{
+	// One subject per invocation (subject.ID), so that whether the stream
+	// holds one is a lookup.
+	stream, err := js.CreateOrUpdateStream(octx, jetstream.StreamConfig{
 		Name: AsyncStream, Description: "RunAgent async invocations accepted by a gateway, until a node has run them",
-		Subjects: []string{subject}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
+		Subjects: []string{subject + ".>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
 		Replicas: c.replicas, Duplicates: 2 * time.Minute,
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("open the async stream %s on NATS (replicas %d): %w", AsyncStream, c.replicas, err)
 	}
 	cons, err := js.CreateOrUpdateConsumer(octx, AsyncStream, jetstream.ConsumerConfig{
@@ -58,20 +63,45 @@ func (c *Cluster) Queue(ctx context.Context, lease time.Duration) (*Queue, error
 	if err != nil {
 		return nil, fmt.Errorf("open the async consumer %s on NATS: %w", AsyncConsumer, err)
 	}
-	return &Queue{c: c, js: js, cons: cons, subject: subject, lease: lease}, nil
+	return &Queue{c: c, js: js, stream: stream, cons: cons, subject: subject, lease: lease}, nil
 }
 
 // Enqueue stores one accepted invocation in the stream; it returns once
 // JetStream has it (on every replica). The invocation id is the message
 // id: a retried publish is not queued twice.
 func (q *Queue) Enqueue(ctx context.Context, id, tenant string) error {
-	m := nats.NewMsg(q.subject)
+	if !subjectToken(id) {
+		return fmt.Errorf("queue the async invocation %q: its id cannot be a NATS subject token", id)
+	}
+	m := nats.NewMsg(q.subject + "." + id)
 	m.Data = []byte(id)
 	m.Header.Set(hTenant, tenant)
 	if _, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("queue the async invocation in NATS JetStream: %w", err)
 	}
 	return nil
+}
+
+// Holds says whether the stream still holds invocation id's message: not
+// yet run to its end (a node may be running it).
+func (q *Queue) Holds(ctx context.Context, id string) (bool, error) {
+	if !subjectToken(id) {
+		return false, fmt.Errorf("look up the async invocation %q: its id cannot be a NATS subject token", id)
+	}
+	_, err := q.stream.GetLastMsgForSubject(ctx, q.subject+"."+id)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("look up an async invocation in NATS JetStream: %w", err)
+	}
+}
+
+// subjectToken says whether s can be one token of a NATS subject.
+func subjectToken(s string) bool {
+	return s != "" && !strings.ContainsAny(s, ".*> \t\r\n")
 }
 
 // Delivery is one invocation handed to this node.

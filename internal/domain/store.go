@@ -117,6 +117,10 @@ type AsyncQueue interface {
 	FinishAsync(ctx context.Context, inv Invocation) error
 	// PendingAsync returns the queued ones, oldest first.
 	PendingAsync(ctx context.Context) ([]AsyncJob, error)
+	// UnstartedAsync returns at most limit queued ones enqueued before t
+	// and not started since, oldest first (a cluster looks among them for
+	// invocations its queue lost).
+	UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) ([]AsyncJob, error)
 	// AsyncJob returns one queued invocation (ErrNotFound if it is not
 	// queued: unknown, ended, or its agent deleted).
 	AsyncJob(ctx context.Context, id string) (AsyncJob, error)

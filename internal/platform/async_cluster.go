@@ -44,13 +44,65 @@ func (p *Platform) enqueueClusterAsync(ctx context.Context, a *domain.Agent, inv
 		// for ever.
 		inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
 		inv.ErrorDetail = string(domain.CodeConnection) + ": the cluster's queue (NATS JetStream) did not take it; the invocation was refused and never ran"
-		if ferr := p.db.FinishAsync(context.WithoutCancel(ctx), inv); ferr != nil {
-			p.log.Error("record a refused async invocation", "invocation_id", inv.ID, "error", ferr)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if ferr := p.finishAsync(fctx, inv); ferr != nil {
+			p.log.Error("record a refused async invocation: the scheduler will find it queued in the store and run it", "invocation_id", inv.ID, "error", ferr)
 		}
 		return &domain.Error{Code: domain.CodeConnection, RetryAfter: time.Second, Err: err,
 			Message: "the cluster's queue is not reachable right now; retry shortly"}
 	}
 	return nil
+}
+
+const (
+	// lostAfter: an async invocation recorded this long ago and not
+	// started is looked for in the queue (gateways' clocks are assumed
+	// to agree within it).
+	lostAfter = time.Minute
+	// lostEvery is how often the scheduler looks; lostBatch bounds one
+	// look (the oldest first).
+	lostEvery = 10 * time.Second
+	lostBatch = 1000
+)
+
+// requeueLost queues again, while this gateway is the scheduler, the async
+// invocations recorded in the store that the queue does not hold: their
+// gateway stopped between the two writes of enqueueClusterAsync. Only
+// what the stream does not hold is queued again, under its id as message
+// id (JetStream drops a copy within its duplicate window), so the queue
+// holds one message per invocation.
+func (p *Platform) requeueLost(ctx context.Context) {
+	t := time.NewTicker(lostEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		jobs, err := p.db.UnstartedAsync(ctx, time.Now().Add(-lostAfter), lostBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("look for async invocations the queue lost; retrying", "error", err)
+			}
+			continue
+		}
+		for _, j := range jobs {
+			held, err := p.cluster.queue.Holds(ctx, j.ID)
+			if err == nil && !held {
+				if err = p.cluster.queue.Enqueue(ctx, j.ID, j.Tenant); err == nil {
+					p.log.Warn("queued again an async invocation the cluster's queue did not hold (its gateway stopped before it queued it)", "invocation_id", j.ID, "agent_id", j.AgentID)
+				}
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					p.log.Warn("look for async invocations the queue lost; retrying", "invocation_id", j.ID, "error", err)
+				}
+				break
+			}
+		}
+	}
 }
 
 // nodeAsync is a node's share of the async work: how many of each

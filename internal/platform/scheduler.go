@@ -78,6 +78,9 @@ func (p *Platform) lead(ctx context.Context) {
 		}
 	}
 	defer stop()
+	lost := make(chan struct{})
+	go func() { defer close(lost); p.requeueLost(ctx) }()
+	defer func() { <-lost }()
 	t := time.NewTicker(scheduleEvery)
 	defer t.Stop()
 	for {

@@ -427,6 +427,12 @@ func (db *DB) PendingAsync(ctx context.Context) ([]domain.AsyncJob, error) {
 	return db.asyncJobs(ctx, `ORDER BY q.enqueued_at, q.rowid`)
 }
 
+// UnstartedAsync returns at most limit queued async invocations enqueued
+// before t and not started since, oldest first.
+func (db *DB) UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) ([]domain.AsyncJob, error) {
+	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at < ? ORDER BY q.enqueued_at, q.rowid LIMIT ?`, enqueuedBefore.UnixMicro(), limit)
+}
+
 // AsyncJob returns one queued async invocation.
 func (db *DB) AsyncJob(ctx context.Context, id string) (domain.AsyncJob, error) {
 	jobs, err := db.asyncJobs(ctx, `WHERE q.invocation_id = ?`, id)

@@ -855,6 +855,13 @@ func (db *DB) PendingAsync(ctx context.Context) (_ []domain.AsyncJob, err error)
 	return db.asyncJobs(ctx, `ORDER BY q.enqueued_at, q.seq`)
 }
 
+// UnstartedAsync returns at most limit queued async invocations enqueued
+// before t and not started since, oldest first.
+func (db *DB) UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) (_ []domain.AsyncJob, err error) {
+	defer classify(ctx, &err)
+	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at < $1 ORDER BY q.enqueued_at, q.seq LIMIT $2`, enqueuedBefore.UnixMicro(), limit)
+}
+
 // AsyncJob returns one queued async invocation.
 func (db *DB) AsyncJob(ctx context.Context, id string) (_ domain.AsyncJob, err error) {
 	defer classify(ctx, &err)

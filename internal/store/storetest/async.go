@@ -122,6 +122,57 @@ func testAsync(t *testing.T, open Opener) {
 		}
 	})
 
+	// The ones enqueued before a time and not started since, oldest
+	// first: what a cluster checks its queue still holds.
+	t.Run("unstarted before a time", func(t *testing.T) {
+		s := open(t, "store")
+		enqueue := func(id string) {
+			t.Helper()
+			if err := s.EnqueueAsync(ctx, pending(id, "a", t0), "t", 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, id := range []string{"u1", "u2", "u3"} {
+			enqueue(id)
+		}
+		if err := s.StartAsync(ctx, "u2", now()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		before := time.Now()
+		time.Sleep(2 * time.Millisecond)
+		enqueue("u4")
+		s.Start(pending("sync", "a", t0)) // not queued
+		for _, tc := range []struct {
+			before time.Time
+			limit  int
+			want   string
+		}{
+			{before, 10, "u1,u3"},
+			{before, 1, "u1"},
+			{time.Now().Add(time.Minute), 10, "u1,u3,u4"},
+			{t0, 10, ""},
+		} {
+			jobs, err := s.UnstartedAsync(ctx, tc.before, tc.limit)
+			var got []string
+			for _, j := range jobs {
+				got = append(got, j.ID)
+			}
+			if err != nil || strings.Join(got, ",") != tc.want {
+				t.Errorf("UnstartedAsync(%s, %d) = %v, %v; want %s", tc.before.Format(time.StampMicro), tc.limit, got, err, tc.want)
+			}
+		}
+		if err := s.FinishAsync(ctx, completed(pending("u1", "a", t0), 1, `1`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RequeueAsync(ctx, "u2"); err != nil {
+			t.Fatal(err)
+		}
+		if jobs, err := s.UnstartedAsync(ctx, before, 10); err != nil || len(jobs) != 2 || jobs[0].ID != "u2" || jobs[0].Attempts != 1 || jobs[1].ID != "u3" {
+			t.Errorf("after u1 finished and u2 was requeued: %s, %v; want u2 (1 attempt), u3", showJobs(jobs), err)
+		}
+	})
+
 	t.Run("pending oldest first", func(t *testing.T) {
 		s := open(t, "store")
 		var want []string
