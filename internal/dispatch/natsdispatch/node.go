@@ -227,18 +227,6 @@ func (n *Node) run(m *nats.Msg) {
 	h := m.Header
 	version, _ := strconv.Atoi(h.Get(hVersion))
 	t := domain.Target{AgentID: h.Get(hAgent), Version: version}
-	body, err := n.opts.bodyOf(n.ctx, m)
-	if err != nil {
-		n.answerError(m.Reply, err)
-		return
-	}
-	argsLen, err := strconv.Atoi(h.Get(hArgsLen))
-	if err != nil || argsLen < 0 || argsLen > len(body) {
-		n.answerError(m.Reply, &domain.Error{Code: domain.CodeValidation, Message: "a malformed call request (" + hArgsLen + ")"})
-		return
-	}
-	args, kwargs := nilIfEmpty(body[:argsLen]), nilIfEmpty(body[argsLen:])
-
 	ctx, cancel := context.WithCancelCause(n.ctx)
 	defer cancel(nil)
 	if ms, err := strconv.ParseInt(h.Get(hTimeout), 10, 64); err == nil && ms > 0 {
@@ -276,6 +264,20 @@ func (n *Node) run(m *nats.Msg) {
 	start.Header.Set(hNode, n.id)
 	start.Header.Set(hControl, n.control+"."+id)
 	n.publish(s, start)
+
+	// The body is read once the caller knows the call started (and hears
+	// the heartbeats): a large one comes from the spill store.
+	body, err := n.opts.bodyOf(ctx, m)
+	if err != nil {
+		n.answerErrorOf(s, ctx, err)
+		return
+	}
+	argsLen, err := strconv.Atoi(h.Get(hArgsLen))
+	if err != nil || argsLen < 0 || argsLen > len(body) {
+		n.answerErrorOf(s, ctx, &domain.Error{Code: domain.CodeValidation, Message: "a malformed call request (" + hArgsLen + ")"})
+		return
+	}
+	args, kwargs := nilIfEmpty(body[:argsLen]), nilIfEmpty(body[argsLen:])
 
 	switch h.Get(hMode) {
 	case modeCall:
@@ -328,7 +330,7 @@ func (n *Node) run(m *nats.Msg) {
 		end.Header.Set(hCount, strconv.Itoa(count))
 		n.publish(s, end)
 	default:
-		n.answerError(m.Reply, &domain.Error{Code: domain.CodeValidation, Message: "a call request of unknown mode " + strconv.Quote(h.Get(hMode))})
+		n.answerErrorOf(s, ctx, &domain.Error{Code: domain.CodeValidation, Message: "a call request of unknown mode " + strconv.Quote(h.Get(hMode))})
 	}
 }
 
