@@ -145,13 +145,7 @@ func (s *Scheduler) Decide(now time.Time, versions []Version, nodes []Node, curr
 		case !held:
 			want = nil
 		case len(keep) < max(v.MinNodes, 1):
-			for len(want) < max(v.MinNodes, 1) {
-				next := join(want, nodes, v)
-				if len(next) == len(want) {
-					break
-				}
-				want = next
-			}
+			want = fill(keep, max(v.MinNodes, 1), nodes, v)
 		case full && now.Sub(h.lastJoin) >= joinSettle:
 			want = join(keep, nodes, v)
 		case len(keep) > max(v.MinNodes, 1):
@@ -252,12 +246,17 @@ func Pick(nodes []Node, v Version, holding []string) []string {
 		}
 	}
 	slices.Sort(out)
-	for len(out) < max(v.MinNodes, len(holding), 1) {
-		next := join(out, nodes, v)
-		if len(next) == len(out) {
+	return fill(out, max(v.MinNodes, len(holding), 1), nodes, v)
+}
+
+// fill joins nodes to keep until it has n, or no eligible node is left.
+func fill(keep []string, n int, nodes []Node, v Version) []string {
+	for len(keep) < n {
+		next := join(keep, nodes, v)
+		if len(next) == len(keep) {
 			break
 		}
-		out = next
+		keep = next
 	}
-	return out
+	return keep
 }
