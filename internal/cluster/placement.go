@@ -151,6 +151,14 @@ func (t *PlacementTable) Has(agent string, version int, node string) bool {
 	return slices.Contains(t.entries[VersionKey{agent, version}].Nodes, node)
 }
 
+// Nodes is the version's nodes (ok false: it has no key).
+func (t *PlacementTable) Nodes(k VersionKey) (nodes []string, ok bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	p, ok := t.entries[k]
+	return slices.Clone(p.Nodes), ok
+}
+
 // Snapshot is every version's nodes.
 func (t *PlacementTable) Snapshot() map[VersionKey][]string {
 	t.mu.RLock()

@@ -150,7 +150,7 @@ func (p *Platform) prepareOn(sc *scheduling, node string, key cluster.VersionKey
 	sc.mu.Lock()
 	sc.refused[refusal{node, placement.Key{Agent: key.Agent, Version: key.Version}}] = time.Now()
 	sc.mu.Unlock()
-	if nodes, ok := p.cluster.table.Snapshot()[key]; ok && slices.Contains(nodes, node) {
+	if nodes, ok := p.cluster.table.Nodes(key); ok && slices.Contains(nodes, node) {
 		nodes = slices.DeleteFunc(nodes, func(n string) bool { return n == node })
 		if len(nodes) == 0 {
 			p.cluster.table.Delete(ctx, key)
@@ -266,7 +266,7 @@ func (p *Platform) placeStart(ctx context.Context, sc *scheduling, r cluster.Sch
 	v := placement.Version{Key: placement.Key{Agent: r.Agent, Version: r.Version}, MinNodes: r.MinNodes, Driver: r.Driver, MemoryBytes: r.MemoryBytes}
 	var holding []string
 	if st, ok := p.mgr.Status(r.Agent); ok && st.ActiveVersion > 0 {
-		holding = p.cluster.table.Snapshot()[cluster.VersionKey{Agent: r.Agent, Version: st.ActiveVersion}]
+		holding, _ = p.cluster.table.Nodes(cluster.VersionKey{Agent: r.Agent, Version: st.ActiveVersion})
 	}
 	// A node may be joining (its first advert comes as it starts): wait
 	// for one a little before refusing.
