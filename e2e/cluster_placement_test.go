@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,43 +61,13 @@ func TestClusterPlacement(t *testing.T) {
 	eventually(t, 3*time.Second, "the key made on gateway 1 to work on gateway 2", func() bool {
 		return c.gateways[1].do(t, "GET", "/api/v1/agents", key, nil).Status != 401
 	})
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	served := map[int]int{}
-	var failed []string
-	var wg sync.WaitGroup
-	for w := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				r := c.gateways[w%2].do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody("slow_home", map[string]any{"seconds": 1.5}))
-				mu.Lock()
-				if r.Status == 200 {
-					served[c.servedBy(t, r)]++
-				} else {
-					failed = append(failed, fmt.Sprintf("%d %s", r.Status, r.Body))
-				}
-				mu.Unlock()
-			}
-		}()
+	load := startLoad(t, c, id, key, 6, "slow_home", map[string]any{"seconds": 1.5})
+	eventually(t, 25*time.Second, "a second node to take calls under load", func() bool { return load.nodes() >= 2 }, show)
+	load.end()
+	if f := load.failure; len(f) > 0 {
+		t.Errorf("%d calls failed under load: %v", len(f), f[:min(3, len(f))])
 	}
-	eventually(t, 25*time.Second, "a second node to take calls under load", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(served) >= 2
-	}, show)
-	close(stop)
-	wg.Wait()
-	if len(failed) > 0 {
-		t.Errorf("%d calls failed under load: %v", len(failed), failed[:min(3, len(failed))])
-	}
-	t.Logf("calls by node under load: %v", served)
+	t.Logf("calls by node under load: %v", load.onNode)
 
 	// Idle for its idle timeout: on no node at all.
 	began := time.Now()

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,60 +94,6 @@ func netns(t testing.TB) (name, hostIP, nsIP string) {
 	return name, hostIP, nsIP
 }
 
-// load calls through the gateways until stopped, recording each failure
-// with when it happened.
-type load struct {
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	calls   int
-	onNode  map[int]int
-	failure []loadFailure
-}
-
-type loadFailure struct {
-	at     time.Time
-	status int
-	code   string
-	body   string
-}
-
-func startLoad(t testing.TB, c *testCluster, id, key string, workers int) *load {
-	l := &load{stop: make(chan struct{}), onNode: map[int]int{}}
-	for w := range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				r := c.gateways[w%len(c.gateways)].do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody("getenv", map[string]any{"name": "HOME"}))
-				l.mu.Lock()
-				l.calls++
-				if r.Status == 200 {
-					for i, n := range c.nodes {
-						if strings.Contains(string(r.Env.Data), filepath.Join(n.DataDir, "home")) {
-							l.onNode[i]++
-						}
-					}
-				} else {
-					l.failure = append(l.failure, loadFailure{time.Now(), r.Status, r.code(), string(r.Body)})
-				}
-				l.mu.Unlock()
-			}
-		}()
-	}
-	return l
-}
-
-func (l *load) end() {
-	close(l.stop)
-	l.wg.Wait()
-}
-
 // check fails the test for a failure outside [from, until] or not a clear
 // retryable one (503 with Retry-After or 502 AGENT_CRASHED).
 func (l *load) check(t testing.TB, what string, from, until time.Time) {
@@ -223,7 +168,7 @@ func TestClusterResilience(t *testing.T) {
 	}
 
 	// One NATS server dies.
-	l := startLoad(t, c, id, key, 4)
+	l := startLoad(t, c, id, key, 4, "getenv", map[string]any{"name": "HOME"})
 	time.Sleep(time.Second)
 	victim := servers[0] // the server most of the processes use
 	for _, s := range servers {
@@ -245,7 +190,7 @@ func TestClusterResilience(t *testing.T) {
 	}
 
 	// PostgreSQL restarts.
-	l = startLoad(t, c, id, key, 4)
+	l = startLoad(t, c, id, key, 4, "getenv", map[string]any{"name": "HOME"})
 	time.Sleep(500 * time.Millisecond)
 	down := time.Now()
 	restarted := make(chan struct{})

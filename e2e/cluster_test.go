@@ -85,6 +85,69 @@ func (c *testCluster) servedBy(t testing.TB, r reply) int {
 	return -1
 }
 
+// load is callers calling one entrypoint in a loop, through the cluster's
+// gateways in turn, until ended: it counts the calls each node served and
+// records each failure with when it happened.
+type load struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	calls   int
+	onNode  map[int]int
+	failure []loadFailure
+}
+
+type loadFailure struct {
+	at     time.Time
+	status int
+	code   string
+	body   string
+}
+
+func startLoad(t testing.TB, c *testCluster, id, key string, workers int, tag string, kwargs map[string]any) *load {
+	l := &load{stop: make(chan struct{}), onNode: map[int]int{}}
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				r := c.gateways[w%len(c.gateways)].do(t, "POST", "/api/v1/agents/"+id+"/run", key, runBody(tag, kwargs))
+				l.mu.Lock()
+				l.calls++
+				if r.Status == 200 {
+					for i, n := range c.nodes {
+						if strings.Contains(string(r.Env.Data), filepath.Join(n.DataDir, "home")) {
+							l.onNode[i]++
+						}
+					}
+				} else {
+					l.failure = append(l.failure, loadFailure{time.Now(), r.Status, r.code(), string(r.Body)})
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// end stops the callers and waits for their calls.
+func (l *load) end() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+// nodes is how many nodes have served a call so far.
+func (l *load) nodes() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.onNode)
+}
+
 func (c *testCluster) logs() string {
 	var b strings.Builder
 	for i, g := range c.gateways {
@@ -275,29 +338,7 @@ func TestCluster(t *testing.T) {
 
 	// Drain node 1 under load: no call fails, and then none goes there;
 	// resumed, it takes calls again.
-	stopLoad := make(chan struct{})
-	var loadMu sync.Mutex
-	var loadFailed []string
-	var loadWG sync.WaitGroup
-	for w := range 4 {
-		loadWG.Add(1)
-		go func() {
-			defer loadWG.Done()
-			for {
-				select {
-				case <-stopLoad:
-					return
-				default:
-				}
-				r := c.gateways[w%2].do(t, "POST", "/api/v1/agents/"+id+"/run", loadKey, runBody("getenv", map[string]any{"name": "HOME"}))
-				if r.Status != 200 {
-					loadMu.Lock()
-					loadFailed = append(loadFailed, fmt.Sprintf("%d %s", r.Status, r.Body))
-					loadMu.Unlock()
-				}
-			}
-		}()
-	}
+	load := startLoad(t, c, id, loadKey, 4, "getenv", map[string]any{"name": "HOME"})
 	time.Sleep(300 * time.Millisecond)
 	if out, errOut, err := runCLI(t, t.TempDir(), "nodes", "drain", "n1", "--server", "http://"+g2.Addr, "--api-key", c.admin); err != nil || !strings.Contains(out, "draining") {
 		t.Fatalf("runagent nodes drain n1: %v\n%s%s", err, out, errOut)
@@ -308,10 +349,9 @@ func TestCluster(t *testing.T) {
 		}
 	}
 	time.Sleep(300 * time.Millisecond)
-	close(stopLoad)
-	loadWG.Wait()
-	if len(loadFailed) > 0 {
-		t.Errorf("%d calls failed while a node was drained: %v", len(loadFailed), loadFailed[:min(3, len(loadFailed))])
+	load.end()
+	if f := load.failure; len(f) > 0 {
+		t.Errorf("%d calls failed while a node was drained: %v", len(f), f[:min(3, len(f))])
 	}
 	if n := c.listNodes(t, g1); !n[0].Draining || n[1].Draining {
 		t.Errorf("after the drain, nodes list says %+v", n)
