@@ -37,6 +37,11 @@ const (
 	prepareTimeout = 15 * time.Minute
 	// nodeWait is how long a start waits for a node that can run it.
 	nodeWait = 2 * advertEvery
+	// orphanAfter: the placement of a version newer than its agent's
+	// active one, whose start ended this long ago (it failed after the
+	// placement, or the activation was lost), is removed with it the
+	// instances the nodes warmed for it.
+	orphanAfter = time.Minute
 )
 
 // scheduling is the leader's state.
@@ -45,6 +50,42 @@ type scheduling struct {
 	s       *placement.Scheduler
 	refused map[refusal]time.Time
 	kick    chan struct{}
+	since   time.Time                   // when this gateway began to lead
+	starts  map[placement.Key]startMark // the starts this leader placed
+}
+
+// startMark is a start's state: running, or when it ended.
+type startMark struct {
+	running int
+	ended   time.Time
+}
+
+// startBegins and startEnds bracket placeStart.
+func (sc *scheduling) startBegins(k placement.Key) {
+	sc.mu.Lock()
+	m := sc.starts[k]
+	m.running++
+	sc.starts[k] = m
+	sc.mu.Unlock()
+}
+
+func (sc *scheduling) startEnds(k placement.Key) {
+	sc.mu.Lock()
+	m := sc.starts[k]
+	m.running--
+	m.ended = time.Now()
+	sc.starts[k] = m
+	sc.mu.Unlock()
+}
+
+// orphaned says whether the placement of k, a version newer than its
+// agent's active one, belongs to no start any more. Call with sc.mu held.
+func (sc *scheduling) orphaned(k placement.Key, now time.Time) bool {
+	m, ok := sc.starts[k]
+	if !ok {
+		m.ended = sc.since // placed before this gateway led
+	}
+	return m.running == 0 && now.Sub(m.ended) > orphanAfter
 }
 
 type refusal struct {
@@ -62,7 +103,8 @@ func (sc *scheduling) wake() {
 // lead schedules the cluster while this gateway holds the lease.
 func (p *Platform) lead(ctx context.Context) {
 	c := p.cluster
-	sc := &scheduling{s: placement.New(), refused: map[refusal]time.Time{}, kick: make(chan struct{}, 1)}
+	sc := &scheduling{s: placement.New(), refused: map[refusal]time.Time{}, kick: make(chan struct{}, 1),
+		since: time.Now(), starts: map[placement.Key]startMark{}}
 	c.sched.Store(sc)
 	defer c.sched.Store(nil)
 	var stop func()
@@ -103,9 +145,10 @@ func (p *Platform) schedule(ctx context.Context, sc *scheduling) {
 		}
 		return
 	}
-	versions, current := p.placementVersions()
+	now := time.Now()
 	sc.mu.Lock()
-	changes := sc.s.Decide(time.Now(), versions, nodes, current)
+	versions, current := p.placementVersions(sc, now)
+	changes := sc.s.Decide(now, versions, nodes, current)
 	sc.mu.Unlock()
 	for k, list := range changes {
 		p.place(ctx, sc, k, current[k], list)
@@ -203,8 +246,8 @@ func (p *Platform) placementNodes(ctx context.Context, sc *scheduling) ([]placem
 
 // placementVersions are the active versions this gateway knows, and the
 // placement of every version but those a start is bringing up (newer
-// than their agent's active one).
-func (p *Platform) placementVersions() ([]placement.Version, map[placement.Key][]string) {
+// than their agent's active one) and not orphaned. Call with sc.mu held.
+func (p *Platform) placementVersions(sc *scheduling, now time.Time) ([]placement.Version, map[placement.Key][]string) {
 	active := map[string]int{}
 	var versions []placement.Version
 	for _, id := range p.mgr.AgentIDs("") {
@@ -219,11 +262,17 @@ func (p *Platform) placementVersions() ([]placement.Version, map[placement.Key][
 		versions = append(versions, placementVersion(placement.Key{Agent: id, Version: st.ActiveVersion}, st.Deployment))
 	}
 	current := map[placement.Key][]string{}
-	for k, nodes := range p.cluster.table.Snapshot() {
-		if a, known := active[k.Agent]; known && (a == 0 || k.Version > a) {
+	for vk, nodes := range p.cluster.table.Snapshot() {
+		k := placement.Key{Agent: vk.Agent, Version: vk.Version}
+		if a, known := active[k.Agent]; known && (a == 0 || k.Version > a) && !sc.orphaned(k, now) {
 			continue // a start in progress
 		}
-		current[placement.Key{Agent: k.Agent, Version: k.Version}] = nodes
+		current[k] = nodes // Decide removes a version that is not active
+	}
+	for k, m := range sc.starts {
+		if m.running == 0 && now.Sub(m.ended) > orphanAfter {
+			delete(sc.starts, k)
+		}
 	}
 	return versions, current
 }
@@ -264,6 +313,8 @@ func (p *Platform) placeStart(ctx context.Context, sc *scheduling, r cluster.Sch
 	p.mgr.Reconcile(rctx, r.Agent)
 	cancel()
 	v := placement.Version{Key: placement.Key{Agent: r.Agent, Version: r.Version}, MinNodes: r.MinNodes, Driver: r.Driver, MemoryBytes: r.MemoryBytes}
+	sc.startBegins(v.Key)
+	defer sc.startEnds(v.Key)
 	var holding []string
 	if st, ok := p.mgr.Status(r.Agent); ok && st.ActiveVersion > 0 {
 		holding, _ = p.cluster.table.Nodes(cluster.VersionKey{Agent: r.Agent, Version: st.ActiveVersion})
