@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -256,6 +257,57 @@ func (m *Manager) stageAndServe(st *agentState, v *version) error {
 	return nil
 }
 
+// Bundles unpacked here that no version uses are removed once unused for
+// bundleKeep (a version started again within it finds its bundle here).
+const (
+	bundleKeep       = time.Hour
+	bundlePruneEvery = 10 * time.Minute
+)
+
+// pruneBundles removes the unpacked bundles no version here uses (active,
+// staged or retiring) and none has asked for within bundleKeep; it
+// returns how many it removed.
+func (m *Manager) pruneBundles(now time.Time) int {
+	root := filepath.Join(m.cfg.DataDir, "bundles")
+	inUse := map[string]bool{}
+	m.mu.RLock()
+	for _, st := range m.agents {
+		vs := []*version{st.active.Load()}
+		st.mu.Lock()
+		vs = append(vs, st.retiring...)
+		for _, v := range st.staged {
+			vs = append(vs, v)
+		}
+		st.mu.Unlock()
+		for _, v := range vs {
+			if v != nil && v.folder != nil {
+				inUse[filepath.Clean(v.folder.Dir)] = true
+			}
+		}
+	}
+	m.mu.RUnlock()
+	m.bundlesMu.Lock() // not while one is fetched or taken up again
+	defer m.bundlesMu.Unlock()
+	entries, _ := os.ReadDir(root)
+	removed := 0
+	for _, e := range entries {
+		dir := filepath.Join(root, e.Name())
+		info, err := e.Info()
+		if !e.IsDir() || e.Name() == ".incoming" || err != nil || inUse[dir] || now.Sub(info.ModTime()) < bundleKeep {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			m.cfg.Log.Warn("remove an unused bundle", "dir", dir, "error", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		m.cfg.Log.Info("removed unused agent bundles", "count", removed)
+	}
+	return removed
+}
+
 // bundleDir is where a cluster server keeps the bundle with that hash
 // unpacked.
 func (m *Manager) bundleDir(sha string) string { return filepath.Join(m.cfg.DataDir, "bundles", sha) }
@@ -272,7 +324,11 @@ func (m *Manager) ensureBundle(ctx context.Context, sha string) (string, error) 
 		return "", fmt.Errorf("the store names its bundle %q, which is not a SHA-256: upload the agent again", sha)
 	}
 	dir := m.bundleDir(sha)
+	m.bundlesMu.RLock()
+	defer m.bundlesMu.RUnlock()
 	if dirExists(dir) {
+		now := time.Now()
+		os.Chtimes(dir, now, now) // in use again: pruneBundles leaves it
 		return dir, nil
 	}
 	m.fetchMu.Lock() // one fetch at a time: two versions of one bundle fetch it once

@@ -7,11 +7,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/agentfolder"
 )
 
 // memBundles is a cluster's bundle store in memory, counting fetches.
@@ -97,5 +101,51 @@ func TestEnsureBundle(t *testing.T) {
 				t.Errorf("a second ensureBundle: %q, %v after %d fetches; want the same folder, no new fetch", again, err, store.fetches)
 			}
 		})
+	}
+}
+
+// Unpacked bundles that no version here uses are removed once unused for
+// bundleKeep; one in use, or asked for recently, stays.
+func TestPruneBundles(t *testing.T) {
+	zips := map[string][]byte{}
+	var shas []string
+	for i := range 3 {
+		z := testZip(t, map[string]string{"main.py": fmt.Sprintf("def f():\n    return %d\n", i)})
+		zips[shaOf(z)] = z
+		shas = append(shas, shaOf(z))
+	}
+	store := &memBundles{blobs: zips}
+	m := New(Config{DataDir: t.TempDir(), Cluster: &ClusterHooks{Bundles: store}})
+	var dirs []string
+	for _, sha := range shas {
+		dir, err := m.ensureBundle(context.Background(), sha)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
+	}
+	// shas[0] is in use; shas[1] and [2] are not, and [2] was asked for
+	// just now.
+	st := &agentState{id: "a", staged: map[int]*version{}}
+	st.active.Store(&version{n: 1, folder: &agentfolder.Folder{Dir: dirs[0]}})
+	m.agents["a"] = st
+	old := time.Now().Add(-2 * bundleKeep)
+	for _, d := range dirs[:2] {
+		os.Chtimes(d, old, old)
+	}
+	if n := m.pruneBundles(time.Now()); n != 1 {
+		t.Fatalf("pruned %d, want 1", n)
+	}
+	for i, want := range []bool{true, false, true} {
+		if dirExists(dirs[i]) != want {
+			t.Errorf("bundle %d still there: %v, want %v", i, !want, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(m.cfg.DataDir, "bundles", ".incoming")); err != nil {
+		t.Errorf(".incoming: %v", err)
+	}
+	// Asked for again: fetched again.
+	if _, err := m.ensureBundle(context.Background(), shas[1]); err != nil || store.fetches != 4 {
+		t.Errorf("a pruned bundle asked for again: %v after %d fetches, want 4", err, store.fetches)
 	}
 }

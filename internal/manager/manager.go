@@ -115,7 +115,8 @@ type Manager struct {
 	mu     sync.RWMutex
 	agents map[string]*agentState
 
-	fetchMu sync.Mutex // a cluster's bundle fetches
+	fetchMu   sync.Mutex   // a cluster's bundle fetches
+	bundlesMu sync.RWMutex // held to read: bundles in use; to write: pruneBundles
 }
 
 type agentState struct {
@@ -683,12 +684,17 @@ func (m *Manager) Status(agentID string) (AgentStatus, bool) {
 func (m *Manager) Run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.Tick)
 	defer t.Stop()
+	pruned := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
 			m.tick(now)
+			if m.cfg.Cluster != nil && now.Sub(pruned) >= bundlePruneEvery {
+				pruned = now
+				go m.pruneBundles(now)
+			}
 		}
 	}
 }
