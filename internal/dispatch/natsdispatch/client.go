@@ -17,7 +17,8 @@ import (
 )
 
 // ErrNoNode is in the error of a call that no node took: none serves its
-// version (NATS's no-responders). The call did not run.
+// version (NATS's no-responders), or none said it started the call within
+// the liveness timeout. The call did not run.
 var ErrNoNode = errors.New("no node serves this agent version")
 
 // ErrNodeLost is in the error of a call whose node stopped answering
@@ -182,7 +183,7 @@ func (c *Client) cancel(cl *call) {
 				if k := kindOf(m); k == kindResult || k == kindEnd || k == kindError || m.Header.Get(hStatus) != "" {
 					return
 				}
-			case <-cl.dead:
+			case <-c.stop: // not cl.dead: a call given up unstarted still cancels a late start
 				return
 			case <-deadline.C:
 				return
@@ -295,10 +296,16 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 				return stopWithError(&domain.Error{Code: domain.CodeConnection, Message: "the gateway is shutting down"})
 			default:
 			}
-			who := "the node running this call"
-			if node != "" {
-				who = "node " + node
+			if node == "" {
+				// No node said it started the call: a node sends its start
+				// before it reads the body, so the call never began and
+				// may be sent again (a start that comes late is cancelled).
+				e := dispatch.NotRunning(t)
+				e.Err = ErrNoNode
+				e.Message = fmt.Sprintf("no node started the call within %s", c.opts.Liveness)
+				return stopWithError(e)
 			}
+			who := "node " + node
 			return stopWithError(&domain.Error{Code: domain.CodeAgentCrashed, Err: ErrNodeLost,
 				Message: fmt.Sprintf("%s stopped answering (nothing for %s); the call may or may not have run", who, c.opts.Liveness)})
 		case m := <-cl.msgs:

@@ -448,6 +448,50 @@ func (sizer) Stream(ctx context.Context, t domain.Target, tag string, args, kwar
 	return 2, fn(domain.Chunk{Body: []byte(`"small"`)})
 }
 
+// A call that a subscriber takes but no node starts (it never answers)
+// fails after the liveness timeout as not run (ErrNoNode: the gateway may
+// send it again); a start that comes after that is cancelled at once.
+func TestUnstartedCallIsNotRun(t *testing.T) {
+	s := runNATS(t)
+	silent := connect(t, s, "silent")
+	got := make(chan *nats.Msg, 1)
+	if _, err := silent.QueueSubscribe(natsdispatch.CallSubject("runagent", target), "nodes", func(m *nats.Msg) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	silent.Flush()
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	began := time.Now()
+	_, err = client.Call(context.Background(), target, "x", nil, nil)
+	if !errors.Is(err, natsdispatch.ErrNoNode) || errors.Is(err, natsdispatch.ErrNodeLost) {
+		t.Fatalf("a call no node started = %v, want ErrNoNode", err)
+	}
+	if d := time.Since(began); d < fast.Liveness {
+		t.Fatalf("gave up after %s, before the liveness timeout %s", d, fast.Liveness)
+	}
+	// The request's start, late: the gateway answers it with a cancel.
+	req := <-got
+	control := "late.control"
+	cancels, err := silent.SubscribeSync(control)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := nats.NewMsg(req.Reply)
+	start.Header.Set("Ra-Kind", "start")
+	start.Header.Set("Ra-Node", "late")
+	start.Header.Set("Ra-Control", control)
+	if err := silent.PublishMsg(start); err != nil {
+		t.Fatal(err)
+	}
+	m, err := cancels.NextMsg(2 * time.Second)
+	if err != nil || m.Header.Get("Ra-Kind") != "cancel" {
+		t.Fatalf("after a late start: %v %v, want a cancel", m, err)
+	}
+}
+
 // Bodies larger than the NATS server's max_payload go through the spill
 // store, each way, and come back whole; without one, such a call fails
 // naming max_payload.
