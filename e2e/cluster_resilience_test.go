@@ -229,7 +229,7 @@ func TestClusterAsyncNeverQueued(t *testing.T) {
 	lost := fmt.Sprintf("lost-%d", time.Now().UnixNano())
 	inv := domain.Invocation{ID: lost, AgentID: id, EntrypointTag: "add", SDKType: "async", InputArgs: json.RawMessage(`[]`),
 		InputKwargs: json.RawMessage(`{"a": 2, "b": 40}`), Status: domain.StatusPending, RequestTime: time.Now()}
-	if err := db.EnqueueAsync(ctx, inv, "default", 0); err != nil {
+	if err := db.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "default", TimeoutSeconds: 0}); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, c.db)

@@ -60,6 +60,9 @@ type AsyncJob struct {
 	Invocation
 	Tenant         string
 	TimeoutSeconds float64
+	// IdempotencyKey is the key a background run was created with ("":
+	// none); the store keeps one run per agent and key.
+	IdempotencyKey string
 	// Attempts counts the times it was started (StartAsync); StartedAt is
 	// when the last one began (zero: not started since it was queued). A
 	// job still queued after it started was interrupted: the server

@@ -102,8 +102,10 @@ type Logs interface {
 // written: a restart runs what never started, and decides about what did.
 type AsyncQueue interface {
 	// EnqueueAsync durably records an accepted invocation (pending in
-	// History) of tenant and its place in the queue, in one step.
-	EnqueueAsync(ctx context.Context, inv Invocation, tenant string, timeoutSeconds float64) error
+	// History), its run and its place in the queue, in one step; with an
+	// IdempotencyKey an earlier run of the agent has, ErrDuplicate and no
+	// change.
+	EnqueueAsync(ctx context.Context, j AsyncJob) error
 	// StartAsync durably records that it is starting (one more attempt);
 	// ErrNotFound if it is not queued.
 	StartAsync(ctx context.Context, id string, at time.Time) error
@@ -127,6 +129,22 @@ type AsyncQueue interface {
 	// AsyncBacklog counts the queued invocations: all, tenant's and
 	// agentID's.
 	AsyncBacklog(ctx context.Context, tenant, agentID string) (AsyncBacklog, error)
+	// CancelQueuedAsync writes the outcome of a queued invocation that has
+	// not started (inv: its cancelled outcome) and takes it off the queue,
+	// in one step; ErrNotFound (and no change) if it is not queued or has
+	// started.
+	CancelQueuedAsync(ctx context.Context, inv Invocation) error
+}
+
+// Runs reads invocations as runs.
+type Runs interface {
+	// Run returns the run of an invocation (ErrNotFound if unknown).
+	Run(ctx context.Context, id string) (Run, error)
+	// IdempotentRun returns agentID's background run created with key.
+	IdempotentRun(ctx context.Context, agentID, key string) (Run, error)
+	// ListRuns returns the background runs of agentIDs, newest first, at
+	// most limit, of one status ("": any).
+	ListRuns(ctx context.Context, agentIDs []string, status RunStatus, limit int) ([]Run, error)
 }
 
 // AsyncBacklog is how many async invocations are queued (waiting or
@@ -140,6 +158,7 @@ type Store interface {
 	Keys
 	Logs
 	AsyncQueue
+	Runs
 	// Close writes what is pending and releases the store.
 	Close() error
 }

@@ -375,7 +375,7 @@ func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain
 		timeout = a.CallTimeout.Seconds()
 	}
 	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}
-	if err := p.db.EnqueueAsync(ctx, inv, tenant, timeout); err != nil {
+	if err := p.db.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}); err != nil {
 		p.async.mu.Lock()
 		p.async.unreserveLocked(tenant, a.ID)
 		p.async.mu.Unlock()

@@ -36,7 +36,7 @@ func (p *Platform) enqueueClusterAsync(ctx context.Context, a *domain.Agent, inv
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
 	}
-	if err := p.db.EnqueueAsync(ctx, inv, tenant, timeout); err != nil {
+	if err := p.db.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}); err != nil {
 		return fmt.Errorf("record the async invocation: %w", err)
 	}
 	if err := p.cluster.queue.Enqueue(ctx, inv.ID, tenant); err != nil {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -378,17 +379,26 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 	return res.RowsAffected()
 }
 
-// EnqueueAsync durably records an accepted async invocation (pending) of
-// tenant and its place in the queue, in one transaction.
-func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant string, timeoutSeconds float64) error {
+// EnqueueAsync durably records an accepted async invocation (pending), its
+// run and its place in the queue, in one transaction.
+func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) error {
+	inv := j.Invocation
 	return db.tx(ctx, func(t *sql.Tx) error {
+		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return cmp.Or(err, fmt.Errorf("agent %s, key %q: %w", inv.AgentID, j.IdempotencyKey, domain.ErrDuplicate))
+		}
 		if _, err := t.ExecContext(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
 			nil, nil, domain.StatusPending, inv.RequestTime.UnixMicro(), nil, nil, jsonText(inv.ClientInfo)); err != nil {
 			return err
 		}
-		_, err := t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?, ?)`,
-			inv.ID, inv.AgentID, tenant, timeoutSeconds, time.Now().UnixMicro())
+		_, err = t.ExecContext(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES (?, ?, ?, ?, ?)`,
+			inv.ID, inv.AgentID, j.Tenant, j.TimeoutSeconds, time.Now().UnixMicro())
 		return err
 	})
 }
@@ -396,7 +406,13 @@ func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant st
 // StartAsync durably records that a queued async invocation is starting
 // (one more attempt), before it runs; ErrNotFound if it is not queued.
 func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) error {
-	return oneRow(db.sql.ExecContext(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id))
+	return db.tx(ctx, func(t *sql.Tx) error {
+		if err := oneRow(t.ExecContext(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id)); err != nil {
+			return err
+		}
+		_, err := t.ExecContext(ctx, `UPDATE runs SET attempts = attempts + 1, started_at = ? WHERE invocation_id = ?`, at.UnixMicro(), id)
+		return err
+	})
 }
 
 // RequeueAsync puts an interrupted async invocation back in the queue as
@@ -420,6 +436,110 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) error {
 		_, err = t.ExecContext(ctx, `DELETE FROM async_queue WHERE invocation_id = ?`, inv.ID)
 		return err
 	})
+}
+
+// CancelQueuedAsync writes the outcome of a queued async invocation that
+// has not started and takes it off the queue, in one transaction.
+func (db *DB) CancelQueuedAsync(ctx context.Context, inv domain.Invocation) error {
+	return db.tx(ctx, func(t *sql.Tx) error {
+		if err := oneRow(t.ExecContext(ctx, `DELETE FROM async_queue WHERE invocation_id = ? AND started_at IS NULL`, inv.ID)); err != nil {
+			return err
+		}
+		return oneRow(t.ExecContext(ctx, `UPDATE invocations SET status = ?, output_data = ?, error_detail = ?, response_time = ?, execution_time_ms = ?
+			WHERE invocation_id = ? AND status = ?`, inv.Status, jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS,
+			inv.ID, domain.StatusPending))
+	})
+}
+
+// Run returns the run of an invocation.
+func (db *DB) Run(ctx context.Context, id string) (domain.Run, error) {
+	if err := db.Flush(ctx); err != nil { // a sync call's record may be queued
+		return domain.Run{}, err
+	}
+	runs, err := db.runs(ctx, `LEFT JOIN runs r ON r.invocation_id = i.invocation_id WHERE i.invocation_id = ?`, id)
+	if err != nil {
+		return domain.Run{}, err
+	}
+	if len(runs) == 0 {
+		return domain.Run{}, domain.ErrNotFound
+	}
+	return runs[0], nil
+}
+
+// IdempotentRun returns agentID's background run created with key.
+func (db *DB) IdempotentRun(ctx context.Context, agentID, key string) (domain.Run, error) {
+	runs, err := db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.agent_id = ? AND r.idempotency_key = ?`, agentID, key)
+	if err != nil {
+		return domain.Run{}, err
+	}
+	if len(runs) == 0 {
+		return domain.Run{}, domain.ErrNotFound
+	}
+	return runs[0], nil
+}
+
+// ListRuns returns the background runs of agentIDs, newest first.
+func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) ([]domain.Run, error) {
+	if len(agentIDs) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, len(agentIDs)+3)
+	for _, id := range agentIDs {
+		args = append(args, id)
+	}
+	where, sargs := runStatusWhere(status, "?")
+	args = append(append(args, sargs...), limit)
+	return db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.agent_id IN (?`+strings.Repeat(", ?", len(agentIDs)-1)+`)`+where+
+		` ORDER BY i.request_time DESC, i.rowid DESC LIMIT ?`, args...)
+}
+
+// runStatusWhere is the condition (" AND ...") on invocations i and
+// async_queue q that picks runs of status, with its arguments; ph is the
+// placeholder (the same for each: SQLite's ? or PostgreSQL's numbered
+// ones are filled in by the caller).
+func runStatusWhere(status domain.RunStatus, ph string) (string, []any) {
+	cancelled, timeout := string(domain.CodeCancelled)+":%", string(domain.CodeTimeout)+":%"
+	switch status {
+	case domain.RunPending:
+		return ` AND i.status = 'pending' AND (q.started_at IS NULL)`, nil
+	case domain.RunRunning:
+		return ` AND i.status = 'pending' AND q.started_at IS NOT NULL`, nil
+	case domain.RunCompleted:
+		return ` AND i.status = 'completed'`, nil
+	case domain.RunCancelled:
+		return ` AND i.status = 'failed' AND i.error_detail LIKE ` + ph, []any{cancelled}
+	case domain.RunTimeout:
+		return ` AND i.status = 'failed' AND i.error_detail LIKE ` + ph, []any{timeout}
+	case domain.RunFailed:
+		return ` AND i.status = 'failed' AND coalesce(i.error_detail, '') NOT LIKE ` + ph + ` AND coalesce(i.error_detail, '') NOT LIKE ` + ph, []any{cancelled, timeout}
+	}
+	return "", nil
+}
+
+func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL
+		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []domain.Run
+	for rows.Next() {
+		var (
+			run     domain.Run
+			started sql.NullInt64
+		)
+		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running}})
+		if err != nil {
+			return nil, err
+		}
+		run.Invocation = inv
+		if started.Valid {
+			run.StartedAt = time.UnixMicro(started.Int64).UTC()
+		}
+		out = append(out, run)
+	}
+	return out, rows.Err()
 }
 
 // PendingAsync returns the queued async invocations, oldest first.

@@ -805,18 +805,27 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (_ int64, err error) {
 
 // --- async queue ------------------------------------------------------------
 
-// EnqueueAsync durably records an accepted async invocation (pending) of
-// tenant and its place in the queue, in one transaction.
-func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant string, timeoutSeconds float64) (err error) {
+// EnqueueAsync durably records an accepted async invocation (pending), its
+// run and its place in the queue, in one transaction.
+func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) (err error) {
 	defer classify(ctx, &err)
+	inv := j.Invocation
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey))
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("agent %s, key %q: %w", inv.AgentID, j.IdempotencyKey, domain.ErrDuplicate)
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, $8, NULL, NULL, $9)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
 			string(domain.StatusPending), inv.RequestTime.UnixMicro(), jsonText(inv.ClientInfo)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES ($1, $2, $3, $4, $5)`,
-			inv.ID, inv.AgentID, tenant, timeoutSeconds, time.Now().UnixMicro())
+		_, err = tx.Exec(ctx, `INSERT INTO async_queue (invocation_id, agent_id, tenant, timeout_seconds, enqueued_at) VALUES ($1, $2, $3, $4, $5)`,
+			inv.ID, inv.AgentID, j.Tenant, j.TimeoutSeconds, time.Now().UnixMicro())
 		return err
 	})
 }
@@ -825,7 +834,13 @@ func (db *DB) EnqueueAsync(ctx context.Context, inv domain.Invocation, tenant st
 // (one more attempt); ErrNotFound if it is not queued.
 func (db *DB) StartAsync(ctx context.Context, id string, at time.Time) (err error) {
 	defer classify(ctx, &err)
-	return oneRow(db.pool.Exec(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = $1 WHERE invocation_id = $2`, at.UnixMicro(), id))
+	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if err := oneRow(tx.Exec(ctx, `UPDATE async_queue SET attempts = attempts + 1, started_at = $1 WHERE invocation_id = $2`, at.UnixMicro(), id)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE runs SET attempts = attempts + 1, started_at = $1 WHERE invocation_id = $2`, at.UnixMicro(), id)
+		return err
+	})
 }
 
 // RequeueAsync puts an interrupted async invocation back as not started.
@@ -846,6 +861,96 @@ func (db *DB) FinishAsync(ctx context.Context, inv domain.Invocation) (err error
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM async_queue WHERE invocation_id = $1`, inv.ID)
 		return err
+	})
+}
+
+// CancelQueuedAsync writes the outcome of a queued async invocation that
+// has not started and takes it off the queue, in one transaction.
+func (db *DB) CancelQueuedAsync(ctx context.Context, inv domain.Invocation) (err error) {
+	defer classify(ctx, &err)
+	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if err := oneRow(tx.Exec(ctx, `DELETE FROM async_queue WHERE invocation_id = $1 AND started_at IS NULL`, inv.ID)); err != nil {
+			return err
+		}
+		return oneRow(tx.Exec(ctx, `UPDATE invocations SET status = $1, output_data = $2, error_detail = $3, response_time = $4, execution_time_ms = $5
+			WHERE invocation_id = $6 AND status = $7`, string(inv.Status), jsonText(inv.Output), nullString(inv.ErrorDetail), micros(inv.ResponseTime), inv.ExecutionMS,
+			inv.ID, string(domain.StatusPending)))
+	})
+}
+
+// Run returns the run of an invocation.
+func (db *DB) Run(ctx context.Context, id string) (_ domain.Run, err error) {
+	defer classify(ctx, &err)
+	if err := db.Flush(ctx); err != nil { // a sync call's record may be queued
+		return domain.Run{}, err
+	}
+	runs, err := db.runs(ctx, `LEFT JOIN runs r ON r.invocation_id = i.invocation_id WHERE i.invocation_id = $1`, id)
+	if err != nil {
+		return domain.Run{}, err
+	}
+	if len(runs) == 0 {
+		return domain.Run{}, domain.ErrNotFound
+	}
+	return runs[0], nil
+}
+
+// IdempotentRun returns agentID's background run created with key.
+func (db *DB) IdempotentRun(ctx context.Context, agentID, key string) (_ domain.Run, err error) {
+	defer classify(ctx, &err)
+	runs, err := db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.agent_id = $1 AND r.idempotency_key = $2`, agentID, key)
+	if err != nil {
+		return domain.Run{}, err
+	}
+	if len(runs) == 0 {
+		return domain.Run{}, domain.ErrNotFound
+	}
+	return runs[0], nil
+}
+
+// ListRuns returns the background runs of agentIDs, newest first.
+func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) (_ []domain.Run, err error) {
+	defer classify(ctx, &err)
+	if len(agentIDs) == 0 {
+		return nil, nil
+	}
+	where, args := "", []any{agentIDs}
+	cancelled, timeout := string(domain.CodeCancelled)+":%", string(domain.CodeTimeout)+":%"
+	switch status {
+	case domain.RunPending:
+		where = ` AND i.status = 'pending' AND q.started_at IS NULL`
+	case domain.RunRunning:
+		where = ` AND i.status = 'pending' AND q.started_at IS NOT NULL`
+	case domain.RunCompleted:
+		where = ` AND i.status = 'completed'`
+	case domain.RunCancelled:
+		where, args = ` AND i.status = 'failed' AND i.error_detail LIKE $2`, append(args, cancelled)
+	case domain.RunTimeout:
+		where, args = ` AND i.status = 'failed' AND i.error_detail LIKE $2`, append(args, timeout)
+	case domain.RunFailed:
+		where, args = ` AND i.status = 'failed' AND coalesce(i.error_detail, '') NOT LIKE $2 AND coalesce(i.error_detail, '') NOT LIKE $3`, append(args, cancelled, timeout)
+	}
+	args = append(args, limit)
+	return db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.agent_id = ANY($1)`+where+
+		fmt.Sprintf(` ORDER BY i.request_time DESC, i.seq DESC LIMIT $%d`, len(args)), args...)
+}
+
+func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL
+		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r pgx.Row) (domain.Run, error) {
+		var (
+			run     domain.Run
+			started *int64
+		)
+		inv, err := scanInvocation(scanPlus{r, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running}})
+		if err != nil {
+			return run, err
+		}
+		run.Invocation, run.StartedAt = inv, fromMicros(started)
+		return run, nil
 	})
 }
 

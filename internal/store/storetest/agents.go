@@ -257,7 +257,7 @@ func testAgents(t *testing.T, open Opener) {
 			sync := completed(pending(id+"-sync", id, t0), 1, `"ok"`)
 			s.Start(sync)
 			s.Finish(sync)
-			if err := s.EnqueueAsync(ctx, pending(id+"-async", id, t0), "acme", 0); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending(id+"-async", id, t0), Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 				t.Fatal(err)
 			}
 		}

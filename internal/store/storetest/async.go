@@ -22,7 +22,7 @@ func testAsync(t *testing.T, open Opener) {
 		inv := pending("job", "a", t0)
 		inv.SDKType = "async"
 		inv.InputKwargs = json.RawMessage(`{"message": "héllo <b>",  "n": 1.50}`)
-		if err := s.EnqueueAsync(ctx, inv, "acme", 2.5); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", TimeoutSeconds: 2.5}); err != nil {
 			t.Fatal(err)
 		}
 		assertInvocation(t, mustGet(t, s, "job"), inv)
@@ -84,7 +84,7 @@ func testAsync(t *testing.T, open Opener) {
 		for i, q := range []struct{ id, agent, tenant string }{{"b1", "x", "acme"}, {"b2", "x", "acme"}, {"b3", "y", "acme"}, {"b4", "z", "other"}} {
 			inv := pending(q.id, q.agent, t0.Add(time.Duration(i)*time.Second))
 			inv.InputKwargs = json.RawMessage(`{"i": ` + fmt.Sprint(i) + `}`)
-			if err := s.EnqueueAsync(ctx, inv, q.tenant, 1.5); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: q.tenant, TimeoutSeconds: 1.5}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -128,7 +128,7 @@ func testAsync(t *testing.T, open Opener) {
 		s := open(t, "store")
 		enqueue := func(id string) {
 			t.Helper()
-			if err := s.EnqueueAsync(ctx, pending(id, "a", t0), "t", 0); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending(id, "a", t0), Tenant: "t", TimeoutSeconds: 0}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -180,7 +180,7 @@ func testAsync(t *testing.T, open Opener) {
 			id := fmt.Sprintf("j%02d", i)
 			// Request times run backwards: the queue's order is the
 			// order of EnqueueAsync.
-			if err := s.EnqueueAsync(ctx, pending(id, fmt.Sprint("agent", i%3), t0.Add(-time.Duration(i)*time.Second)), "t", 0); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending(id, fmt.Sprint("agent", i%3), t0.Add(-time.Duration(i)*time.Second)), Tenant: "t", TimeoutSeconds: 0}); err != nil {
 				t.Fatal(err)
 			}
 			want = append(want, id)
@@ -213,7 +213,7 @@ func testAsync(t *testing.T, open Opener) {
 	t.Run("finish writes the outcome whole", func(t *testing.T) {
 		s := open(t, "store")
 		inv := pending("job", "a", t0)
-		if err := s.EnqueueAsync(ctx, inv, "acme", 0); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.StartAsync(ctx, "job", t0); err != nil {
@@ -235,7 +235,7 @@ func testAsync(t *testing.T, open Opener) {
 	t.Run("finish once", func(t *testing.T) {
 		s := open(t, "store")
 		inv := pending("job", "a", t0)
-		if err := s.EnqueueAsync(ctx, inv, "acme", 0); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 			t.Fatal(err)
 		}
 		done := completed(inv, 3, `"first"`)
@@ -265,11 +265,11 @@ func testAsync(t *testing.T, open Opener) {
 			t.Fatal(err)
 		}
 		for _, id := range []string{"running", "queued"} {
-			if err := s.EnqueueAsync(ctx, pending(id, "ag", t0), "acme", 0); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending(id, "ag", t0), Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := s.EnqueueAsync(ctx, pending("other", "ag2", t0), "acme", 0); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("other", "ag2", t0), Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.StartAsync(ctx, "running", t0); err != nil {

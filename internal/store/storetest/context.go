@@ -26,7 +26,7 @@ func testEndedContext(t *testing.T, open Opener) {
 	if err := s.AppendLogs(bg, logLines("ag", "l", "", 3)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.EnqueueAsync(bg, pending("job", "ag", t0), "acme", 0); err != nil {
+	if err := s.EnqueueAsync(bg, domain.AsyncJob{Invocation: pending("job", "ag", t0), Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 		t.Fatal(err)
 	}
 	done := completed(pending("done", "ag", t0), 1, `1`)
@@ -69,9 +69,11 @@ func testEndedContext(t *testing.T, open Opener) {
 		"RevokeAPIKey": func() error { return s.RevokeAPIKey(ctx, "k", now()) },
 		"AppendLogs":   func() error { return s.AppendLogs(ctx, logLines("ag", "late", "", 2)) },
 		"PruneLogs":    func() error { _, err := s.PruneLogs(ctx, 0); return err },
-		"EnqueueAsync": func() error { return s.EnqueueAsync(ctx, pending("job2", "ag", t0), "acme", 0) },
-		"StartAsync":   func() error { return s.StartAsync(ctx, "job", now()) },
-		"FinishAsync":  func() error { return s.FinishAsync(ctx, completed(pending("job", "ag", t0), 1, `1`)) },
+		"EnqueueAsync": func() error {
+			return s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("job2", "ag", t0), Tenant: "acme"})
+		},
+		"StartAsync":  func() error { return s.StartAsync(ctx, "job", now()) },
+		"FinishAsync": func() error { return s.FinishAsync(ctx, completed(pending("job", "ag", t0), 1, `1`)) },
 	}
 	for name, call := range calls {
 		if err := call(); !errors.Is(err, context.Canceled) {

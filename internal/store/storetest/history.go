@@ -291,7 +291,7 @@ func testHistory(t *testing.T, open Opener) {
 		s.Start(old)
 		s.Start(young)
 		queued := pending("queued", "a", t0)
-		if err := s.EnqueueAsync(ctx, queued, "acme", 0); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: queued, Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 			t.Fatal(err)
 		}
 		at := t0.Add(2 * time.Minute)
@@ -323,7 +323,7 @@ func testHistory(t *testing.T, open Opener) {
 		s.Finish(bad)
 		queued, running := pending("queued", "a", t0), pending("running", "a", t0)
 		for _, inv := range []domain.Invocation{queued, running} {
-			if err := s.EnqueueAsync(ctx, inv, "acme", 0); err != nil {
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -21,11 +21,11 @@ func testReopen(t *testing.T, open Opener) {
 		s := open(t, "store")
 		inv := pending("async1", "a", t0)
 		inv.SDKType = "async"
-		if err := s.EnqueueAsync(ctx, inv, "acme", 30); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", TimeoutSeconds: 30}); err != nil {
 			t.Fatal(err)
 		}
 		started := pending("async2", "a", t0)
-		if err := s.EnqueueAsync(ctx, started, "acme", 0); err != nil {
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: started, Tenant: "acme", TimeoutSeconds: 0}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.StartAsync(ctx, "async2", t0); err != nil {

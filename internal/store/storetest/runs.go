@@ -1,0 +1,203 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/domain"
+)
+
+func testRuns(t *testing.T, open Opener) {
+	ctx := context.Background()
+	enqueue := func(t *testing.T, s domain.Store, id, agent, key string, at time.Time) error {
+		t.Helper()
+		inv := pending(id, agent, at)
+		inv.SDKType = "async"
+		return s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", IdempotencyKey: key})
+	}
+	run := func(t *testing.T, s domain.Store, id string) domain.Run {
+		t.Helper()
+		r, err := s.Run(ctx, id)
+		if err != nil {
+			t.Fatalf("Run(%s): %v", id, err)
+		}
+		return r
+	}
+
+	// A background run through its life: pending, running, completed,
+	// its attempts kept after it ends.
+	t.Run("a run's life", func(t *testing.T) {
+		s := open(t, "store")
+		if err := enqueue(t, s, "r1", "a", "", t0); err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, s, "r1")
+		if !r.Background || r.Attempts != 0 || r.Running || r.Status() != domain.RunPending || r.Ended() {
+			t.Fatalf("queued: %+v (%s)", r, r.Status())
+		}
+		started := now()
+		if err := s.StartAsync(ctx, "r1", started); err != nil {
+			t.Fatal(err)
+		}
+		r = run(t, s, "r1")
+		if !r.Running || r.Attempts != 1 || !r.StartedAt.Equal(started) || r.Status() != domain.RunRunning {
+			t.Fatalf("started: %+v (%s)", r, r.Status())
+		}
+		if err := s.FinishAsync(ctx, completed(pending("r1", "a", t0), 2, `42`)); err != nil {
+			t.Fatal(err)
+		}
+		r = run(t, s, "r1")
+		if r.Running || r.Attempts != 1 || !r.StartedAt.Equal(started) || r.Status() != domain.RunCompleted || string(r.Output) != "42" {
+			t.Fatalf("ended: %+v (%s)", r, r.Status())
+		}
+		// A sync call is a run too, with no background fields.
+		s.Start(pending("sync", "a", t0))
+		s.Finish(completed(pending("sync", "a", t0), 1, `1`))
+		if r := run(t, s, "sync"); r.Background || r.Attempts != 0 || r.Status() != domain.RunCompleted {
+			t.Fatalf("a sync call as a run: %+v (%s)", r, r.Status())
+		}
+		if _, err := s.Run(ctx, "nope"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("Run(nope) = %v, want ErrNotFound", err)
+		}
+	})
+
+	// One run per agent and Idempotency-Key: a second create is
+	// ErrDuplicate and changes nothing.
+	t.Run("idempotency keys", func(t *testing.T) {
+		s := open(t, "store")
+		if err := enqueue(t, s, "k1", "a", "key-1", t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := enqueue(t, s, "k2", "a", "key-1", t0); !errors.Is(err, domain.ErrDuplicate) {
+			t.Fatalf("a second run with key-1 = %v, want ErrDuplicate", err)
+		}
+		if _, err := s.Get(ctx, "k2"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("the refused run's invocation: %v, want ErrNotFound", err)
+		}
+		if b, _ := s.AsyncBacklog(ctx, "acme", "a"); b.Agent != 1 {
+			t.Fatalf("backlog after a refused duplicate: %+v, want 1", b)
+		}
+		for _, c := range []struct{ id, agent, key string }{{"k3", "b", "key-1"}, {"k4", "a", "key-2"}, {"k5", "a", ""}, {"k6", "a", ""}} {
+			if err := enqueue(t, s, c.id, c.agent, c.key, t0); err != nil {
+				t.Fatalf("run %s (agent %s, key %q): %v", c.id, c.agent, c.key, err)
+			}
+		}
+		if r, err := s.IdempotentRun(ctx, "a", "key-1"); err != nil || r.ID != "k1" || r.IdempotencyKey != "key-1" {
+			t.Fatalf("IdempotentRun(a, key-1) = %+v, %v; want k1", r, err)
+		}
+		if r, err := s.IdempotentRun(ctx, "b", "key-1"); err != nil || r.ID != "k3" {
+			t.Fatalf("IdempotentRun(b, key-1) = %+v, %v; want k3", r, err)
+		}
+		if _, err := s.IdempotentRun(ctx, "a", "key-9"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("IdempotentRun of an unknown key = %v, want ErrNotFound", err)
+		}
+	})
+
+	// Cancelling a queued run that has not started ends it at once; one
+	// that started, ended or is unknown is ErrNotFound and unchanged.
+	t.Run("cancel queued", func(t *testing.T) {
+		s := open(t, "store")
+		for _, id := range []string{"c1", "c2"} {
+			if err := enqueue(t, s, id, "a", "", t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.StartAsync(ctx, "c2", now()); err != nil {
+			t.Fatal(err)
+		}
+		cancelled := failed(pending("c1", "a", t0), 0, "CANCELLED: cancelled before it started")
+		if err := s.CancelQueuedAsync(ctx, cancelled); err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, s, "c1"); r.Status() != domain.RunCancelled || r.Running {
+			t.Fatalf("cancelled: %+v (%s)", r, r.Status())
+		}
+		if _, err := s.AsyncJob(ctx, "c1"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("a cancelled run still queued: %v", err)
+		}
+		if err := s.StartAsync(ctx, "c1", now()); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("StartAsync of a cancelled run = %v, want ErrNotFound", err)
+		}
+		for _, id := range []string{"c1", "c2", "nope"} {
+			inv := failed(pending(id, "a", t0), 0, "CANCELLED: x")
+			if err := s.CancelQueuedAsync(ctx, inv); !errors.Is(err, domain.ErrNotFound) {
+				t.Errorf("CancelQueuedAsync(%s) = %v, want ErrNotFound (ended, started, unknown)", id, err)
+			}
+		}
+		if r := run(t, s, "c2"); r.Status() != domain.RunRunning {
+			t.Fatalf("a started run after a refused cancel: %s", r.Status())
+		}
+	})
+
+	// Listing: background runs only, newest first, by status and agent.
+	t.Run("list", func(t *testing.T) {
+		s := open(t, "store")
+		outcomes := []struct {
+			id, agent string
+			end       func(t *testing.T, id string)
+			status    domain.RunStatus
+		}{
+			{"l0", "a", nil, domain.RunPending},
+			{"l1", "a", func(t *testing.T, id string) { s.StartAsync(ctx, id, now()) }, domain.RunRunning},
+			{"l2", "a", func(t *testing.T, id string) { s.FinishAsync(ctx, completed(pending(id, "a", t0), 1, `1`)) }, domain.RunCompleted},
+			{"l3", "a", func(t *testing.T, id string) {
+				s.FinishAsync(ctx, failed(pending(id, "a", t0), 1, "Server error running agent a: boom"))
+			}, domain.RunFailed},
+			{"l4", "b", func(t *testing.T, id string) {
+				s.FinishAsync(ctx, failed(pending(id, "b", t0), 1, "TIMEOUT: too long"))
+			}, domain.RunTimeout},
+			{"l5", "b", func(t *testing.T, id string) {
+				s.CancelQueuedAsync(ctx, failed(pending(id, "b", t0), 0, "CANCELLED: by the client"))
+			}, domain.RunCancelled},
+			{"l6", "c", nil, domain.RunPending},
+		}
+		for i, o := range outcomes {
+			if err := enqueue(t, s, o.id, o.agent, "", t0.Add(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if o.end != nil {
+				o.end(t, o.id)
+			}
+		}
+		s.Start(pending("sync", "a", t0.Add(time.Hour))) // not a background run
+		list := func(agents []string, st domain.RunStatus, limit int) string {
+			t.Helper()
+			runs, err := s.ListRuns(ctx, agents, st, limit)
+			if err != nil {
+				t.Fatalf("ListRuns(%v, %q): %v", agents, st, err)
+			}
+			var ids []string
+			for _, r := range runs {
+				ids = append(ids, r.ID)
+				if want := outcomes[r.ID[1]-'0'].status; r.Status() != want {
+					t.Errorf("%s listed as %s, want %s", r.ID, r.Status(), want)
+				}
+			}
+			return strings.Join(ids, ",")
+		}
+		for _, c := range []struct {
+			agents []string
+			status domain.RunStatus
+			limit  int
+			want   string
+		}{
+			{[]string{"a", "b"}, "", 100, "l5,l4,l3,l2,l1,l0"},
+			{[]string{"a", "b", "c"}, "", 2, "l6,l5"},
+			{[]string{"a"}, domain.RunPending, 100, "l0"},
+			{[]string{"a"}, domain.RunRunning, 100, "l1"},
+			{[]string{"a"}, domain.RunCompleted, 100, "l2"},
+			{[]string{"a", "b"}, domain.RunFailed, 100, "l3"},
+			{[]string{"a", "b"}, domain.RunTimeout, 100, "l4"},
+			{[]string{"a", "b"}, domain.RunCancelled, 100, "l5"},
+			{[]string{"c"}, domain.RunCompleted, 100, ""},
+			{nil, "", 100, ""},
+		} {
+			if got := list(c.agents, c.status, c.limit); got != c.want {
+				t.Errorf("ListRuns(%v, %q, %d) = %s, want %s", c.agents, c.status, c.limit, got, c.want)
+			}
+		}
+	})
+}
