@@ -211,15 +211,40 @@ func TestClusterResilience(t *testing.T) {
 	}
 }
 
-// An async invocation recorded in PostgreSQL whose gateway stopped before
-// it reached the JetStream queue (written here straight to the store, as
-// such a gateway leaves it) is found by the scheduler and run once; one
-// queued the normal way is not queued again.
-func TestClusterAsyncNeverQueued(t *testing.T) {
+// Background runs on a cluster: an async invocation recorded in
+// PostgreSQL whose gateway stopped before it reached the JetStream queue
+// (written here straight to the store, as such a gateway leaves it) is
+// found by the scheduler and run once, and one queued the normal way is
+// not queued again; a create replayed by Idempotency-Key runs once; a
+// run cancelled through the gateway is cancelled on the node running it.
+func TestClusterRuns(t *testing.T) {
 	c := startCluster(t, 1, 1)
 	g := c.gateways[0]
 	dir, _ := newAgent(t, "showcase")
+	addPyEntrypoint(t, dir, "cancellable.py", cancellable, "wait_here", "wait_here")
 	id := g.deploy(t, dir, c.admin)
+	marks := t.TempDir()
+
+	once := filepath.Join(marks, "once")
+	key := map[string]string{"Idempotency-Key": "cluster-1"}
+	a := acceptedRun(t, createRun(t, g, c.admin, id, "wait_here", map[string]any{"path": once, "seconds": 0}, key))
+	b := acceptedRun(t, createRun(t, g, c.admin, id, "wait_here", map[string]any{"path": once, "seconds": 0}, key))
+	if rec := runOf(t, g.do(t, "GET", "/api/v1/runs/"+a+"/wait", c.admin, nil)); a != b || rec.Status != "completed" {
+		t.Fatalf("an idempotent create on a cluster: runs %s and %s, %+v", a, b, rec)
+	}
+	if got, _ := os.ReadFile(once); string(got) != "started\nfinished\n" {
+		t.Fatalf("the idempotent run ran: %q, want once", got)
+	}
+	long := filepath.Join(marks, "long")
+	longID := acceptedRun(t, createRun(t, g, c.admin, id, "wait_here", map[string]any{"path": long, "seconds": 60}, nil))
+	waitFile(t, long, "started")
+	if r := g.do(t, "POST", "/api/v1/runs/"+longID+"/cancel", c.admin, nil); r.Status != 200 || runOf(t, r).Status != "cancelled" {
+		t.Fatalf("cancel a run running on a node: %d %s\n%s", r.Status, r.Body, c.logs())
+	}
+	if got := waitFile(t, long, "cancelled"); got != "started\ncancelled\n" {
+		t.Fatalf("the cancelled run's function on the node: %q, want its task cancelled", got)
+	}
+
 	ctx := context.Background()
 	db, err := pgstore.Open(ctx, c.db, pgstore.Options{})
 	if err != nil {

@@ -139,6 +139,12 @@ type reply struct {
 // do sends a request with key (if any) and a JSON body (if any).
 func (s *platformServer) do(t testing.TB, method, path, key string, body any) reply {
 	t.Helper()
+	return s.doHeaders(t, method, path, key, body, nil)
+}
+
+// doHeaders is do with more request headers.
+func (s *platformServer) doHeaders(t testing.TB, method, path, key string, body any, headers map[string]string) reply {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -147,6 +153,9 @@ func (s *platformServer) do(t testing.TB, method, path, key string, body any) re
 	req, _ := http.NewRequest(method, "http://"+s.Addr+path, rd)
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

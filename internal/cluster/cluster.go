@@ -48,6 +48,8 @@ const BundleBucket = "runagent-bundles"
 const (
 	ChangeAgent = "agent" // an agent's versions or its existence; the id is the agent's
 	ChangeKeys  = "keys"  // the API keys (id "")
+	// ChangeCancel asks whoever runs the run (the id) to cancel it.
+	ChangeCancel = "cancel"
 )
 
 // Cluster is one process's connection to the cluster.

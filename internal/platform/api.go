@@ -53,6 +53,7 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 	mux.HandleFunc("DELETE /api/v1/agents/{id}", p.handleDelete)
 	mux.HandleFunc("GET /api/v1/agents/{id}/logs", p.handleLogs)
 	mux.HandleFunc("GET /api/v1/invocations", p.handleInvocations)
+	mux.HandleFunc("GET /api/v1/runs", p.handleRuns)
 	mux.HandleFunc("POST /api/v1/keys", p.handleCreateKey)
 	mux.HandleFunc("GET /api/v1/keys", p.handleKeys)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", p.handleRevokeKey)

@@ -1,6 +1,7 @@
 package platform
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -362,27 +363,65 @@ func (ar *asyncRunner) close(grace time.Duration) {
 
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
-func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
-	if p.cluster != nil {
-		return p.enqueueClusterAsync(ctx, a, inv)
-	}
+func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation, key string) (string, bool, error) {
 	_, tenant, _ := p.mgr.Lookup(a.ID)
-	if e := p.async.admit(tenant, a.ID); e != nil {
-		return e
-	}
 	var timeout float64
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
 	}
-	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}
-	if err := p.db.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}); err != nil {
+	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key}
+	var err error
+	if p.cluster != nil {
+		err = p.enqueueClusterAsync(ctx, j)
+	} else {
+		err = p.enqueueLocalAsync(ctx, j)
+	}
+	if errors.Is(err, domain.ErrDuplicate) {
+		return p.replayRun(ctx, inv, key)
+	}
+	return inv.ID, false, err
+}
+
+// enqueueLocalAsync admits j to this server's backlogs, records it and
+// queues it.
+func (p *Platform) enqueueLocalAsync(ctx context.Context, j domain.AsyncJob) error {
+	if e := p.async.admit(j.Tenant, j.AgentID); e != nil {
+		return e
+	}
+	if err := p.db.EnqueueAsync(ctx, j); err != nil {
 		p.async.mu.Lock()
-		p.async.unreserveLocked(tenant, a.ID)
+		p.async.unreserveLocked(j.Tenant, j.AgentID)
 		p.async.mu.Unlock()
+		if errors.Is(err, domain.ErrDuplicate) {
+			return err
+		}
 		return fmt.Errorf("record the async invocation: %w", err)
 	}
 	p.async.push(j)
 	return nil
+}
+
+// replayRun answers a create whose Idempotency-Key an earlier run of the
+// agent has: that run, if the request is the same.
+func (p *Platform) replayRun(ctx context.Context, inv domain.Invocation, key string) (string, bool, error) {
+	earlier, err := p.db.IdempotentRun(ctx, inv.AgentID, key)
+	if err != nil {
+		return "", false, fmt.Errorf("read the run of Idempotency-Key %q: %w", key, err)
+	}
+	if earlier.EntrypointTag != inv.EntrypointTag || !sameJSON(earlier.InputArgs, inv.InputArgs) || !sameJSON(earlier.InputKwargs, inv.InputKwargs) {
+		return "", false, &domain.Error{Code: domain.CodeAlreadyExists, Field: "Idempotency-Key", Message: fmt.Sprintf(
+			"Idempotency-Key %q was used by run %s with another entrypoint or input; send a new key for a new run", key, earlier.ID)}
+	}
+	return earlier.ID, true, nil
+}
+
+// sameJSON compares two JSON values as sent, insignificant space aside.
+func sameJSON(a, b json.RawMessage) bool {
+	var ca, cb bytes.Buffer
+	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(ca.Bytes(), cb.Bytes())
 }
 
 func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
@@ -396,6 +435,10 @@ func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
 // as started.
 func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool) {
 	inv := j.Invocation
+	// Registered before it starts: a cancel that finds it started finds
+	// it here.
+	ctx, forget := p.running.add(ctx, inv.ID)
+	defer forget()
 	start := time.Now()
 	// Durably started before it runs: after a crash it is not run again
 	// unless declared idempotent.
@@ -420,7 +463,8 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 		result, err = p.asyncDispatch.Call(cctx, a.Target(), inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
 		cancel()
 	}
-	if ctx.Err() != nil {
+	cancelled := errors.Is(context.Cause(ctx), errRunCancelled)
+	if ctx.Err() != nil && !cancelled {
 		return false // cut off by shutdown: it stays queued, as started
 	}
 	if errors.Is(err, natsdispatch.ErrNodeLost) {
@@ -434,7 +478,10 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 	elapsed := inv.ResponseTime.Sub(start)
 	inv.ExecutionMS = float64(elapsed.Microseconds()) / 1000
 	var code domain.Code
-	if err == nil {
+	if err != nil && cancelled {
+		code, inv.Status = domain.CodeCancelled, domain.StatusFailed
+		inv.ErrorDetail = string(domain.CodeCancelled) + ": the run was cancelled while it ran (POST /api/v1/runs/" + inv.ID + "/cancel)"
+	} else if err == nil {
 		inv.Status = domain.StatusCompleted
 		var v struct{ Payload string }
 		if json.Unmarshal(result, &v) == nil && json.Valid([]byte(v.Payload)) {

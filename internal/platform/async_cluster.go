@@ -20,23 +20,23 @@ import (
 // dispatcher and record its outcome once (FinishAsync writes it once, so a
 // redelivered invocation that already ended is not run again).
 
-// enqueueClusterAsync is a gateway's server.Config.Async.
-func (p *Platform) enqueueClusterAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation) error {
-	_, tenant, _ := p.mgr.Lookup(a.ID)
+// enqueueClusterAsync records j and queues it on the cluster (a gateway's
+// enqueueAsync).
+func (p *Platform) enqueueClusterAsync(ctx context.Context, j domain.AsyncJob) error {
+	inv, tenant := j.Invocation, j.Tenant
 	// Backlogs are counted in the store, across gateways: two gateways
 	// admitting at once may each pass at the limit's last place.
-	b, err := p.db.AsyncBacklog(ctx, tenant, a.ID)
+	b, err := p.db.AsyncBacklog(ctx, tenant, inv.AgentID)
 	if err != nil {
 		return err
 	}
-	if e := p.cfg.Async.over(b, tenant, a.ID); e != nil {
+	if e := p.cfg.Async.over(b, tenant, inv.AgentID); e != nil {
 		return e
 	}
-	var timeout float64
-	if a.CallTimeout > 0 {
-		timeout = a.CallTimeout.Seconds()
-	}
-	if err := p.db.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout}); err != nil {
+	if err := p.db.EnqueueAsync(ctx, j); err != nil {
+		if errors.Is(err, domain.ErrDuplicate) {
+			return err
+		}
 		return fmt.Errorf("record the async invocation: %w", err)
 	}
 	if err := p.cluster.queue.Enqueue(ctx, inv.ID, tenant); err != nil {

@@ -189,6 +189,9 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 		if err := on(c.cl.ServeNodeControl(p.cfg.NodeID, p.nodeControl)); err != nil {
 			return err
 		}
+		if err := on(c.cl.OnChange(cluster.ChangeCancel, func(id string) { p.running.cancel(id) })); err != nil {
+			return err
+		}
 	}
 	p.shareLogs()
 	return on(c.cl.OnChange(cluster.ChangeAgent, func(id string) { go p.reconcile(id) }))

@@ -91,6 +91,7 @@ type Platform struct {
 	cfg     Config
 	log     *slog.Logger
 	db      domain.Store
+	running runningRuns // the background runs running here
 	mgr     *manager.Manager
 	keys    *apikeys.Keyring
 	limiter *ratelimit.Limiter
@@ -181,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	}
 	p.metrics.watch(p.mgr)
 	p.wire = server.New(server.Config{
-		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, OnCall: p.metrics.call, SDKType: "platform_server",
+		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, Runs: runService{p}, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
 		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins}, DurableHistory: true,
 		StallTimeout: cfg.StallTimeout,

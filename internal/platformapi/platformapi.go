@@ -238,6 +238,13 @@ type InvocationList[Record any] struct {
 	TotalCount  int      `json:"total_count"`
 }
 
+// RunList is GET /api/v1/runs: background runs, newest first (Record is
+// wire.RunRecord on the server, wire.RunJSON in a client).
+type RunList[Record any] struct {
+	Runs       []Record `json:"runs"`
+	TotalCount int      `json:"total_count"`
+}
+
 // KeyRequest is the body of POST /api/v1/keys (admin). Tenant "" is the
 // server's default tenant; a nil or 0 limit is the server's default; Agents
 // empty allows every agent of the tenant. Unknown fields are refused.

@@ -178,7 +178,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		RequestTime: start, ClientInfo: a.clientInfo,
 	}
 	if req.AsyncExecution && s.cfg.Async != nil {
-		s.runAsync(w, r, a, inv)
+		s.runAsync(w, r, a, inv, false)
 		return
 	}
 	s.cfg.Recorder.Start(inv)
@@ -238,18 +238,51 @@ func (s *Server) finish(ctx context.Context, inv domain.Invocation) {
 }
 
 // runAsync answers an async invocation once it is durable: 202 and the id to
-// fetch its result with.
-func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation) {
+// fetch its result with. asRun answers as POST /runs does (a Location, the
+// run's URL); the wire route keeps the original's status_url beside it.
+func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation, asRun bool) {
 	inv.SDKType = "async"
-	if err := s.cfg.Async(r.Context(), a.Agent, inv); err != nil {
+	key, e := idempotencyKey(r)
+	if e != nil {
+		s.WriteError(w, e)
+		return
+	}
+	id, replayed, err := s.cfg.Async(r.Context(), a.Agent, inv, key)
+	if err != nil {
 		we, _ := s.callFailure(err)
 		s.WriteError(w, we)
 		return
 	}
-	s.WriteEnvelope(w, http.StatusAccepted, map[string]any{
-		"invocation_id": inv.ID, "agent_id": a.ID, "status": domain.StatusPending,
-		"status_url": "/api/v1/invocations/" + inv.ID,
-	}, "Agent execution accepted; fetch the result at status_url")
+	runURL := "/api/v1/runs/" + id
+	if s.cfg.Runs != nil {
+		w.Header().Set("Location", runURL)
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	data := map[string]any{"run_id": id, "invocation_id": id, "agent_id": a.ID, "status": domain.StatusPending,
+		"status_url": "/api/v1/invocations/" + id}
+	message := "Agent execution accepted; fetch the result at status_url"
+	if asRun {
+		data["status_url"] = runURL
+		message = "Run accepted; wait for it at " + runURL + "/wait"
+	}
+	s.WriteEnvelope(w, http.StatusAccepted, data, message)
+}
+
+// idempotencyKey is the request's Idempotency-Key ("" if none): printable
+// ASCII, at most 255 characters.
+func idempotencyKey(r *http.Request) (string, *domain.Error) {
+	k := r.Header.Get("Idempotency-Key")
+	if len(k) > 255 {
+		return "", &domain.Error{Code: domain.CodeValidation, Field: "Idempotency-Key", Message: fmt.Sprintf("at most 255 characters, got %d", len(k))}
+	}
+	for _, c := range []byte(k) {
+		if c < 0x20 || c > 0x7e {
+			return "", &domain.Error{Code: domain.CodeValidation, Field: "Idempotency-Key", Message: "printable ASCII only (a UUID is a good key)"}
+		}
+	}
+	return k, nil
 }
 
 func deref(f *float64) float64 {

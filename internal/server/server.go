@@ -99,7 +99,21 @@ func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Act
 // AsyncFunc takes an async invocation (its record pending, its input in it)
 // and must not return before the record is durable; the invocation then
 // runs in the background.
-type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation) error
+// With an idempotency key that an earlier run of the agent was created
+// with (and the same request), it records nothing and returns that run's
+// id with replayed true.
+type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation, idempotencyKey string) (runID string, replayed bool, err error)
+
+// RunService reads and cancels the background runs (the platform
+// server's); with it and Async the server serves the runs routes.
+type RunService interface {
+	// Run returns a run (domain.ErrNotFound if there is none).
+	Run(ctx context.Context, id string) (domain.Run, error)
+	// CancelRun cancels a run that has not ended: at once if it has not
+	// started, else by cancelling its call where it runs; it returns the
+	// run as it is after up to a few seconds.
+	CancelRun(ctx context.Context, run domain.Run) (domain.Run, error)
+}
 
 // Config configures a Server.
 type Config struct {
@@ -114,6 +128,8 @@ type Config struct {
 	// Async, when set, serves "async_execution": true (202 and the
 	// invocation id); without it the flag is ignored, as the original does.
 	Async AsyncFunc
+	// Runs serves GET /api/v1/runs/{id}, its wait and its cancel.
+	Runs RunService
 	// OnCall is told about every finished call, code "" for success. It
 	// must not block.
 	OnCall func(a *domain.Agent, tag string, code domain.Code, elapsed time.Duration)
@@ -197,6 +213,12 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(ActReadArchitecture, s.handleArchitecture))
 	mux.HandleFunc("POST /api/v1/agents/{id}/run", s.agentRoute(ActRun, s.handleRun))
 	mux.HandleFunc("GET /api/v1/agents/{id}/run-stream", s.agentRoute(ActRun, s.handleStream))
+	if s.cfg.Async != nil && s.cfg.Runs != nil {
+		mux.HandleFunc("POST /api/v1/agents/{id}/runs", s.agentRoute(ActRun, s.handleCreateRun))
+		mux.HandleFunc("GET /api/v1/runs/{run_id}", s.handleGetRun)
+		mux.HandleFunc("GET /api/v1/runs/{run_id}/wait", s.handleWaitRun)
+		mux.HandleFunc("POST /api/v1/runs/{run_id}/cancel", s.handleCancelRun)
+	}
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActReadHistory, s.handleInvocations))
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActReadHistory, s.handleStats))
 	mux.HandleFunc("GET /api/v1/invocations/{invocation_id}", s.handleInvocation)

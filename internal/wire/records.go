@@ -49,6 +49,10 @@ func InvocationRecords(invs []domain.Invocation) []InvocationRecord {
 // timestamps like Python's datetime.isoformat() of a naive UTC time, null
 // for what is not known yet (response time, execution time) or absent.
 func (inv InvocationRecord) MarshalJSON() ([]byte, error) {
+	return json.Marshal(invocationJSON(domain.Invocation(inv)))
+}
+
+func invocationJSON(inv domain.Invocation) InvocationJSON {
 	v := InvocationJSON{
 		InvocationID:     inv.ID,
 		AgentID:          inv.AgentID,
@@ -70,7 +74,7 @@ func (inv InvocationRecord) MarshalJSON() ([]byte, error) {
 			v.ExecutionTimeMS = &inv.ExecutionMS
 		}
 	}
-	return json.Marshal(v)
+	return v
 }
 
 // jsonValue returns raw if it is valid JSON, def (null when "") if it is
@@ -123,6 +127,35 @@ func (s StatsRecord) MarshalJSON() ([]byte, error) {
 	}
 	if s.AgentID != "" {
 		v.AgentID = &s.AgentID
+	}
+	return json.Marshal(v)
+}
+
+// RunJSON is a run as the runs API shows it: the invocation record's keys,
+// its status the run's (pending, running, completed, failed, cancelled or
+// timeout), then the run's own.
+type RunJSON struct {
+	RunID string `json:"run_id"`
+	InvocationJSON
+	Background     bool    `json:"background"`
+	Attempts       int     `json:"attempts"`
+	StartedAt      *string `json:"started_at"`
+	IdempotencyKey *string `json:"idempotency_key"`
+}
+
+// RunRecord is a run as the runs API shows it.
+type RunRecord domain.Run
+
+// MarshalJSON gives the run as RunJSON.
+func (r RunRecord) MarshalJSON() ([]byte, error) {
+	v := RunJSON{RunID: r.ID, InvocationJSON: invocationJSON(r.Invocation), Background: r.Background, Attempts: r.Attempts}
+	v.Status = string(domain.Run(r).Status())
+	if !r.StartedAt.IsZero() {
+		ts := IsoFormat(r.StartedAt)
+		v.StartedAt = &ts
+	}
+	if r.IdempotencyKey != "" {
+		v.IdempotencyKey = &r.IdempotencyKey
 	}
 	return json.Marshal(v)
 }

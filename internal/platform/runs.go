@@ -1,0 +1,151 @@
+package platform
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/runagent-go/runagent/internal/cluster"
+	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/platformapi"
+	"github.com/runagent-go/runagent/internal/wire"
+)
+
+// Background runs are the async invocations seen as runs (the store's
+// Runs): the wire server serves their routes (server.RunService), the
+// platform cancels them where they run and lists them.
+
+// errRunCancelled is the cause of a running run's context once a client
+// cancelled it.
+var errRunCancelled = errors.New("the run was cancelled")
+
+// cancelWait is how long a cancel waits for a running run to end.
+const cancelWait = 5 * time.Second
+
+// runningRuns are the runs this server runs now, each with its cancel.
+type runningRuns struct {
+	mu sync.Mutex
+	m  map[string]context.CancelCauseFunc
+}
+
+// add registers run id, running under ctx, until forget is called.
+func (rr *runningRuns) add(ctx context.Context, id string) (_ context.Context, forget func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	rr.mu.Lock()
+	if rr.m == nil {
+		rr.m = map[string]context.CancelCauseFunc{}
+	}
+	rr.m[id] = cancel
+	rr.mu.Unlock()
+	return ctx, func() {
+		rr.mu.Lock()
+		delete(rr.m, id)
+		rr.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// cancel cancels run id if it runs here.
+func (rr *runningRuns) cancel(id string) bool {
+	rr.mu.Lock()
+	cancel := rr.m[id]
+	rr.mu.Unlock()
+	if cancel != nil {
+		cancel(errRunCancelled)
+	}
+	return cancel != nil
+}
+
+// runService is the platform's server.RunService.
+type runService struct{ p *Platform }
+
+func (rs runService) Run(ctx context.Context, id string) (domain.Run, error) { return rs.p.db.Run(ctx, id) }
+
+func (rs runService) CancelRun(ctx context.Context, run domain.Run) (domain.Run, error) {
+	return rs.p.cancelRun(ctx, run)
+}
+
+// cancelRun cancels a background run: one that has not started ends
+// cancelled at once (it never runs); a running one has its call cancelled
+// where it runs (the Python function's task is cancelled, a generator's
+// finally runs) and ends cancelled.
+func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, error) {
+	if !run.Background {
+		return run, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf(
+			"%s is a call, not a background run: a call is cancelled by closing its connection", run.ID)}
+	}
+	inv := run.Invocation
+	inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
+	inv.ErrorDetail = string(domain.CodeCancelled) + ": the run was cancelled before it started"
+	err := p.db.CancelQueuedAsync(ctx, inv)
+	switch {
+	case err == nil:
+		return p.db.Run(ctx, run.ID)
+	case !errors.Is(err, domain.ErrNotFound):
+		return run, err
+	}
+	// It started (or ended meanwhile): cancel it where it runs.
+	if !p.running.cancel(run.ID) && p.cluster != nil {
+		p.cluster.cl.Changed(cluster.ChangeCancel, run.ID)
+	}
+	deadline := time.Now().Add(cancelWait)
+	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 250*time.Millisecond) {
+		now, err := p.db.Run(ctx, run.ID)
+		if err != nil || now.Ended() || time.Now().Add(pause).After(deadline) {
+			return now, err
+		}
+		select {
+		case <-ctx.Done():
+			return now, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// handleRuns is GET /api/v1/runs?agent_id=&status=&limit=: the background
+// runs the key may see, newest first.
+func (p *Platform) handleRuns(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, domain.ScopeRun, domain.ScopeDeploy)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit := 50
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "limit", Message: fmt.Sprintf("expected a whole number from 1 to 1000, got %q", v)})
+			return
+		}
+		limit = n
+	}
+	status := domain.RunStatus(q.Get("status"))
+	if status != "" && !slices.Contains(domain.RunStatuses, status) {
+		p.wire.WriteError(w, &domain.Error{Code: domain.CodeValidation, Field: "status",
+			Message: fmt.Sprintf("expected pending, running, completed, failed, cancelled or timeout, got %q", status)})
+		return
+	}
+	ids := p.visibleAgents(k)
+	if a := q.Get("agent_id"); a != "" {
+		id, ok := p.ownedAgent(w, k, a)
+		if !ok {
+			return
+		}
+		ids = []string{id}
+	}
+	runs, err := p.db.ListRuns(r.Context(), ids, status, limit)
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	out := platformapi.RunList[wire.RunRecord]{Runs: make([]wire.RunRecord, len(runs)), TotalCount: len(runs)}
+	for i, run := range runs {
+		out.Runs[i] = wire.RunRecord(run)
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, out, "Runs")
+}
