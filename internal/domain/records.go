@@ -63,6 +63,8 @@ type AsyncJob struct {
 	// IdempotencyKey is the key a background run was created with ("":
 	// none); the store keeps one run per agent and key.
 	IdempotencyKey string
+	// Webhook is the URL the run's outcome is POSTed to ("": none).
+	Webhook string
 	// Attempts counts the times it was started (StartAsync); StartedAt is
 	// when the last one began (zero: not started since it was queued). A
 	// job still queued after it started was interrupted: the server

@@ -33,6 +33,18 @@ type Run struct {
 	Attempts       int       // times it was started
 	StartedAt      time.Time // when the last start began (zero: never started)
 	Running        bool      // started and not ended
+	Webhook        string    // the URL its outcome is POSTed to ("" if none)
+}
+
+// WebhookAttempt is one attempt to deliver a run's webhook.
+type WebhookAttempt struct {
+	RunID      string
+	Attempt    int // from 1
+	At         time.Time
+	URL        string
+	StatusCode int    // 0: no HTTP answer
+	Error      string // "" for a 2xx answer
+	DurationMS float64
 }
 
 // Status is the run's status.

@@ -136,6 +136,17 @@ type AsyncQueue interface {
 	CancelQueuedAsync(ctx context.Context, inv Invocation) error
 }
 
+// Webhooks keeps the agents' webhook secrets and every delivery attempt.
+type Webhooks interface {
+	// WebhookSecret returns agentID's secret, storing fresh as it if it
+	// has none yet.
+	WebhookSecret(ctx context.Context, agentID, fresh string) (string, error)
+	// RecordWebhookAttempt records one delivery attempt.
+	RecordWebhookAttempt(ctx context.Context, a WebhookAttempt) error
+	// WebhookAttempts returns a run's attempts, first first.
+	WebhookAttempts(ctx context.Context, runID string) ([]WebhookAttempt, error)
+}
+
 // Runs reads invocations as runs.
 type Runs interface {
 	// Run returns the run of an invocation (ErrNotFound if unknown).
@@ -159,6 +170,7 @@ type Store interface {
 	Logs
 	AsyncQueue
 	Runs
+	Webhooks
 	// Close writes what is pending and releases the store.
 	Close() error
 }

@@ -64,7 +64,9 @@ func (rr *runningRuns) cancel(id string) bool {
 // runService is the platform's server.RunService.
 type runService struct{ p *Platform }
 
-func (rs runService) Run(ctx context.Context, id string) (domain.Run, error) { return rs.p.db.Run(ctx, id) }
+func (rs runService) Run(ctx context.Context, id string) (domain.Run, error) {
+	return rs.p.db.Run(ctx, id)
+}
 
 func (rs runService) CancelRun(ctx context.Context, run domain.Run) (domain.Run, error) {
 	return rs.p.cancelRun(ctx, run)

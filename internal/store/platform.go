@@ -384,8 +384,8 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) error {
 	inv := j.Invocation
 	return db.tx(ctx, func(t *sql.Tx) error {
-		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
-			inv.ID, inv.AgentID, nullString(j.IdempotencyKey))
+		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook))
 		if err != nil {
 			return err
 		}
@@ -517,7 +517,7 @@ func runStatusWhere(status domain.RunStatus, ph string) (string, []any) {
 }
 
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -529,7 +529,7 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run     domain.Run
 			started sql.NullInt64
 		)
-		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running}})
+		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook}})
 		if err != nil {
 			return nil, err
 		}
@@ -538,6 +538,46 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run.StartedAt = time.UnixMicro(started.Int64).UTC()
 		}
 		out = append(out, run)
+	}
+	return out, rows.Err()
+}
+
+// WebhookSecret returns agentID's webhook secret, storing fresh if none.
+func (db *DB) WebhookSecret(ctx context.Context, agentID, fresh string) (string, error) {
+	if _, err := db.sql.ExecContext(ctx, `INSERT INTO webhook_secrets (agent_id, secret, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+		agentID, fresh, time.Now().UnixMicro()); err != nil {
+		return "", err
+	}
+	var secret string
+	err := db.sql.QueryRowContext(ctx, `SELECT secret FROM webhook_secrets WHERE agent_id = ?`, agentID).Scan(&secret)
+	return secret, err
+}
+
+// RecordWebhookAttempt records one webhook delivery attempt.
+func (db *DB) RecordWebhookAttempt(ctx context.Context, a domain.WebhookAttempt) error {
+	_, err := db.sql.ExecContext(ctx, `INSERT INTO webhook_attempts (run_id, attempt, at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		a.RunID, a.Attempt, a.At.UnixMicro(), a.URL, a.StatusCode, nullString(a.Error), a.DurationMS)
+	return err
+}
+
+// WebhookAttempts returns a run's webhook delivery attempts in order.
+func (db *DB) WebhookAttempts(ctx context.Context, runID string) ([]domain.WebhookAttempt, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT run_id, attempt, at, url, status_code, coalesce(error, ''), duration_ms FROM webhook_attempts WHERE run_id = ? ORDER BY attempt`, runID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []domain.WebhookAttempt
+	for rows.Next() {
+		var (
+			a  domain.WebhookAttempt
+			at int64
+		)
+		if err := rows.Scan(&a.RunID, &a.Attempt, &at, &a.URL, &a.StatusCode, &a.Error, &a.DurationMS); err != nil {
+			return nil, err
+		}
+		a.At = time.UnixMicro(at).UTC()
+		out = append(out, a)
 	}
 	return out, rows.Err()
 }

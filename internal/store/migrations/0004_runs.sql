@@ -6,6 +6,26 @@ CREATE TABLE IF NOT EXISTS runs (
     agent_id        TEXT    NOT NULL,
     idempotency_key TEXT,
     attempts        INTEGER NOT NULL DEFAULT 0,
-    started_at      INTEGER -- unix microseconds of the last start; NULL: never started
+    started_at      INTEGER, -- unix microseconds of the last start; NULL: never started
+    webhook         TEXT    -- the URL its outcome is POSTed to; NULL: none
 );
 CREATE UNIQUE INDEX IF NOT EXISTS idx_runs_idempotency ON runs (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+-- Each agent's secret for signing its runs' webhooks, made on first use.
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    agent_id   TEXT   NOT NULL PRIMARY KEY,
+    secret     TEXT   NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+-- Every attempt to deliver a run's webhook.
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    run_id      TEXT    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER  NOT NULL,
+    url         TEXT    NOT NULL,
+    status_code INTEGER NOT NULL DEFAULT 0, -- 0: no HTTP answer
+    error       TEXT,
+    duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, attempt)
+);

@@ -811,8 +811,8 @@ func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) (err error) {
 	defer classify(ctx, &err)
 	inv := j.Invocation
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-			inv.ID, inv.AgentID, nullString(j.IdempotencyKey))
+		tag, err := tx.Exec(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook))
 		if err != nil {
 			return err
 		}
@@ -935,7 +935,7 @@ func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.Run
 }
 
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -945,12 +945,50 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run     domain.Run
 			started *int64
 		)
-		inv, err := scanInvocation(scanPlus{r, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running}})
+		inv, err := scanInvocation(scanPlus{r, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook}})
 		if err != nil {
 			return run, err
 		}
 		run.Invocation, run.StartedAt = inv, fromMicros(started)
 		return run, nil
+	})
+}
+
+// WebhookSecret returns agentID's webhook secret, storing fresh if none.
+func (db *DB) WebhookSecret(ctx context.Context, agentID, fresh string) (_ string, err error) {
+	defer classify(ctx, &err)
+	if _, err := db.pool.Exec(ctx, `INSERT INTO webhook_secrets (agent_id, secret, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+		agentID, fresh, time.Now().UnixMicro()); err != nil {
+		return "", err
+	}
+	var secret string
+	err = db.pool.QueryRow(ctx, `SELECT secret FROM webhook_secrets WHERE agent_id = $1`, agentID).Scan(&secret)
+	return secret, err
+}
+
+// RecordWebhookAttempt records one webhook delivery attempt.
+func (db *DB) RecordWebhookAttempt(ctx context.Context, a domain.WebhookAttempt) (err error) {
+	defer classify(ctx, &err)
+	_, err = db.pool.Exec(ctx, `INSERT INTO webhook_attempts (run_id, attempt, at, url, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		a.RunID, a.Attempt, a.At.UnixMicro(), a.URL, a.StatusCode, nullString(a.Error), a.DurationMS)
+	return err
+}
+
+// WebhookAttempts returns a run's webhook delivery attempts in order.
+func (db *DB) WebhookAttempts(ctx context.Context, runID string) (_ []domain.WebhookAttempt, err error) {
+	defer classify(ctx, &err)
+	rows, err := db.pool.Query(ctx, `SELECT run_id, attempt, at, url, status_code, coalesce(error, ''), duration_ms FROM webhook_attempts WHERE run_id = $1 ORDER BY attempt`, runID)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r pgx.Row) (domain.WebhookAttempt, error) {
+		var (
+			a  domain.WebhookAttempt
+			at int64
+		)
+		err := r.Scan(&a.RunID, &a.Attempt, &at, &a.URL, &a.StatusCode, &a.Error, &a.DurationMS)
+		a.At = time.UnixMicro(at).UTC()
+		return a, err
 	})
 }
 

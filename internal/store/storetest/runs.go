@@ -200,4 +200,45 @@ func testRuns(t *testing.T, open Opener) {
 			}
 		}
 	})
+
+	// A run's webhook URL is kept with it; each agent has one secret,
+	// made on first use; every attempt is kept, in order.
+	t.Run("webhooks", func(t *testing.T) {
+		s := open(t, "store")
+		inv := pending("w1", "a", t0)
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", Webhook: "https://example.com/hook?x=1"}); err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, s, "w1"); r.Webhook != "https://example.com/hook?x=1" {
+			t.Fatalf("the run's webhook: %q", r.Webhook)
+		}
+		first, err := s.WebhookSecret(ctx, "a", "secret-1")
+		if err != nil || first != "secret-1" {
+			t.Fatalf("first WebhookSecret = %q, %v", first, err)
+		}
+		if again, err := s.WebhookSecret(ctx, "a", "secret-2"); err != nil || again != "secret-1" {
+			t.Fatalf("second WebhookSecret = %q, %v; want the first kept", again, err)
+		}
+		if other, _ := s.WebhookSecret(ctx, "b", "secret-b"); other != "secret-b" {
+			t.Fatalf("another agent's secret: %q", other)
+		}
+		at := now()
+		for i, a := range []domain.WebhookAttempt{
+			{RunID: "w1", Attempt: 1, At: at, URL: "https://example.com/hook?x=1", Error: "dial tcp: connection refused", DurationMS: 1.5},
+			{RunID: "w1", Attempt: 2, At: at.Add(time.Second), URL: "https://example.com/hook?x=1", StatusCode: 503, Error: "503 Service Unavailable", DurationMS: 2},
+			{RunID: "w1", Attempt: 3, At: at.Add(3 * time.Second), URL: "https://example.com/hook?x=1", StatusCode: 200, DurationMS: 3.25},
+		} {
+			if err := s.RecordWebhookAttempt(ctx, a); err != nil {
+				t.Fatalf("attempt %d: %v", i+1, err)
+			}
+		}
+		got, err := s.WebhookAttempts(ctx, "w1")
+		if err != nil || len(got) != 3 || got[0].Error != "dial tcp: connection refused" || got[1].StatusCode != 503 ||
+			got[2].StatusCode != 200 || got[2].Error != "" || got[2].DurationMS != 3.25 || !got[2].At.Equal(at.Add(3*time.Second)) {
+			t.Fatalf("WebhookAttempts = %+v, %v", got, err)
+		}
+		if none, err := s.WebhookAttempts(ctx, "nope"); err != nil || len(none) != 0 {
+			t.Fatalf("attempts of an unknown run: %+v, %v", none, err)
+		}
+	})
 }
