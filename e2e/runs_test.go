@@ -1,10 +1,17 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -221,5 +228,126 @@ func TestPlatformRuns(t *testing.T) {
 	json.Unmarshal(wireAsync.Env.Data, &acc)
 	if wireAsync.Status != 202 || acc.RunID == "" || wireAsync.Header.Get("Location") != "/api/v1/runs/"+acc.RunID {
 		t.Errorf("the wire route's async_execution: %d %s", wireAsync.Status, wireAsync.Body)
+	}
+}
+
+// verifySnippet is the receiver's check from docs/platform-api.md, in
+// Python's standard library: it exits 0 only for a valid signature.
+const verifySnippet = `import hashlib, hmac, sys, time
+
+def verify(secret, timestamp, body, signature, tolerance=300):
+    if abs(time.time() - int(timestamp)) > tolerance:
+        return False
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return hmac.compare_digest("v1=" + mac.hexdigest(), signature)
+
+secret, timestamp, signature = sys.argv[1:4]
+sys.exit(0 if verify(secret, timestamp, sys.stdin.buffer.read(), signature) else 1)
+`
+
+// A run's webhook: a receiver that fails twice then succeeds gets one
+// signed delivery a receiver verifies with the agent's secret, every
+// attempt recorded; a webhook to a loopback, private or metadata address
+// is refused unless the operator allows its network.
+func TestPlatformRunWebhooks(t *testing.T) {
+	type delivery struct {
+		header http.Header
+		body   []byte
+	}
+	var mu sync.Mutex
+	var got []delivery
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, delivery{r.Header.Clone(), b})
+		n := len(got)
+		mu.Unlock()
+		if n <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer recv.Close()
+	s := startPlatform(t, "", 0, "--webhook-allow", "127.0.0.0/8")
+	dir, _ := newAgent(t, "showcase")
+	id := s.deploy(t, dir, s.Admin)
+	sec := s.do(t, "GET", "/api/v1/agents/"+id+"/webhook-secret", s.Admin, nil)
+	var secret struct {
+		Secret string `json:"secret"`
+	}
+	json.Unmarshal(sec.Env.Data, &secret)
+	if sec.Status != 200 || !strings.HasPrefix(secret.Secret, "whsec_") {
+		t.Fatalf("webhook secret: %d %s", sec.Status, sec.Body)
+	}
+
+	body := runBody("add", map[string]any{"a": 2, "b": 40})
+	body["webhook"] = recv.URL + "/hook"
+	rid := acceptedRun(t, s.do(t, "POST", "/api/v1/agents/"+id+"/runs", s.Admin, body))
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+rid+"/wait", s.Admin, nil)); rec.Status != "completed" {
+		t.Fatalf("the run: %+v", rec)
+	}
+	pollUntil(20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 3 })
+	time.Sleep(200 * time.Millisecond) // a fourth delivery would show by now
+	mu.Lock()
+	deliveries := slices.Clone(got)
+	mu.Unlock()
+	if len(deliveries) != 3 {
+		t.Fatalf("%d deliveries, want 3 (two refused, one taken)", len(deliveries))
+	}
+	last := deliveries[2]
+	var rec runRecord
+	json.Unmarshal(last.body, &rec)
+	if rec.RunID != rid || rec.Status != "completed" || string(rec.OutputData) != "42" {
+		t.Fatalf("the delivered body: %s", last.body)
+	}
+	if last.header.Get("RunAgent-Webhook-Id") != rid || last.header.Get("RunAgent-Webhook-Attempt") != "3" || last.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("the delivery's headers: %v", last.header)
+	}
+	verify := exec.Command("python3", "-c", verifySnippet, secret.Secret, last.header.Get("RunAgent-Timestamp"), last.header.Get("RunAgent-Signature"))
+	verify.Stdin = bytes.NewReader(last.body)
+	if out, err := verify.CombinedOutput(); err != nil {
+		t.Fatalf("the documented verification refused the delivery (%v): %s", err, out)
+	}
+	verify = exec.Command("python3", "-c", verifySnippet, "whsec_wrong", last.header.Get("RunAgent-Timestamp"), last.header.Get("RunAgent-Signature"))
+	verify.Stdin = bytes.NewReader(last.body)
+	if verify.Run() == nil {
+		t.Fatal("the documented verification took a wrong secret")
+	}
+	att := s.do(t, "GET", "/api/v1/runs/"+rid+"/webhook-attempts", s.Admin, nil)
+	var attempts struct {
+		Attempts []struct {
+			Attempt    int     `json:"attempt"`
+			StatusCode int     `json:"status_code"`
+			Error      *string `json:"error"`
+		} `json:"attempts"`
+	}
+	json.Unmarshal(att.Env.Data, &attempts)
+	if a := attempts.Attempts; len(a) != 3 || a[0].StatusCode != 503 || a[1].StatusCode != 503 || a[2].StatusCode != 200 || a[2].Error != nil || a[0].Error == nil {
+		t.Fatalf("webhook attempts: %s", att.Body)
+	}
+
+	// Refused at create: the metadata address even here; loopback on a
+	// server that does not allow it.
+	strict := startPlatform(t, "", 0)
+	strictID := strict.deploy(t, dir, strict.Admin)
+	for _, c := range []struct {
+		s     *platformServer
+		agent string
+		hook  string
+	}{
+		{s, id, "http://169.254.169.254/latest/meta-data/"},
+		{s, id, "http://10.0.0.1/hook"},
+		{strict, strictID, recv.URL + "/hook"},
+		{strict, strictID, "http://localhost:9/hook"},
+		{strict, strictID, "http://[::1]:9/hook"},
+		{strict, strictID, "file:///etc/passwd"},
+	} {
+		b := runBody("add", map[string]any{"a": 1, "b": 1})
+		b["webhook"] = c.hook
+		r := c.s.do(t, "POST", "/api/v1/agents/"+c.agent+"/runs", c.s.Admin, b)
+		if r.Status != 400 || r.code() != "VALIDATION_ERROR" || !strings.Contains(string(r.Body), "webhook") {
+			t.Errorf("a run with webhook %s: %d %s, want 400 naming webhook", c.hook, r.Status, r.Body)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,6 +47,7 @@ type serverOptions struct {
 	http                                   httpTimeouts
 	data                                   dataFlags
 	corsOrigins                            []string
+	webhookAllow                           []string
 }
 
 func (a *app) serverCommand() *cobra.Command {
@@ -80,6 +82,7 @@ The API is described in docs/platform-api.md.`,
 	addMicroVMFlags(f, &o.microVM)
 	addHTTPFlags(f, &o.http)
 	addDataFlags(f, &o.data)
+	f.StringSliceVar(&o.webhookAllow, "webhook-allow", nil, "networks (CIDR, like 10.0.0.0/8) runs' webhooks may reach although they are loopback, private or reserved; repeat or comma-separate (default: none)")
 	f.StringSliceVar(&o.corsOrigins, "cors-origin", nil, "web pages (origins like https://app.example.com) that may call the server from a browser; repeat or comma-separate (default: any page, never with cookies)")
 	f.BoolVar(&o.allowNetwork, "allow-agent-network", true, "let agents that ask for it (deployment.network) reach the network; false refuses them (needs a sandbox other than process)")
 	f.BoolVar(&o.allowPublic, "allow-public", false, `let agents whose auth_settings.type is "none" be called without a key`)
@@ -136,6 +139,14 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 	if err := sandbox.CheckName(o.dep.Sandbox); err != nil {
 		return fmt.Errorf("--sandbox: %w", err)
 	}
+	var webhookAllow []netip.Prefix
+	for _, c := range o.webhookAllow {
+		pfx, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return fmt.Errorf("--webhook-allow %q: expected a network like 10.0.0.0/8 or fd00::/8", c)
+		}
+		webhookAllow = append(webhookAllow, pfx.Masked())
+	}
 	if !o.allowNetwork && o.dep.Sandbox == "process" {
 		return fmt.Errorf("--allow-agent-network=false needs --sandbox namespace, gvisor or microvm: the process sandbox cannot cut an agent off the network")
 	}
@@ -165,7 +176,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		DataDir: o.dataDir, DB: o.db, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
-		CORSOrigins:   o.corsOrigins, Flow: o.data.flow, StallTimeout: o.data.stall,
+		CORSOrigins:   o.corsOrigins, WebhookAllow: webhookAllow, Flow: o.data.flow, StallTimeout: o.data.stall,
 		AllowPublic: o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, Async: o.async,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,

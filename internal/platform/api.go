@@ -54,6 +54,7 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 	mux.HandleFunc("GET /api/v1/agents/{id}/logs", p.handleLogs)
 	mux.HandleFunc("GET /api/v1/invocations", p.handleInvocations)
 	mux.HandleFunc("GET /api/v1/runs", p.handleRuns)
+	mux.HandleFunc("GET /api/v1/agents/{id}/webhook-secret", p.handleWebhookSecret)
 	mux.HandleFunc("POST /api/v1/keys", p.handleCreateKey)
 	mux.HandleFunc("GET /api/v1/keys", p.handleKeys)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", p.handleRevokeKey)

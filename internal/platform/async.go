@@ -174,7 +174,11 @@ func (ar *asyncRunner) failInterrupted(ctx context.Context, j domain.AsyncJob, i
 	}
 	inv.ErrorDetail = fmt.Sprintf("%s: the server running this invocation stopped while it ran (attempt %d, started %s); it was not run again because %s",
 		domain.CodeAgentCrashed, j.Attempts, wire.IsoFormat(j.StartedAt), why)
-	return ar.p.db.FinishAsync(ctx, inv)
+	if err := ar.p.db.FinishAsync(ctx, inv); err != nil {
+		return err
+	}
+	ar.p.runEnded(inv.ID, j.Webhook)
+	return nil
 }
 
 // admit reserves a place in the backlogs of tenant and agent, or says which
@@ -363,13 +367,19 @@ func (ar *asyncRunner) close(grace time.Duration) {
 
 // enqueueAsync is server.Config.Async: admitted to the backlogs, durable,
 // then queued.
-func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation, key string) (string, bool, error) {
+func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain.Invocation, opts server.RunOptions) (string, bool, error) {
+	if opts.Webhook != "" {
+		if err := p.guard.CheckURL(ctx, opts.Webhook); err != nil {
+			return "", false, err
+		}
+	}
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	var timeout float64
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
 	}
-	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key}
+	key := opts.IdempotencyKey
+	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key, Webhook: opts.Webhook}
 	var err error
 	if p.cluster != nil {
 		err = p.enqueueClusterAsync(ctx, j)
@@ -506,6 +516,8 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 			return false
 		}
 		p.log.Warn("an async invocation ended that was already ended elsewhere; its outcome here is not recorded", "invocation_id", inv.ID)
+		return true
 	}
+	p.runEnded(inv.ID, j.Webhook)
 	return true
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,7 @@ import (
 	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/store"
 	"github.com/runagent-go/runagent/internal/store/pgstore"
+	"github.com/runagent-go/runagent/internal/webhook"
 )
 
 // Config configures the platform server.
@@ -54,6 +56,9 @@ type Config struct {
 	// CORSOrigins are the web pages that may call the server from a
 	// browser (none: any page, without cookies).
 	CORSOrigins []string
+	// WebhookAllow are the networks runs' webhooks may reach although
+	// they are loopback, private or reserved (none by default).
+	WebhookAllow []netip.Prefix
 	// Flow bounds results, chunks and streams in flight; StallTimeout cuts
 	// off a stream reader that takes nothing for that long.
 	Flow         runproto.Flow
@@ -88,18 +93,20 @@ type Config struct {
 
 // Platform is a running platform server.
 type Platform struct {
-	cfg     Config
-	log     *slog.Logger
-	db      domain.Store
-	running runningRuns // the background runs running here
-	mgr     *manager.Manager
-	keys    *apikeys.Keyring
-	limiter *ratelimit.Limiter
-	wire    *server.Server
-	metrics *Metrics
-	logs    *logHub
-	async   *asyncRunner
-	started time.Time
+	cfg      Config
+	log      *slog.Logger
+	db       domain.Store
+	running  runningRuns // the background runs running here
+	guard    webhook.Guard
+	webhooks *webhook.Deliverer
+	mgr      *manager.Manager
+	keys     *apikeys.Keyring
+	limiter  *ratelimit.Limiter
+	wire     *server.Server
+	metrics  *Metrics
+	logs     *logHub
+	async    *asyncRunner
+	started  time.Time
 	// servedAgents: agent id → its active version as the wire server
 	// serves it (*server.Agent).
 	servedAgents sync.Map
@@ -145,6 +152,8 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		return nil, err
 	}
 	p.db = db
+	p.guard = webhook.Guard{Allow: cfg.WebhookAllow}
+	p.webhooks = &webhook.Deliverer{Client: p.guard.Client(10 * time.Second), Store: db, Log: cfg.Log}
 	fail := func(err error) (*Platform, error) {
 		p.closeCluster()
 		db.Close()

@@ -2,6 +2,7 @@ package platform
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/runagent-go/runagent/internal/cluster"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/platformapi"
+	"github.com/runagent-go/runagent/internal/webhook"
 	"github.com/runagent-go/runagent/internal/wire"
 )
 
@@ -72,6 +74,62 @@ func (rs runService) CancelRun(ctx context.Context, run domain.Run) (domain.Run,
 	return rs.p.cancelRun(ctx, run)
 }
 
+func (rs runService) WebhookAttempts(ctx context.Context, runID string) ([]domain.WebhookAttempt, error) {
+	return rs.p.db.WebhookAttempts(ctx, runID)
+}
+
+// runEnded delivers the outcome of a run that has just ended to its
+// webhook, if it has one, in the background (the deliverer retries it
+// and records every attempt).
+func (p *Platform) runEnded(runID, hook string) {
+	if hook == "" {
+		return
+	}
+	go func() {
+		ctx := context.Background()
+		run, err := p.db.Run(ctx, runID)
+		if err == nil && run.Webhook == "" {
+			return
+		}
+		var secret string
+		if err == nil {
+			secret, err = p.db.WebhookSecret(ctx, run.AgentID, webhook.NewSecret())
+		}
+		var body []byte
+		if err == nil {
+			body, err = json.Marshal(wire.RunRecord(run))
+		}
+		if err != nil {
+			p.log.Error("a run's webhook is not sent: its record could not be read", "run_id", runID, "error", err)
+			return
+		}
+		p.webhooks.Deliver(ctx, runID, run.Webhook, secret, body)
+	}()
+}
+
+// handleWebhookSecret is GET /api/v1/agents/{id}/webhook-secret (deploy):
+// the secret the agent's webhooks are signed with, made on first use.
+func (p *Platform) handleWebhookSecret(w http.ResponseWriter, r *http.Request) {
+	k, ok := p.requireKey(w, r, domain.ScopeDeploy)
+	if !ok {
+		return
+	}
+	id, ok := p.ownedAgent(w, k, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	secret, err := p.db.WebhookSecret(r.Context(), id, webhook.NewSecret())
+	if err != nil {
+		p.storeError(w, err)
+		return
+	}
+	p.wire.WriteEnvelope(w, http.StatusOK, map[string]any{
+		"agent_id": id, "secret": secret, "algorithm": "HMAC-SHA256",
+		"signature_header": webhook.HeaderSignature, "timestamp_header": webhook.HeaderTimestamp,
+		"signed": "TIMESTAMP + \".\" + BODY, as v1=HEX",
+	}, "The secret this agent's webhooks are signed with")
+}
+
 // cancelRun cancels a background run: one that has not started ends
 // cancelled at once (it never runs); a running one has its call cancelled
 // where it runs (the Python function's task is cancelled, a generator's
@@ -87,6 +145,7 @@ func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, e
 	err := p.db.CancelQueuedAsync(ctx, inv)
 	switch {
 	case err == nil:
+		p.runEnded(run.ID, run.Webhook)
 		return p.db.Run(ctx, run.ID)
 	case !errors.Is(err, domain.ErrNotFound):
 		return run, err

@@ -178,7 +178,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		RequestTime: start, ClientInfo: a.clientInfo,
 	}
 	if req.AsyncExecution && s.cfg.Async != nil {
-		s.runAsync(w, r, a, inv, false)
+		s.runAsync(w, r, a, inv, RunOptions{}, false)
 		return
 	}
 	s.cfg.Recorder.Start(inv)
@@ -240,14 +240,15 @@ func (s *Server) finish(ctx context.Context, inv domain.Invocation) {
 // runAsync answers an async invocation once it is durable: 202 and the id to
 // fetch its result with. asRun answers as POST /runs does (a Location, the
 // run's URL); the wire route keeps the original's status_url beside it.
-func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation, asRun bool) {
+func (s *Server) runAsync(w http.ResponseWriter, r *http.Request, a *Agent, inv domain.Invocation, opts RunOptions, asRun bool) {
 	inv.SDKType = "async"
 	key, e := idempotencyKey(r)
 	if e != nil {
 		s.WriteError(w, e)
 		return
 	}
-	id, replayed, err := s.cfg.Async(r.Context(), a.Agent, inv, key)
+	opts.IdempotencyKey = key
+	id, replayed, err := s.cfg.Async(r.Context(), a.Agent, inv, opts)
 	if err != nil {
 		we, _ := s.callFailure(err)
 		s.WriteError(w, we)

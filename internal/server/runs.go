@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -41,10 +42,51 @@ func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agen
 			Message: fmt.Sprintf("%s is a streaming entrypoint: a background run calls a plain one (stream it with the run-stream route)", tag)})
 		return
 	}
+	var fields struct {
+		Webhook *string `json:"webhook"`
+	}
+	json.Unmarshal(body, &fields) // decodeRunRequest has checked it is an object
+	var opts RunOptions
+	if fields.Webhook != nil {
+		opts.Webhook = *fields.Webhook
+		if opts.Webhook == "" {
+			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "webhook", Message: "expected an http:// or https:// URL, got an empty string"})
+			return
+		}
+	}
 	s.runAsync(w, r, a, domain.Invocation{
 		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, InputArgs: req.InputArgs, InputKwargs: req.InputKwargs,
 		Status: domain.StatusPending, RequestTime: start, ClientInfo: a.clientInfo,
-	}, true)
+	}, opts, true)
+}
+
+// handleWebhookAttempts lists the attempts to deliver a run's webhook.
+func (s *Server) handleWebhookAttempts(w http.ResponseWriter, r *http.Request) {
+	run, ok := s.admitRun(w, r, ActReadInvocation)
+	if !ok {
+		return
+	}
+	attempts, err := s.cfg.Runs.WebhookAttempts(r.Context(), run.ID)
+	if err != nil {
+		s.storeFailure(w, err)
+		return
+	}
+	type attemptJSON struct {
+		Attempt    int     `json:"attempt"`
+		At         string  `json:"at"`
+		URL        string  `json:"url"`
+		StatusCode int     `json:"status_code"`
+		Error      *string `json:"error"`
+		DurationMS float64 `json:"duration_ms"`
+	}
+	out := make([]attemptJSON, len(attempts))
+	for i, a := range attempts {
+		out[i] = attemptJSON{Attempt: a.Attempt, At: wire.IsoFormat(a.At), URL: a.URL, StatusCode: a.StatusCode, DurationMS: a.DurationMS}
+		if a.Error != "" {
+			out[i].Error = &a.Error
+		}
+	}
+	s.WriteEnvelope(w, http.StatusOK, map[string]any{"run_id": run.ID, "webhook": run.Webhook, "attempts": out}, "Webhook attempts")
 }
 
 // admitRun finds the run of the path for the request (act on its agent):

@@ -102,7 +102,13 @@ func (d single) Admit(_ http.ResponseWriter, _ *http.Request, id string, act Act
 // With an idempotency key that an earlier run of the agent was created
 // with (and the same request), it records nothing and returns that run's
 // id with replayed true.
-type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation, idempotencyKey string) (runID string, replayed bool, err error)
+type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation, opts RunOptions) (runID string, replayed bool, err error)
+
+// RunOptions are a background run's fields besides the wire /run body.
+type RunOptions struct {
+	IdempotencyKey string // the Idempotency-Key header
+	Webhook        string // the URL its outcome is POSTed to
+}
 
 // RunService reads and cancels the background runs (the platform
 // server's); with it and Async the server serves the runs routes.
@@ -113,6 +119,8 @@ type RunService interface {
 	// started, else by cancelling its call where it runs; it returns the
 	// run as it is after up to a few seconds.
 	CancelRun(ctx context.Context, run domain.Run) (domain.Run, error)
+	// WebhookAttempts returns the attempts to deliver a run's webhook.
+	WebhookAttempts(ctx context.Context, runID string) ([]domain.WebhookAttempt, error)
 }
 
 // Config configures a Server.
@@ -218,6 +226,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/runs/{run_id}", s.handleGetRun)
 		mux.HandleFunc("GET /api/v1/runs/{run_id}/wait", s.handleWaitRun)
 		mux.HandleFunc("POST /api/v1/runs/{run_id}/cancel", s.handleCancelRun)
+		mux.HandleFunc("GET /api/v1/runs/{run_id}/webhook-attempts", s.handleWebhookAttempts)
 	}
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActReadHistory, s.handleInvocations))
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActReadHistory, s.handleStats))

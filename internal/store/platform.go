@@ -613,8 +613,8 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
-		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id `+tail, args...)
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, '')
+		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -626,7 +626,7 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 		var err error
 		var started sql.NullInt64
 		// scanInvocation reads the 13 columns; the queue's come last.
-		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started}})
+		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey}})
 		if err != nil {
 			return nil, err
 		}

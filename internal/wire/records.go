@@ -141,6 +141,7 @@ type RunJSON struct {
 	Attempts       int     `json:"attempts"`
 	StartedAt      *string `json:"started_at"`
 	IdempotencyKey *string `json:"idempotency_key"`
+	Webhook        *string `json:"webhook"`
 }
 
 // RunRecord is a run as the runs API shows it.
@@ -156,6 +157,9 @@ func (r RunRecord) MarshalJSON() ([]byte, error) {
 	}
 	if r.IdempotencyKey != "" {
 		v.IdempotencyKey = &r.IdempotencyKey
+	}
+	if r.Webhook != "" {
+		v.Webhook = &r.Webhook
 	}
 	return json.Marshal(v)
 }

@@ -1027,8 +1027,8 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at
-		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id `+tail, args...)
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, '')
+		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -1037,7 +1037,7 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 			j       domain.AsyncJob
 			started *int64
 		)
-		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started}})
+		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey}})
 		if err != nil {
 			return j, err
 		}

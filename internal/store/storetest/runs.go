@@ -212,6 +212,9 @@ func testRuns(t *testing.T, open Opener) {
 		if r := run(t, s, "w1"); r.Webhook != "https://example.com/hook?x=1" {
 			t.Fatalf("the run's webhook: %q", r.Webhook)
 		}
+		if j, err := s.AsyncJob(ctx, "w1"); err != nil || j.Webhook != "https://example.com/hook?x=1" {
+			t.Fatalf("the queued job's webhook: %q, %v", j.Webhook, err)
+		}
 		first, err := s.WebhookSecret(ctx, "a", "secret-1")
 		if err != nil || first != "secret-1" {
 			t.Fatalf("first WebhookSecret = %q, %v", first, err)
