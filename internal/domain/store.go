@@ -147,6 +147,28 @@ type Webhooks interface {
 	WebhookAttempts(ctx context.Context, runID string) ([]WebhookAttempt, error)
 }
 
+// Crons keeps the schedules of background runs.
+type Crons interface {
+	CreateCron(ctx context.Context, c Cron) error
+	// Cron returns one (ErrNotFound if there is none).
+	Cron(ctx context.Context, id string) (Cron, error)
+	// ListCrons returns agentIDs' crons, oldest first.
+	ListCrons(ctx context.Context, agentIDs []string) ([]Cron, error)
+	// SetCronPaused pauses or resumes one; a resumed one fires next at
+	// nextAt. ErrNotFound if there is none.
+	SetCronPaused(ctx context.Context, id string, paused bool, nextAt time.Time) error
+	// DeleteCron removes one (ErrNotFound if there is none).
+	DeleteCron(ctx context.Context, id string) error
+	// DueCrons returns at most limit crons not paused whose next tick is
+	// at or before now, the most overdue first.
+	DueCrons(ctx context.Context, now time.Time, limit int) ([]Cron, error)
+	// AdvanceCron moves a cron's next tick from from to to (zero: it has
+	// ended) and records its last run, only if its next tick is still
+	// from: ErrNotFound (and no change) otherwise, so that of two servers
+	// firing one tick only one advances it.
+	AdvanceCron(ctx context.Context, id string, from, to time.Time, lastRunID string) error
+}
+
 // Runs reads invocations as runs.
 type Runs interface {
 	// Run returns the run of an invocation (ErrNotFound if unknown).
@@ -171,6 +193,7 @@ type Store interface {
 	AsyncQueue
 	Runs
 	Webhooks
+	Crons
 	// Close writes what is pending and releases the store.
 	Close() error
 }

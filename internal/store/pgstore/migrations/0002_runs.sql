@@ -29,3 +29,23 @@ CREATE TABLE webhook_attempts (
     duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, attempt)
 );
+
+-- Schedules of background runs: each tick creates one run (its
+-- Idempotency-Key "cron:ID:TICK" makes that exactly once).
+CREATE TABLE crons (
+    cron_id        TEXT    NOT NULL PRIMARY KEY,
+    agent_id       TEXT    NOT NULL,
+    tenant         TEXT    NOT NULL DEFAULT '',
+    schedule       TEXT    NOT NULL,
+    timezone       TEXT    NOT NULL,
+    entrypoint_tag TEXT    NOT NULL,
+    input_args     TEXT    NOT NULL,
+    input_kwargs   TEXT    NOT NULL,
+    webhook        TEXT,
+    end_at         BIGINT,
+    paused         INTEGER NOT NULL DEFAULT 0,
+    next_at        BIGINT, -- the next tick, unix microseconds; NULL: ended
+    last_run_id    TEXT,
+    created_at     BIGINT  NOT NULL
+);
+CREATE INDEX idx_crons_due ON crons (next_at) WHERE paused = 0 AND next_at IS NOT NULL;
