@@ -263,6 +263,9 @@ func (p *Platform) Run(ctx context.Context) {
 	go p.logs.run(ctx)
 	if p.cfg.Role == RoleAll {
 		p.async.start(p.cfg.Async.Workers)
+		if p.cluster == nil {
+			go p.fireCrons(ctx)
+		}
 	}
 	if p.cluster != nil {
 		go p.resync(ctx)

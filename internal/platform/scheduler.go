@@ -120,9 +120,10 @@ func (p *Platform) lead(ctx context.Context) {
 		}
 	}
 	defer stop()
-	lost := make(chan struct{})
+	lost, crons := make(chan struct{}), make(chan struct{})
 	go func() { defer close(lost); p.requeueLost(ctx) }()
-	defer func() { <-lost }()
+	go func() { defer close(crons); p.fireCrons(ctx) }()
+	defer func() { <-lost; <-crons }()
 	t := time.NewTicker(scheduleEvery)
 	defer t.Stop()
 	for {
