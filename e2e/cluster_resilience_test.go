@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 
 	"github.com/runagent-go/runagent/internal/domain"
+	"github.com/runagent-go/runagent/internal/platformapi"
 	"github.com/runagent-go/runagent/internal/store/pgstore"
 	"github.com/runagent-go/runagent/internal/store/pgstore/pgtest"
 )
@@ -218,7 +220,7 @@ func TestClusterResilience(t *testing.T) {
 // not queued again; a create replayed by Idempotency-Key runs once; a
 // run cancelled through the gateway is cancelled on the node running it.
 func TestClusterRuns(t *testing.T) {
-	c := startCluster(t, 1, 1)
+	c := startCluster(t, 2, 1)
 	g := c.gateways[0]
 	dir, _ := newAgent(t, "showcase")
 	addPyEntrypoint(t, dir, "cancellable.py", cancellable, "wait_here", "wait_here")
@@ -281,8 +283,42 @@ func TestClusterRuns(t *testing.T) {
 	if string(got.OutputData) != "42" {
 		t.Fatalf("its output: %s, want 42", r.Body)
 	}
-	logs := g.Logs()
+	logs := c.logs()
 	if n := strings.Count(logs, "queued again an async invocation"); n != 1 || !strings.Contains(logs, lost) {
-		t.Fatalf("the gateway queued %d invocations again, want 1 (%s):\n%s", n, lost, logs)
+		t.Fatalf("the gateways queued %d invocations again, want 1 (%s):\n%s", n, lost, logs)
 	}
+
+	// A cron every second: one run per tick across the two gateways, also
+	// while the scheduler gateway is killed and the other takes over.
+	cr := g.do(t, "POST", "/api/v1/agents/"+id+"/crons", c.admin, map[string]any{"schedule": "* * * * * *", "entrypoint_tag": "add", "input_kwargs": map[string]any{"a": 1, "b": 1}})
+	var cron struct {
+		CronID string `json:"cron_id"`
+	}
+	json.Unmarshal(cr.Env.Data, &cron)
+	if cr.Status != 201 {
+		t.Fatalf("create a cron: %d %s", cr.Status, cr.Body)
+	}
+	count := func(g *platformServer) int { ticks, _ := cronRuns(t, g, id, cron.CronID); return len(ticks) }
+	eventually(t, 15*time.Second, "three runs of the cron", func() bool { return count(g) >= 3 })
+	var nodes platformapi.NodeList
+	json.Unmarshal(g.do(t, "GET", "/api/v1/nodes", c.admin, nil).Env.Data, &nodes)
+	leader, other := c.gateways[0], c.gateways[1]
+	if nodes.Scheduler == "g2" {
+		leader, other = other, leader
+	}
+	syscall.Kill(-leader.cmd.Process.Pid, syscall.SIGKILL)
+	<-leader.exited
+	before := count(other)
+	eventually(t, 30*time.Second, "runs of the cron after the scheduler died", func() bool { return count(other) >= before+3 }, c.logs)
+	if r := other.do(t, "DELETE", "/api/v1/crons/"+cron.CronID, c.admin, nil); r.Status != 200 {
+		t.Fatalf("delete the cron: %d %s", r.Status, r.Body)
+	}
+	time.Sleep(500 * time.Millisecond)
+	ticks, _ := cronRuns(t, other, id, cron.CronID)
+	for i := 1; i < len(ticks); i++ {
+		if !ticks[i].After(ticks[i-1]) {
+			t.Errorf("tick %s fired twice or out of order (after %s)", ticks[i], ticks[i-1])
+		}
+	}
+	t.Logf("%d runs of a cron every second, the scheduler killed after %d", len(ticks), before)
 }

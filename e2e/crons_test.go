@@ -19,7 +19,7 @@ func cronRuns(t testing.TB, s *platformServer, agent, cronID string) (ticks []ti
 			Status      string  `json:"status"`
 			ErrorDetail *string `json:"error_detail"`
 			SDKType     string  `json:"sdk_type"`
-			ClientInfo struct {
+			ClientInfo  struct {
 				CronID string `json:"cron_id"`
 				Tick   string `json:"tick"`
 			} `json:"client_info"`
