@@ -28,8 +28,17 @@ func addHTTPFlags(f *pflag.FlagSet, t *httpTimeouts) {
 // dataFlags bound what one call may send back and how a stream's slow
 // reader is treated, shared by serve and server.
 type dataFlags struct {
-	flow  runproto.Flow
-	stall time.Duration
+	flow      runproto.Flow
+	stall     time.Duration
+	heartbeat time.Duration
+}
+
+// heartbeatOf is the server's Heartbeat of the flag (0: none).
+func (d dataFlags) heartbeatOf() time.Duration {
+	if d.heartbeat <= 0 {
+		return -1
+	}
+	return d.heartbeat
 }
 
 func addDataFlags(f *pflag.FlagSet, d *dataFlags) {
@@ -37,6 +46,7 @@ func addDataFlags(f *pflag.FlagSet, d *dataFlags) {
 	f.IntVar(&d.flow.MaxChunk, "max-chunk", runproto.DefaultMaxChunk, "largest stream chunk in bytes, as encoded (a bigger one ends its stream with RESOURCE_LIMIT)")
 	f.IntVar(&d.flow.WindowBytes, "stream-window", runproto.DefaultWindowBytes, "bytes of a stream that may wait for a slow reader; past them the agent's generator is paused")
 	f.DurationVar(&d.stall, "stream-stall-timeout", server.DefaultStallTimeout, "cut off a stream whose reader takes nothing for this long (its call is cancelled)")
+	f.DurationVar(&d.heartbeat, "stream-heartbeat", server.DefaultHeartbeat, "send a heartbeat on a stream silent for this long (an SSE comment, a WebSocket ping) so that proxies keep it open; 0: none")
 }
 
 // httpServer is the http.Server of every listener the binary opens.

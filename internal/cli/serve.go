@@ -185,7 +185,7 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 		// As the original: any page may call the local server (it has no
 		// keys or cookies to protect).
 		CORS:         server.CORSPolicy{Credentials: true},
-		StallTimeout: o.data.stall,
+		StallTimeout: o.data.stall, Heartbeat: o.data.heartbeatOf(),
 		Health: func() map[string]any {
 			for _, in := range pool.Status().Instances {
 				if in.State == domain.StateReady {

@@ -176,7 +176,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		DataDir: o.dataDir, DB: o.db, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
-		CORSOrigins:   o.corsOrigins, WebhookAllow: webhookAllow, Flow: o.data.flow, StallTimeout: o.data.stall,
+		CORSOrigins:   o.corsOrigins, WebhookAllow: webhookAllow, Flow: o.data.flow, StallTimeout: o.data.stall, Heartbeat: o.data.heartbeatOf(),
 		AllowPublic: o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, Async: o.async,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,

@@ -281,7 +281,9 @@ func (m *Manager) pruneBundles(now time.Time) int {
 		st.mu.Unlock()
 		for _, v := range vs {
 			if v != nil && v.folder != nil {
-				inUse[filepath.Clean(v.folder.Dir)] = true
+				// By name (the SHA): a folder's Dir is absolute with its
+				// symlinks resolved, the data directory may be neither.
+				inUse[filepath.Base(v.folder.Dir)] = true
 			}
 		}
 	}
@@ -293,7 +295,7 @@ func (m *Manager) pruneBundles(now time.Time) int {
 	for _, e := range entries {
 		dir := filepath.Join(root, e.Name())
 		info, err := e.Info()
-		if !e.IsDir() || e.Name() == ".incoming" || err != nil || inUse[dir] || now.Sub(info.ModTime()) < bundleKeep {
+		if !e.IsDir() || e.Name() == ".incoming" || err != nil || inUse[e.Name()] || now.Sub(info.ModTime()) < bundleKeep {
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {

@@ -115,7 +115,14 @@ func TestPruneBundles(t *testing.T) {
 		shas = append(shas, shaOf(z))
 	}
 	store := &memBundles{blobs: zips}
-	m := New(Config{DataDir: t.TempDir(), Cluster: &ClusterHooks{Bundles: store}})
+	// The data directory through a symlink: the folders in use are
+	// resolved, the listing is not.
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "data")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	m := New(Config{DataDir: link, Cluster: &ClusterHooks{Bundles: store}})
 	var dirs []string
 	for _, sha := range shas {
 		dir, err := m.ensureBundle(context.Background(), sha)
@@ -127,7 +134,11 @@ func TestPruneBundles(t *testing.T) {
 	// shas[0] is in use; shas[1] and [2] are not, and [2] was asked for
 	// just now.
 	st := &agentState{id: "a", staged: map[int]*version{}}
-	st.active.Store(&version{n: 1, folder: &agentfolder.Folder{Dir: dirs[0]}})
+	resolved, err := filepath.EvalSymlinks(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.active.Store(&version{n: 1, folder: &agentfolder.Folder{Dir: resolved}})
 	m.agents["a"] = st
 	old := time.Now().Add(-2 * bundleKeep)
 	for _, d := range dirs[:2] {

@@ -63,10 +63,12 @@ type Config struct {
 	// off a stream reader that takes nothing for that long.
 	Flow         runproto.Flow
 	StallTimeout time.Duration
-	MaxUpload    int64
-	Bundle       bundle.Limits
-	MaxBody      int64
-	Async        AsyncLimits
+	// Heartbeat: see server.Config.Heartbeat.
+	Heartbeat time.Duration
+	MaxUpload int64
+	Bundle    bundle.Limits
+	MaxBody   int64
+	Async     AsyncLimits
 
 	Tick, HealthInterval      time.Duration
 	StableWindow, PanicWindow time.Duration
@@ -194,7 +196,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, Runs: runService{p}, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
 		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins}, DurableHistory: true,
-		StallTimeout: cfg.StallTimeout,
+		StallTimeout: cfg.StallTimeout, Heartbeat: cfg.Heartbeat,
 	})
 	p.async = newAsyncRunner(p, cfg.Async)
 	if cfg.Role == RoleAll {

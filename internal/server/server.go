@@ -161,6 +161,10 @@ type Config struct {
 	// StallTimeout cuts off a stream whose client takes no frame for this
 	// long (DefaultStallTimeout if zero): its call is cancelled.
 	StallTimeout time.Duration
+	// Heartbeat is how long a stream may be silent before the server sends
+	// a heartbeat (an SSE comment; a WebSocket ping, every Heartbeat) so
+	// that proxies keep it open: DefaultHeartbeat if zero, none if negative.
+	Heartbeat time.Duration
 	// CORS is the browser policy; its origins also bound which pages may
 	// open a WebSocket (zero: any page, as the original).
 	CORS    CORSPolicy
@@ -173,6 +177,9 @@ const (
 	DefaultMaxBodyBytes = 32 << 20
 	DefaultCallTimeout  = 5 * time.Minute
 	DefaultStallTimeout = 30 * time.Second
+	// DefaultHeartbeat is below the idle cut of common proxies (60-100 s)
+	// and load balancers.
+	DefaultHeartbeat = 15 * time.Second
 )
 
 // Server serves agents over the wire protocol.
@@ -193,6 +200,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = DefaultHeartbeat
 	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
@@ -221,6 +231,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/agents/{id}/architecture", s.agentRoute(ActReadArchitecture, s.handleArchitecture))
 	mux.HandleFunc("POST /api/v1/agents/{id}/run", s.agentRoute(ActRun, s.handleRun))
 	mux.HandleFunc("GET /api/v1/agents/{id}/run-stream", s.agentRoute(ActRun, s.handleStream))
+	mux.HandleFunc("POST /api/v1/agents/{id}/run-stream", s.agentRoute(ActRun, s.handleStreamSSE))
 	if s.cfg.Async != nil && s.cfg.Runs != nil {
 		mux.HandleFunc("POST /api/v1/agents/{id}/runs", s.agentRoute(ActRun, s.handleCreateRun))
 		mux.HandleFunc("GET /api/v1/runs/{run_id}", s.handleGetRun)

@@ -118,6 +118,29 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 		}
 	}()
 
+	if hb := s.cfg.Heartbeat; hb > 0 {
+		// Pings keep proxies from cutting a quiet stream; the client's
+		// WebSocket answers them unseen (the wire frames are unchanged).
+		done, exited := make(chan struct{}), make(chan struct{})
+		defer func() { close(done); <-exited }()
+		go func() {
+			defer close(exited)
+			t := time.NewTicker(hb)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.cfg.StallTimeout)) != nil {
+						stop(errClientGone)
+						return
+					}
+				}
+			}
+		}()
+	}
+
 	frame := make([]byte, 0, 1024)
 	// stream_started goes out once the call is on its way to the runner, so
 	// the client's wake-up overlaps the agent's work instead of preceding it.
