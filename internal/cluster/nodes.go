@@ -89,7 +89,7 @@ type advertCache struct {
 
 type advertEntry struct {
 	value json.RawMessage
-	at    time.Time // when NATS stored it
+	at    time.Time // when it arrived here (this clock: NATS's may differ)
 }
 
 func (a *advertCache) live(now time.Time) map[string]json.RawMessage {
@@ -123,6 +123,13 @@ func (c *Cluster) advertCache(ctx context.Context) (*advertCache, error) {
 	a := &advertCache{entries: map[string]advertEntry{}}
 	ready := make(chan struct{})
 	go func() {
+		defer func() { // the watch ended (the connection closed): the next read makes a new one
+			c.advMu.Lock()
+			if c.adverts == a {
+				c.adverts = nil
+			}
+			c.advMu.Unlock()
+		}()
 		initial := true
 		for e := range w.Updates() {
 			if e == nil { // every existing key has been delivered
@@ -134,7 +141,7 @@ func (c *Cluster) advertCache(ctx context.Context) (*advertCache, error) {
 			}
 			a.mu.Lock()
 			if e.Operation() == jetstream.KeyValuePut {
-				a.entries[e.Key()] = advertEntry{value: json.RawMessage(e.Value()), at: e.Created()}
+				a.entries[e.Key()] = advertEntry{value: json.RawMessage(e.Value()), at: time.Now()}
 			} else {
 				delete(a.entries, e.Key())
 			}

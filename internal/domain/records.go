@@ -65,10 +65,15 @@ type AsyncJob struct {
 	IdempotencyKey string
 	// Webhook is the URL the run's outcome is POSTed to ("": none).
 	Webhook string
+	// CancelRequested: a client cancelled the run (RequestCancel); whoever
+	// picks it up next ends it cancelled instead of running it.
+	CancelRequested bool
 	// Attempts counts the times it was started (StartAsync); StartedAt is
 	// when the last one began (zero: not started since it was queued). A
 	// job still queued after it started was interrupted: the server
 	// stopped while it ran.
 	Attempts  int
 	StartedAt time.Time
+	// EnqueuedAt is when it was accepted (the accepting server's clock).
+	EnqueuedAt time.Time
 }

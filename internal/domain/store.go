@@ -119,10 +119,10 @@ type AsyncQueue interface {
 	FinishAsync(ctx context.Context, inv Invocation) error
 	// PendingAsync returns the queued ones, oldest first.
 	PendingAsync(ctx context.Context) ([]AsyncJob, error)
-	// UnstartedAsync returns at most limit queued ones enqueued before t
-	// and not started since, oldest first (a cluster looks among them for
-	// invocations its queue lost).
-	UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) ([]AsyncJob, error)
+	// UnstartedAsync returns at most limit queued ones enqueued after
+	// after and before before, not started since, oldest first (a
+	// cluster looks among them for invocations its queue lost).
+	UnstartedAsync(ctx context.Context, after, before time.Time, limit int) ([]AsyncJob, error)
 	// AsyncJob returns one queued invocation (ErrNotFound if it is not
 	// queued: unknown, ended, or its agent deleted).
 	AsyncJob(ctx context.Context, id string) (AsyncJob, error)
@@ -178,6 +178,12 @@ type Runs interface {
 	// ListRuns returns the background runs of agentIDs, newest first, at
 	// most limit, of one status ("": any).
 	ListRuns(ctx context.Context, agentIDs []string, status RunStatus, limit int) ([]Run, error)
+	// DropIdempotencyKey frees a run's key (it was refused before it
+	// could run: a retry with the key creates a new run).
+	DropIdempotencyKey(ctx context.Context, runID string) error
+	// RequestCancel marks a run to be cancelled wherever it is picked up
+	// next (ErrNotFound if it is not a background run).
+	RequestCancel(ctx context.Context, runID string) error
 }
 
 // AsyncBacklog is how many async invocations are queued (waiting or

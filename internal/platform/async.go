@@ -373,10 +373,18 @@ func (p *Platform) enqueueAsync(ctx context.Context, a *domain.Agent, inv domain
 			return "", false, err
 		}
 	}
+	return p.enqueueRun(ctx, a, inv, opts)
+}
+
+// enqueueRun is enqueueAsync of a run whose webhook was checked.
+func (p *Platform) enqueueRun(ctx context.Context, a *domain.Agent, inv domain.Invocation, opts server.RunOptions) (string, bool, error) {
 	_, tenant, _ := p.mgr.Lookup(a.ID)
 	var timeout float64
 	if a.CallTimeout > 0 {
 		timeout = a.CallTimeout.Seconds()
+	}
+	if t := opts.TimeoutSeconds; t > 0 && (timeout == 0 || t < timeout) {
+		timeout = t // a request may ask for less, as on POST /run
 	}
 	key := opts.IdempotencyKey
 	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key, Webhook: opts.Webhook}
@@ -510,7 +518,11 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 	if a != nil {
 		p.metrics.call(a, inv.EntrypointTag, code, elapsed)
 	}
-	if err := p.finishAsync(ctx, inv); err != nil {
+	fctx := ctx
+	if cancelled { // ctx is done: the outcome is still retried against the store
+		fctx = context.WithoutCancel(ctx)
+	}
+	if err := p.finishAsync(fctx, inv); err != nil {
 		if !errors.Is(err, domain.ErrNotFound) {
 			p.log.Error("record the outcome of an async invocation; it is lost, and the invocation ends as interrupted", "invocation_id", inv.ID, "error", err)
 			return false

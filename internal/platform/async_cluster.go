@@ -48,6 +48,12 @@ func (p *Platform) enqueueClusterAsync(ctx context.Context, j domain.AsyncJob) e
 		defer cancel()
 		if ferr := p.finishAsync(fctx, inv); ferr != nil {
 			p.log.Error("record a refused async invocation: the scheduler will find it queued in the store and run it", "invocation_id", inv.ID, "error", ferr)
+		} else if j.IdempotencyKey != "" {
+			// Its key is free again: the retry the client is told to make
+			// creates the run anew instead of replaying this refusal.
+			if ferr := p.db.DropIdempotencyKey(fctx, inv.ID); ferr != nil {
+				p.log.Error("free the Idempotency-Key of a refused run; a retry with it gets the refusal", "invocation_id", inv.ID, "error", ferr)
+			}
 		}
 		return &domain.Error{Code: domain.CodeConnection, RetryAfter: time.Second, Err: err,
 			Message: "the cluster's queue is not reachable right now; retry shortly"}
@@ -75,18 +81,24 @@ const (
 func (p *Platform) requeueLost(ctx context.Context) {
 	t := time.NewTicker(lostEvery)
 	defer t.Stop()
+	var after time.Time // where the next look starts: a backlog is looked at page by page
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		jobs, err := p.db.UnstartedAsync(ctx, time.Now().Add(-lostAfter), lostBatch)
+		jobs, err := p.db.UnstartedAsync(ctx, after, time.Now().Add(-lostAfter), lostBatch)
 		if err != nil {
 			if ctx.Err() == nil {
 				p.log.Warn("look for async invocations the queue lost; retrying", "error", err)
 			}
 			continue
+		}
+		if len(jobs) == lostBatch {
+			after = jobs[len(jobs)-1].EnqueuedAt
+		} else {
+			after = time.Time{}
 		}
 		for _, j := range jobs {
 			held, err := p.cluster.queue.Holds(ctx, j.ID)
@@ -175,6 +187,16 @@ func (p *Platform) runDelivery(ctx context.Context, d cluster.Delivery) {
 	case err != nil:
 		p.log.Warn("read an async invocation; it will be delivered again", "invocation_id", d.ID, "error", err)
 		d.Retry(time.Second)
+		return
+	}
+	if j.CancelRequested {
+		// Cancelled while no node ran it (its node died, it waits to be
+		// delivered again): it ends cancelled, not run.
+		if err := p.finishCancelled(ctx, j, "before it ran again"); err != nil && !errors.Is(err, domain.ErrNotFound) {
+			d.Retry(time.Second)
+			return
+		}
+		d.Ack()
 		return
 	}
 	release, ok := p.cluster.async.tenantSlot(j.Tenant, p.cfg.Async.TenantWorkers)

@@ -23,12 +23,13 @@ import (
 // "cron:ID:TICK" and only then moves its next tick on, so that a tick
 // fires exactly once across restarts (a tick created but not moved on is
 // created again as a replay) and across servers (the key is unique per
-// agent). Ticks missed while no server fired (it was down) are skipped:
-// the next is the first after now.
+// agent). A tick found more than cronGrace late (no server fired: all
+// were down) is skipped, not caught up; the next is the first after now.
 
 const (
 	cronEvery = time.Second
 	cronBatch = 100
+	cronGrace = time.Minute
 )
 
 // cronParser reads 5-field expressions (minute to weekday), an optional
@@ -97,7 +98,9 @@ func (p *Platform) fire(ctx context.Context, c domain.Cron, now time.Time) {
 	next := nextTick(s, loc, now, c.EndAt)
 	runID := ""
 	a := p.servingAgent(ctx, c.AgentID)
-	if a == nil {
+	if late := now.Sub(tick); late > cronGrace {
+		p.log.Warn("a cron's tick was missed (no server fired it); it is skipped", "cron_id", c.ID, "tick", tick, "late", late.Round(time.Second))
+	} else if a == nil {
 		p.log.Warn("a cron's agent is not serving; its tick is skipped", "cron_id", c.ID, "agent_id", c.AgentID, "tick", tick)
 	} else {
 		id, _ := uuid.NewV7()
@@ -105,15 +108,17 @@ func (p *Platform) fire(ctx context.Context, c domain.Cron, now time.Time) {
 			InputArgs: c.InputArgs, InputKwargs: c.InputKwargs, Status: domain.StatusPending, RequestTime: now,
 			ClientInfo: json.RawMessage(fmt.Sprintf(`{"cron_id":%q,"tick":%q}`, c.ID, tick.Format(time.RFC3339)))}
 		key := fmt.Sprintf("cron:%s:%d", c.ID, tick.Unix())
-		rid, _, err := p.enqueueAsync(ctx, a, inv, server.RunOptions{IdempotencyKey: key, Webhook: c.Webhook})
-		switch code := domain.CodeOf(err); {
+		// Its webhook was checked when the cron was made (deliveries check
+		// every connection): a name that stopped resolving skips no tick.
+		rid, _, err := p.enqueueRun(ctx, a, inv, server.RunOptions{IdempotencyKey: key, Webhook: c.Webhook})
+		switch {
 		case err == nil:
 			runID = rid
-		case code == domain.CodeRateLimit || code == domain.CodeOverloaded:
-			p.log.Warn("a cron's run was refused (a backlog is full); its tick is skipped", "cron_id", c.ID, "tick", tick, "error", err)
-		default:
+		case domain.CodeOf(err) == domain.CodeConnection || ctx.Err() != nil:
 			p.log.Warn("create a cron's run; retrying", "cron_id", c.ID, "tick", tick, "error", err)
-			return // the tick stays due
+			return // the store or the queue is away: the tick stays due
+		default: // a full backlog, and what retrying cannot mend
+			p.log.Warn("a cron's run was refused; its tick is skipped", "cron_id", c.ID, "tick", tick, "error", err)
 		}
 	}
 	if err := p.db.AdvanceCron(ctx, c.ID, tick, next, runID); err != nil && !errors.Is(err, domain.ErrNotFound) {

@@ -150,7 +150,11 @@ func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, e
 	case !errors.Is(err, domain.ErrNotFound):
 		return run, err
 	}
-	// It started (or ended meanwhile): cancel it where it runs.
+	// It started (or ended meanwhile): cancel it where it runs, and mark
+	// it, so that a node that picks it up later (its node died) ends it.
+	if err := p.db.RequestCancel(ctx, run.ID); err != nil && !errors.Is(err, domain.ErrNotFound) {
+		return run, err
+	}
 	if !p.running.cancel(run.ID) && p.cluster != nil {
 		p.cluster.cl.Changed(cluster.ChangeCancel, run.ID)
 	}
@@ -166,6 +170,18 @@ func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, e
 		case <-time.After(pause):
 		}
 	}
+}
+
+// finishCancelled records the outcome of a run cancelled when picked up.
+func (p *Platform) finishCancelled(ctx context.Context, j domain.AsyncJob, when string) error {
+	inv := j.Invocation
+	inv.Status, inv.ResponseTime = domain.StatusFailed, time.Now()
+	inv.ErrorDetail = string(domain.CodeCancelled) + ": the run was cancelled " + when
+	if err := p.db.FinishAsync(context.WithoutCancel(ctx), inv); err != nil {
+		return err
+	}
+	p.runEnded(inv.ID, j.Webhook)
+	return nil
 }
 
 // handleRuns is GET /api/v1/runs?agent_id=&status=&limit=: the background

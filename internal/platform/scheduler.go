@@ -39,8 +39,9 @@ const (
 	nodeWait = 2 * advertEvery
 	// orphanAfter: the placement of a version newer than its agent's
 	// active one, whose start ended this long ago (it failed after the
-	// placement, or the activation was lost), is removed with it the
-	// instances the nodes warmed for it.
+	// placement, or the activation was lost), is removed with the
+	// instances the nodes warmed for it; one placed before this gateway
+	// led is given prepareTimeout more.
 	orphanAfter = time.Minute
 )
 
@@ -83,7 +84,9 @@ func (sc *scheduling) startEnds(k placement.Key) {
 func (sc *scheduling) orphaned(k placement.Key, now time.Time) bool {
 	m, ok := sc.starts[k]
 	if !ok {
-		m.ended = sc.since // placed before this gateway led
+		// Placed before this gateway led: its start may still be bringing
+		// it up (installing dependencies) for up to prepareTimeout.
+		return now.Sub(sc.since) > prepareTimeout+orphanAfter
 	}
 	return m.running == 0 && now.Sub(m.ended) > orphanAfter
 }

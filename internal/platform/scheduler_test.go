@@ -9,7 +9,8 @@ import (
 
 // The placement of a version newer than the active one belongs to its
 // start while the start runs and for orphanAfter after it ended; one this
-// leader did not place gets orphanAfter from when it began to lead.
+// leader did not place gets as long as a start may take, and orphanAfter,
+// from when it began to lead.
 func TestOrphanedStarts(t *testing.T) {
 	now := time.Now()
 	k := placement.Key{Agent: "a", Version: 2}
@@ -23,7 +24,8 @@ func TestOrphanedStarts(t *testing.T) {
 		{"ended just now", now.Add(-time.Hour), &startMark{ended: now.Add(-time.Second)}, false},
 		{"ended long ago", now.Add(-time.Hour), &startMark{ended: now.Add(-orphanAfter - time.Second)}, true},
 		{"not ours, leading since moments", now.Add(-time.Second), nil, false},
-		{"not ours, leading since long", now.Add(-orphanAfter - time.Second), nil, true},
+		{"not ours, leading for less than a start may take", now.Add(-prepareTimeout), nil, false},
+		{"not ours, leading since long", now.Add(-prepareTimeout - orphanAfter - time.Second), nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,8 +45,11 @@ func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agen
 	var fields struct {
 		Webhook *string `json:"webhook"`
 	}
-	json.Unmarshal(body, &fields) // decodeRunRequest has checked it is an object
-	var opts RunOptions
+	if err := json.Unmarshal(body, &fields); err != nil {
+		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "webhook", Message: "expected an http:// or https:// URL as a string"})
+		return
+	}
+	opts := RunOptions{TimeoutSeconds: deref(req.TimeoutSeconds)}
 	if fields.Webhook != nil {
 		opts.Webhook = *fields.Webhook
 		if opts.Webhook == "" {

@@ -106,8 +106,9 @@ type AsyncFunc func(ctx context.Context, a *domain.Agent, inv domain.Invocation,
 
 // RunOptions are a background run's fields besides the wire /run body.
 type RunOptions struct {
-	IdempotencyKey string // the Idempotency-Key header
-	Webhook        string // the URL its outcome is POSTed to
+	IdempotencyKey string  // the Idempotency-Key header
+	Webhook        string  // the URL its outcome is POSTed to
+	TimeoutSeconds float64 // the body's timeout_seconds (0: the agent's)
 }
 
 // RunService reads and cancels the background runs (the platform

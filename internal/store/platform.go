@@ -252,6 +252,7 @@ func (db *DB) DeletePlatformAgent(ctx context.Context, id string) error {
 			`DELETE FROM agent_versions WHERE agent_id = ?`,
 			`DELETE FROM agent_logs WHERE agent_id = ?`,
 			`DELETE FROM async_queue WHERE agent_id = ?`,
+			`DELETE FROM crons WHERE agent_id = ?`,
 			`DELETE FROM platform_agents WHERE agent_id = ?`,
 		} {
 			if _, err := t.ExecContext(ctx, q, id); err != nil {
@@ -478,6 +479,17 @@ func (db *DB) IdempotentRun(ctx context.Context, agentID, key string) (domain.Ru
 	return runs[0], nil
 }
 
+// DropIdempotencyKey frees a run's Idempotency-Key.
+func (db *DB) DropIdempotencyKey(ctx context.Context, runID string) error {
+	_, err := db.sql.ExecContext(ctx, `UPDATE runs SET idempotency_key = NULL WHERE invocation_id = ?`, runID)
+	return err
+}
+
+// RequestCancel marks a background run to be cancelled when picked up.
+func (db *DB) RequestCancel(ctx context.Context, runID string) error {
+	return oneRow(db.sql.ExecContext(ctx, `UPDATE runs SET cancel_requested = 1 WHERE invocation_id = ?`, runID))
+}
+
 // ListRuns returns the background runs of agentIDs, newest first.
 func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) ([]domain.Run, error) {
 	if len(agentIDs) == 0 {
@@ -588,9 +600,17 @@ func (db *DB) PendingAsync(ctx context.Context) ([]domain.AsyncJob, error) {
 }
 
 // UnstartedAsync returns at most limit queued async invocations enqueued
-// before t and not started since, oldest first.
-func (db *DB) UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) ([]domain.AsyncJob, error) {
-	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at < ? ORDER BY q.enqueued_at, q.rowid LIMIT ?`, enqueuedBefore.UnixMicro(), limit)
+// between after and before and not started since, oldest first.
+func (db *DB) UnstartedAsync(ctx context.Context, after, before time.Time, limit int) ([]domain.AsyncJob, error) {
+	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at > ? AND q.enqueued_at < ? ORDER BY q.enqueued_at, q.rowid LIMIT ?`,
+		microsOrZero(after), before.UnixMicro(), limit)
+}
+
+func microsOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
 }
 
 // AsyncJob returns one queued async invocation.
@@ -613,7 +633,7 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, '')
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -625,13 +645,15 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 		var inv domain.Invocation
 		var err error
 		var started sql.NullInt64
+		var enqueued int64
 		// scanInvocation reads the 13 columns; the queue's come last.
-		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey}})
+		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued}})
 		if err != nil {
 			return nil, err
 		}
 		j.Invocation = inv
 		j.StartedAt = fromMicros(started)
+		j.EnqueuedAt = time.UnixMicro(enqueued).UTC()
 		out = append(out, j)
 	}
 	return out, rows.Err()

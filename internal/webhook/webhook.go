@@ -71,7 +71,10 @@ var refused = []netip.Prefix{
 	netip.MustParsePrefix("192.0.0.0/24"),
 	netip.MustParsePrefix("198.18.0.0/15"),
 	netip.MustParsePrefix("240.0.0.0/4"),
-	netip.MustParsePrefix("64:ff9b::/96"), // NAT64 of any of the above
+	netip.MustParsePrefix("64:ff9b::/96"),   // NAT64 of any of the above
+	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64
+	netip.MustParsePrefix("::/96"),          // IPv4-compatible (deprecated)
+	netip.MustParsePrefix("2002::/16"),      // 6to4: an IPv4 address inside
 }
 
 // Allowed says whether a webhook may connect to ip.

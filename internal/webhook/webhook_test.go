@@ -38,6 +38,8 @@ func TestAllowed(t *testing.T) {
 		{"0.0.0.0", Guard{}, false},
 		{"224.0.0.1", Guard{}, false},
 		{"64:ff9b::7f00:1", Guard{}, false},
+		{"::7f00:1", Guard{}, false},
+		{"2002:7f00:1::1", Guard{}, false},
 		{"127.0.0.1", loopback, true},
 		{"169.254.169.254", loopback, false},
 	}

@@ -672,6 +672,7 @@ func (db *DB) DeletePlatformAgent(ctx context.Context, id string) (err error) {
 			`DELETE FROM agent_versions WHERE agent_id = $1`,
 			`DELETE FROM agent_logs WHERE agent_id = $1`,
 			`DELETE FROM async_queue WHERE agent_id = $1`,
+			`DELETE FROM crons WHERE agent_id = $1`,
 			`DELETE FROM platform_agents WHERE agent_id = $1`,
 		} {
 			if _, err := tx.Exec(ctx, q, id); err != nil {
@@ -907,6 +908,19 @@ func (db *DB) IdempotentRun(ctx context.Context, agentID, key string) (_ domain.
 	return runs[0], nil
 }
 
+// DropIdempotencyKey frees a run's Idempotency-Key.
+func (db *DB) DropIdempotencyKey(ctx context.Context, runID string) (err error) {
+	defer classify(ctx, &err)
+	_, err = db.pool.Exec(ctx, `UPDATE runs SET idempotency_key = NULL WHERE invocation_id = $1`, runID)
+	return err
+}
+
+// RequestCancel marks a background run to be cancelled when picked up.
+func (db *DB) RequestCancel(ctx context.Context, runID string) (err error) {
+	defer classify(ctx, &err)
+	return oneRow(db.pool.Exec(ctx, `UPDATE runs SET cancel_requested = 1 WHERE invocation_id = $1`, runID))
+}
+
 // ListRuns returns the background runs of agentIDs, newest first.
 func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) (_ []domain.Run, err error) {
 	defer classify(ctx, &err)
@@ -999,10 +1013,14 @@ func (db *DB) PendingAsync(ctx context.Context) (_ []domain.AsyncJob, err error)
 }
 
 // UnstartedAsync returns at most limit queued async invocations enqueued
-// before t and not started since, oldest first.
-func (db *DB) UnstartedAsync(ctx context.Context, enqueuedBefore time.Time, limit int) (_ []domain.AsyncJob, err error) {
+// between after and before and not started since, oldest first.
+func (db *DB) UnstartedAsync(ctx context.Context, after, before time.Time, limit int) (_ []domain.AsyncJob, err error) {
 	defer classify(ctx, &err)
-	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at < $1 ORDER BY q.enqueued_at, q.seq LIMIT $2`, enqueuedBefore.UnixMicro(), limit)
+	var from int64
+	if !after.IsZero() {
+		from = after.UnixMicro()
+	}
+	return db.asyncJobs(ctx, `WHERE q.started_at IS NULL AND q.enqueued_at > $1 AND q.enqueued_at < $2 ORDER BY q.enqueued_at, q.seq LIMIT $3`, from, before.UnixMicro(), limit)
 }
 
 // AsyncJob returns one queued async invocation.
@@ -1027,21 +1045,22 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, '')
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
 	}
 	return collect(rows, func(r pgx.Row) (domain.AsyncJob, error) {
 		var (
-			j       domain.AsyncJob
-			started *int64
+			j        domain.AsyncJob
+			started  *int64
+			enqueued int64
 		)
-		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey}})
+		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued}})
 		if err != nil {
 			return j, err
 		}
-		j.Invocation, j.StartedAt = inv, fromMicros(started)
+		j.Invocation, j.StartedAt, j.EnqueuedAt = inv, fromMicros(started), time.UnixMicro(enqueued).UTC()
 		return j, nil
 	})
 }

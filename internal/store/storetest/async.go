@@ -143,17 +143,22 @@ func testAsync(t *testing.T, open Opener) {
 		time.Sleep(2 * time.Millisecond)
 		enqueue("u4")
 		s.Start(pending("sync", "a", t0)) // not queued
+		firstAt := time.Time{}
+		if jobs, _ := s.UnstartedAsync(ctx, time.Time{}, before, 1); len(jobs) == 1 {
+			firstAt = jobs[0].EnqueuedAt
+		}
 		for _, tc := range []struct {
-			before time.Time
-			limit  int
-			want   string
+			after, before time.Time
+			limit         int
+			want          string
 		}{
-			{before, 10, "u1,u3"},
-			{before, 1, "u1"},
-			{time.Now().Add(time.Minute), 10, "u1,u3,u4"},
-			{t0, 10, ""},
+			{time.Time{}, before, 10, "u1,u3"},
+			{time.Time{}, before, 1, "u1"},
+			{firstAt, before, 10, "u3"}, // the next page
+			{time.Time{}, time.Now().Add(time.Minute), 10, "u1,u3,u4"},
+			{time.Time{}, t0, 10, ""},
 		} {
-			jobs, err := s.UnstartedAsync(ctx, tc.before, tc.limit)
+			jobs, err := s.UnstartedAsync(ctx, tc.after, tc.before, tc.limit)
 			var got []string
 			for _, j := range jobs {
 				got = append(got, j.ID)
@@ -168,7 +173,7 @@ func testAsync(t *testing.T, open Opener) {
 		if err := s.RequeueAsync(ctx, "u2"); err != nil {
 			t.Fatal(err)
 		}
-		if jobs, err := s.UnstartedAsync(ctx, before, 10); err != nil || len(jobs) != 2 || jobs[0].ID != "u2" || jobs[0].Attempts != 1 || jobs[1].ID != "u3" {
+		if jobs, err := s.UnstartedAsync(ctx, time.Time{}, before, 10); err != nil || len(jobs) != 2 || jobs[0].ID != "u2" || jobs[0].Attempts != 1 || jobs[1].ID != "u3" {
 			t.Errorf("after u1 finished and u2 was requeued: %s, %v; want u2 (1 attempt), u3", showJobs(jobs), err)
 		}
 	})

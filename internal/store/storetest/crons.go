@@ -85,6 +85,13 @@ func testCrons(t *testing.T, open Opener) {
 	if due, _ := s.DueCrons(ctx, t0.Add(1000*time.Hour), 10); len(due) != 2 {
 		t.Fatalf("due far ahead: %v, want c1 and c3 (c2 ended)", ids(due))
 	}
+	// Deleting an agent deletes its crons.
+	if err := s.DeletePlatformAgent(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Cron(ctx, "c3"); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("the cron of a deleted agent: %v, want ErrNotFound", err)
+	}
 	if err := s.DeleteCron(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}

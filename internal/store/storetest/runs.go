@@ -94,6 +94,29 @@ func testRuns(t *testing.T, open Opener) {
 		if _, err := s.IdempotentRun(ctx, "a", "key-9"); !errors.Is(err, domain.ErrNotFound) {
 			t.Fatalf("IdempotentRun of an unknown key = %v, want ErrNotFound", err)
 		}
+		// A dropped key is free for a new run.
+		if err := s.DropIdempotencyKey(ctx, "k1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := enqueue(t, s, "k7", "a", "key-1", t0); err != nil {
+			t.Fatalf("a run with a dropped key: %v", err)
+		}
+		if r, err := s.IdempotentRun(ctx, "a", "key-1"); err != nil || r.ID != "k7" {
+			t.Fatalf("IdempotentRun after a drop = %+v, %v; want k7", r, err)
+		}
+		// A cancel request is seen by whoever picks the run up.
+		if err := s.RequestCancel(ctx, "k4"); err != nil {
+			t.Fatal(err)
+		}
+		if j, err := s.AsyncJob(ctx, "k4"); err != nil || !j.CancelRequested {
+			t.Fatalf("a run whose cancel was requested: %+v, %v", j, err)
+		}
+		if j, _ := s.AsyncJob(ctx, "k5"); j.CancelRequested {
+			t.Fatal("another run's cancel requested")
+		}
+		if err := s.RequestCancel(ctx, "nope"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("RequestCancel of an unknown run = %v, want ErrNotFound", err)
+		}
 	})
 
 	// Cancelling a queued run that has not started ends it at once; one
