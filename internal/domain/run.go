@@ -73,3 +73,14 @@ func (r Run) Ended() bool { return r.Invocation.Status != StatusPending }
 // ErrDuplicate is in the error of a create whose Idempotency-Key an
 // earlier run of the agent already has.
 var ErrDuplicate = errors.New("a run with this idempotency key exists")
+
+// RunEvent is one entry of a run's event log: a chunk of its stream
+// (Kind "chunk" or "chunk_error") or its end ("done" or "error"), numbered
+// from 0 in the order the run produced them.
+type RunEvent struct {
+	RunID string
+	Seq   int
+	Kind  string
+	Data  []byte // JSON
+	At    time.Time
+}

@@ -147,6 +147,19 @@ type Webhooks interface {
 	WebhookAttempts(ctx context.Context, runID string) ([]WebhookAttempt, error)
 }
 
+// RunEvents keeps the event logs of streams that outlive their client.
+type RunEvents interface {
+	// AppendRunEvents adds events to their runs' logs (a seq already
+	// there is an error).
+	AppendRunEvents(ctx context.Context, events []RunEvent) error
+	// RunEvents returns at most limit events of a run after seq after
+	// (-1: from the first), in order.
+	RunEvents(ctx context.Context, runID string, after, limit int) ([]RunEvent, error)
+	// PruneRunEvents removes the logs of runs that ended before t; it
+	// returns how many events went.
+	PruneRunEvents(ctx context.Context, endedBefore time.Time) (int64, error)
+}
+
 // Crons keeps the schedules of background runs.
 type Crons interface {
 	CreateCron(ctx context.Context, c Cron) error
@@ -200,6 +213,7 @@ type Store interface {
 	Runs
 	Webhooks
 	Crons
+	RunEvents
 	// Close writes what is pending and releases the store.
 	Close() error
 }

@@ -51,3 +51,15 @@ CREATE TABLE IF NOT EXISTS crons (
     created_at     INTEGER  NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idx_crons_due ON crons (next_at) WHERE paused = 0 AND next_at IS NOT NULL;
+
+-- The event logs of streams that outlive their client (on_disconnect
+-- "continue"): a client re-joins from any gateway after the last event it
+-- has. Kept for a while after the run ends (runagent server --event-retention).
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    kind   TEXT    NOT NULL,
+    data   TEXT    NOT NULL,
+    at     INTEGER  NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);

@@ -44,6 +44,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("async queue", func(t *testing.T) { testAsync(t, open) })
 	t.Run("runs", func(t *testing.T) { testRuns(t, open) })
 	t.Run("crons", func(t *testing.T) { testCrons(t, open) })
+	t.Run("run events", func(t *testing.T) { testRunEvents(t, open) })
 	t.Run("ended context", func(t *testing.T) { testEndedContext(t, open) })
 	t.Run("across a reopen", func(t *testing.T) { testReopen(t, open) })
 	t.Run("concurrency", func(t *testing.T) { testConcurrency(t, open) })

@@ -51,3 +51,15 @@ CREATE TABLE crons (
     created_at     BIGINT  NOT NULL
 );
 CREATE INDEX idx_crons_due ON crons (next_at) WHERE paused = 0 AND next_at IS NOT NULL;
+
+-- The event logs of streams that outlive their client (on_disconnect
+-- "continue"): a client re-joins from any gateway after the last event it
+-- has. Kept for a while after the run ends (runagent server --event-retention).
+CREATE TABLE run_events (
+    run_id TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    kind   TEXT    NOT NULL,
+    data   TEXT    NOT NULL,
+    at     BIGINT  NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
