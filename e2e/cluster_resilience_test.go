@@ -288,6 +288,24 @@ func TestClusterRuns(t *testing.T) {
 		t.Fatalf("the gateways queued %d invocations again, want 1 (%s):\n%s", n, lost, logs)
 	}
 
+	// A stream begun on one gateway, dropped, re-joined on the other.
+	resp := postContinue(t, g, id, "count_stream", map[string]any{"n": 50, "delay": 0.02})
+	runID := strings.TrimPrefix(resp.Header.Get("Content-Location"), "/api/v1/runs/")
+	first, _, _ := readSSE(resp.Body, func(e sseEvent) bool { return e.ID == "4" })
+	resp.Body.Close()
+	r2 := getRunStream(t, "http://"+c.gateways[1].Addr, runID, c.admin, "4")
+	rest, _, _ := readSSE(r2.Body, nil)
+	r2.Body.Close()
+	var ids []string
+	for _, e := range append(first, rest...) {
+		if e.Event == "chunk" {
+			ids = append(ids, e.ID)
+		}
+	}
+	if len(ids) != 50 || ids[5] != "5" || ids[49] != "49" || rest[len(rest)-1].Event != "done" {
+		t.Fatalf("a stream re-joined on the other gateway: %d chunks (%v), last %+v", len(ids), ids, rest[len(rest)-1])
+	}
+
 	// A cron every second: one run per tick across the two gateways, also
 	// while the scheduler gateway is killed and the other takes over.
 	cr := g.do(t, "POST", "/api/v1/agents/"+id+"/crons", c.admin, map[string]any{"schedule": "* * * * * *", "entrypoint_tag": "add", "input_kwargs": map[string]any{"a": 1, "b": 1}})

@@ -48,6 +48,7 @@ type serverOptions struct {
 	data                                   dataFlags
 	corsOrigins                            []string
 	webhookAllow                           []string
+	eventRetention                         time.Duration
 }
 
 func (a *app) serverCommand() *cobra.Command {
@@ -82,6 +83,7 @@ The API is described in docs/platform-api.md.`,
 	addMicroVMFlags(f, &o.microVM)
 	addHTTPFlags(f, &o.http)
 	addDataFlags(f, &o.data)
+	f.DurationVar(&o.eventRetention, "event-retention", 24*time.Hour, "keep the event log of a stream that outlived its client (on_disconnect continue) this long after it ends, for re-joins")
 	f.StringSliceVar(&o.webhookAllow, "webhook-allow", nil, "networks (CIDR, like 10.0.0.0/8) runs' webhooks may reach although they are loopback, private or reserved; repeat or comma-separate (default: none)")
 	f.StringSliceVar(&o.corsOrigins, "cors-origin", nil, "web pages (origins like https://app.example.com) that may call the server from a browser; repeat or comma-separate (default: any page, never with cookies)")
 	f.BoolVar(&o.allowNetwork, "allow-agent-network", true, "let agents that ask for it (deployment.network) reach the network; false refuses them (needs a sandbox other than process)")
@@ -176,7 +178,7 @@ func (a *app) runServer(ctx context.Context, o serverOptions) error {
 		DataDir: o.dataDir, DB: o.db, CacheDir: cache, Python: py, Script: script, Host: o.host, Port: port,
 		Defaults:      o.dep,
 		DefaultPolicy: ratelimit.Policy{RatePerSecond: o.rate, Burst: o.burst, MaxConcurrency: o.keyConcurrency},
-		CORSOrigins:   o.corsOrigins, WebhookAllow: webhookAllow, Flow: o.data.flow, StallTimeout: o.data.stall, Heartbeat: o.data.heartbeatOf(),
+		CORSOrigins:   o.corsOrigins, WebhookAllow: webhookAllow, EventRetention: o.eventRetention, Flow: o.data.flow, StallTimeout: o.data.stall, Heartbeat: o.data.heartbeatOf(),
 		AllowPublic: o.allowPublic, MaxUpload: o.maxUpload, MaxBody: o.maxBody, Async: o.async,
 		Bundle: bundle.Limits{MaxFiles: o.maxFiles, MaxBytes: o.maxBundle},
 		Tick:   o.tick, HealthInterval: o.health, StableWindow: o.stable, PanicWindow: o.panic,

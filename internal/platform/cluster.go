@@ -19,6 +19,7 @@ import (
 	"github.com/runagent-go/runagent/internal/dispatch/natsdispatch"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/manager"
+	"github.com/runagent-go/runagent/internal/server"
 )
 
 // The roles of `runagent server` (docs/multinode.md).
@@ -169,6 +170,9 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 		sub.SetPendingLimits(-1, -1)
 		c.stops = append(c.stops, func() { sub.Unsubscribe() })
 		if err := on(c.cl.OnChange(cluster.ChangeKeys, func(string) { p.reloadKeys(context.Background()) })); err != nil {
+			return err
+		}
+		if err := on(c.cl.OnChange(cluster.ChangeCancel, func(id string) { p.wire.CancelDetached(id, server.ErrRunCancelled) })); err != nil {
 			return err
 		}
 	case RoleNode:

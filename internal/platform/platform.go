@@ -65,10 +65,13 @@ type Config struct {
 	StallTimeout time.Duration
 	// Heartbeat: see server.Config.Heartbeat.
 	Heartbeat time.Duration
-	MaxUpload int64
-	Bundle    bundle.Limits
-	MaxBody   int64
-	Async     AsyncLimits
+	// EventRetention is how long the event log of a stream that outlived
+	// its client is kept after the stream ends (default 24 h).
+	EventRetention time.Duration
+	MaxUpload      int64
+	Bundle         bundle.Limits
+	MaxBody        int64
+	Async          AsyncLimits
 
 	Tick, HealthInterval      time.Duration
 	StableWindow, PanicWindow time.Duration
@@ -193,7 +196,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 	}
 	p.metrics.watch(p.mgr)
 	p.wire = server.New(server.Config{
-		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, Runs: runService{p}, OnCall: p.metrics.call, SDKType: "platform_server",
+		Directory: p, Dispatcher: p.dispatch, Recorder: db, Async: p.enqueueAsync, Runs: runService{p}, Events: db, OnCall: p.metrics.call, SDKType: "platform_server",
 		Host: cfg.Host, Port: cfg.Port, MaxBodyBytes: cfg.MaxBody, CallTimeout: cfg.Defaults.CallTimeout,
 		Logger: cfg.Log, Version: cfg.Version, CORS: server.CORSPolicy{Origins: cfg.CORSOrigins}, DurableHistory: true,
 		StallTimeout: cfg.StallTimeout, Heartbeat: cfg.Heartbeat,
@@ -267,6 +270,7 @@ func (p *Platform) Run(ctx context.Context) {
 		p.async.start(p.cfg.Async.Workers)
 		if p.cluster == nil {
 			go p.fireCrons(ctx)
+			go p.pruneEvents(ctx)
 		}
 	}
 	if p.cluster != nil {

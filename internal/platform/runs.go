@@ -1,6 +1,7 @@
 package platform
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/runagent-go/runagent/internal/cluster"
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/platformapi"
+	"github.com/runagent-go/runagent/internal/server"
 	"github.com/runagent-go/runagent/internal/webhook"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -135,6 +137,13 @@ func (p *Platform) handleWebhookSecret(w http.ResponseWriter, r *http.Request) {
 // where it runs (the Python function's task is cancelled, a generator's
 // finally runs) and ends cancelled.
 func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, error) {
+	if server.IsDetached(run.Invocation) {
+		// A stream that outlives its client: cancelled where it streams.
+		if !p.wire.CancelDetached(run.ID, server.ErrRunCancelled) && p.cluster != nil {
+			p.cluster.cl.Changed(cluster.ChangeCancel, run.ID)
+		}
+		return p.awaitEnd(ctx, run)
+	}
 	if !run.Background {
 		return run, &domain.Error{Code: domain.CodeValidation, Message: fmt.Sprintf(
 			"%s is a call, not a background run: a call is cancelled by closing its connection", run.ID)}
@@ -158,6 +167,11 @@ func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, e
 	if !p.running.cancel(run.ID) && p.cluster != nil {
 		p.cluster.cl.Changed(cluster.ChangeCancel, run.ID)
 	}
+	return p.awaitEnd(ctx, run)
+}
+
+// awaitEnd returns the run once it has ended, or after cancelWait.
+func (p *Platform) awaitEnd(ctx context.Context, run domain.Run) (domain.Run, error) {
 	deadline := time.Now().Add(cancelWait)
 	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 250*time.Millisecond) {
 		now, err := p.db.Run(ctx, run.ID)
@@ -182,6 +196,26 @@ func (p *Platform) finishCancelled(ctx context.Context, j domain.AsyncJob, when 
 	}
 	p.runEnded(inv.ID, j.Webhook)
 	return nil
+}
+
+// pruneEvents removes, every 10 minutes until ctx ends, the event logs of
+// streams that ended more than EventRetention ago.
+func (p *Platform) pruneEvents(ctx context.Context) {
+	keep := cmp.Or(p.cfg.EventRetention, 24*time.Hour)
+	t := time.NewTicker(10 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n, err := p.db.PruneRunEvents(ctx, time.Now().Add(-keep)); err != nil && ctx.Err() == nil {
+			p.log.Warn("prune the event logs of ended streams; retrying in 10 minutes", "error", err)
+		} else if n > 0 {
+			p.log.Info("pruned the event logs of ended streams", "events", n, "older_than", keep)
+		}
+	}
 }
 
 // handleRuns is GET /api/v1/runs?agent_id=&status=&limit=: the background

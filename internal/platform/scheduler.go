@@ -123,10 +123,11 @@ func (p *Platform) lead(ctx context.Context) {
 		}
 	}
 	defer stop()
-	lost, crons := make(chan struct{}), make(chan struct{})
+	lost, crons, events := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() { defer close(lost); p.requeueLost(ctx) }()
 	go func() { defer close(crons); p.fireCrons(ctx) }()
-	defer func() { <-lost; <-crons }()
+	go func() { defer close(events); p.pruneEvents(ctx) }()
+	defer func() { <-lost; <-crons; <-events }()
 	t := time.NewTicker(scheduleEvery)
 	defer t.Stop()
 	for {

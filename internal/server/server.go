@@ -139,6 +139,9 @@ type Config struct {
 	Async AsyncFunc
 	// Runs serves GET /api/v1/runs/{id}, its wait and its cancel.
 	Runs RunService
+	// Events, with Runs, keeps the event logs of streams that outlive
+	// their client ("on_disconnect": "continue") and serves their re-join.
+	Events domain.RunEvents
 	// OnCall is told about every finished call, code "" for success. It
 	// must not block.
 	OnCall func(a *domain.Agent, tag string, code domain.Code, elapsed time.Duration)
@@ -191,6 +194,7 @@ type Server struct {
 	started  time.Time
 	bufs     sync.Pool
 	upgrader *websocket.Upgrader
+	detached detachedRuns // the streams that outlive their client, running here
 }
 
 // New returns a Server; call Handler (local mode) or Register (platform)
@@ -239,6 +243,9 @@ func (s *Server) Register(mux *http.ServeMux) {
 		mux.HandleFunc("GET /api/v1/runs/{run_id}/wait", s.handleWaitRun)
 		mux.HandleFunc("POST /api/v1/runs/{run_id}/cancel", s.handleCancelRun)
 		mux.HandleFunc("GET /api/v1/runs/{run_id}/webhook-attempts", s.handleWebhookAttempts)
+		if s.cfg.Events != nil {
+			mux.HandleFunc("GET /api/v1/runs/{run_id}/stream", s.handleRunStream)
+		}
 	}
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations", s.agentRoute(ActReadHistory, s.handleInvocations))
 	mux.HandleFunc("GET /api/v1/agents/{id}/invocations/stats", s.agentRoute(ActReadHistory, s.handleStats))

@@ -134,10 +134,37 @@ func (s *Server) handleStreamSSE(w http.ResponseWriter, r *http.Request, a *Agen
 			"Entrypoint `%s` is not a streaming entrypoint. Use a streaming entrypoint (ending with '_stream'), or POST /run.", tag)})
 		return
 	}
+	var fields struct {
+		OnDisconnect *string `json:"on_disconnect"`
+	}
+	if json.Unmarshal(body, &fields) != nil || fields.OnDisconnect != nil && *fields.OnDisconnect != "cancel" && *fields.OnDisconnect != "continue" {
+		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "on_disconnect",
+			Message: `expected "cancel" (the default: a client that goes away stops the stream) or "continue" (it runs on and can be re-joined)`})
+		return
+	}
+	detach := fields.OnDisconnect != nil && *fields.OnDisconnect == "continue"
+	if detach && (s.cfg.Events == nil || s.cfg.Runs == nil) {
+		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "on_disconnect",
+			Message: `"continue" needs a server that keeps event logs (runagent server); runagent serve streams with "cancel"`})
+		return
+	}
 	inv := domain.Invocation{
 		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, SDKType: "sse_stream",
 		InputArgs: req.InputArgs, InputKwargs: req.InputKwargs, Status: domain.StatusPending,
 		RequestTime: start, ClientInfo: sseStreamInfo,
+	}
+	if detach {
+		inv.ClientInfo = detachedInfo
+		// Written before the client hears of it (a read flushes the
+		// history), so that a re-join from another gateway finds the run.
+		s.cfg.Recorder.Start(inv)
+		if _, err := s.cfg.Recorder.Get(r.Context(), inv.ID); err != nil {
+			s.storeFailure(w, err)
+			return
+		}
+		s.startDetached(a, inv, req)
+		s.tailEvents(w, r, inv.ID, a.ID, -1)
+		return
 	}
 	s.cfg.Recorder.Start(inv)
 
