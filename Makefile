@@ -5,7 +5,7 @@ BIN       := bin/runagent
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-.PHONY: build demo deps test test-go test-go-postgres test-python test-py-sdk test-js test-rust vet bench bench-cluster clean microvm-image
+.PHONY: build demo deps test test-go test-go-postgres test-python test-py-sdk test-js test-rust vet bench bench-cluster bench-runs clean microvm-image
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/runagent
@@ -84,6 +84,12 @@ bench-cluster:
 	$(GO) test -run '^$$' -bench 'ClusterThroughput' -benchtime 400x ./e2e
 	$(GO) test -run '^$$' -bench 'ClusterRedelivery' -benchtime 1x ./e2e
 	$(GO) test -run '^$$' -bench 'CallHop' ./internal/dispatch/natsdispatch
+
+# Background runs and the event log of streams that outlive their client
+# (docs/benchmarks.md records them by hand).
+bench-runs: build
+	$(GO) test -run '^$$' -bench 'RunsCreate|Rejoin' -benchtime 3000x ./e2e
+	$(GO) test -run '^$$' -bench 'Stream10k' -benchtime 3x ./e2e
 
 clean:
 	rm -rf bin demo-agent
