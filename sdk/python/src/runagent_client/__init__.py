@@ -1,5 +1,5 @@
 """Python client for RunAgent servers (wire protocol v1)."""
-from .client import AsyncRunAgentClient, AsyncStream, RunAgentClient, Stream, __version__, is_stream_tag
+from .client import AsyncRunAgentClient, AsyncStream, RunAgentClient, RunOptions, Stream, __version__, is_stream_tag
 from .config import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, local_registry_path
 from .errors import (
     AGENT_CRASHED, AUTHENTICATION_ERROR, CANCELLED, CONNECTION_ERROR, INTERNAL_ERROR, NOT_FOUND, OVERLOADED,
@@ -38,6 +38,7 @@ __all__ = [
     "RATE_LIMIT_EXCEEDED",
     "RateLimitError",
     "RetryPolicy",
+    "RunOptions",
     "RunAgentCancelledError",
     "RunAgentClient",
     "RunAgentConnectionError",

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import socket
 import ssl
-from typing import Any, Callable, Dict, Optional, TypeVar
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from urllib.parse import quote
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -103,6 +107,42 @@ def _check_chunk_mode(mode: str) -> str:
 
 _C = TypeVar("_C", bound="_Base")
 
+RUN_ENDED = ("completed", "failed", "cancelled", "timeout")
+
+
+@dataclass
+class RunOptions:
+    """A background run's options beside its input (runagent server only).
+
+    ``idempotency_key`` makes the create safe to repeat (the server answers
+    the run it already has); without one the client makes one per call, so
+    that its own retries never create a second run. ``webhook`` is a URL the
+    run's outcome is POSTed to, signed."""
+
+    idempotency_key: Optional[str] = None
+    webhook: Optional[str] = None
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[Dict[str, str]]:
+    """Server-Sent Events from lines (comments skipped)."""
+    ev: Dict[str, str] = {}
+    data: list = []
+    for line in lines:
+        if line == "":
+            if ev or data:
+                ev["data"] = "\n".join(data)
+                yield ev
+            ev, data = {}, []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name in ("event", "id"):
+                ev[name] = value
+
 
 class _Base:
     def __init__(self, agent_id: str, entrypoint_tag: str, local: Optional[bool] = None, host: Optional[str] = None,
@@ -141,6 +181,24 @@ class _Base:
             raise error_for(VALIDATION_ERROR, "entrypoint %r is not a streaming entrypoint (its tag does not end "
                                               "in _stream): call run" % self._cfg.tag)
         return encode_request(self._cfg.tag, args, kwargs).decode("utf-8")
+
+    def _run_create(self, args: tuple, kwargs: dict, options: Optional[RunOptions]) -> Tuple[bytes, Dict[str, str]]:
+        if is_stream_tag(self._cfg.tag):
+            raise error_for(VALIDATION_ERROR, "entrypoint %r is a streaming entrypoint: a background run calls a "
+                                              "plain one (use run_stream_resumable)" % self._cfg.tag)
+        opts = options or RunOptions()
+        req = json.loads(encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds))
+        if opts.webhook:
+            req["webhook"] = opts.webhook
+        key = opts.idempotency_key or str(uuid.uuid4())
+        return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), {"Idempotency-Key": key}
+
+    def _run_url(self, run_id: str, tail: str = "") -> str:
+        return self._cfg.base_url + _config.API_PREFIX + "/runs/" + quote(run_id, safe="") + tail
+
+    @staticmethod
+    def _handle_data(status: int, headers: Any, body: bytes) -> Any:
+        return parse_envelope(status, headers, body)
 
     def _deadline(self) -> Optional[float]:
         return self._clock.now() + self._cfg.timeout if self._cfg.timeout else None
@@ -218,12 +276,95 @@ class RunAgentClient(_Base):
         s._start()
         return s
 
+    def start_run(self, *args: Any, run_options: Optional[RunOptions] = None, **kwargs: Any) -> Dict[str, Any]:
+        """Create a background run of ``fn(*args, **kwargs)`` (runagent server):
+        returns ``{"run_id", "status", ...}`` once the server has it on disk."""
+        body, extra = self._run_create(args, kwargs, run_options)
+        return self._request("POST", self._cfg.agent_url + "/runs", body, self._handle_data, extra)
+
+    def get_run(self, run_id: str) -> Dict[str, Any]:
+        """The run: ``status`` (pending, running, completed, failed, cancelled,
+        timeout), ``output_data``, ``error_detail``, ``attempts``, ..."""
+        return self._request("GET", self._run_url(run_id), None, self._handle_data)
+
+    def wait_run(self, run_id: str, timeout: float = 30.0) -> Dict[str, Any]:
+        """The run once it has ended, or as it is after ``timeout`` seconds."""
+        end = self._clock.now() + timeout
+        while True:
+            left = max(0.0, end - self._clock.now())
+            run = self._request("GET", self._run_url(run_id, "/wait?timeout_seconds=%.3f" % min(left, 300.0)),
+                                None, self._handle_data)
+            if run.get("status") in RUN_ENDED or self._clock.now() >= end:
+                return run
+
+    def cancel_run(self, run_id: str) -> Dict[str, Any]:
+        """Cancel a run: it ends ``cancelled`` (or as it had ended before)."""
+        return self._request("POST", self._run_url(run_id, "/cancel"), None, self._handle_data)
+
+    def run_stream_resumable(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Stream ``fn(*args, **kwargs)`` over Server-Sent Events, re-joining
+        the stream after a dropped connection from the last chunk received
+        (runagent server: the stream runs on while the client is away)."""
+        req = json.loads(self._stream_request(args, kwargs))
+        req["on_disconnect"] = "continue"
+        body = json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        run_id: Optional[str] = None
+        last: Optional[str] = None
+        retrier = Retrier(self._retry, self._clock, None)
+        while True:
+            got = False
+            try:
+                headers = {**self._headers, "Accept": "text/event-stream"}
+                if run_id is None:
+                    cm = self._http.stream("POST", self._cfg.agent_url + "/run-stream", content=body,
+                                           headers={**headers, "Content-Type": "application/json"},
+                                           timeout=httpx.Timeout(None, connect=30.0))
+                else:
+                    if last is not None:
+                        headers["Last-Event-ID"] = last
+                    cm = self._http.stream("GET", self._run_url(run_id, "/stream"), headers=headers,
+                                           timeout=httpx.Timeout(None, connect=30.0))
+                with cm as resp:
+                    if resp.status_code != 200:
+                        raise http_error(resp.status_code, resp.headers, resp.read())
+                    loc = resp.headers.get("content-location", "")
+                    if run_id is None and loc.startswith(_config.API_PREFIX + "/runs/"):
+                        run_id = loc[len(_config.API_PREFIX + "/runs/"):]
+                    for ev in _sse_events(resp.iter_lines()):
+                        kind = ev.get("event")
+                        if kind == "chunk":
+                            got, last = True, ev.get("id", last)
+                            yield json.loads(ev["data"])
+                        elif kind == "chunk_error":
+                            got, last = True, ev.get("id", last)
+                            ce = ChunkError(INTERNAL_ERROR, json.loads(ev["data"]).get("message", "chunk error"))
+                            if self._on_chunk_error == "raise":
+                                raise error_for(INTERNAL_ERROR, str(ce))
+                            if self._on_chunk_error == "yield":
+                                yield ce
+                        elif kind == "done":
+                            return
+                        elif kind == "error":
+                            e = json.loads(ev["data"])
+                            raise error_for(e.get("code") or INTERNAL_ERROR, e.get("message", "stream failed"))
+                if run_id is None:
+                    raise error_for(INTERNAL_ERROR, "the server named no run to re-join (is it runagent server?)")
+                raise error_for(CONNECTION_ERROR, "the stream ended before its last event")
+            except httpx.TransportError as exc:
+                err = _transport_error(exc)
+            except RunAgentError as e:
+                if e.code != CONNECTION_ERROR and not retryable_status(e.status or 0):
+                    raise
+                err = e
+            if got:
+                retrier = Retrier(self._retry, self._clock, None)  # progress: a fresh budget
+            retrier.wait(err)
+
     def health(self) -> Dict[str, Any]:
         """GET /api/v1/health."""
         def handle(status: int, h: Any, b: bytes) -> Any:
             if not 200 <= status <= 299:
                 raise http_error(status, h, b)
-            import json
             return json.loads(b)
         return self._request("GET", self._cfg.base_url + _config.API_PREFIX + "/health", None, handle)
 
@@ -232,18 +373,21 @@ class RunAgentClient(_Base):
         return self._request("GET", self._cfg.agent_url + "/architecture", None,
                              lambda s, h, b: parse_envelope(s, h, b))
 
-    def _request(self, method: str, url: str, body: Optional[bytes], handle: Callable[[int, Any, bytes], Any]) -> Any:
+    def _request(self, method: str, url: str, body: Optional[bytes], handle: Callable[[int, Any, bytes], Any],
+                 extra: Optional[Dict[str, str]] = None) -> Any:
         deadline = self._deadline()
         r = Retrier(self._retry, self._clock, deadline)
         while True:
             try:
-                return self._attempt(method, url, body, deadline, handle)
+                return self._attempt(method, url, body, deadline, handle, extra)
             except RunAgentError as e:
                 r.wait(e)
 
     def _attempt(self, method: str, url: str, body: Optional[bytes], deadline: Optional[float],
-                 handle: Callable[[int, Any, bytes], Any]) -> Any:
+                 handle: Callable[[int, Any, bytes], Any], extra: Optional[Dict[str, str]] = None) -> Any:
         headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
+        if extra:
+            headers = {**headers, **extra}
         try:
             resp = self._http.request(method, url, content=body, headers=headers,
                                       timeout=self._httpx_timeout(deadline))
@@ -483,19 +627,44 @@ class AsyncRunAgentClient(_Base):
         return await self._request("GET", self._cfg.agent_url + "/architecture", None,
                                    lambda s, h, b: parse_envelope(s, h, b))
 
+    async def start_run(self, *args: Any, run_options: Optional[RunOptions] = None, **kwargs: Any) -> Dict[str, Any]:
+        """Create a background run (see RunAgentClient.start_run)."""
+        body, extra = self._run_create(args, kwargs, run_options)
+        return await self._request("POST", self._cfg.agent_url + "/runs", body, self._handle_data, extra)
+
+    async def get_run(self, run_id: str) -> Dict[str, Any]:
+        """The run (see RunAgentClient.get_run)."""
+        return await self._request("GET", self._run_url(run_id), None, self._handle_data)
+
+    async def wait_run(self, run_id: str, timeout: float = 30.0) -> Dict[str, Any]:
+        """The run once it has ended, or as it is after ``timeout`` seconds."""
+        end = self._clock.now() + timeout
+        while True:
+            left = max(0.0, end - self._clock.now())
+            run = await self._request("GET", self._run_url(run_id, "/wait?timeout_seconds=%.3f" % min(left, 300.0)),
+                                      None, self._handle_data)
+            if run.get("status") in RUN_ENDED or self._clock.now() >= end:
+                return run
+
+    async def cancel_run(self, run_id: str) -> Dict[str, Any]:
+        """Cancel a run (see RunAgentClient.cancel_run)."""
+        return await self._request("POST", self._run_url(run_id, "/cancel"), None, self._handle_data)
+
     async def _request(self, method: str, url: str, body: Optional[bytes],
-                       handle: Callable[[int, Any, bytes], Any]) -> Any:
+                       handle: Callable[[int, Any, bytes], Any], extra: Optional[Dict[str, str]] = None) -> Any:
         deadline = self._deadline()
         r = Retrier(self._retry, self._clock, deadline)
         while True:
             try:
-                return await self._attempt(method, url, body, deadline, handle)
+                return await self._attempt(method, url, body, deadline, handle, extra)
             except RunAgentError as e:
                 await r.async_wait(e)
 
     async def _attempt(self, method: str, url: str, body: Optional[bytes], deadline: Optional[float],
-                       handle: Callable[[int, Any, bytes], Any]) -> Any:
+                       handle: Callable[[int, Any, bytes], Any], extra: Optional[Dict[str, str]] = None) -> Any:
         headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
+        if extra:
+            headers = {**headers, **extra}
         try:
             resp = await self._http.request(method, url, content=body, headers=headers,
                                             timeout=self._httpx_timeout(deadline))
