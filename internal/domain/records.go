@@ -68,6 +68,12 @@ type AsyncJob struct {
 	// CancelRequested: a client cancelled the run (RequestCancel); whoever
 	// picks it up next ends it cancelled instead of running it.
 	CancelRequested bool
+	// ThreadID orders the runs of one conversation ("": none): they run
+	// one at a time, in the order they were created. With ThreadReject,
+	// EnqueueAsync refuses a run while another of its thread is queued or
+	// running (ErrThreadBusy).
+	ThreadID     string
+	ThreadReject bool
 	// Attempts counts the times it was started (StartAsync); StartedAt is
 	// when the last one began (zero: not started since it was queued). A
 	// job still queued after it started was interrupted: the server

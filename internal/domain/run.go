@@ -34,6 +34,7 @@ type Run struct {
 	StartedAt      time.Time // when the last start began (zero: never started)
 	Running        bool      // started and not ended
 	Webhook        string    // the URL its outcome is POSTed to ("" if none)
+	ThreadID       string    // its thread ("" if none)
 }
 
 // WebhookAttempt is one attempt to deliver a run's webhook.
@@ -69,6 +70,10 @@ func (r Run) Status() RunStatus {
 
 // Ended says whether the run has its outcome.
 func (r Run) Ended() bool { return r.Invocation.Status != StatusPending }
+
+// ErrThreadBusy is in the error of a create refused because another run
+// of its thread is queued or running.
+var ErrThreadBusy = errors.New("another run of the thread is queued or running")
 
 // ErrDuplicate is in the error of a create whose Idempotency-Key an
 // earlier run of the agent already has.

@@ -384,14 +384,26 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 // run and its place in the queue, in one transaction.
 func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) error {
 	inv := j.Invocation
-	return db.tx(ctx, func(t *sql.Tx) error {
-		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook))
+	return db.tx(ctx, func(t *sql.Tx) error { // BEGIN IMMEDIATE: one writer, so the thread check holds
+		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook, thread_id) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook), nullString(j.ThreadID))
 		if err != nil {
 			return err
 		}
 		if n, err := res.RowsAffected(); err != nil || n == 0 {
 			return cmp.Or(err, fmt.Errorf("agent %s, key %q: %w", inv.AgentID, j.IdempotencyKey, domain.ErrDuplicate))
+		}
+		// After the key: a replayed create is answered, not refused.
+		if j.ThreadID != "" && j.ThreadReject {
+			var busy int
+			err := t.QueryRowContext(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
+				WHERE r.agent_id = ? AND r.thread_id = ?`, inv.AgentID, j.ThreadID).Scan(&busy)
+			if err != nil {
+				return err
+			}
+			if busy > 0 {
+				return fmt.Errorf("thread %q: %w", j.ThreadID, domain.ErrThreadBusy)
+			}
 		}
 		if _, err := t.ExecContext(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
@@ -490,6 +502,18 @@ func (db *DB) RequestCancel(ctx context.Context, runID string) error {
 	return oneRow(db.sql.ExecContext(ctx, `UPDATE runs SET cancel_requested = 1 WHERE invocation_id = ?`, runID))
 }
 
+// ThreadAhead says whether an earlier run of j's thread is still queued.
+func (db *DB) ThreadAhead(ctx context.Context, j domain.AsyncJob) (bool, error) {
+	if j.ThreadID == "" {
+		return false, nil
+	}
+	var n int
+	err := db.sql.QueryRowContext(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
+		WHERE r.agent_id = ? AND r.thread_id = ? AND r.invocation_id <> ? AND (q.enqueued_at < ? OR (q.enqueued_at = ? AND q.rowid < (SELECT rowid FROM async_queue WHERE invocation_id = ?)))`,
+		j.AgentID, j.ThreadID, j.ID, j.EnqueuedAt.UnixMicro(), j.EnqueuedAt.UnixMicro(), j.ID).Scan(&n)
+	return n > 0, err
+}
+
 // ListRuns returns the background runs of agentIDs, newest first.
 func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) ([]domain.Run, error) {
 	if len(agentIDs) == 0 {
@@ -529,7 +553,7 @@ func runStatusWhere(status domain.RunStatus, ph string) (string, []any) {
 }
 
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, '')
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, ''), coalesce(r.thread_id, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -541,7 +565,7 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run     domain.Run
 			started sql.NullInt64
 		)
-		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook}})
+		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook, &run.ThreadID}})
 		if err != nil {
 			return nil, err
 		}
@@ -633,7 +657,7 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at, coalesce(r.thread_id, '')
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -647,7 +671,7 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 		var started sql.NullInt64
 		var enqueued int64
 		// scanInvocation reads the 13 columns; the queue's come last.
-		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued}})
+		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued, &j.ThreadID}})
 		if err != nil {
 			return nil, err
 		}

@@ -812,13 +812,31 @@ func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) (err error) {
 	defer classify(ctx, &err)
 	inv := j.Invocation
 	return pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook))
+		if j.ThreadID != "" {
+			// One create of a thread at a time (until this transaction
+			// ends), so that the check below holds across servers.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, inv.AgentID+"/"+j.ThreadID); err != nil {
+				return err
+			}
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook, thread_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook), nullString(j.ThreadID))
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("agent %s, key %q: %w", inv.AgentID, j.IdempotencyKey, domain.ErrDuplicate)
+		}
+		// After the key: a replayed create is answered, not refused.
+		if j.ThreadID != "" && j.ThreadReject {
+			var busy int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
+				WHERE r.agent_id = $1 AND r.thread_id = $2`, inv.AgentID, j.ThreadID).Scan(&busy); err != nil {
+				return err
+			}
+			if busy > 0 {
+				return fmt.Errorf("thread %q: %w", j.ThreadID, domain.ErrThreadBusy)
+			}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO invocations (`+invocationColumns+`) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, $8, NULL, NULL, $9)`,
 			inv.ID, inv.AgentID, inv.EntrypointTag, inv.SDKType, jsonText(inv.InputArgs), jsonText(inv.InputKwargs),
@@ -921,6 +939,20 @@ func (db *DB) RequestCancel(ctx context.Context, runID string) (err error) {
 	return oneRow(db.pool.Exec(ctx, `UPDATE runs SET cancel_requested = 1 WHERE invocation_id = $1`, runID))
 }
 
+// ThreadAhead says whether an earlier run of j's thread is still queued.
+func (db *DB) ThreadAhead(ctx context.Context, j domain.AsyncJob) (_ bool, err error) {
+	defer classify(ctx, &err)
+	if j.ThreadID == "" {
+		return false, nil
+	}
+	var n int
+	err = db.pool.QueryRow(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
+		WHERE r.agent_id = $1 AND r.thread_id = $2 AND r.invocation_id <> $3
+		AND (q.enqueued_at < $4 OR (q.enqueued_at = $4 AND q.seq < (SELECT seq FROM async_queue WHERE invocation_id = $3)))`,
+		j.AgentID, j.ThreadID, j.ID, j.EnqueuedAt.UnixMicro()).Scan(&n)
+	return n > 0, err
+}
+
 // ListRuns returns the background runs of agentIDs, newest first.
 func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.RunStatus, limit int) (_ []domain.Run, err error) {
 	defer classify(ctx, &err)
@@ -949,7 +981,7 @@ func (db *DB) ListRuns(ctx context.Context, agentIDs []string, status domain.Run
 }
 
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, '')
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, ''), coalesce(r.thread_id, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -959,7 +991,7 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run     domain.Run
 			started *int64
 		)
-		inv, err := scanInvocation(scanPlus{r, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook}})
+		inv, err := scanInvocation(scanPlus{r, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook, &run.ThreadID}})
 		if err != nil {
 			return run, err
 		}
@@ -1045,7 +1077,7 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at
+	rows, err := db.pool.Query(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at, coalesce(r.thread_id, '')
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -1056,7 +1088,7 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 			started  *int64
 			enqueued int64
 		)
-		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued}})
+		inv, err := scanInvocation(scanPlus{r, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued, &j.ThreadID}})
 		if err != nil {
 			return j, err
 		}

@@ -267,4 +267,76 @@ func testRuns(t *testing.T, open Opener) {
 			t.Fatalf("attempts of an unknown run: %+v, %v", none, err)
 		}
 	})
+
+	// A thread: a reject-mode create is refused while a run of it is
+	// queued or running; the runs of a thread wait for the earlier ones.
+	t.Run("threads", func(t *testing.T) {
+		s := open(t, "store")
+		add := func(id, thread string, reject bool) error {
+			t.Helper()
+			return s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending(id, "a", t0), Tenant: "acme", ThreadID: thread, ThreadReject: reject})
+		}
+		if err := add("t1", "chat-1", true); err != nil {
+			t.Fatal(err)
+		}
+		if err := add("t2", "chat-1", true); !errors.Is(err, domain.ErrThreadBusy) {
+			t.Fatalf("a second run of a busy thread (reject) = %v, want ErrThreadBusy", err)
+		}
+		if _, err := s.Get(ctx, "t2"); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("the refused run was recorded: %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+		for _, c := range []struct {
+			id, thread string
+		}{{"t3", "chat-1"}, {"t4", "chat-2"}, {"t5", "chat-1"}} {
+			if err := add(c.id, c.thread, false); err != nil {
+				t.Fatalf("run %s (enqueue): %v", c.id, err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		ahead := func(id string) bool {
+			t.Helper()
+			j, err := s.AsyncJob(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.ThreadID == "" {
+				t.Fatalf("%s lost its thread", id)
+			}
+			busy, err := s.ThreadAhead(ctx, j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return busy
+		}
+		if ahead("t1") || !ahead("t3") || ahead("t4") || !ahead("t5") {
+			t.Fatalf("ahead: t1 %v, t3 %v, t4 %v, t5 %v; want false, true, false, true", ahead("t1"), ahead("t3"), ahead("t4"), ahead("t5"))
+		}
+		if r := run(t, s, "t3"); r.ThreadID != "chat-1" {
+			t.Fatalf("the run's thread: %q", r.ThreadID)
+		}
+		if err := s.FinishAsync(ctx, completed(pending("t1", "a", t0), 1, `1`)); err != nil {
+			t.Fatal(err)
+		}
+		if ahead("t3") || !ahead("t5") {
+			t.Fatal("after t1 ended: want t3 free, t5 still behind t3")
+		}
+		if err := s.FinishAsync(ctx, completed(pending("t3", "a", t0), 1, `1`)); err != nil {
+			t.Fatal(err)
+		}
+		if ahead("t5") {
+			t.Fatal("after t3 ended, t5 still waits")
+		}
+		if err := add("t6", "chat-1", true); !errors.Is(err, domain.ErrThreadBusy) {
+			t.Fatalf("reject while t5 is queued = %v, want ErrThreadBusy", err)
+		}
+		// A replayed create of the busy thread's own run is a duplicate,
+		// not a refusal.
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("t7", "a", t0), ThreadID: "chat-3", ThreadReject: true, IdempotencyKey: "k-chat-3"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("t8", "a", t0), ThreadID: "chat-3", ThreadReject: true, IdempotencyKey: "k-chat-3"}); !errors.Is(err, domain.ErrDuplicate) {
+			t.Fatalf("a replay in a busy thread = %v, want ErrDuplicate", err)
+		}
+	})
 }

@@ -8,10 +8,12 @@ CREATE TABLE runs (
     attempts        INTEGER NOT NULL DEFAULT 0,
     started_at      BIGINT, -- unix microseconds of the last start; NULL: never started
     webhook         TEXT,   -- the URL its outcome is POSTed to; NULL: none
-    cancel_requested INTEGER NOT NULL DEFAULT 0 -- 1: a client cancelled it; whoever picks it up ends it so
+    cancel_requested INTEGER NOT NULL DEFAULT 0, -- 1: a client cancelled it; whoever picks it up ends it so
+    thread_id       TEXT    -- its conversation: the runs of one thread run one at a time, in order
 );
 CREATE UNIQUE INDEX idx_runs_idempotency ON runs (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX idx_runs_agent ON runs (agent_id);
+CREATE INDEX idx_runs_thread ON runs (agent_id, thread_id) WHERE thread_id IS NOT NULL;
 
 -- Each agent's secret for signing its runs' webhooks, made on first use.
 CREATE TABLE webhook_secrets (
