@@ -288,6 +288,24 @@ func TestClusterRuns(t *testing.T) {
 		t.Fatalf("the gateways queued %d invocations again, want 1 (%s):\n%s", n, lost, logs)
 	}
 
+	// A thread's runs one after the other across the cluster.
+	thread := func(path string, seconds float64) string {
+		b := runBody("wait_here", map[string]any{"path": filepath.Join(marks, path), "seconds": seconds})
+		b["thread_id"], b["multitask"] = "cluster-chat", "enqueue"
+		return acceptedRun(t, c.gateways[1].do(t, "POST", "/api/v1/agents/"+id+"/runs", c.admin, b))
+	}
+	t1, t2 := thread("t1", 1), thread("t2", 0)
+	var th1, th2 struct {
+		Status            string  `json:"status"`
+		ResponseTimestamp *string `json:"response_timestamp"`
+		StartedAt         *string `json:"started_at"`
+	}
+	json.Unmarshal(g.do(t, "GET", "/api/v1/runs/"+t2+"/wait", c.admin, nil).Env.Data, &th2)
+	json.Unmarshal(g.do(t, "GET", "/api/v1/runs/"+t1+"/wait", c.admin, nil).Env.Data, &th1)
+	if th1.Status != "completed" || th2.Status != "completed" || th2.StartedAt == nil || th1.ResponseTimestamp == nil || *th2.StartedAt < *th1.ResponseTimestamp {
+		t.Fatalf("a thread's runs on a cluster: %+v then %+v, want the second started after the first ended", th1, th2)
+	}
+
 	// A stream begun on one gateway, dropped, re-joined on the other.
 	resp := postContinue(t, g, id, "count_stream", map[string]any{"n": 50, "delay": 0.02})
 	runID := strings.TrimPrefix(resp.Header.Get("Content-Location"), "/api/v1/runs/")

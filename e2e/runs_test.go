@@ -351,3 +351,59 @@ func TestPlatformRunWebhooks(t *testing.T) {
 		}
 	}
 }
+
+// The runs of a thread run one at a time, in order: a second one is
+// refused while the first runs (multitask reject, the default) or waits
+// for it (enqueue); another thread's run does not wait.
+func TestPlatformRunThreads(t *testing.T) {
+	s := startPlatform(t, "", 0)
+	dir, _ := newAgent(t, "showcase")
+	addPyEntrypoint(t, dir, "cancellable.py", cancellable, "wait_here", "wait_here")
+	id := s.deploy(t, dir, s.Admin)
+	marks := t.TempDir()
+	create := func(path string, seconds float64, fields map[string]any) reply {
+		t.Helper()
+		b := runBody("wait_here", map[string]any{"path": filepath.Join(marks, path), "seconds": seconds})
+		for k, v := range fields {
+			b[k] = v
+		}
+		return s.do(t, "POST", "/api/v1/agents/"+id+"/runs", s.Admin, b)
+	}
+	first := acceptedRun(t, create("a", 1.5, map[string]any{"thread_id": "chat-1"}))
+	waitFile(t, filepath.Join(marks, "a"), "started")
+	if r := create("b", 0, map[string]any{"thread_id": "chat-1"}); r.Status != 409 || r.code() != "RESOURCE_ALREADY_EXISTS" || !strings.Contains(string(r.Body), "thread_id") {
+		t.Fatalf("a second run of a busy thread: %d %s, want 409 naming thread_id", r.Status, r.Body)
+	}
+	queued := acceptedRun(t, create("c", 0, map[string]any{"thread_id": "chat-1", "multitask": "enqueue"}))
+	other := acceptedRun(t, create("d", 0, map[string]any{"thread_id": "chat-2"}))
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+other+"/wait", s.Admin, nil)); rec.Status != "completed" {
+		t.Fatalf("another thread's run: %+v", rec)
+	}
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+first, s.Admin, nil)); rec.Status != "running" {
+		t.Fatalf("another thread's run waited for the first: the first is %s", rec.Status)
+	}
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+queued, s.Admin, nil)); rec.Status != "pending" {
+		t.Fatalf("the enqueued run of the busy thread: %s, want pending", rec.Status)
+	}
+	a := s.do(t, "GET", "/api/v1/runs/"+first+"/wait", s.Admin, nil)
+	c := s.do(t, "GET", "/api/v1/runs/"+queued+"/wait", s.Admin, nil)
+	var ra, rc struct {
+		Status            string  `json:"status"`
+		ResponseTimestamp *string `json:"response_timestamp"`
+		StartedAt         *string `json:"started_at"`
+		ThreadID          *string `json:"thread_id"`
+	}
+	json.Unmarshal(a.Env.Data, &ra)
+	json.Unmarshal(c.Env.Data, &rc)
+	if ra.Status != "completed" || rc.Status != "completed" || ra.ResponseTimestamp == nil || rc.StartedAt == nil || *rc.StartedAt < *ra.ResponseTimestamp {
+		t.Fatalf("the enqueued run started before the first ended: first %s, queued %s", a.Body, c.Body)
+	}
+	if rc.ThreadID == nil || *rc.ThreadID != "chat-1" {
+		t.Errorf("the run's thread_id: %s", c.Body)
+	}
+	for _, bad := range []map[string]any{{"multitask": "enqueue"}, {"thread_id": 7}, {"thread_id": "chat-1", "multitask": "interrupt"}, {"thread_id": strings.Repeat("x", 200)}} {
+		if r := create("z", 0, bad); r.Status != 400 {
+			t.Errorf("a create with %v: %d %s, want 400", bad, r.Status, r.Body)
+		}
+	}
+}

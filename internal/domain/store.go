@@ -197,8 +197,8 @@ type Runs interface {
 	// RequestCancel marks a run to be cancelled wherever it is picked up
 	// next (ErrNotFound if it is not a background run).
 	RequestCancel(ctx context.Context, runID string) error
-	// ThreadAhead says whether a run of j's thread created before j is
-	// still queued or running: j waits for it.
+	// ThreadAhead says whether a run of j's thread (j.ThreadID) queued
+	// before j (by its id) is still queued or running: j waits for it.
 	ThreadAhead(ctx context.Context, j AsyncJob) (bool, error)
 }
 

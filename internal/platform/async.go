@@ -387,7 +387,8 @@ func (p *Platform) enqueueRun(ctx context.Context, a *domain.Agent, inv domain.I
 		timeout = t // a request may ask for less, as on POST /run
 	}
 	key := opts.IdempotencyKey
-	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key, Webhook: opts.Webhook}
+	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key, Webhook: opts.Webhook,
+		ThreadID: opts.ThreadID, ThreadReject: opts.Multitask != "enqueue"}
 	var err error
 	if p.cluster != nil {
 		err = p.enqueueClusterAsync(ctx, j)
@@ -396,6 +397,10 @@ func (p *Platform) enqueueRun(ctx context.Context, a *domain.Agent, inv domain.I
 	}
 	if errors.Is(err, domain.ErrDuplicate) {
 		return p.replayRun(ctx, inv, key)
+	}
+	if errors.Is(err, domain.ErrThreadBusy) {
+		return "", false, &domain.Error{Code: domain.CodeAlreadyExists, Field: "thread_id", Err: err, Message: fmt.Sprintf(
+			"thread %s has a run queued or running; wait for it to end, or send \"multitask\": \"enqueue\" to run after it", opts.ThreadID)}
 	}
 	return inv.ID, false, err
 }
@@ -410,7 +415,7 @@ func (p *Platform) enqueueLocalAsync(ctx context.Context, j domain.AsyncJob) err
 		p.async.mu.Lock()
 		p.async.unreserveLocked(j.Tenant, j.AgentID)
 		p.async.mu.Unlock()
-		if errors.Is(err, domain.ErrDuplicate) {
+		if errors.Is(err, domain.ErrDuplicate) || errors.Is(err, domain.ErrThreadBusy) {
 			return err
 		}
 		return fmt.Errorf("record the async invocation: %w", err)
@@ -443,8 +448,33 @@ func sameJSON(a, b json.RawMessage) bool {
 }
 
 func (ar *asyncRunner) run(ctx context.Context, j domain.AsyncJob) {
+	if j.ThreadID != "" {
+		if ahead, err := ar.p.db.ThreadAhead(ctx, j); err != nil || ahead {
+			ar.later(j, threadWait) // an earlier run of its thread goes first
+			return
+		}
+	}
 	defer ar.done(j)
 	ar.p.runAsyncJob(ctx, j)
+}
+
+// threadWait is how long a run waits before it looks again whether the
+// earlier runs of its thread have ended.
+const threadWait = 250 * time.Millisecond
+
+// later gives a taken job back, to be queued again after d (its backlog
+// place kept).
+func (ar *asyncRunner) later(j domain.AsyncJob, d time.Duration) {
+	ar.mu.Lock()
+	if cancel := ar.cancels[j.ID]; cancel != nil {
+		cancel()
+		delete(ar.cancels, j.ID)
+	}
+	ar.tenant(j.Tenant).running--
+	ar.mu.Unlock()
+	ar.running.Done()
+	ar.wake.Broadcast()
+	time.AfterFunc(d, func() { ar.push(j) })
 }
 
 // runAsyncJob runs one queued invocation and records its outcome; ran is

@@ -199,6 +199,12 @@ func (p *Platform) runDelivery(ctx context.Context, d cluster.Delivery) {
 		d.Ack()
 		return
 	}
+	if j.ThreadID != "" && j.StartedAt.IsZero() {
+		if ahead, err := p.db.ThreadAhead(ctx, j); err != nil || ahead {
+			d.Retry(threadWait) // an earlier run of its thread goes first
+			return
+		}
+	}
 	release, ok := p.cluster.async.tenantSlot(j.Tenant, p.cfg.Async.TenantWorkers)
 	if !ok {
 		d.Retry(250 * time.Millisecond) // another tenant's may run meanwhile

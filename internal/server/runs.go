@@ -43,13 +43,31 @@ func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agen
 		return
 	}
 	var fields struct {
-		Webhook *string `json:"webhook"`
+		Webhook   *string         `json:"webhook"`
+		ThreadID  json.RawMessage `json:"thread_id"`
+		Multitask json.RawMessage `json:"multitask"`
 	}
 	if err := json.Unmarshal(body, &fields); err != nil {
 		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "webhook", Message: "expected an http:// or https:// URL as a string"})
 		return
 	}
 	opts := RunOptions{TimeoutSeconds: deref(req.TimeoutSeconds)}
+	if len(fields.ThreadID) > 0 && string(fields.ThreadID) != "null" {
+		if json.Unmarshal(fields.ThreadID, &opts.ThreadID) != nil || !printableID(opts.ThreadID) {
+			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "thread_id", Message: "expected a string of 1 to 128 printable ASCII characters (a conversation's id)"})
+			return
+		}
+	}
+	if len(fields.Multitask) > 0 && string(fields.Multitask) != "null" {
+		if json.Unmarshal(fields.Multitask, &opts.Multitask) != nil || (opts.Multitask != "reject" && opts.Multitask != "enqueue") {
+			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "multitask", Message: `expected "reject" (the default: refused while another run of the thread is queued or running) or "enqueue" (it runs after them)`})
+			return
+		}
+		if opts.ThreadID == "" {
+			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "multitask", Message: "multitask orders the runs of a thread: give thread_id too"})
+			return
+		}
+	}
 	if fields.Webhook != nil {
 		opts.Webhook = *fields.Webhook
 		if opts.Webhook == "" {
@@ -61,6 +79,19 @@ func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agen
 		ID: newInvocationID(), AgentID: a.ID, EntrypointTag: tag, InputArgs: req.InputArgs, InputKwargs: req.InputKwargs,
 		Status: domain.StatusPending, RequestTime: start, ClientInfo: a.clientInfo,
 	}, opts, true)
+}
+
+// printableID says whether s is 1 to 128 printable ASCII characters.
+func printableID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // handleWebhookAttempts lists the attempts to deliver a run's webhook.

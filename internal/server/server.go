@@ -109,6 +109,10 @@ type RunOptions struct {
 	IdempotencyKey string  // the Idempotency-Key header
 	Webhook        string  // the URL its outcome is POSTed to
 	TimeoutSeconds float64 // the body's timeout_seconds (0: the agent's)
+	// ThreadID orders the run among its thread's; Multitask says what a
+	// create does while another run of the thread is queued or running:
+	// "reject" (the default: 409) or "enqueue" (it runs after it).
+	ThreadID, Multitask string
 }
 
 // RunService reads and cancels the background runs (the platform

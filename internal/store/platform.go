@@ -508,9 +508,10 @@ func (db *DB) ThreadAhead(ctx context.Context, j domain.AsyncJob) (bool, error) 
 		return false, nil
 	}
 	var n int
-	err := db.sql.QueryRowContext(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
-		WHERE r.agent_id = ? AND r.thread_id = ? AND r.invocation_id <> ? AND (q.enqueued_at < ? OR (q.enqueued_at = ? AND q.rowid < (SELECT rowid FROM async_queue WHERE invocation_id = ?)))`,
-		j.AgentID, j.ThreadID, j.ID, j.EnqueuedAt.UnixMicro(), j.EnqueuedAt.UnixMicro(), j.ID).Scan(&n)
+	err := db.sql.QueryRowContext(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id,
+		async_queue me WHERE me.invocation_id = ? AND r.agent_id = ? AND r.thread_id = ? AND r.invocation_id <> me.invocation_id
+		AND (q.enqueued_at < me.enqueued_at OR (q.enqueued_at = me.enqueued_at AND q.rowid < me.rowid))`,
+		j.ID, j.AgentID, j.ThreadID).Scan(&n)
 	return n > 0, err
 }
 

@@ -142,6 +142,7 @@ type RunJSON struct {
 	StartedAt      *string `json:"started_at"`
 	IdempotencyKey *string `json:"idempotency_key"`
 	Webhook        *string `json:"webhook"`
+	ThreadID       *string `json:"thread_id"`
 }
 
 // RunRecord is a run as the runs API shows it.
@@ -160,6 +161,9 @@ func (r RunRecord) MarshalJSON() ([]byte, error) {
 	}
 	if r.Webhook != "" {
 		v.Webhook = &r.Webhook
+	}
+	if r.ThreadID != "" {
+		v.ThreadID = &r.ThreadID
 	}
 	return json.Marshal(v)
 }

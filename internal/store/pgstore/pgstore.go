@@ -946,10 +946,10 @@ func (db *DB) ThreadAhead(ctx context.Context, j domain.AsyncJob) (_ bool, err e
 		return false, nil
 	}
 	var n int
-	err = db.pool.QueryRow(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id
-		WHERE r.agent_id = $1 AND r.thread_id = $2 AND r.invocation_id <> $3
-		AND (q.enqueued_at < $4 OR (q.enqueued_at = $4 AND q.seq < (SELECT seq FROM async_queue WHERE invocation_id = $3)))`,
-		j.AgentID, j.ThreadID, j.ID, j.EnqueuedAt.UnixMicro()).Scan(&n)
+	err = db.pool.QueryRow(ctx, `SELECT count(*) FROM runs r JOIN async_queue q ON q.invocation_id = r.invocation_id,
+		async_queue me WHERE me.invocation_id = $1 AND r.agent_id = $2 AND r.thread_id = $3 AND r.invocation_id <> me.invocation_id
+		AND (q.enqueued_at < me.enqueued_at OR (q.enqueued_at = me.enqueued_at AND q.seq < me.seq))`,
+		j.ID, j.AgentID, j.ThreadID).Scan(&n)
 	return n > 0, err
 }
 
