@@ -64,9 +64,6 @@ type Cluster struct {
 	kv     jetstream.KeyValue
 	kvErr  error
 
-	advMu   sync.Mutex // the watched copy of the node bucket, made on first use
-	adverts *advertCache
-
 	leaderMu sync.Mutex // the scheduler's lease bucket, opened on first use
 	leaderKV jetstream.KeyValue
 

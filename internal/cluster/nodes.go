@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -70,98 +69,28 @@ func (c *Cluster) Withdraw(ctx context.Context, node string) error {
 	return kv.Delete(ctx, node)
 }
 
-// Adverts returns every live node's advert, by node, from a watched copy
-// of the bucket (the scheduler reads them every second): an advert older
-// than NodeTTL is left out, as the bucket's TTL removes it.
+// Adverts returns every live node's advert, by node.
 func (c *Cluster) Adverts(ctx context.Context) (map[string]json.RawMessage, error) {
-	a, err := c.advertCache(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return a.live(time.Now()), nil
-}
-
-// advertCache is a live copy of the node bucket.
-type advertCache struct {
-	mu      sync.RWMutex
-	entries map[string]advertEntry
-}
-
-type advertEntry struct {
-	value json.RawMessage
-	at    time.Time // when it arrived here (this clock: NATS's may differ)
-}
-
-func (a *advertCache) live(now time.Time) map[string]json.RawMessage {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	out := make(map[string]json.RawMessage, len(a.entries))
-	for node, e := range a.entries {
-		if now.Sub(e.at) < NodeTTL {
-			out[node] = e.value
-		}
-	}
-	return out
-}
-
-// advertCache watches the node bucket, on first use; it returns once the
-// copy holds every advert there is.
-func (c *Cluster) advertCache(ctx context.Context) (*advertCache, error) {
-	c.advMu.Lock()
-	defer c.advMu.Unlock()
-	if c.adverts != nil {
-		return c.adverts, nil
-	}
 	kv, err := c.nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(context.Background())
+	keys, err := kv.ListKeys(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("watch the node bucket %s on NATS: %w", NodesBucket, err)
+		return nil, err
 	}
-	a := &advertCache{entries: map[string]advertEntry{}}
-	ready := make(chan struct{})
-	go func() {
-		defer func() { // the watch ended (the connection closed): the next read makes a new one
-			c.advMu.Lock()
-			if c.adverts == a {
-				c.adverts = nil
-			}
-			c.advMu.Unlock()
-		}()
-		initial := true
-		for e := range w.Updates() {
-			if e == nil { // every existing key has been delivered
-				if initial {
-					initial = false
-					close(ready)
-				}
-				continue
-			}
-			a.mu.Lock()
-			if e.Operation() == jetstream.KeyValuePut {
-				a.entries[e.Key()] = advertEntry{value: json.RawMessage(e.Value()), at: time.Now()}
-			} else {
-				delete(a.entries, e.Key())
-			}
-			// Dead nodes' entries go too (the bucket's TTL sends no notice).
-			for node, old := range a.entries {
-				if time.Since(old.at) > 4*NodeTTL {
-					delete(a.entries, node)
-				}
-			}
-			a.mu.Unlock()
+	out := map[string]json.RawMessage{}
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // gone meanwhile
 		}
-	}()
-	select {
-	case <-ready:
-		c.adverts = a
-		return a, nil
-	case <-ctx.Done():
-		w.Stop()
-		return nil, fmt.Errorf("read the node adverts from NATS: %w", ctx.Err())
+		if err != nil {
+			return nil, err
+		}
+		out[k] = json.RawMessage(e.Value())
 	}
+	return out, nil
 }
 
 // ErrNoSuchNode is in NodeControl's error for a node that is not up.
