@@ -213,20 +213,7 @@ var ErrRunCancelled = errors.New("the run was cancelled")
 // tailEvents answers the events of run id after seq after as SSE, live,
 // until its end or the client goes away.
 func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID string, after int) {
-	sw := &sseWriter{s: s, w: w, rc: http.NewResponseController(w), last: time.Now(), buf: make([]byte, 0, 1024)}
-	sw.begin = func() {
-		sw.started = true
-		h := w.Header()
-		h.Set("Content-Type", "text/event-stream")
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Accel-Buffering", "no")
-		h.Set("Content-Location", "/api/v1/runs/"+id)
-		w.WriteHeader(http.StatusOK)
-		b := append([]byte(`event: start`+"\n"+`data: {"run_id":`), wire.AppendString(nil, id)...)
-		b = append(append(append(b, `,"invocation_id":`...), wire.AppendString(nil, id)...), `,"agent_id":`...)
-		b = append(append(b, wire.AppendString(nil, agentID)...), "}\n\n"...)
-		sw.write(b)
-	}
+	sw := s.newSSEWriter(w, id, agentID)
 	sw.mu.Lock()
 	sw.begin()
 	sw.mu.Unlock()

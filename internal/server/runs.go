@@ -19,24 +19,32 @@ import (
 // maxRunWait bounds GET /runs/{id}/wait.
 const maxRunWait = 5 * time.Minute
 
-func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agent) {
-	start := time.Now()
+// readRunRequest reads and checks a wire /run body and finds its
+// entrypoint, or answers the error (ok false).
+func (s *Server) readRunRequest(w http.ResponseWriter, r *http.Request, a *Agent) (body []byte, req runRequest, streaming, ok bool) {
 	body, status, e := s.readBody(w, r)
 	if e != nil {
 		s.writeError(w, status, e)
-		return
+		return nil, req, false, false
 	}
-	req, e := decodeRunRequest(body)
-	if e != nil {
+	if req, e = decodeRunRequest(body); e != nil {
 		s.writeError(w, http.StatusBadRequest, e)
+		return nil, req, false, false
+	}
+	tag := *req.EntrypointTag
+	if streaming, ok = a.tags[tag]; !ok {
+		s.writeError(w, http.StatusNotFound, &domain.Error{Code: domain.CodeNotFound, Field: "entrypoint_tag", Message: fmt.Sprintf("Entrypoint %s not found", tag)})
+	}
+	return body, req, streaming, ok
+}
+
+func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agent) {
+	start := time.Now()
+	body, req, streaming, ok := s.readRunRequest(w, r, a)
+	if !ok {
 		return
 	}
 	tag := *req.EntrypointTag
-	streaming, ok := a.tags[tag]
-	if !ok {
-		s.writeError(w, http.StatusNotFound, &domain.Error{Code: domain.CodeNotFound, Field: "entrypoint_tag", Message: fmt.Sprintf("Entrypoint %s not found", tag)})
-		return
-	}
 	if streaming {
 		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "entrypoint_tag",
 			Message: fmt.Sprintf("%s is a streaming entrypoint: a background run calls a plain one (stream it with the run-stream route)", tag)})

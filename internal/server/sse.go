@@ -106,6 +106,26 @@ func (sw *sseWriter) heartbeat(every time.Duration) error {
 	return sw.write([]byte(": heartbeat\n\n"))
 }
 
+// newSSEWriter is the writer of run runID's events; its answer begins
+// (200, the headers, the start event) with the first event or heartbeat.
+func (s *Server) newSSEWriter(w http.ResponseWriter, runID, agentID string) *sseWriter {
+	sw := &sseWriter{s: s, w: w, rc: http.NewResponseController(w), last: time.Now(), buf: make([]byte, 0, 1024)}
+	sw.begin = func() {
+		sw.started = true
+		h := w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+		h.Set("Content-Location", "/api/v1/runs/"+runID)
+		w.WriteHeader(http.StatusOK)
+		b := append([]byte(`event: start`+"\n"+`data: {"run_id":`), wire.AppendString(nil, runID)...)
+		b = append(append(append(b, `,"invocation_id":`...), wire.AppendString(nil, runID)...), `,"agent_id":`...)
+		b = append(append(b, wire.AppendString(nil, agentID)...), "}\n\n"...)
+		sw.write(b)
+	}
+	return sw
+}
+
 func (s *Server) handleStreamSSE(w http.ResponseWriter, r *http.Request, a *Agent) {
 	if !acceptsSSE(r.Header.Get("Accept")) {
 		s.writeError(w, http.StatusNotAcceptable, &domain.Error{Code: domain.CodeValidation, Field: "Accept",
@@ -113,22 +133,11 @@ func (s *Server) handleStreamSSE(w http.ResponseWriter, r *http.Request, a *Agen
 		return
 	}
 	start := time.Now()
-	body, status, e := s.readBody(w, r)
-	if e != nil {
-		s.writeError(w, status, e)
-		return
-	}
-	req, e := decodeRunRequest(body)
-	if e != nil {
-		s.writeError(w, http.StatusBadRequest, e)
+	body, req, streaming, ok := s.readRunRequest(w, r, a)
+	if !ok {
 		return
 	}
 	tag := *req.EntrypointTag
-	streaming, ok := a.tags[tag]
-	if !ok {
-		s.writeError(w, http.StatusNotFound, &domain.Error{Code: domain.CodeNotFound, Field: "entrypoint_tag", Message: fmt.Sprintf("Entrypoint %s not found", tag)})
-		return
-	}
 	if !streaming {
 		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "entrypoint_tag", Message: fmt.Sprintf(
 			"Entrypoint `%s` is not a streaming entrypoint. Use a streaming entrypoint (ending with '_stream'), or POST /run.", tag)})
@@ -172,20 +181,7 @@ func (s *Server) handleStreamSSE(w http.ResponseWriter, r *http.Request, a *Agen
 	defer stop(nil)
 	ctx, cancel := s.callContext(domain.WithInvocation(base, inv.ID), a, deref(req.TimeoutSeconds))
 	defer cancel()
-	sw := &sseWriter{s: s, w: w, rc: http.NewResponseController(w), last: time.Now(), buf: make([]byte, 0, 1024)}
-	sw.begin = func() {
-		sw.started = true
-		h := w.Header()
-		h.Set("Content-Type", "text/event-stream")
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-		h.Set("Content-Location", "/api/v1/runs/"+inv.ID)
-		w.WriteHeader(http.StatusOK)
-		b := append([]byte(`event: start`+"\n"+`data: {"run_id":`), wire.AppendString(nil, inv.ID)...)
-		b = append(append(append(b, `,"invocation_id":`...), wire.AppendString(nil, inv.ID)...), `,"agent_id":`...)
-		b = append(append(b, wire.AppendString(nil, a.ID)...), "}\n\n"...)
-		sw.write(b)
-	}
+	sw := s.newSSEWriter(w, inv.ID, a.ID)
 	if hb := s.cfg.Heartbeat; hb > 0 {
 		done, exited := make(chan struct{}), make(chan struct{})
 		defer func() { close(done); <-exited }() // nothing writes once the handler returns
