@@ -248,6 +248,9 @@ func TestPoolReplacesDeadInstance(t *testing.T) {
 	if err != nil || string(out) != `{"type": "integer", "payload": "1001"}` {
 		t.Fatalf("the call after the crash: %s %v, want it on a second instance", out, err)
 	}
+	// The pool counts the failure just after it drops the instance, so
+	// Status can show it gone a moment before the observer hears of it.
+	eventually(t, "the failure counted", func() bool { gone, _ := obs.seen(); return len(gone) >= 1 })
 	if gone, _ := obs.seen(); len(gone) != 1 || gone[0] != "died" {
 		t.Fatalf("failures counted: %v", gone)
 	}
