@@ -173,12 +173,29 @@ func (a *app) serve(ctx context.Context, dir string, o serveOptions) error {
 	go pool.Run(runCtx, time.Second)
 	log.Info("agent runner ready", "startup", time.Since(t0).Round(time.Millisecond))
 
+	// With persistent_folders, a call with user_id and persistent_memory
+	// runs on an instance of the user's own that sees the user's folders.
+	var forUser func(string) domain.Invoker
+	if len(cfg.PersistentFolders) > 0 {
+		users, err := manager.NewUserPools(manager.UserPoolsConfig{
+			AgentID: cfg.AgentID, Version: 1, Dir: filepath.Join(cache, "users", cfg.AgentID), Bundle: folder.Dir,
+			Folders: cfg.PersistentFolders, Spec: spec, Pool: pool.Config(), QuotaMB: manager.DefaultDeployment.PersistentQuotaMB,
+			MaxUsers: manager.DefaultDeployment.MaxInstances,
+		})
+		if err != nil {
+			return err
+		}
+		defer users.Close()
+		go users.Run(runCtx, time.Second)
+		forUser = users.Invoker
+	}
+
 	agent := folder.Agent()
 	regPath := store.RegistryPath()
 	registry := store.NewRegistryRecorder(regPath, cfg.AgentID, log)
 	defer registry.Close()
 	srv := server.New(server.Config{
-		Agent: agent, Dispatcher: dispatch.Single(agent.Target(), pool), Recorder: db,
+		Agent: agent, Dispatcher: dispatch.Single(agent.Target(), pool, forUser), Recorder: db,
 		OnCall: func(_ *domain.Agent, _ string, code domain.Code, _ time.Duration) { registry.Record(code == "") },
 		Host:   o.host, Port: port, MaxBodyBytes: o.maxBody, CallTimeout: o.timeout,
 		Logger: log, Version: a.version,

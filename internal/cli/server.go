@@ -101,6 +101,7 @@ The API is described in docs/platform-api.md.`,
 	f.Float64Var(&o.dep.CPUSeconds, "cpu-seconds", 0, "CPU time limit per instance in seconds (0: none)")
 	f.Float64Var(&o.dep.CPUs, "cpus", 0, "CPU per instance in cores, e.g. 0.5 or 2 (0: no cap; the microvm sandbox's vCPUs, rounded up)")
 	f.IntVar(&o.dep.MaxPids, "max-pids", o.dep.MaxPids, "processes+threads limit per instance (0: none)")
+	f.IntVar(&o.dep.PersistentQuotaMB, "persistent-quota-mb", o.dep.PersistentQuotaMB, "most MiB one user's persistent folders may hold, per agent (agents may ask for less)")
 	f.DurationVar(&o.dep.CallTimeout, "timeout", o.dep.CallTimeout, "longest a call may run (agents may ask for less)")
 	f.Int64Var(&o.maxUpload, "max-upload", 128<<20, "largest bundle upload in bytes")
 	f.Int64Var(&o.maxBundle, "max-bundle", 512<<20, "largest unpacked bundle in bytes")

@@ -29,11 +29,16 @@ type Local struct{ r Resolver }
 // NewLocal returns the in-process dispatcher over r.
 func NewLocal(r Resolver) *Local { return &Local{r: r} }
 
-// Single is the in-process dispatcher of one agent version (runagent serve).
-func Single(t domain.Target, inv domain.Invoker) *Local {
+// Single is the in-process dispatcher of one agent version (runagent
+// serve). forUser, when set, gives the invoker of a user's calls (a call
+// with persistent memory); without it they go to inv as any other.
+func Single(t domain.Target, inv domain.Invoker, forUser func(user string) domain.Invoker) *Local {
 	return NewLocal(ResolverFunc(func(got domain.Target) (domain.Invoker, error) {
-		if got != t {
+		if got.AgentID != t.AgentID || got.Version != t.Version {
 			return nil, NotRunning(got)
+		}
+		if got.User != "" && forUser != nil {
+			return forUser(got.User), nil
 		}
 		return inv, nil
 	}))

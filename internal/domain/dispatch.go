@@ -50,6 +50,10 @@ type Invoker interface {
 type Target struct {
 	AgentID string
 	Version int
+	// User, when set, is the user whose persistent folders the call sees
+	// (user_id with persistent_memory): the call runs on an instance of
+	// that user's own.
+	User string
 }
 
 // Dispatcher sends calls to where an agent version runs: its pool in this

@@ -43,6 +43,7 @@ const (
 	LimitPids   Limit = "pids"
 	LimitResult Limit = "result" // one result's size
 	LimitChunk  Limit = "chunk"  // one stream chunk's size
+	LimitDisk   Limit = "disk"   // a user's persistent folders' quota
 	LimitOther  Limit = "other"
 )
 

@@ -74,6 +74,8 @@ type AsyncJob struct {
 	// running (ErrThreadBusy).
 	ThreadID     string
 	ThreadReject bool
+	// UserID is the user whose persistent folders the run sees ("": none).
+	UserID string
 	// Attempts counts the times it was started (StartAsync); StartedAt is
 	// when the last one began (zero: not started since it was queued). A
 	// job still queued after it started was interrupted: the server

@@ -35,6 +35,7 @@ type Run struct {
 	Running        bool      // started and not ended
 	Webhook        string    // the URL its outcome is POSTed to ("" if none)
 	ThreadID       string    // its thread ("" if none)
+	UserID         string    // the user whose persistent folders it sees ("" if none)
 }
 
 // WebhookAttempt is one attempt to deliver a run's webhook.

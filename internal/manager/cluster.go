@@ -61,6 +61,9 @@ func (m *Manager) unserve(agentID string, v *version) {
 
 // close stops v's instances, if it runs any here.
 func (v *version) close() {
+	if v.users != nil {
+		v.users.Close()
+	}
 	if v.pool != nil {
 		v.pool.Close()
 	}

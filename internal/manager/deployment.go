@@ -34,6 +34,9 @@ type Deployment struct {
 	// MinNodes is how many nodes of a cluster run the version while it is
 	// held (more under load); a single server ignores it.
 	MinNodes int
+	// PersistentQuotaMB bounds what one user's persistent folders may hold
+	// (checked before each of the user's calls).
+	PersistentQuotaMB int
 }
 
 // DefaultDeployment is what a server uses without flags.
@@ -41,6 +44,7 @@ var DefaultDeployment = Deployment{
 	MinInstances: 0, MaxInstances: 4, TargetConcurrency: 4, MaxConcurrency: 16, MaxQueue: 100,
 	IdleTimeout: 60 * time.Second, MemoryMB: 1024, MaxPids: 256, CallTimeout: 5 * time.Minute,
 	Sandbox: "process", WorkDirMB: 256, OpenFiles: 1024, MinNodes: 2,
+	PersistentQuotaMB: 100,
 }
 
 // deploymentFields are the keys of the config section, with how each is set
@@ -94,6 +98,7 @@ var numericFields = map[string]func(d *Deployment, v float64) string{
 		return ""
 	},
 	"max_pids":             func(d *Deployment, v float64) string { d.MaxPids = int(v); return whole(v, 0) },
+	"persistent_quota_mb":  func(d *Deployment, v float64) string { d.PersistentQuotaMB = int(v); return whole(v, 1) },
 	"call_timeout_seconds": func(d *Deployment, v float64) string { d.CallTimeout = seconds(v); return positive(v) },
 }
 
@@ -198,6 +203,9 @@ func (d Deployment) Capped(ceiling Deployment) Deployment {
 	}
 	if ceiling.MemoryMB > 0 && (d.MemoryMB == 0 || d.MemoryMB > ceiling.MemoryMB) {
 		d.MemoryMB = ceiling.MemoryMB
+	}
+	if ceiling.PersistentQuotaMB > 0 && (d.PersistentQuotaMB == 0 || d.PersistentQuotaMB > ceiling.PersistentQuotaMB) {
+		d.PersistentQuotaMB = ceiling.PersistentQuotaMB
 	}
 	if ceiling.MaxPids > 0 && (d.MaxPids == 0 || d.MaxPids > ceiling.MaxPids) {
 		d.MaxPids = ceiling.MaxPids

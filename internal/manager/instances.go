@@ -26,6 +26,8 @@ type InstanceSpec struct {
 	Driver  sandbox.Driver // nil: a plain process
 	Network bool
 	Limits  domain.Limits
+	// Mounts are a user's persistent folders (UserPools).
+	Mounts []sandbox.Mount
 	// Threads of the runner for sync calls (2 more than the calls it runs
 	// at once, so that a busy instance still answers health pings).
 	Threads int
@@ -67,7 +69,7 @@ func (s InstanceSpec) StartFunc() StartFunc {
 		defer cancel()
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: s.Env.Python, Script: s.Script, Env: procEnv, Init: init, Logger: s.Log.With("instance", instanceID),
-			Driver: s.Driver, InstanceID: s.NamePrefix + instanceID, Venv: s.Env.Venv, Network: s.Network, Limits: s.Limits,
+			Driver: s.Driver, InstanceID: s.NamePrefix + instanceID, Venv: s.Env.Venv, Network: s.Network, Limits: s.Limits, Mounts: s.Mounts,
 			OnLog:        line,
 			OnOutput:     func(stream, text string) { line("", stream, text) },
 			ReadyTimeout: s.StartTimeout,

@@ -136,6 +136,7 @@ type version struct {
 	folder *agentfolder.Folder
 	dep    Deployment
 	pool   *Pool
+	users  *UserPools // per-user instances, for persistent_folders (nil: the agent has none)
 	agent  *domain.Agent
 }
 
@@ -552,6 +553,15 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 		return nil, err
 	}
 	v.pool = pool
+	if len(folder.Config.PersistentFolders) > 0 {
+		if v.users, err = NewUserPools(UserPoolsConfig{
+			AgentID: agentID, Version: vrec.Version, Dir: filepath.Join(m.cfg.DataDir, "users", agentID), Bundle: folder.Dir,
+			Folders: folder.Config.PersistentFolders, Spec: spec, Pool: pc, QuotaMB: dep.PersistentQuotaMB, MaxUsers: dep.MaxInstances, Obs: m.cfg.Obs,
+		}); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
 	if n > 0 {
 		if err := pool.Warm(ctx, max(n, dep.MinInstances)); err != nil {
 			pool.Close()
@@ -646,7 +656,36 @@ func (m *Manager) Delete(ctx context.Context, agentID string) error {
 		return err
 	}
 	m.changed(agentID)
+	if err := os.RemoveAll(filepath.Join(m.cfg.DataDir, "users", agentID)); err != nil {
+		return err
+	}
 	return os.RemoveAll(filepath.Join(m.cfg.DataDir, "agents", agentID))
+}
+
+// DeleteUserData removes what a user's runs wrote to the agent's
+// persistent folders, once the user's instances (of every version) have
+// stopped. Nothing there is not an error: deleting twice is fine.
+func (m *Manager) DeleteUserData(ctx context.Context, agentID, user string) error {
+	st := m.state(agentID)
+	if st == nil {
+		return &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
+	}
+	key := userKey(user)
+	var users []*UserPools
+	for _, v := range m.versions() {
+		if v.users != nil && v.agent.ID == agentID {
+			users = append(users, v.users)
+		}
+	}
+	for _, u := range users {
+		u.drop(key)
+	}
+	defer func() {
+		for _, u := range users {
+			u.unblock(key)
+		}
+	}()
+	return os.RemoveAll(UserDir(filepath.Join(m.cfg.DataDir, "users"), agentID, user))
 }
 
 // AgentStatus is a snapshot of an agent's serving state.
@@ -669,6 +708,11 @@ func (m *Manager) Status(agentID string) (AgentStatus, bool) {
 		s.ActiveVersion, s.Deployment, s.Local = v.n, v.dep, v.pool != nil
 		if v.pool != nil {
 			s.Pool = v.pool.Status()
+		}
+		if v.users != nil {
+			for _, p := range v.users.list() {
+				s.Pool.add(p.Status())
+			}
 		}
 	}
 	st.mu.Lock()
@@ -700,23 +744,31 @@ func (m *Manager) Run(ctx context.Context) {
 }
 
 func (m *Manager) pools() []*Pool {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
 	var out []*Pool
-	for _, st := range m.agents {
-		if v := st.active.Load(); v != nil && v.pool != nil {
+	for _, v := range m.versions() {
+		if v.pool != nil { // a gateway has versions without pools
 			out = append(out, v.pool)
 		}
-		st.mu.Lock()
-		for _, v := range st.retiring {
-			if v.pool != nil {
-				out = append(out, v.pool)
-			}
+		if v.users != nil {
+			out = append(out, v.users.list()...)
 		}
+	}
+	return out
+}
+
+// versions is every version loaded: active, retiring and staged.
+func (m *Manager) versions() []*version {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []*version
+	for _, st := range m.agents {
+		if v := st.active.Load(); v != nil {
+			out = append(out, v)
+		}
+		st.mu.Lock()
+		out = append(out, st.retiring...)
 		for _, v := range st.staged {
-			if v.pool != nil { // a gateway stages versions without pools
-				out = append(out, v.pool)
-			}
+			out = append(out, v)
 		}
 		st.mu.Unlock()
 	}
@@ -732,6 +784,11 @@ func (m *Manager) tick(now time.Time) {
 	usage := SampleGroups(pids)
 	for _, p := range pools {
 		p.Tick(now, usage)
+	}
+	for _, v := range m.versions() {
+		if v.users != nil {
+			v.users.reap(now)
+		}
 	}
 }
 
@@ -781,20 +838,38 @@ func (w *lineWriter) Flush() {
 // Invoker implements dispatch.Resolver: the pool of an agent version that
 // runs here, the active one or one still draining its calls.
 func (m *Manager) Invoker(t domain.Target) (domain.Invoker, error) {
+	v, err := m.target(t)
+	if err != nil {
+		return nil, err
+	}
+	if t.User != "" && v.users != nil {
+		if m.cfg.Cluster != nil {
+			// A user's folders live on one machine's disk; another node
+			// would not see them.
+			return nil, &domain.Error{Code: domain.CodeValidation, Field: "persistent_memory", Message: fmt.Sprintf(
+				"agent %s has persistent_folders, but a cluster does not keep users' persistent folders yet: run it on a single server (runagent server without --role), or call it without persistent_memory", t.AgentID)}
+		}
+		return v.users.Invoker(t.User), nil
+	}
+	return v.pool, nil
+}
+
+// target is the version a call is for, with a pool here.
+func (m *Manager) target(t domain.Target) (*version, error) {
 	st := m.state(t.AgentID)
 	if st != nil {
 		if v := st.active.Load(); v != nil && v.n == t.Version && v.pool != nil {
-			return v.pool, nil
+			return v, nil
 		}
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		for _, v := range st.retiring {
 			if v.n == t.Version {
-				return v.pool, nil
+				return v, nil
 			}
 		}
-		if v := st.staged[t.Version]; v != nil {
-			return v.pool, nil // a node's, prepared: a gateway may call it as it activates
+		if v := st.staged[t.Version]; v != nil && v.pool != nil {
+			return v, nil // a node's, prepared: a gateway may call it as it activates
 		}
 		if v := st.active.Load(); v != nil && v.n > t.Version {
 			return nil, errPoolClosed // replaced as the call arrived: retry

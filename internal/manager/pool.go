@@ -478,6 +478,17 @@ type InstanceStatus struct {
 	Uptime   float64              `json:"uptime_seconds"`
 }
 
+// add counts another pool's snapshot in s (a version's users' pools).
+func (s *PoolStatus) add(o PoolStatus) {
+	s.Starting += o.Starting
+	s.Ready += o.Ready
+	s.Draining += o.Draining
+	s.InFlight += o.InFlight
+	s.Queued += o.Queued
+	s.Calls += o.Calls
+	s.Instances = append(s.Instances, o.Instances...)
+}
+
 // Status returns a snapshot.
 func (p *Pool) Status() PoolStatus {
 	p.mu.Lock()

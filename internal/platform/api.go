@@ -55,6 +55,7 @@ func (p *Platform) Handler(metrics bool) http.Handler {
 	mux.HandleFunc("GET /api/v1/invocations", p.handleInvocations)
 	mux.HandleFunc("GET /api/v1/runs", p.handleRuns)
 	mux.HandleFunc("GET /api/v1/agents/{id}/webhook-secret", p.handleWebhookSecret)
+	mux.HandleFunc("DELETE /api/v1/agents/{id}/users/{user_id}", p.handleDeleteUserData)
 	mux.HandleFunc("POST /api/v1/agents/{id}/crons", p.handleCreateCron)
 	mux.HandleFunc("GET /api/v1/agents/{id}/crons", p.handleCrons)
 	mux.HandleFunc("GET /api/v1/crons/{cron_id}", p.handleCron)

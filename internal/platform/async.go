@@ -388,7 +388,7 @@ func (p *Platform) enqueueRun(ctx context.Context, a *domain.Agent, inv domain.I
 	}
 	key := opts.IdempotencyKey
 	j := domain.AsyncJob{Invocation: inv, Tenant: tenant, TimeoutSeconds: timeout, IdempotencyKey: key, Webhook: opts.Webhook,
-		ThreadID: opts.ThreadID, ThreadReject: opts.Multitask != "enqueue"}
+		ThreadID: opts.ThreadID, ThreadReject: opts.Multitask != "enqueue", UserID: opts.User}
 	var err error
 	if p.cluster != nil {
 		err = p.enqueueClusterAsync(ctx, j)
@@ -508,7 +508,9 @@ func (p *Platform) runAsyncJob(ctx context.Context, j domain.AsyncJob) (ran bool
 		}
 		cctx, cancel := context.WithTimeoutCause(domain.WithInvocation(ctx, inv.ID), timeout, &domain.Error{Code: domain.CodeTimeout,
 			Message: fmt.Sprintf("the agent did not finish within the call timeout of %s", timeout)})
-		result, err = p.asyncDispatch.Call(cctx, a.Target(), inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
+		t := a.Target()
+		t.User = j.UserID
+		result, err = p.asyncDispatch.Call(cctx, t, inv.EntrypointTag, inv.InputArgs, inv.InputKwargs)
 		cancel()
 	}
 	cancelled := errors.Is(context.Cause(ctx), errRunCancelled)

@@ -32,6 +32,7 @@ type Spec struct {
 	Venv       string
 	Network    bool
 	Limits     domain.Limits
+	Mounts     []sandbox.Mount // writable folders inside the agent folder
 	Logger     *slog.Logger
 	OnLog      LogFunc
 	// OnOutput, when set, gets every line the process itself printed on
@@ -93,7 +94,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	inst, err := driver.Start(ictx, sandbox.Spec{
 		ID: id, Python: spec.Python, Args: []string{"-u", "-X", "utf8", spec.Script}, Env: spec.Env,
 		AgentDir: spec.Init.AgentDir, Venv: spec.Venv, Script: spec.Script, Network: spec.Network, Limits: spec.Limits,
-		Init: initBody,
+		Mounts: spec.Mounts, Init: initBody,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start python runner %q (%s sandbox): %w", spec.Python, driver.Name(), err)
@@ -130,6 +131,9 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 			return nil, fmt.Errorf("runner protocol: bad READY frame: %w", err)
 		}
 	} else {
+		if r, ok := inst.(sandbox.Relocated); ok {
+			spec.Init.AgentDir = r.AgentDir()
+		}
 		ready, err = p.Conn.Init(ictx, spec.Init)
 	}
 	if err != nil {

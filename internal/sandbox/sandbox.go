@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -45,11 +46,31 @@ type Spec struct {
 	// allows it); without it a sandbox has no network interface but loopback.
 	Network bool
 	Limits  domain.Limits
+	// Mounts are writable host folders the instance sees inside its agent
+	// folder (a user's persistent folders), deepest last.
+	Mounts []Mount
 	// Init is the body of the runner's INIT frame. A driver that restores
 	// instances from snapshots taken after READY (microvm) sends it itself
 	// and hands back READY through Initialized; others leave it to the
 	// caller.
 	Init []byte
+}
+
+// Mount is a writable host folder seen at a path inside the agent folder.
+type Mount struct {
+	// Source is the host folder: absolute, existing.
+	Source string
+	// Target is the path inside the agent folder, slash-separated and
+	// relative ("memory", "data/cache"). It exists in AgentDir (a mount
+	// point needs one), as the manager makes sure.
+	Target string
+}
+
+// Relocated is an Instance whose runner sees the agent folder at another
+// path than Spec.AgentDir (the process driver's view with mounts): the
+// caller sends that path in INIT.
+type Relocated interface {
+	AgentDir() string
 }
 
 // Initialized is an Instance whose driver sent INIT itself: Ready is the
@@ -114,6 +135,14 @@ func CheckSpec(s Spec) error {
 	}
 	if s.Python == "" || s.AgentDir == "" {
 		return fmt.Errorf("sandbox: instance %s: no interpreter or agent folder", s.ID)
+	}
+	for _, m := range s.Mounts {
+		if !filepath.IsAbs(m.Source) {
+			return fmt.Errorf("sandbox: instance %s: mount source %q is not an absolute path", s.ID, m.Source)
+		}
+		if m.Target == "" || !filepath.IsLocal(filepath.FromSlash(m.Target)) {
+			return fmt.Errorf("sandbox: instance %s: mount target %q is not a path inside the agent folder", s.ID, m.Target)
+		}
 	}
 	return nil
 }

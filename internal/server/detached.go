@@ -158,7 +158,7 @@ func (s *Server) runDetached(base context.Context, d *detached, a *Agent, inv do
 	}()
 
 	var samples []json.RawMessage
-	n, err := s.cfg.Dispatcher.Stream(ctx, a.Target(), inv.EntrypointTag, req.InputArgs, req.InputKwargs, nil, func(c domain.Chunk) error {
+	n, err := s.cfg.Dispatcher.Stream(ctx, req.target(a), inv.EntrypointTag, req.InputArgs, req.InputKwargs, nil, func(c domain.Chunk) error {
 		if c.EncodeError {
 			var ce struct{ Message string }
 			json.Unmarshal(c.Body, &ce)

@@ -16,14 +16,35 @@ import (
 )
 
 // runRequest is the body of POST /run and the first WebSocket message.
-// Unknown fields (async_execution, user_id, persistent_memory, id) are
-// accepted and ignored, as the original does.
+// Unknown fields (id, ...) are accepted and ignored, as the original does.
+// user_id with persistent_memory true runs the call on an instance of the
+// user's own, which sees the user's persistent folders.
 type runRequest struct {
-	EntrypointTag  *string         `json:"entrypoint_tag"`
-	InputArgs      json.RawMessage `json:"input_args"`
-	InputKwargs    json.RawMessage `json:"input_kwargs"`
-	TimeoutSeconds *float64        `json:"timeout_seconds"`
-	AsyncExecution bool            `json:"async_execution"`
+	EntrypointTag    *string         `json:"entrypoint_tag"`
+	InputArgs        json.RawMessage `json:"input_args"`
+	InputKwargs      json.RawMessage `json:"input_kwargs"`
+	TimeoutSeconds   *float64        `json:"timeout_seconds"`
+	AsyncExecution   bool            `json:"async_execution"`
+	UserID           *string         `json:"user_id"`
+	PersistentMemory *bool           `json:"persistent_memory"`
+}
+
+// maxUserID bounds a user id (it names a folder, hashed).
+const maxUserID = 256
+
+// user is the user whose persistent folders the call sees, "" for none.
+func (r runRequest) user() string {
+	if r.PersistentMemory == nil || !*r.PersistentMemory || r.UserID == nil {
+		return ""
+	}
+	return *r.UserID
+}
+
+// target is where the call goes: the agent's version, for the user.
+func (r runRequest) target(a *Agent) domain.Target {
+	t := a.Target()
+	t.User = r.user()
+	return t
 }
 
 // decodeRunRequest parses and checks a request body; the error names the
@@ -49,6 +70,15 @@ func decodeRunRequest(body []byte) (runRequest, *domain.Error) {
 	}
 	if req.TimeoutSeconds != nil && *req.TimeoutSeconds < 0 {
 		return req, &domain.Error{Code: domain.CodeValidation, Field: "timeout_seconds", Message: "must not be negative"}
+	}
+	if req.PersistentMemory != nil && *req.PersistentMemory {
+		switch {
+		case req.UserID == nil || *req.UserID == "":
+			return req, &domain.Error{Code: domain.CodeValidation, Field: "user_id",
+				Message: "required with persistent_memory: the user whose persistent folders the run sees"}
+		case len(*req.UserID) > maxUserID:
+			return req, &domain.Error{Code: domain.CodeValidation, Field: "user_id", Message: fmt.Sprintf("is %d bytes; at most %d", len(*req.UserID), maxUserID)}
+		}
 	}
 	return req, nil
 }
@@ -92,7 +122,8 @@ func jsonError(err error) *domain.Error {
 		if te.Field == "" {
 			return &domain.Error{Code: domain.CodeValidation, Message: "request body must be a JSON object, got " + articled(te.Value)}
 		}
-		want := map[string]string{"entrypoint_tag": "a string", "timeout_seconds": "a number"}[te.Field]
+		want := map[string]string{"entrypoint_tag": "a string", "timeout_seconds": "a number", "user_id": "a string",
+			"persistent_memory": "true or false"}[te.Field]
 		if want == "" {
 			want = te.Type.String()
 		}
@@ -178,13 +209,13 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, a *Agent) {
 		RequestTime: start, ClientInfo: a.clientInfo,
 	}
 	if req.AsyncExecution && s.cfg.Async != nil {
-		s.runAsync(w, r, a, inv, RunOptions{}, false)
+		s.runAsync(w, r, a, inv, RunOptions{User: req.user()}, false)
 		return
 	}
 	s.cfg.Recorder.Start(inv)
 
 	ctx, cancel := s.callContext(domain.WithInvocation(r.Context(), inv.ID), a, deref(req.TimeoutSeconds))
-	result, err := s.cfg.Dispatcher.Call(ctx, a.Target(), tag, req.InputArgs, req.InputKwargs)
+	result, err := s.cfg.Dispatcher.Call(ctx, req.target(a), tag, req.InputArgs, req.InputKwargs)
 	cancel()
 	inv.ResponseTime = time.Now()
 	elapsed := inv.ResponseTime.Sub(start)

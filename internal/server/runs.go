@@ -59,7 +59,7 @@ func (s *Server) handleCreateRun(w http.ResponseWriter, r *http.Request, a *Agen
 		s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "webhook", Message: "expected an http:// or https:// URL as a string"})
 		return
 	}
-	opts := RunOptions{TimeoutSeconds: deref(req.TimeoutSeconds)}
+	opts := RunOptions{TimeoutSeconds: deref(req.TimeoutSeconds), User: req.user()}
 	if len(fields.ThreadID) > 0 && string(fields.ThreadID) != "null" {
 		if json.Unmarshal(fields.ThreadID, &opts.ThreadID) != nil || !printableID(opts.ThreadID) {
 			s.writeError(w, http.StatusBadRequest, &domain.Error{Code: domain.CodeValidation, Field: "thread_id", Message: "expected a string of 1 to 128 printable ASCII characters (a conversation's id)"})

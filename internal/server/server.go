@@ -113,6 +113,8 @@ type RunOptions struct {
 	// create does while another run of the thread is queued or running:
 	// "reject" (the default: 409) or "enqueue" (it runs after it).
 	ThreadID, Multitask string
+	// User is the user whose persistent folders the run sees ("": none).
+	User string
 }
 
 // RunService reads and cancels the background runs (the platform

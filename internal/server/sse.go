@@ -205,7 +205,7 @@ func (s *Server) handleStreamSSE(w http.ResponseWriter, r *http.Request, a *Agen
 
 	var samples []json.RawMessage
 	seq := 0
-	n, err := s.cfg.Dispatcher.Stream(ctx, a.Target(), tag, req.InputArgs, req.InputKwargs, nil, func(c domain.Chunk) error {
+	n, err := s.cfg.Dispatcher.Stream(ctx, req.target(a), tag, req.InputArgs, req.InputKwargs, nil, func(c domain.Chunk) error {
 		id := seq
 		seq++
 		if c.EncodeError {

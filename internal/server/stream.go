@@ -154,7 +154,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 
 	var samples []json.RawMessage
 	seen := 0
-	n, err := s.cfg.Dispatcher.Stream(ctx, a.Target(), tag, req.InputArgs, req.InputKwargs, announce, func(c domain.Chunk) error {
+	n, err := s.cfg.Dispatcher.Stream(ctx, req.target(a), tag, req.InputArgs, req.InputKwargs, announce, func(c domain.Chunk) error {
 		seen++
 		body := c.Body
 		if c.EncodeError {

@@ -385,8 +385,8 @@ func (db *DB) PruneLogs(ctx context.Context, keep int) (int64, error) {
 func (db *DB) EnqueueAsync(ctx context.Context, j domain.AsyncJob) error {
 	inv := j.Invocation
 	return db.tx(ctx, func(t *sql.Tx) error { // BEGIN IMMEDIATE: one writer, so the thread check holds
-		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook, thread_id) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook), nullString(j.ThreadID))
+		res, err := t.ExecContext(ctx, `INSERT INTO runs (invocation_id, agent_id, idempotency_key, webhook, thread_id, user_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			inv.ID, inv.AgentID, nullString(j.IdempotencyKey), nullString(j.Webhook), nullString(j.ThreadID), nullString(j.UserID))
 		if err != nil {
 			return err
 		}
@@ -554,7 +554,7 @@ func runStatusWhere(status domain.RunStatus, ph string) (string, []any) {
 }
 
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, ''), coalesce(r.thread_id, '')
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, ''), coalesce(r.thread_id, ''), coalesce(r.user_id, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -566,7 +566,7 @@ func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run,
 			run     domain.Run
 			started sql.NullInt64
 		)
-		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook, &run.ThreadID}})
+		inv, err := scanInvocation(scanPlus{rows, []any{&run.Background, &run.IdempotencyKey, &run.Attempts, &started, &run.Running, &run.Webhook, &run.ThreadID, &run.UserID}})
 		if err != nil {
 			return nil, err
 		}
@@ -658,7 +658,7 @@ func (db *DB) AsyncBacklog(ctx context.Context, tenant, agentID string) (b domai
 }
 
 func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain.AsyncJob, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at, coalesce(r.thread_id, '')
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, q.tenant, q.timeout_seconds, q.attempts, q.started_at, coalesce(r.webhook, ''), coalesce(r.idempotency_key, ''), coalesce(r.cancel_requested, 0) <> 0, q.enqueued_at, coalesce(r.thread_id, ''), coalesce(r.user_id, '')
 		FROM async_queue q JOIN invocations i ON i.invocation_id = q.invocation_id LEFT JOIN runs r ON r.invocation_id = q.invocation_id `+tail, args...)
 	if err != nil {
 		return nil, err
@@ -672,7 +672,7 @@ func (db *DB) asyncJobs(ctx context.Context, tail string, args ...any) ([]domain
 		var started sql.NullInt64
 		var enqueued int64
 		// scanInvocation reads the 13 columns; the queue's come last.
-		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued, &j.ThreadID}})
+		inv, err = scanInvocation(scanPlus{rows, []any{&j.Tenant, &j.TimeoutSeconds, &j.Attempts, &started, &j.Webhook, &j.IdempotencyKey, &j.CancelRequested, &enqueued, &j.ThreadID, &j.UserID}})
 		if err != nil {
 			return nil, err
 		}

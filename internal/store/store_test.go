@@ -217,8 +217,8 @@ func TestMigrations(t *testing.T) {
 	raw.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'invocations'`).Scan(&tables)
 	raw.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invocations' AND name LIKE 'idx_%'`).Scan(&indexes)
 	raw.QueryRow(`PRAGMA journal_mode`).Scan(&journal)
-	if version != 4 || tables != 1 || indexes != 1 || journal != "wal" {
-		t.Errorf("user_version %d, tables %d, indexes %d, journal %q; want 4, 1, 1, wal", version, tables, indexes, journal)
+	if version != 5 || tables != 1 || indexes != 1 || journal != "wal" {
+		t.Errorf("user_version %d, tables %d, indexes %d, journal %q; want 5, 1, 1, wal", version, tables, indexes, journal)
 	}
 	var rows int
 	raw.QueryRow(`SELECT COUNT(*) FROM invocations`).Scan(&rows)

@@ -143,6 +143,7 @@ type RunJSON struct {
 	IdempotencyKey *string `json:"idempotency_key"`
 	Webhook        *string `json:"webhook"`
 	ThreadID       *string `json:"thread_id"`
+	UserID         *string `json:"user_id"`
 }
 
 // RunRecord is a run as the runs API shows it.
@@ -161,6 +162,9 @@ func (r RunRecord) MarshalJSON() ([]byte, error) {
 	}
 	if r.Webhook != "" {
 		v.Webhook = &r.Webhook
+	}
+	if r.UserID != "" {
+		v.UserID = &r.UserID
 	}
 	if r.ThreadID != "" {
 		v.ThreadID = &r.ThreadID

@@ -53,5 +53,5 @@ func ServeLocal(t *testing.T, dir string) (*dispatch.Local, domain.Target) {
 		t.Fatal(err)
 	}
 	target := folder.Agent().Target()
-	return dispatch.Single(target, pool), target
+	return dispatch.Single(target, pool, nil), target
 }

@@ -245,6 +245,9 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 	h := req.Header
 	h.Set(hMode, mode)
 	h.Set(hAgent, t.AgentID)
+	if t.User != "" {
+		h.Set(hUser, t.User)
+	}
 	h.Set(hVersion, strconv.Itoa(t.Version))
 	h.Set(hTag, tag)
 	h.Set(hArgsLen, strconv.Itoa(len(args)))

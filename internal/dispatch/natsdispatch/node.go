@@ -226,7 +226,7 @@ func (n *Node) onCall(m *nats.Msg) {
 func (n *Node) run(m *nats.Msg) {
 	h := m.Header
 	version, _ := strconv.Atoi(h.Get(hVersion))
-	t := domain.Target{AgentID: h.Get(hAgent), Version: version}
+	t := domain.Target{AgentID: h.Get(hAgent), Version: version, User: h.Get(hUser)}
 	ctx, cancel := context.WithCancelCause(n.ctx)
 	defer cancel(nil)
 	if ms, err := strconv.ParseInt(h.Get(hTimeout), 10, 64); err == nil && ms > 0 {

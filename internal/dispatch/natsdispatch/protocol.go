@@ -32,6 +32,7 @@ const (
 	hMode       = "Ra-Mode"       // request: call or stream
 	hAgent      = "Ra-Agent"      // request: the agent id
 	hVersion    = "Ra-Version"    // request: the version
+	hUser       = "Ra-User"       // request: the user whose persistent folders the call sees
 	hTag        = "Ra-Tag"        // request: the entrypoint
 	hArgsLen    = "Ra-Args-Len"   // request: the body is args then kwargs; this many bytes are args
 	hTimeout    = "Ra-Timeout-Ms" // request: what is left of the caller's deadline

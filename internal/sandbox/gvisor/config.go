@@ -230,5 +230,10 @@ func mounts(s sandbox.Spec, pyPrefix string) []mount {
 	for _, p := range dirs {
 		m = append(m, ro(p))
 	}
+	// A user's persistent folders, writable, on top of the agent folder.
+	for _, pm := range s.Mounts {
+		m = append(m, mount{Destination: filepath.Join(s.AgentDir, filepath.FromSlash(pm.Target)), Type: "bind",
+			Source: pm.Source, Options: []string{"rbind", "rw"}})
+	}
 	return m
 }

@@ -170,6 +170,9 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 	if err := sandbox.CheckSpec(spec); err != nil {
 		return nil, err
 	}
+	if len(spec.Mounts) > 0 {
+		return nil, fmt.Errorf("microvm sandbox: persistent folders (persistent_memory) are not supported under the microvm sandbox yet: use the gvisor or namespace sandbox for an agent whose users keep persistent folders")
+	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(2 * time.Minute)

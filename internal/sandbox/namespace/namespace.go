@@ -197,8 +197,12 @@ func Args(s sandbox.Spec, pyPrefix string, seccompFD int) []string {
 	for _, p := range ro {
 		a = append(a, "--ro-bind", p, p)
 	}
+	// A user's persistent folders, writable, on top of the agent folder.
+	for _, m := range s.Mounts {
+		a = append(a, "--bind", m.Source, filepath.Join(s.AgentDir, filepath.FromSlash(m.Target)))
+	}
 	// bwrap builds the root on a tmpfs; made read-only, only /tmp and /work
-	// (mounts of their own, sized) stay writable.
+	// (mounts of their own, sized) and the persistent folders stay writable.
 	a = append(a, "--remount-ro", "/", "--chdir", s.AgentDir, "--seccomp", strconv.Itoa(seccompFD))
 	return a
 }

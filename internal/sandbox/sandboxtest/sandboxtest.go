@@ -67,6 +67,13 @@ def busy(seconds):
     return n
 def cpu_count():
     return os.cpu_count()
+def note(text):
+    # A persistent folder, found both ways agents find their files.
+    here = os.path.join(os.path.dirname(__file__), "memory", "notes", "note.txt")
+    old = open("memory/notes/note.txt").read() if os.path.exists("memory/notes/note.txt") else ""
+    with open(here, "a") as f:
+        f.write(text)
+    return old + "|" + open(here).read()
 def hog():
     keep = []
     for _ in range(4096):
@@ -77,7 +84,7 @@ def hog():
     return len(keep)
 `
 
-var tags = []string{"hello", "env", "count_stream", "die", "nap", "write_tmp", "spin", "busy", "cpu_count", "hog"}
+var tags = []string{"hello", "env", "count_stream", "die", "nap", "write_tmp", "spin", "busy", "cpu_count", "hog", "note"}
 
 // Features says what a driver enforces with the kernel, so the suite knows
 // which limits to expect to be enforced by the driver itself.
@@ -92,6 +99,9 @@ type Features struct {
 	// Processors: the instance has as many processors as Limits.CPUs,
 	// rounded up (a VM's vCPUs).
 	Processors bool
+	// NoMounts: the driver refuses Spec.Mounts with an error that says so
+	// (the suite checks the refusal instead of the mounts).
+	NoMounts bool
 }
 
 // Run runs the suite against d.
@@ -105,8 +115,16 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	if err := os.WriteFile(filepath.Join(agentDir, "main.py"), []byte(agentPy), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The mount point of the persistent folder case; the bundle's own
+	// content there is hidden by a mount.
+	if err := os.MkdirAll(filepath.Join(agentDir, "memory", "notes"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(agentDir, "memory", "notes", "note.txt"), []byte("bundle"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var seq int
-	start := func(t *testing.T, limits domain.Limits) (*runner.Process, *output, string) {
+	begin := func(t *testing.T, limits domain.Limits, mounts []sandbox.Mount) (*runner.Process, *output, string, error) {
 		t.Helper()
 		seq++
 		id := fmt.Sprintf("conf-%s-%d-%d", d.Name(), os.Getpid(), seq)
@@ -126,11 +144,20 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 			Init:     runproto.Init{AgentDir: agentDir, Entrypoints: eps, Threads: 4},
 			OnLog:    out.log,
 			OnOutput: func(stream, line string) { out.log("", stream, line) },
+			Mounts:   mounts,
 		})
+		if err != nil {
+			return nil, nil, id, err
+		}
+		t.Cleanup(func() { p.Kill(); assertNothingLeft(t, id) })
+		return p, out, id, nil
+	}
+	start := func(t *testing.T, limits domain.Limits) (*runner.Process, *output, string) {
+		t.Helper()
+		p, out, id, err := begin(t, limits, nil)
 		if err != nil {
 			t.Fatalf("%s: start: %v", d.Name(), err)
 		}
-		t.Cleanup(func() { p.Kill(); assertNothingLeft(t, id) })
 		return p, out, id
 	}
 	ctx := context.Background()
@@ -157,6 +184,54 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		}
 		waitFor(t, func() bool { return out.has("imported") && out.has("inv-1/stdout:saying hello to sandbox") },
 			func() string { return "the agent's prints were not captured: " + out.String() })
+	})
+
+	t.Run("persistent folders", func(t *testing.T) {
+		// Two users' folders: what one instance writes, the next instance
+		// with the same folder reads; an instance with the other user's
+		// folder sees none of it, and the bundle's own file is untouched.
+		alice, bob := t.TempDir(), t.TempDir()
+		for _, dir := range []string{alice, bob} {
+			if err := os.Mkdir(filepath.Join(dir, "notes"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mount := func(dir string) []sandbox.Mount { return []sandbox.Mount{{Source: dir, Target: "memory"}} }
+		if f.NoMounts {
+			if _, _, _, err := begin(t, domain.Limits{}, mount(alice)); err == nil || !strings.Contains(err.Error(), "persistent folders") {
+				t.Fatalf("a start with mounts: %v; want a refusal naming persistent folders", err)
+			}
+			return
+		}
+		note := func(dir, text string) string {
+			t.Helper()
+			p, _, _, err := begin(t, domain.Limits{}, mount(dir))
+			if err != nil {
+				t.Fatalf("%s: start with a persistent folder: %v", d.Name(), err)
+			}
+			v, err := p.Call(ctx, "note", []byte(`["`+text+`"]`), nil)
+			if err != nil {
+				t.Fatalf("note(%s): %v", text, err)
+			}
+			p.Kill()
+			<-p.Exited()
+			return string(v)
+		}
+		if got := note(alice, "a1"); !strings.Contains(got, `\"|a1\"`) {
+			t.Fatalf("alice's first note = %s; want an empty folder, then a1", got)
+		}
+		if got := note(alice, "a2"); !strings.Contains(got, `\"a1|a1a2\"`) {
+			t.Fatalf("alice's second instance = %s; want a1 kept", got)
+		}
+		if got := note(bob, "b1"); !strings.Contains(got, `\"|b1\"`) {
+			t.Fatalf("bob's instance = %s; want none of alice's notes", got)
+		}
+		if b, err := os.ReadFile(filepath.Join(alice, "notes", "note.txt")); err != nil || string(b) != "a1a2" {
+			t.Fatalf("alice's folder on the host holds %q, %v", b, err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(agentDir, "memory", "notes", "note.txt")); string(b) != "bundle" {
+			t.Fatalf("the agent folder's own file became %q", b)
+		}
 	})
 
 	t.Run("usage", func(t *testing.T) {

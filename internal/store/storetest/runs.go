@@ -268,6 +268,26 @@ func testRuns(t *testing.T, open Opener) {
 		}
 	})
 
+	// A run's user comes back with its queued job and its record.
+	t.Run("user", func(t *testing.T) {
+		s := open(t, "store")
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("u1", "a", t0), Tenant: "acme", UserID: "ana@example.com"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: pending("u2", "a", t0), Tenant: "acme"}); err != nil {
+			t.Fatal(err)
+		}
+		if j, err := s.AsyncJob(ctx, "u1"); err != nil || j.UserID != "ana@example.com" {
+			t.Fatalf("AsyncJob(u1) = user %q, %v", j.UserID, err)
+		}
+		if j, err := s.AsyncJob(ctx, "u2"); err != nil || j.UserID != "" {
+			t.Fatalf("AsyncJob(u2) = user %q, %v; want none", j.UserID, err)
+		}
+		if r := run(t, s, "u1"); r.UserID != "ana@example.com" {
+			t.Fatalf("the run's user: %q", r.UserID)
+		}
+	})
+
 	// A thread: a reject-mode create is refused while a run of it is
 	// queued or running; the runs of a thread wait for the earlier ones.
 	t.Run("threads", func(t *testing.T) {

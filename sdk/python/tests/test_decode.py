@@ -92,3 +92,16 @@ def test_serializer_vectors():
             _same(got, v.get("decoded"))
         except AssertionError as exc:
             raise AssertionError("vector %s (python %s): %s: got %r" % (v.get("name"), v.get("python"), exc, got))
+
+
+def test_run_body_carries_the_user():
+    from runagent_client import RunAgentClient, RunAgentError
+    c = RunAgentClient("a", "echo", base_url="http://127.0.0.1:1", user_id="ana", persistent_memory=True)
+    body = json.loads(c._run_body((), {"x": 1}))
+    assert body["user_id"] == "ana" and body["persistent_memory"] is True and body["input_kwargs"] == {"x": 1}
+    c.close()
+    plain = RunAgentClient("a", "echo", base_url="http://127.0.0.1:1")
+    assert "user_id" not in json.loads(plain._run_body((), {}))
+    plain.close()
+    with pytest.raises(RunAgentError, match="user_id"):
+        RunAgentClient("a", "echo", base_url="http://127.0.0.1:1", persistent_memory=True)

@@ -149,8 +149,15 @@ class _Base:
                  port: Optional[int] = None, base_url: Optional[str] = None, api_key: Optional[str] = None,
                  timeout: Optional[float] = None, retry: Optional[RetryPolicy] = None, *,
                  user_agent: Optional[str] = None, on_chunk_error: ChunkErrorMode = "yield",
-                 clock: Optional[Clock] = None) -> None:
+                 clock: Optional[Clock] = None, user_id: Optional[str] = None,
+                 persistent_memory: bool = False) -> None:
         self._cfg = _config.resolve(agent_id, entrypoint_tag, local, host, port, base_url, api_key, timeout)
+        if persistent_memory and not user_id:
+            raise error_for(VALIDATION_ERROR, "persistent_memory needs a user_id: the user whose persistent folders "
+                                              "the agent's runs see")
+        # Sent with every run, as the official SDK does: with persistent_memory
+        # the server runs the call on an instance that sees the user's folders.
+        self._user = {"user_id": user_id, "persistent_memory": bool(persistent_memory)} if user_id else None
         self._retry = (retry or RetryPolicy()).normalized()
         self._clock = clock or Clock()
         self._ua = user_agent or "runagent-python/" + __version__
@@ -174,20 +181,20 @@ class _Base:
     def _run_body(self, args: tuple, kwargs: dict) -> bytes:
         if is_stream_tag(self._cfg.tag):
             raise error_for(VALIDATION_ERROR, "entrypoint %r is a streaming entrypoint: call run_stream" % self._cfg.tag)
-        return encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds)
+        return encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds, self._user)
 
     def _stream_request(self, args: tuple, kwargs: dict) -> str:
         if not is_stream_tag(self._cfg.tag):
             raise error_for(VALIDATION_ERROR, "entrypoint %r is not a streaming entrypoint (its tag does not end "
                                               "in _stream): call run" % self._cfg.tag)
-        return encode_request(self._cfg.tag, args, kwargs).decode("utf-8")
+        return encode_request(self._cfg.tag, args, kwargs, user=self._user).decode("utf-8")
 
     def _run_create(self, args: tuple, kwargs: dict, options: Optional[RunOptions]) -> Tuple[bytes, Dict[str, str]]:
         if is_stream_tag(self._cfg.tag):
             raise error_for(VALIDATION_ERROR, "entrypoint %r is a streaming entrypoint: a background run calls a "
                                               "plain one (use run_stream_resumable)" % self._cfg.tag)
         opts = options or RunOptions()
-        req = json.loads(encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds))
+        req = json.loads(encode_request(self._cfg.tag, args, kwargs, self._cfg.timeout_seconds, self._user))
         if opts.webhook:
             req["webhook"] = opts.webhook
         key = opts.idempotency_key or str(uuid.uuid4())

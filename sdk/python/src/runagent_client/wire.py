@@ -294,10 +294,13 @@ def close_error(code: Optional[int], reason: str = "", detail: str = "") -> RunA
     return error_for(OVERLOADED if code == 1013 else CONNECTION_ERROR, msg, retryable=True)
 
 
-def encode_request(tag: str, args: Tuple[Any, ...], kwargs: Mapping[str, Any], timeout_seconds: int = 0) -> bytes:
+def encode_request(tag: str, args: Tuple[Any, ...], kwargs: Mapping[str, Any], timeout_seconds: int = 0,
+                   user: Optional[Mapping[str, Any]] = None) -> bytes:
     req: dict = {"entrypoint_tag": tag, "input_args": list(args), "input_kwargs": dict(kwargs)}
     if timeout_seconds > 0:
         req["timeout_seconds"] = timeout_seconds
+    if user:
+        req.update(user)
     try:
         return json.dumps(req, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
