@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -406,4 +407,67 @@ func TestPlatformRunThreads(t *testing.T) {
 			t.Errorf("a create with %v: %d %s, want 400", bad, r.Status, r.Body)
 		}
 	}
+}
+
+// Kill -9 the server while background runs run, start it again: every run
+// created is in the record once; the idempotent one ran again and
+// completed, the other ended failed naming why, and neither ran unseen.
+func TestPlatformRunsSurviveKill(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	port := freePort(t)
+	s := startPlatform(t, data, port, "--async-workers", "4")
+	dir, _ := newAgent(t, "showcase")
+	addPyEntrypoint(t, dir, "cancellable.py", cancellable, "wait_here", "wait_here")
+	addPyEntrypoint(t, dir, "cancellable.py", cancellable, "wait_here", "wait_again")
+	editConfig(t, dir, func(cfg map[string]any) {
+		for _, ep := range cfg["agent_architecture"].(map[string]any)["entrypoints"].([]any) {
+			if e := ep.(map[string]any); e["tag"] == "wait_again" {
+				e["idempotent"] = true
+			}
+		}
+	})
+	id := s.deploy(t, dir, s.Admin)
+	marks := t.TempDir()
+	plain, idem := filepath.Join(marks, "plain"), filepath.Join(marks, "idem")
+	plainID := acceptedRun(t, createRun(t, s, s.Admin, id, "wait_here", map[string]any{"path": plain, "seconds": 30}, nil))
+	idemID := acceptedRun(t, createRun(t, s, s.Admin, id, "wait_again", map[string]any{"path": idem, "seconds": 3}, nil))
+	waitFile(t, plain, "started")
+	waitFile(t, idem, "started")
+	syscall.Kill(s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+
+	s = startPlatform(t, data, port, "--async-workers", "4")
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+idemID+"/wait?timeout_seconds=60", s.Admin, nil)); rec.Status != "completed" || rec.Attempts != 2 {
+		t.Fatalf("the idempotent run after the kill: %+v", rec)
+	}
+	if got, _ := os.ReadFile(idem); string(got) != "started\nstarted\nfinished\n" {
+		t.Fatalf("the idempotent run's marks: %q, want its first start cut, then one whole run", got)
+	}
+	rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+plainID+"/wait?timeout_seconds=60", s.Admin, nil))
+	if rec.Status != "failed" || rec.ErrorDetail == nil || !strings.Contains(*rec.ErrorDetail, "idempotent") || rec.Attempts != 1 {
+		marks, _ := os.ReadFile(plain)
+		t.Fatalf("the non-idempotent run after the kill: %+v (%s); want failed, saying it is not declared idempotent; its marks %q\n%s", rec, deref(rec.ErrorDetail), marks, s.Logs())
+	}
+	// It never ran again (its process died with the server: no "finished").
+	if got, _ := os.ReadFile(plain); string(got) != "started\n" {
+		t.Fatalf("the non-idempotent run's marks: %q, want one cut start", got)
+	}
+	list := s.do(t, "GET", "/api/v1/runs?agent_id="+id, s.Admin, nil)
+	var got struct{ Runs []runRecord }
+	json.Unmarshal(list.Env.Data, &got)
+	runs := got.Runs
+	seen := map[string]int{}
+	for _, r := range runs {
+		seen[r.RunID]++
+	}
+	if len(runs) != 2 || seen[plainID] != 1 || seen[idemID] != 1 {
+		t.Fatalf("the runs recorded: %s; want each of %s and %s once", list.Body, plainID, idemID)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
