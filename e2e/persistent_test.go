@@ -34,14 +34,15 @@ def fill(mb=2):
     return mb
 `
 
-// Per-user persistent folders through the real server, under the process
-// and namespace sandboxes: what a user's runs write is there on their next
+// Per-user persistent folders through the real server, under the process,
+// namespace and microvm sandboxes: what a user's runs write is there on their next
 // run (sync, streamed, background; after a kill -9 of the server), never
 // another user's, and gone after one DELETE; a quota stops a user who
 // went over it.
 func TestPlatformPersistentFolders(t *testing.T) {
-	for _, sb := range []string{"process", "namespace"} {
+	for _, sb := range []string{"process", "namespace", "microvm"} {
 		t.Run(sb, func(t *testing.T) {
+			attackPrecheck(t, sb)
 			data := filepath.Join(t.TempDir(), "data")
 			port := freePort(t)
 			args := []string{"--sandbox", sb, "--persistent-quota-mb", "1"}
@@ -116,15 +117,26 @@ func TestPlatformPersistentFolders(t *testing.T) {
 				t.Fatalf("persistent_memory without user_id: %d %s", r.Status, r.Body)
 			}
 
-			// The quota (1 MiB): a user over it is stopped, with what to do.
+			// The quota (1 MiB): a user over it is stopped, with what to do;
+			// under microvm the user's disk holds no more (8 MiB at least).
 			fill := runBody("fill", map[string]any{"mb": 2})
-			fill["user_id"], fill["persistent_memory"] = "carol", true
-			if r := s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, fill); r.Status != 200 || !r.Env.Success {
-				t.Fatalf("fill: %d %s", r.Status, r.Body)
+			if sb == "microvm" {
+				fill = runBody("fill", map[string]any{"mb": 16})
 			}
+			fill["user_id"], fill["persistent_memory"] = "carol", true
 			r = s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, fill)
-			if r.code() != "RESOURCE_LIMIT" || !strings.Contains(string(r.Body), "persistent_quota_mb") {
-				t.Fatalf("a run over the quota: %d %s", r.Status, r.Body)
+			if sb == "microvm" {
+				if r.Env.Success || !strings.Contains(string(r.Body), "No space left on device") {
+					t.Fatalf("a write past the user's disk: %d %s", r.Status, r.Body)
+				}
+			} else {
+				if r.Status != 200 || !r.Env.Success {
+					t.Fatalf("fill: %d %s", r.Status, r.Body)
+				}
+				r = s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, fill)
+				if r.code() != "RESOURCE_LIMIT" || !strings.Contains(string(r.Body), "persistent_quota_mb") {
+					t.Fatalf("a run over the quota: %d %s", r.Status, r.Body)
+				}
 			}
 
 			// One call deletes a user's data; the next run starts from the bundle's.
@@ -140,7 +152,9 @@ func TestPlatformPersistentFolders(t *testing.T) {
 			if r := s.do(t, "DELETE", "/api/v1/agents/"+id+"/users/carol", s.Admin, nil); r.Status != 200 {
 				t.Fatalf("delete carol's data: %d %s", r.Status, r.Body)
 			}
-			if r := s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, fill); r.Status != 200 || !r.Env.Success {
+			small := runBody("fill", map[string]any{"mb": 0})
+			small["user_id"], small["persistent_memory"] = "carol", true
+			if r := s.do(t, "POST", "/api/v1/agents/"+id+"/run", s.Admin, small); r.Status != 200 || !r.Env.Success {
 				t.Fatalf("carol after her data was deleted: %d %s", r.Status, r.Body)
 			}
 		})

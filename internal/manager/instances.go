@@ -26,8 +26,11 @@ type InstanceSpec struct {
 	Driver  sandbox.Driver // nil: a plain process
 	Network bool
 	Limits  domain.Limits
-	// Mounts are a user's persistent folders (UserPools).
-	Mounts []sandbox.Mount
+	// Mounts are a user's persistent folders (UserPools), and where a
+	// driver that cannot bind them keeps them (sandbox.Spec.MountsDisk).
+	Mounts          []sandbox.Mount
+	MountsDisk      string
+	MountsDiskBytes int64
 	// Threads of the runner for sync calls (2 more than the calls it runs
 	// at once, so that a busy instance still answers health pings).
 	Threads int
@@ -70,6 +73,7 @@ func (s InstanceSpec) StartFunc() StartFunc {
 		p, err := runner.Start(ctx, runner.Spec{
 			Python: s.Env.Python, Script: s.Script, Env: procEnv, Init: init, Logger: s.Log.With("instance", instanceID),
 			Driver: s.Driver, InstanceID: s.NamePrefix + instanceID, Venv: s.Env.Venv, Network: s.Network, Limits: s.Limits, Mounts: s.Mounts,
+			MountsDisk: s.MountsDisk, MountsDiskBytes: s.MountsDiskBytes,
 			OnLog:        line,
 			OnOutput:     func(stream, text string) { line("", stream, text) },
 			ReadyTimeout: s.StartTimeout,

@@ -202,6 +202,10 @@ func (u *UserPools) openLocked(user, key string) (*userPool, error) {
 	}
 	spec := u.spec
 	spec.Mounts = mounts
+	spec.MountsDisk, spec.MountsDiskBytes = filepath.Join(root, mountsDiskName), u.quota
+	if spec.MountsDiskBytes <= 0 {
+		spec.MountsDiskBytes = 1 << 30
+	}
 	spec.NamePrefix += "u" + key[:8] + "-"
 	pool, err := NewPool(u.agentID, u.version, u.pc, u.start(spec), u.obs, u.spec.Log)
 	if err != nil {
@@ -343,11 +347,15 @@ func (u *UserPools) Close() {
 	wg.Wait()
 }
 
-// dirBytes is what the files under dir hold.
+// mountsDiskName is the disk image a microvm instance keeps a user's
+// folders in; its size is the quota, which the disk itself enforces.
+const mountsDiskName = "microvm.ext4"
+
+// dirBytes is what the files under dir hold (the microvm disk aside).
 func dirBytes(dir string) int64 {
 	var n int64
 	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
+		if err == nil && d.Type().IsRegular() && d.Name() != mountsDiskName {
 			if info, err := d.Info(); err == nil {
 				n += info.Size()
 			}

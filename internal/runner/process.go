@@ -33,8 +33,11 @@ type Spec struct {
 	Network    bool
 	Limits     domain.Limits
 	Mounts     []sandbox.Mount // writable folders inside the agent folder
-	Logger     *slog.Logger
-	OnLog      LogFunc
+	// MountsDisk, MountsDiskBytes: sandbox.Spec's.
+	MountsDisk      string
+	MountsDiskBytes int64
+	Logger          *slog.Logger
+	OnLog           LogFunc
 	// OnOutput, when set, gets every line the process itself printed on
 	// stdout or stderr outside a call (start-up, threads of its own).
 	OnOutput func(stream, line string)
@@ -94,7 +97,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	inst, err := driver.Start(ictx, sandbox.Spec{
 		ID: id, Python: spec.Python, Args: []string{"-u", "-X", "utf8", spec.Script}, Env: spec.Env,
 		AgentDir: spec.Init.AgentDir, Venv: spec.Venv, Script: spec.Script, Network: spec.Network, Limits: spec.Limits,
-		Mounts: spec.Mounts, Init: initBody,
+		Mounts: spec.Mounts, MountsDisk: spec.MountsDisk, MountsDiskBytes: spec.MountsDiskBytes, Init: initBody,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start python runner %q (%s sandbox): %w", spec.Python, driver.Name(), err)

@@ -49,6 +49,12 @@ type Spec struct {
 	// Mounts are writable host folders the instance sees inside its agent
 	// folder (a user's persistent folders), deepest last.
 	Mounts []Mount
+	// MountsDisk is where a driver that cannot show host folders to its
+	// instance (microvm) keeps the Mounts' content instead: a disk image of
+	// MountsDiskBytes, made from the sources the first time, from then on
+	// the only copy. One instance at a time uses it.
+	MountsDisk      string
+	MountsDiskBytes int64
 	// Init is the body of the runner's INIT frame. A driver that restores
 	// instances from snapshots taken after READY (microvm) sends it itself
 	// and hands back READY through Initialized; others leave it to the

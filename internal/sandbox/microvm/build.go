@@ -804,7 +804,7 @@ func customizeRoot(dir string) ([]string, error) {
 	for _, p := range guestRootFiles() {
 		r.write(p, files[p], 0o644)
 	}
-	for _, d := range []string{GuestAgentDir, GuestVenv, "/work", "/mnt"} {
+	for _, d := range []string{GuestAgentDir, GuestVenv, "/work", "/mnt", GuestPersistDir} {
 		r.mkdir(d)
 	}
 	r.addLine("etc/passwd", fmt.Sprintf("agent:x:%d:%d:runagent agent:/work:/usr/sbin/nologin", GuestUID, GuestUID))

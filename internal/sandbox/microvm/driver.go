@@ -73,8 +73,9 @@ type Driver struct {
 	accelOnce sync.Once
 	accel     string
 
-	disks diskCache
-	seq   atomic.Int64
+	disks   diskCache
+	persist persistDisks
+	seq     atomic.Int64
 
 	mu        sync.Mutex
 	snaps     map[string]*snapshot
@@ -170,9 +171,6 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 	if err := sandbox.CheckSpec(spec); err != nil {
 		return nil, err
 	}
-	if len(spec.Mounts) > 0 {
-		return nil, fmt.Errorf("microvm sandbox: persistent folders (persistent_memory) are not supported under the microvm sandbox yet: use the gvisor or namespace sandbox for an agent whose users keep persistent folders")
-	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(2 * time.Minute)
@@ -191,6 +189,9 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 	if err != nil {
 		return nil, err
 	}
+	if len(spec.Mounts) > 0 {
+		return d.startPersistent(ctx, cfg, start, init, spec, deadline)
+	}
 	key := snapshotKey(cfg, start, init)
 	if init != nil {
 		if snap := d.snapshot(key); snap != nil {
@@ -202,6 +203,31 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Instance
 		}
 	}
 	return d.boot(cfg, key, start, init, spec, deadline)
+}
+
+// startPersistent boots a VM with a user's persistent folders' disk (no
+// snapshot: see persist.go), once the user's previous VM has let it go.
+func (d *Driver) startPersistent(ctx context.Context, cfg vmConfig, start map[string]any, init []byte, spec sandbox.Spec, deadline time.Time) (sandbox.Instance, error) {
+	if spec.MountsDisk == "" {
+		return nil, fmt.Errorf("microvm sandbox: instance %s has persistent folders but no disk to keep them on", spec.ID)
+	}
+	release, err := d.persist.acquire(ctx, spec.MountsDisk)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureMountsDisk(spec); err != nil {
+		release()
+		return nil, err
+	}
+	cfg.persistDisk = spec.MountsDisk
+	start["mounts"] = persistTargets(spec.Mounts)
+	inst, err := d.boot(cfg, "", start, init, spec, deadline)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	go func() { <-inst.Done(); release() }()
+	return inst, nil
 }
 
 // boot starts a fresh VM, starts the runner and, with init, initializes it
@@ -241,7 +267,7 @@ func (d *Driver) boot(cfg vmConfig, key string, start map[string]any, init []byt
 		return nil, err
 	}
 	inst.ready, inst.before = ready, before
-	if d.claim(key) {
+	if key != "" && d.claim(key) {
 		t0 := time.Now()
 		snap, err := d.save(v, cfg, key, ready, before)
 		d.release(key, snap)

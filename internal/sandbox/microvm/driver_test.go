@@ -55,7 +55,7 @@ func microvmUsable() error {
 
 func TestMicroVMDriverConformance(t *testing.T) {
 	d, state := newDriver(t, 1)
-	sandboxtest.Run(t, d, sandboxtest.Features{MemoryLimit: true, CPUShare: true, Processors: true, NoMounts: true})
+	sandboxtest.Run(t, d, sandboxtest.Features{MemoryLimit: true, CPUShare: true, Processors: true, MountsOnDisk: true})
 	// The suite's instances are all stopped; only warm VMs may run, and
 	// Close stops those. (The suite's own check finds processes by the
 	// instance's environment, which never reaches QEMU.)

@@ -46,6 +46,9 @@ const (
 	GuestPython     = "/usr/bin/python3"
 	GuestAgentDir   = "/agent"
 	GuestVenv       = "/venv"
+	// GuestPersistDir is where the guest mounts a user's persistent
+	// folders' disk (persist.go).
+	GuestPersistDir = "/persist"
 	GuestUID        = 1000
 )
 

@@ -24,14 +24,17 @@ import (
 // the same config have the same device model, which a snapshot restore
 // needs.
 type vmConfig struct {
-	image      *Image
-	agentDisk  string // "" for none
-	memoryMiB  int
-	cpus       int
-	workMiB    int
-	network    bool
-	accel      string // "tcg" or "kvm"
-	kernelArgs string // more guest kernel arguments (tscKernelArgs)
+	image     *Image
+	agentDisk string // "" for none
+	// persistDisk is a user's persistent folders' disk, writable ("" for
+	// none); such a VM is never snapshotted.
+	persistDisk string
+	memoryMiB   int
+	cpus        int
+	workMiB     int
+	network     bool
+	accel       string // "tcg" or "kvm"
+	kernelArgs  string // more guest kernel arguments (tscKernelArgs)
 }
 
 // tbSizeMiB bounds TCG's translation cache: QEMU's default (1 GiB in
@@ -76,6 +79,10 @@ func (c vmConfig) args(dir string, incoming bool) []string {
 	if c.agentDisk != "" {
 		a = append(a, "-drive", "if=none,id=agent,format=raw,readonly=on,file="+c.agentDisk,
 			"-device", "virtio-blk-device,drive=agent,serial=ra-agent")
+	}
+	if c.persistDisk != "" {
+		a = append(a, "-drive", "if=none,id=persist,format=raw,file="+c.persistDisk,
+			"-device", "virtio-blk-device,drive=persist,serial=ra-persist")
 	}
 	if c.network {
 		a = append(a, "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0")

@@ -99,9 +99,9 @@ type Features struct {
 	// Processors: the instance has as many processors as Limits.CPUs,
 	// rounded up (a VM's vCPUs).
 	Processors bool
-	// NoMounts: the driver refuses Spec.Mounts with an error that says so
-	// (the suite checks the refusal instead of the mounts).
-	NoMounts bool
+	// MountsOnDisk: the driver keeps Spec.Mounts on Spec.MountsDisk (made
+	// from the sources once), not in the host folders (microvm).
+	MountsOnDisk bool
 }
 
 // Run runs the suite against d.
@@ -124,7 +124,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 		t.Fatal(err)
 	}
 	var seq int
-	begin := func(t *testing.T, limits domain.Limits, mounts []sandbox.Mount) (*runner.Process, *output, string, error) {
+	begin := func(t *testing.T, limits domain.Limits, mounts []sandbox.Mount, disk string) (*runner.Process, *output, string, error) {
 		t.Helper()
 		seq++
 		id := fmt.Sprintf("conf-%s-%d-%d", d.Name(), os.Getpid(), seq)
@@ -144,7 +144,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 			Init:     runproto.Init{AgentDir: agentDir, Entrypoints: eps, Threads: 4},
 			OnLog:    out.log,
 			OnOutput: func(stream, line string) { out.log("", stream, line) },
-			Mounts:   mounts,
+			Mounts:   mounts, MountsDisk: disk, MountsDiskBytes: 16 << 20,
 		})
 		if err != nil {
 			return nil, nil, id, err
@@ -154,7 +154,7 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 	}
 	start := func(t *testing.T, limits domain.Limits) (*runner.Process, *output, string) {
 		t.Helper()
-		p, out, id, err := begin(t, limits, nil)
+		p, out, id, err := begin(t, limits, nil, "")
 		if err != nil {
 			t.Fatalf("%s: start: %v", d.Name(), err)
 		}
@@ -196,16 +196,12 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 				t.Fatal(err)
 			}
 		}
+		os.WriteFile(filepath.Join(alice, "notes", "note.txt"), []byte("seed-"), 0o644)
 		mount := func(dir string) []sandbox.Mount { return []sandbox.Mount{{Source: dir, Target: "memory"}} }
-		if f.NoMounts {
-			if _, _, _, err := begin(t, domain.Limits{}, mount(alice)); err == nil || !strings.Contains(err.Error(), "persistent folders") {
-				t.Fatalf("a start with mounts: %v; want a refusal naming persistent folders", err)
-			}
-			return
-		}
+		disks := t.TempDir()
 		note := func(dir, text string) string {
 			t.Helper()
-			p, _, _, err := begin(t, domain.Limits{}, mount(dir))
+			p, _, _, err := begin(t, domain.Limits{}, mount(dir), filepath.Join(disks, filepath.Base(dir)+".ext4"))
 			if err != nil {
 				t.Fatalf("%s: start with a persistent folder: %v", d.Name(), err)
 			}
@@ -217,17 +213,21 @@ func Run(t *testing.T, d sandbox.Driver, f Features) {
 			<-p.Exited()
 			return string(v)
 		}
-		if got := note(alice, "a1"); !strings.Contains(got, `\"|a1\"`) {
-			t.Fatalf("alice's first note = %s; want an empty folder, then a1", got)
+		if got := note(alice, "a1"); !strings.Contains(got, `\"seed-|seed-a1\"`) {
+			t.Fatalf("alice's first note = %s; want her folder's seed, then a1", got)
 		}
-		if got := note(alice, "a2"); !strings.Contains(got, `\"a1|a1a2\"`) {
+		if got := note(alice, "a2"); !strings.Contains(got, `\"seed-a1|seed-a1a2\"`) {
 			t.Fatalf("alice's second instance = %s; want a1 kept", got)
 		}
 		if got := note(bob, "b1"); !strings.Contains(got, `\"|b1\"`) {
 			t.Fatalf("bob's instance = %s; want none of alice's notes", got)
 		}
-		if b, err := os.ReadFile(filepath.Join(alice, "notes", "note.txt")); err != nil || string(b) != "a1a2" {
-			t.Fatalf("alice's folder on the host holds %q, %v", b, err)
+		want := "seed-a1a2"
+		if f.MountsOnDisk {
+			want = "seed-" // the disk holds the notes
+		}
+		if b, err := os.ReadFile(filepath.Join(alice, "notes", "note.txt")); err != nil || string(b) != want {
+			t.Fatalf("alice's folder on the host holds %q, %v; want %q", b, err, want)
 		}
 		if b, _ := os.ReadFile(filepath.Join(agentDir, "memory", "notes", "note.txt")); string(b) != "bundle" {
 			t.Fatalf("the agent folder's own file became %q", b)

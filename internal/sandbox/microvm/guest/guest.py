@@ -6,7 +6,8 @@ one JSON object per line:
 
     guest -> host  {"op": "hello"}                       booted, waiting for start
     host -> guest  {"op": "start", "argv": [...], "env": [...], "cwd": "/agent",
-                    "uid": 1000, "memory": bytes, "pids": n, "cpus": float}
+                    "uid": 1000, "memory": bytes, "pids": n, "cpus": float,
+                    "mounts": ["/agent/memory", ...]}   a user's persistent folders
     guest -> host  {"op": "started", "pid": n}
     host -> guest  {"op": "usage"}
     guest -> host  {"op": "usage", "memory": bytes, "cpu_usec": n, "tasks": n, "limit": ""}
@@ -166,7 +167,54 @@ def quiesce():
         f.write("3")
 
 
+MS_NOSUID, MS_NODEV, MS_SYNCHRONOUS, MS_BIND = 2, 4, 16, 4096
+PERSIST = "/persist"
+
+
+def _mount(source, target, fstype, flags, data=""):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                  data.encode() if data else None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "mount %s on %s: %s" % (source, target, os.strerror(e)))
+
+
+def mount_persistent(targets, uid):
+    """Mount the disk of a user's persistent folders (serial ra-persist) and
+    bind each folder over the agent's. Writes are synchronous: the host may
+    stop the VM at any moment after a call, and what the call wrote must
+    be on the disk by then."""
+    dev = None
+    for b in os.listdir("/sys/block"):
+        try:
+            with open("/sys/block/%s/serial" % b) as f:
+                if f.read().strip() == "ra-persist":
+                    dev = "/dev/" + b
+        except OSError:
+            pass
+    if dev is None:
+        raise RuntimeError("no persistent folders' disk (serial ra-persist)")
+    _mount(dev, PERSIST, "ext4", MS_NOSUID | MS_NODEV | MS_SYNCHRONOUS)
+    owned = os.path.join(PERSIST, ".runagent-owned")
+    if not os.path.exists(owned):
+        # The host made the disk as root: the agent's user owns its content.
+        for root, dirs, files in os.walk(PERSIST):
+            for n in dirs + files:
+                if root == PERSIST and n == "lost+found":
+                    continue
+                os.lchown(os.path.join(root, n), uid, uid)
+        open(owned, "w").close()
+    for t in targets:
+        src = os.path.join(PERSIST, os.path.relpath(t, "/agent"))
+        if not os.path.isdir(src):
+            os.makedirs(src)
+            os.chown(src, uid, uid)
+        _mount(src, t, None, MS_BIND)
+
+
 def start_runner(msg, ports):
+    if msg.get("mounts"):
+        mount_persistent([str(t) for t in msg["mounts"]], int(msg.get("uid", 1000)))
     make_cgroup(int(msg.get("memory") or 0), int(msg.get("pids") or 0), float(msg.get("cpus") or 0))
     uid = int(msg.get("uid", 1000))
     argv = [str(a) for a in msg["argv"]]
