@@ -65,13 +65,29 @@ type Config struct {
 	HTTPClient *http.Client
 	// Retry bounds retries; the zero value means the defaults, NoRetry none.
 	Retry RetryPolicy
-	// Timeout bounds each Run, RunInto, Architecture and Health call
-	// (retries included) and is sent to the server as timeout_seconds. It
-	// does not bound streams: use RunStream's context for that. Less than 0
-	// means no timeout.
+	// Timeout bounds each Run, RunInto, StartRun, GetRun, CancelRun,
+	// Architecture and Health call (retries included; each request of
+	// WaitRun beyond the wait it asks for) and is sent to the server as
+	// timeout_seconds (by Run, RunInto and StartRun). It does not bound
+	// streams: use the stream's context for that. Less than 0 means no
+	// timeout.
 	Timeout time.Duration
 	// UserAgent replaces the default "runagent-go/<Version>".
 	UserAgent string
+
+	// UserID names the user the client's runs are for. When set it is sent,
+	// with PersistentMemory, in the body of every run the client makes: Run
+	// and RunInto, RunStream, RunStreamResumable and StartRun (whose record
+	// then shows it), as the official SDKs' options of the same names are.
+	UserID string
+	// PersistentMemory asks the server (runagent server or runagent serve)
+	// to run each call on an instance of UserID's own, which sees that
+	// user's persistent folders (the agent's "persistent_folders"): what
+	// the agent writes there is there again on the user's next run, and no
+	// other user's run sees it. It needs UserID: without one New refuses
+	// the config. Without PersistentMemory, UserID is sent but the call
+	// runs on the agent's shared instances.
+	PersistentMemory bool
 
 	clk *clock // time source of the retry loop (tests); a pointer keeps Config comparable
 }
@@ -92,6 +108,10 @@ type Client struct {
 	clk          clock
 	hc           *http.Client
 	dialer       *websocket.Dialer
+
+	// The user sent in every run body when userID is set.
+	userID           string
+	persistentMemory bool
 
 	// Header values shared by every request (never modified).
 	hdrAuth, hdrUA []string
@@ -128,11 +148,15 @@ func New(cfg Config) (*Client, error) {
 		clk:     cfg.clk.withDefaults(),
 		hc:      cfg.HTTPClient,
 	}
+	c.userID, c.persistentMemory = cfg.UserID, cfg.PersistentMemory
 	if c.agentID == "" {
 		problems = append(problems, "AgentID is required")
 	}
 	if c.tag == "" {
 		problems = append(problems, "EntrypointTag is required")
+	}
+	if cfg.PersistentMemory && cfg.UserID == "" {
+		problems = append(problems, "PersistentMemory needs a UserID: the user whose persistent folders the agent's runs see")
 	}
 
 	apiKey := firstNonEmpty(cfg.APIKey, os.Getenv("RUNAGENT_API_KEY"))
@@ -342,7 +366,8 @@ func (c *Client) run(ctx context.Context, in Input, decode func(json.RawMessage)
 		return &Error{Code: CodeValidation, Message: "entrypoint " + strconv.Quote(c.tag) + " is a streaming entrypoint: call RunStream"}
 	}
 	buf := getBuf()
-	if e := encodeRequest(buf, c.tag, in, c.timeoutSecs); e != nil {
+	req := c.newRequest(in, c.timeoutSecs)
+	if e := encodeRequest(buf, &req); e != nil {
 		putBuf(buf)
 		return e
 	}
@@ -353,7 +378,7 @@ func (c *Client) run(ctx context.Context, in Input, decode func(json.RawMessage)
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	return c.do(ctx, http.MethodPost, c.runURL, body, func(status int, h http.Header, b []byte) *Error {
+	return c.do(ctx, http.MethodPost, c.runURL, body, nil, func(status int, h http.Header, b []byte) *Error {
 		data, e := parseEnvelope(status, h, b)
 		if e != nil {
 			return e
@@ -438,16 +463,17 @@ func (c *Client) get(ctx context.Context, u string, handle func(int, http.Header
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	return c.do(ctx, http.MethodGet, u, nil, handle)
+	return c.do(ctx, http.MethodGet, u, nil, nil, handle)
 }
 
-// do sends a request, retrying under the policy, and passes the response
-// of the last attempt to handle (unless that attempt failed with a
-// retryable status or before any response).
-func (c *Client) do(ctx context.Context, method, u string, body *sharedBody, handle func(int, http.Header, []byte) *Error) *Error {
+// do sends a request, with the extra headers (nil: none), retrying under
+// the policy, and passes the response of the last attempt to handle
+// (unless that attempt failed with a retryable status or before any
+// response).
+func (c *Client) do(ctx context.Context, method, u string, body *sharedBody, extra http.Header, handle func(int, http.Header, []byte) *Error) *Error {
 	r := newRetrier(c.retry, c.clk)
 	for {
-		e := c.attempt(ctx, method, u, body, handle)
+		e := c.attempt(ctx, method, u, body, extra, handle)
 		if e == nil {
 			return nil
 		}
@@ -457,7 +483,7 @@ func (c *Client) do(ctx context.Context, method, u string, body *sharedBody, han
 	}
 }
 
-func (c *Client) attempt(ctx context.Context, method, u string, body *sharedBody, handle func(int, http.Header, []byte) *Error) *Error {
+func (c *Client) attempt(ctx context.Context, method, u string, body *sharedBody, extra http.Header, handle func(int, http.Header, []byte) *Error) *Error {
 	if ctx.Err() != nil {
 		return ctxError(ctx)
 	}
@@ -466,6 +492,9 @@ func (c *Client) attempt(ctx context.Context, method, u string, body *sharedBody
 		return &Error{Code: CodeValidation, Message: "cannot build request: " + err.Error(), Err: err}
 	}
 	req.Header = c.header(body != nil)
+	for k, v := range extra {
+		req.Header[k] = v
+	}
 	if body != nil {
 		req.Body = body.open()
 		req.ContentLength = body.len()

@@ -16,6 +16,18 @@
 // and returns a Stream to read chunk by chunk. Results and chunks arrive as
 // "structured strings", decoded by DecodeStructured.
 //
+// # Background runs and re-joinable streams
+//
+// Against runagent server (the platform), StartRun creates a background run
+// of a plain entrypoint (POST /api/v1/agents/{id}/runs, with an
+// Idempotency-Key so that retries never create a second run) and GetRun,
+// WaitRun and CancelRun follow it by its id; RunStreamResumable streams a
+// streaming entrypoint over Server-Sent Events with "on_disconnect":
+// "continue" and re-joins the run after a dropped connection from the last
+// event received, each chunk yielded once. Config.UserID and
+// Config.PersistentMemory make every run of a client the user's, on an
+// instance that sees the user's persistent folders.
+//
 // # Errors
 //
 // Every error is an *Error with a wire code (CodeNotFound, CodeInternal, ...),

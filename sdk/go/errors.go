@@ -27,6 +27,11 @@ const (
 	CodeOverloaded     = "OVERLOADED"           // retried, honouring Retry-After (HTTP 503)
 	CodeInternal       = "INTERNAL_ERROR"       // the agent raised, or anything else (HTTP 500)
 	CodeCancelled      = "CANCELLED"            // the caller's context was cancelled, or the stream closed
+
+	// CodeAlreadyExists (HTTP 409) is a background run's create refused: its
+	// Idempotency-Key was used by a run with another entrypoint or input, or
+	// its thread has a run queued or running (RunOptions).
+	CodeAlreadyExists = "RESOURCE_ALREADY_EXISTS"
 )
 
 // Sentinel causes, reachable with errors.Is through (*Error).Unwrap.
@@ -135,6 +140,8 @@ func codeForStatus(status int) string {
 		return CodePermission
 	case http.StatusNotFound:
 		return CodeNotFound
+	case http.StatusConflict:
+		return CodeAlreadyExists
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
 		return CodeValidation
 	case http.StatusTooManyRequests:

@@ -45,12 +45,27 @@ func (in Input) WithArgs(args ...any) Input {
 	return in
 }
 
-// runRequest is the body of POST /run and the first WebSocket frame.
+// runRequest is the body of POST /run, of POST /runs (a background run),
+// of the SSE POST /run-stream and the first WebSocket frame. The fields
+// after TimeoutSeconds are sent only when set.
 type runRequest struct {
 	EntrypointTag  string         `json:"entrypoint_tag"`
 	InputArgs      []any          `json:"input_args"`
 	InputKwargs    map[string]any `json:"input_kwargs"`
 	TimeoutSeconds int            `json:"timeout_seconds,omitempty"`
+
+	// The client's user (Config.UserID, Config.PersistentMemory):
+	// PersistentMemory is set exactly when UserID is.
+	UserID           string `json:"user_id,omitempty"`
+	PersistentMemory *bool  `json:"persistent_memory,omitempty"`
+
+	// A background run's options (RunOptions).
+	Webhook   string `json:"webhook,omitempty"`
+	ThreadID  string `json:"thread_id,omitempty"`
+	Multitask string `json:"multitask,omitempty"`
+
+	// "continue" for a stream that outlives its client (RunStreamResumable).
+	OnDisconnect string `json:"on_disconnect,omitempty"`
 }
 
 var (
@@ -58,10 +73,22 @@ var (
 	emptyKwargs = map[string]any{}
 )
 
-// encodeRequest appends the JSON request for in to buf (with a trailing
-// newline). Non-ASCII and HTML characters are written as is.
-func encodeRequest(buf *bytes.Buffer, tag string, in Input, timeoutSeconds int) *Error {
-	req := runRequest{EntrypointTag: tag, InputArgs: in.Args, InputKwargs: in.Kwargs, TimeoutSeconds: timeoutSeconds}
+// newRequest returns the request calling the client's entrypoint with in,
+// with the client's user.
+func (c *Client) newRequest(in Input, timeoutSeconds int) runRequest {
+	req := runRequest{EntrypointTag: c.tag, InputArgs: in.Args, InputKwargs: in.Kwargs, TimeoutSeconds: timeoutSeconds}
+	if c.userID != "" {
+		req.UserID = c.userID
+		pm := c.persistentMemory
+		req.PersistentMemory = &pm
+	}
+	return req
+}
+
+// encodeRequest appends req as JSON to buf (with a trailing newline).
+// Non-ASCII and HTML characters are written as is; nil input args and
+// kwargs are written as [] and {}.
+func encodeRequest(buf *bytes.Buffer, req *runRequest) *Error {
 	if req.InputArgs == nil {
 		req.InputArgs = emptyArgs
 	}
@@ -70,7 +97,7 @@ func encodeRequest(buf *bytes.Buffer, tag string, in Input, timeoutSeconds int) 
 	}
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(&req); err != nil {
+	if err := enc.Encode(req); err != nil {
 		return &Error{Code: CodeValidation, Message: "cannot encode input as JSON: " + err.Error(), Err: err}
 	}
 	return nil

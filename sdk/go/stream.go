@@ -108,7 +108,8 @@ func (c *Client) RunStream(ctx context.Context, in Input) (*Stream, error) {
 		return nil, &Error{Code: CodeValidation, Message: "entrypoint " + strconv.Quote(c.tag) + " is not a streaming entrypoint (its tag does not end in _stream): call Run"}
 	}
 	buf := getBuf()
-	if e := encodeRequest(buf, c.tag, in, 0); e != nil {
+	r := c.newRequest(in, 0)
+	if e := encodeRequest(buf, &r); e != nil {
 		putBuf(buf)
 		return nil, e
 	}
