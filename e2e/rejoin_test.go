@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 func getRunStream(t testing.TB, base, runID, key, lastID string) *http.Response {
@@ -173,4 +175,125 @@ func TestPlatformRejoinStream(t *testing.T) {
 	if r := getRunStream(t, base, runID, s.Admin, "soon"); r.StatusCode != 400 {
 		t.Errorf("Last-Event-ID soon: %d, want 400", r.StatusCode)
 	}
+}
+
+// The WebSocket route's stream that outlives its client: dropped at random
+// points and re-joined with resume_from (in the query, or in a first
+// message), the chunks arrive exactly once and in order; the SSE re-join
+// reads the same log; a plain stream's frames carry no ids (the wire).
+func TestPlatformRejoinWebSocket(t *testing.T) {
+	s := startPlatform(t, "", 0)
+	dir, _ := newAgent(t, "showcase")
+	id := s.deploy(t, dir, s.Admin)
+	key := s.createKey(t, map[string]any{"name": "rejoin-ws", "scopes": []string{"run"}, "rate_per_second": 10000, "burst": 10000})
+	const total = 300
+	dial := func(path string) *websocket.Conn {
+		t.Helper()
+		c, resp, err := websocket.DefaultDialer.Dial("ws://"+s.Addr+path, http.Header{"Authorization": {"Bearer " + key}})
+		if err != nil {
+			t.Fatalf("dial %s: %v (%v)", path, err, resp)
+		}
+		return c
+	}
+	type frame struct {
+		Type, Status, Content, Error, RunID string `json:"-"`
+		ID                                  *int   `json:"id"`
+		TotalChunks                         int    `json:"total_chunks"`
+	}
+	readFrame := func(c *websocket.Conn) (map[string]any, frame) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, msg, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var m map[string]any
+		var f frame
+		json.Unmarshal(msg, &m)
+		json.Unmarshal(msg, &f)
+		f.Type, _ = m["type"].(string)
+		f.Status, _ = m["status"].(string)
+		f.Content, _ = m["content"].(string)
+		f.RunID, _ = m["run_id"].(string)
+		return m, f
+	}
+
+	c := dial("/api/v1/agents/" + id + "/run-stream")
+	c.WriteJSON(map[string]any{"entrypoint_tag": "count_stream", "input_args": []any{}, "input_kwargs": map[string]any{"n": total, "delay": 0.005}, "on_disconnect": "continue"})
+	_, started := readFrame(c)
+	runID := started.RunID
+	if started.Status != "stream_started" || runID == "" {
+		t.Fatalf("the first frame: %+v", started)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var chunks []string
+	ended := false
+	read := func(c *websocket.Conn) {
+		t.Helper()
+		for want := 1 + rng.IntN(8); want > 0; {
+			m, f := readFrame(c)
+			switch {
+			case f.Type == "data":
+				if f.ID == nil || *f.ID != len(chunks) {
+					t.Fatalf("frame %v where id %d was due", m, len(chunks))
+				}
+				_, v := decodeStructured(t, f.Content)
+				chunks = append(chunks, fmt.Sprint(v))
+				want--
+			case f.Status == "stream_started" && f.RunID == runID:
+			case f.Status == "stream_completed":
+				if f.TotalChunks != total {
+					t.Fatalf("completed: %v", m)
+				}
+				ended = true
+				c.Close()
+				return
+			default:
+				t.Fatalf("frame %v", m)
+			}
+		}
+		c.Close() // dropped, not closed: the run goes on
+	}
+	read(c)
+	rejoins := 0
+	for ; !ended; rejoins++ {
+		if rejoins > 1000 {
+			t.Fatalf("no end after %d re-joins (%d chunks)", rejoins, len(chunks))
+		}
+		last := len(chunks) - 1
+		if rejoins%2 == 0 {
+			read(dial(fmt.Sprintf("/api/v1/runs/%s/stream?resume_from=%d", runID, last)))
+		} else {
+			c := dial("/api/v1/runs/" + runID + "/stream")
+			c.WriteJSON(map[string]any{"resume_from": last})
+			read(c)
+		}
+	}
+	if len(chunks) != total || rejoins < 20 {
+		t.Fatalf("%d chunks after %d re-joins, want %d after at least 20", len(chunks), rejoins, total)
+	}
+	for i, ch := range chunks {
+		if ch != fmt.Sprintf("map[i:%d]", i) {
+			t.Fatalf("chunk %d is %s", i, ch)
+		}
+	}
+	// The same log over SSE.
+	r := getRunStream(t, "http://"+s.Addr, runID, s.Admin, "")
+	events, _, _ := readSSE(r.Body, nil)
+	r.Body.Close()
+	if len(events) != total+2 || events[1].Data != `{"i": 0}` && events[1].Data != `{"i":0}` || events[total+1].Event != "done" {
+		t.Fatalf("the WebSocket run's log over SSE: %d events, first chunk %+v", len(events), events[1])
+	}
+	// A bad resume_from is refused before the upgrade.
+	if _, resp, err := websocket.DefaultDialer.Dial("ws://"+s.Addr+"/api/v1/runs/"+runID+"/stream?resume_from=x", http.Header{"Authorization": {"Bearer " + key}}); err == nil || resp == nil || resp.StatusCode != 400 {
+		t.Fatalf("resume_from=x: %v %v, want 400", err, resp)
+	}
+	// A plain stream is the wire's, without ids.
+	c = dial("/api/v1/agents/" + id + "/run-stream")
+	c.WriteJSON(map[string]any{"entrypoint_tag": "count_stream", "input_args": []any{}, "input_kwargs": map[string]any{"n": 2}})
+	readFrame(c)
+	if m, f := readFrame(c); f.Type != "data" || m["id"] != nil {
+		t.Fatalf("a plain stream's data frame: %v", m)
+	}
+	c.Close()
 }

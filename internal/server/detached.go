@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/runagent-go/runagent/internal/domain"
 	"github.com/runagent-go/runagent/internal/wire"
 )
@@ -166,14 +168,12 @@ func (s *Server) runDetached(base context.Context, d *detached, a *Agent, inv do
 			add("chunk_error", msg)
 			return nil
 		}
-		v := payloadOf(c.Body)
 		if len(samples) < sampleChunks {
-			samples = append(samples, v)
+			samples = append(samples, payloadOf(c.Body))
 		}
-		if v == nil {
-			v = c.Body
-		}
-		add("chunk", append([]byte(nil), v...))
+		// The structured chunk as the runner encoded it: a WebSocket reader
+		// sends it as is, an SSE reader its payload (sseEvents).
+		add("chunk", append([]byte(nil), c.Body...))
 		return nil
 	})
 	elapsed := time.Since(start)
@@ -210,6 +210,27 @@ func (s *Server) runDetached(base context.Context, d *detached, a *Agent, inv do
 // ErrRunCancelled is the cause a client's cancel gives CancelDetached.
 var ErrRunCancelled = errors.New("the run was cancelled")
 
+// eventSink is where a reader of a run's event log sends the events: an
+// SSE answer (sseEvents) or a WebSocket (wsEvents).
+type eventSink interface {
+	event(seq int, kind string, data []byte) error
+	// heartbeat keeps a quiet connection alive when nothing went out for
+	// every.
+	heartbeat(every time.Duration) error
+}
+
+// sseEvents sends a run's events as SSE: a chunk as its payload.
+type sseEvents struct{ *sseWriter }
+
+func (e sseEvents) event(seq int, kind string, data []byte) error {
+	if kind == "chunk" {
+		if v := payloadOf(data); v != nil {
+			data = v
+		}
+	}
+	return e.sseWriter.event(seq, kind, data)
+}
+
 // tailEvents answers the events of run id after seq after as SSE, live,
 // until its end or the client goes away.
 func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID string, after int) {
@@ -217,19 +238,24 @@ func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID 
 	sw.mu.Lock()
 	sw.begin()
 	sw.mu.Unlock()
-	ctx := r.Context()
+	s.tail(r.Context(), sseEvents{sw}, id, after)
+}
+
+// tail sends the events of run id after seq after to sink, live, until
+// its end or ctx ends.
+func (s *Server) tail(ctx context.Context, sink eventSink, id string, after int) {
 	lastCheck := time.Now()
 	for {
 		events, err := s.cfg.Events.RunEvents(ctx, id, after, 500)
 		if err != nil {
 			if ctx.Err() == nil {
 				msg, _ := json.Marshal(map[string]string{"code": string(domain.CodeConnection), "message": "the event log could not be read; re-join with the last event id"})
-				sw.event(-1, "error", msg)
+				sink.event(-1, "error", msg)
 			}
 			return
 		}
 		for _, e := range events {
-			if sw.event(e.Seq, e.Kind, e.Data) != nil {
+			if sink.event(e.Seq, e.Kind, e.Data) != nil {
 				return
 			}
 			after = e.Seq
@@ -248,7 +274,7 @@ func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID 
 			if run, err := s.cfg.Runs.Run(ctx, id); err == nil && run.Ended() {
 				if more, _ := s.cfg.Events.RunEvents(ctx, id, after, 1); len(more) == 0 {
 					msg, _ := json.Marshal(map[string]string{"code": string(domain.CodeAgentCrashed), "message": fmt.Sprintf("the stream ended without its last events: %s", run.ErrorDetail)})
-					sw.event(-1, "error", msg)
+					sink.event(-1, "error", msg)
 					return
 				}
 				continue
@@ -268,7 +294,7 @@ func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID 
 		case <-wake:
 		case <-time.After(tailPoll):
 		}
-		if sw.heartbeat(hb) != nil {
+		if sink.heartbeat(hb) != nil {
 			return
 		}
 	}
@@ -276,8 +302,13 @@ func (s *Server) tailEvents(w http.ResponseWriter, r *http.Request, id, agentID 
 
 // handleRunStream is GET /api/v1/runs/{run_id}/stream: re-join a stream
 // that outlives its client, after the event id in Last-Event-ID (or
-// ?last_event_id=; none: from the first).
+// ?last_event_id=; none: from the first); over a WebSocket, after
+// resume_from (wsevents.go).
 func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
+	if websocket.IsWebSocketUpgrade(r) {
+		s.handleRunStreamWS(w, r)
+		return
+	}
 	if !acceptsSSE(r.Header.Get("Accept")) {
 		s.writeError(w, http.StatusNotAcceptable, &domain.Error{Code: domain.CodeValidation, Field: "Accept", Message: "the run's stream is text/event-stream"})
 		return
@@ -295,19 +326,28 @@ func (s *Server) handleRunStream(w http.ResponseWriter, r *http.Request) {
 		}
 		after = n
 	}
-	run, ok := s.admitRun(w, r, ActReadInvocation)
+	run, ok := s.rejoinable(w, r)
 	if !ok {
 		return
 	}
+	s.tailEvents(w, r, run.ID, run.AgentID, after)
+}
+
+// rejoinable admits a re-join of the path's run: one with an event log.
+func (s *Server) rejoinable(w http.ResponseWriter, r *http.Request) (domain.Run, bool) {
+	run, ok := s.admitRun(w, r, ActReadInvocation)
+	if !ok {
+		return run, false
+	}
 	if first, err := s.cfg.Events.RunEvents(r.Context(), run.ID, -1, 1); err != nil {
 		s.storeFailure(w, err)
-		return
+		return run, false
 	} else if len(first) == 0 && (run.Ended() || s.detached.get(run.ID) == nil && !isDetached(run.Invocation)) {
 		s.WriteError(w, &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf(
 			"run %s has no event log: only a stream started with \"on_disconnect\": \"continue\" can be re-joined, for as long as its log is kept", run.ID)})
-		return
+		return run, false
 	}
-	s.tailEvents(w, r, run.ID, run.AgentID, after)
+	return run, true
 }
 
 // isDetached says whether an invocation is a stream that outlives its client.
@@ -315,7 +355,7 @@ func isDetached(inv domain.Invocation) bool {
 	var ci struct {
 		OnDisconnect string `json:"on_disconnect"`
 	}
-	return inv.SDKType == "sse_stream" && json.Unmarshal(inv.ClientInfo, &ci) == nil && ci.OnDisconnect == "continue"
+	return (inv.SDKType == "sse_stream" || inv.SDKType == "websocket_stream") && json.Unmarshal(inv.ClientInfo, &ci) == nil && ci.OnDisconnect == "continue"
 }
 
 // IsDetached says whether an invocation is a stream that outlives its

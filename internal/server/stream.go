@@ -88,10 +88,20 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, a *Agent) 
 	conn.SetReadDeadline(time.Time{})
 	req, e := s.parseStreamRequest(a, msg)
 	if e != nil {
-		b := append([]byte(`{"type":"error","detail":`), wire.AppendString(nil, e.Message)...)
-		b = append(append(append(b, `,"code":`...), wire.AppendString(nil, string(e.Code))...), '}')
-		conn.WriteMessage(websocket.TextMessage, b)
-		closeWith(conn, websocket.CloseUnsupportedData, "")
+		wsRefuse(conn, e)
+		return
+	}
+	var fields struct {
+		OnDisconnect *string `json:"on_disconnect"`
+	}
+	err = json.Unmarshal(msg, &fields) // parseStreamRequest checked it is an object
+	if od := fields.OnDisconnect; err != nil || od != nil && *od != "cancel" {
+		if err != nil || *od != "continue" {
+			wsRefuse(conn, &domain.Error{Code: domain.CodeValidation, Field: "on_disconnect",
+				Message: `on_disconnect: expected "cancel" (the default: a client that goes away stops the stream) or "continue" (it runs on and can be re-joined)`})
+			return
+		}
+		s.streamDetachedWS(r.Context(), conn, a, req)
 		return
 	}
 	tag := *req.EntrypointTag
