@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -470,4 +471,68 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// A webhook whose receiver was down when the server was killed -9 is
+// delivered after the restart, its attempts numbered on from the last.
+func TestPlatformRunWebhooksAfterRestart(t *testing.T) {
+	var mu sync.Mutex
+	down := true
+	var taken []http.Header
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		taken = append(taken, r.Header.Clone())
+	}))
+	defer recv.Close()
+	data := filepath.Join(t.TempDir(), "data")
+	port := freePort(t)
+	s := startPlatform(t, data, port, "--webhook-allow", "127.0.0.0/8")
+	dir, _ := newAgent(t, "showcase")
+	id := s.deploy(t, dir, s.Admin)
+	body := runBody("add", map[string]any{"a": 2, "b": 40})
+	body["webhook"] = recv.URL + "/hook"
+	rid := acceptedRun(t, s.do(t, "POST", "/api/v1/agents/"+id+"/runs", s.Admin, body))
+	if rec := runOf(t, s.do(t, "GET", "/api/v1/runs/"+rid+"/wait", s.Admin, nil)); rec.Status != "completed" {
+		t.Fatalf("the run: %+v", rec)
+	}
+	type attempts struct {
+		Attempts []struct {
+			Attempt    int `json:"attempt"`
+			StatusCode int `json:"status_code"`
+		} `json:"attempts"`
+	}
+	read := func(s *platformServer) attempts {
+		var a attempts
+		json.Unmarshal(s.do(t, "GET", "/api/v1/runs/"+rid+"/webhook-attempts", s.Admin, nil).Env.Data, &a)
+		return a
+	}
+	pollUntil(20*time.Second, func() bool { return len(read(s).Attempts) >= 1 })
+	syscall.Kill(s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.exited
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	s = startPlatform(t, data, port, "--webhook-allow", "127.0.0.0/8")
+	pollUntil(20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(taken) >= 1 })
+	time.Sleep(200 * time.Millisecond) // a second delivery would show by now
+	mu.Lock()
+	n := len(taken)
+	var hdr http.Header
+	if n > 0 {
+		hdr = taken[0]
+	}
+	mu.Unlock()
+	a := read(s).Attempts
+	if n != 1 || len(a) < 2 || a[len(a)-1].StatusCode != 200 || a[len(a)-1].Attempt != len(a) || a[0].StatusCode != 503 {
+		t.Fatalf("after the restart: %d deliveries taken, attempts %+v; want one taken, numbered after the refused ones", n, a)
+	}
+	if hdr.Get("RunAgent-Webhook-Id") != rid || hdr.Get("RunAgent-Webhook-Attempt") != strconv.Itoa(len(a)) {
+		t.Fatalf("the delivery's headers: %v", hdr)
+	}
 }

@@ -145,6 +145,10 @@ type Webhooks interface {
 	RecordWebhookAttempt(ctx context.Context, a WebhookAttempt) error
 	// WebhookAttempts returns a run's attempts, first first.
 	WebhookAttempts(ctx context.Context, runID string) ([]WebhookAttempt, error)
+	// UndeliveredWebhooks returns the runs with a webhook, ended at since
+	// or later, that no attempt delivered (2xx), the earliest ended first,
+	// at most limit: what a server that stopped left to deliver.
+	UndeliveredWebhooks(ctx context.Context, since time.Time, limit int) ([]Run, error)
 }
 
 // RunEvents keeps the event logs of streams that outlive their client.

@@ -206,6 +206,7 @@ func Open(ctx context.Context, cfg Config) (*Platform, error) {
 		if err := p.async.resume(ctx); err != nil {
 			return fail(err)
 		}
+		p.resumeWebhooks(ctx)
 	}
 	return p, nil
 }

@@ -109,6 +109,51 @@ func (p *Platform) runEnded(runID, hook string) {
 	}()
 }
 
+// webhookResumeWindow is how far back a restarted server looks for runs
+// whose webhook it had not delivered; webhookResumeBatch, how many it takes.
+const (
+	webhookResumeWindow = 24 * time.Hour
+	webhookResumeBatch  = 1000
+)
+
+// resumeWebhooks goes on, in the background, with the deliveries this
+// server left unfinished when it stopped: the retries of a receiver that
+// was down, or a run that ended just before. (One server only: on a
+// cluster a gateway's unfinished deliveries die with it; see
+// docs/multinode.md.)
+func (p *Platform) resumeWebhooks(ctx context.Context) {
+	runs, err := p.db.UndeliveredWebhooks(ctx, time.Now().Add(-webhookResumeWindow), webhookResumeBatch)
+	if err != nil {
+		p.log.Error("the webhooks left undelivered by the last run of the server are not resumed", "error", err)
+		return
+	}
+	resumed := 0
+	for _, run := range runs {
+		past, err := p.db.WebhookAttempts(ctx, run.ID)
+		if err != nil {
+			p.log.Error("a run's webhook is not resumed: its attempts could not be read", "run_id", run.ID, "error", err)
+			continue
+		}
+		if n := len(past); n > 0 && webhook.Finished(past[n-1]) {
+			continue
+		}
+		secret, err := p.db.WebhookSecret(ctx, run.AgentID, webhook.NewSecret())
+		var body []byte
+		if err == nil {
+			body, err = json.Marshal(wire.RunRecord(run))
+		}
+		if err != nil {
+			p.log.Error("a run's webhook is not resumed", "run_id", run.ID, "error", err)
+			continue
+		}
+		resumed++
+		go p.webhooks.Resume(context.Background(), run.ID, run.Webhook, secret, body, past)
+	}
+	if resumed > 0 {
+		p.log.Info("resuming webhook deliveries left unfinished before the restart", "count", resumed)
+	}
+}
+
 // handleWebhookSecret is GET /api/v1/agents/{id}/webhook-secret (deploy):
 // the secret the agent's webhooks are signed with, made on first use.
 func (p *Platform) handleWebhookSecret(w http.ResponseWriter, r *http.Request) {

@@ -553,6 +553,13 @@ func runStatusWhere(status domain.RunStatus, ph string) (string, []any) {
 	return "", nil
 }
 
+// UndeliveredWebhooks implements domain.Webhooks.
+func (db *DB) UndeliveredWebhooks(ctx context.Context, since time.Time, limit int) ([]domain.Run, error) {
+	return db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.webhook IS NOT NULL AND i.status <> 'pending'
+		AND i.response_time >= ? AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.run_id = r.invocation_id AND a.status_code BETWEEN 200 AND 299)
+		ORDER BY i.response_time LIMIT ?`, since.UnixMicro(), limit)
+}
+
 func (db *DB) runs(ctx context.Context, tail string, args ...any) ([]domain.Run, error) {
 	rows, err := db.sql.QueryContext(ctx, `SELECT `+prefixed("i.", invocationColumns)+`, r.invocation_id IS NOT NULL, coalesce(r.idempotency_key, ''), coalesce(r.attempts, 0), r.started_at, q.started_at IS NOT NULL, coalesce(r.webhook, ''), coalesce(r.thread_id, ''), coalesce(r.user_id, '')
 		FROM invocations i LEFT JOIN async_queue q ON q.invocation_id = i.invocation_id `+tail, args...)

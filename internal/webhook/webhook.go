@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -185,11 +186,45 @@ type Deliverer struct {
 // refused for good (another 4xx, a refused address), out of attempts, or
 // ctx ends; it records every attempt and returns the last error.
 func (d *Deliverer) Deliver(ctx context.Context, runID, target, secret string, body []byte) error {
+	return d.deliverFrom(ctx, runID, target, secret, body, 1)
+}
+
+// Resume goes on with a delivery that past attempts (first first) left
+// unfinished, as a server that stopped during its retries left it; a
+// delivery that was taken, refused for good or out of attempts is done.
+func (d *Deliverer) Resume(ctx context.Context, runID, target, secret string, body []byte, past []domain.WebhookAttempt) error {
+	most := cmp.Or(d.MaxAttempts, 8)
+	if len(past) >= most {
+		return nil
+	}
+	if n := len(past); n > 0 && Finished(past[n-1]) {
+		return nil
+	}
+	return d.deliverFrom(ctx, runID, target, secret, body, len(past)+1)
+}
+
+// Finished says whether an attempt ended its delivery: taken (2xx), or
+// refused for good (a 4xx but 429, an address the guard refuses).
+func Finished(a domain.WebhookAttempt) bool {
+	switch {
+	case a.StatusCode >= 200 && a.StatusCode < 300:
+		return true
+	case a.StatusCode > 0:
+		return a.StatusCode < 500 && a.StatusCode != http.StatusTooManyRequests
+	}
+	return strings.Contains(a.Error, errRefusedAddress.Error())
+}
+
+// deliverFrom makes attempts first... of a delivery.
+func (d *Deliverer) deliverFrom(ctx context.Context, runID, target, secret string, body []byte, first int) error {
 	most := cmp.Or(d.MaxAttempts, 8)
 	wait := cmp.Or(d.BaseDelay, time.Second)
 	maxDelay := cmp.Or(d.MaxDelay, 5*time.Minute)
+	for range first - 1 { // the backoff where the earlier attempts left it
+		wait = min(2*wait, maxDelay)
+	}
 	var last error
-	for attempt := 1; attempt <= most; attempt++ {
+	for attempt := first; attempt <= most; attempt++ {
 		retryAfter, retry, err := d.attempt(ctx, runID, target, secret, body, attempt)
 		if err == nil {
 			return nil

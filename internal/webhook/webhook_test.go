@@ -170,3 +170,40 @@ func TestDeliver(t *testing.T) {
 		})
 	}
 }
+
+// A delivery resumed after a restart goes on from its last attempt, or
+// not at all when that attempt ended it.
+func TestResume(t *testing.T) {
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer recv.Close()
+	guard := Guard{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	refused := "Post \"http://10.0.0.1/\": dial: " + errRefusedAddress.Error() + " 10.0.0.1"
+	tests := []struct {
+		name string
+		past []domain.WebhookAttempt
+		next int // the attempt made, 0: none
+	}{
+		{"nothing tried yet", nil, 1},
+		{"after a 503", []domain.WebhookAttempt{{Attempt: 1, StatusCode: 503}}, 2},
+		{"after a network error", []domain.WebhookAttempt{{Attempt: 1, Error: "connection refused"}, {Attempt: 2, StatusCode: 429}}, 3},
+		{"taken", []domain.WebhookAttempt{{Attempt: 1, StatusCode: 200}}, 0},
+		{"refused for good", []domain.WebhookAttempt{{Attempt: 1, StatusCode: 404}}, 0},
+		{"a refused address", []domain.WebhookAttempt{{Attempt: 1, Error: refused}}, 0},
+		{"out of attempts", []domain.WebhookAttempt{{Attempt: 1, StatusCode: 503}, {Attempt: 2, StatusCode: 503}, {Attempt: 3, StatusCode: 503}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &memAttempts{}
+			d := &Deliverer{Client: guard.Client(5 * time.Second), Store: store, Log: slog.New(slog.DiscardHandler), MaxAttempts: 3, BaseDelay: time.Millisecond}
+			if err := d.Resume(context.Background(), "r1", recv.URL, "whsec_test", []byte(`{}`), tt.past); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case tt.next == 0 && len(store.a) != 0:
+				t.Fatalf("attempts made: %+v, want none", store.a)
+			case tt.next > 0 && (len(store.a) != 1 || store.a[0].Attempt != tt.next || store.a[0].StatusCode != 204):
+				t.Fatalf("attempts made: %+v, want attempt %d taken", store.a, tt.next)
+			}
+		})
+	}
+}

@@ -1021,6 +1021,14 @@ func (db *DB) RecordWebhookAttempt(ctx context.Context, a domain.WebhookAttempt)
 }
 
 // WebhookAttempts returns a run's webhook delivery attempts in order.
+// UndeliveredWebhooks implements domain.Webhooks.
+func (db *DB) UndeliveredWebhooks(ctx context.Context, since time.Time, limit int) (_ []domain.Run, err error) {
+	defer classify(ctx, &err)
+	return db.runs(ctx, `JOIN runs r ON r.invocation_id = i.invocation_id WHERE r.webhook IS NOT NULL AND i.status <> 'pending'
+		AND i.response_time >= $1 AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.run_id = r.invocation_id AND a.status_code BETWEEN 200 AND 299)
+		ORDER BY i.response_time LIMIT $2`, since.UnixMicro(), limit)
+}
+
 func (db *DB) WebhookAttempts(ctx context.Context, runID string) (_ []domain.WebhookAttempt, err error) {
 	defer classify(ctx, &err)
 	rows, err := db.pool.Query(ctx, `SELECT run_id, attempt, at, url, status_code, coalesce(error, ''), duration_ms FROM webhook_attempts WHERE run_id = $1 ORDER BY attempt`, runID)

@@ -268,6 +268,52 @@ func testRuns(t *testing.T, open Opener) {
 		}
 	})
 
+	// What a stopped server left to deliver: ended runs with a webhook
+	// that no attempt delivered, ended since then.
+	t.Run("undelivered webhooks", func(t *testing.T) {
+		s := open(t, "store")
+		hook := "https://example.com/hook"
+		for i, c := range []struct {
+			id, webhook string
+			end         bool
+			status      int // an attempt's, 0: none
+			at          time.Time
+		}{
+			{"u-retrying", hook, true, 503, t0.Add(time.Minute)},
+			{"u-none", hook, true, 0, t0.Add(2 * time.Minute)},
+			{"u-taken", hook, true, 200, t0.Add(time.Minute)},
+			{"u-queued", hook, false, 0, t0},
+			{"u-nohook", "", true, 0, t0.Add(time.Minute)},
+			{"u-old", hook, true, 0, t0.Add(-time.Hour)},
+		} {
+			inv := pending(c.id, "a", c.at.Add(-time.Second))
+			if err := s.EnqueueAsync(ctx, domain.AsyncJob{Invocation: inv, Tenant: "acme", Webhook: c.webhook}); err != nil {
+				t.Fatal(err)
+			}
+			if c.end {
+				if err := s.FinishAsync(ctx, completed(inv, 1000, `"ok"`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.status != 0 {
+				if err := s.RecordWebhookAttempt(ctx, domain.WebhookAttempt{RunID: c.id, Attempt: 1, At: c.at, URL: hook, StatusCode: c.status}); err != nil {
+					t.Fatalf("case %d: %v", i, err)
+				}
+			}
+		}
+		got, err := s.UndeliveredWebhooks(ctx, t0, 10)
+		var ids []string
+		for _, r := range got {
+			ids = append(ids, r.ID)
+		}
+		if err != nil || len(ids) != 2 || ids[0] != "u-retrying" || ids[1] != "u-none" || got[0].Webhook != hook {
+			t.Fatalf("UndeliveredWebhooks = %v, %v; want u-retrying then u-none", ids, err)
+		}
+		if one, err := s.UndeliveredWebhooks(ctx, t0, 1); err != nil || len(one) != 1 {
+			t.Fatalf("with limit 1: %d, %v", len(one), err)
+		}
+	})
+
 	// A run's user comes back with its queued job and its record.
 	t.Run("user", func(t *testing.T) {
 		s := open(t, "store")
