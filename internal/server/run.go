@@ -327,9 +327,42 @@ func deref(f *float64) float64 {
 // payloadOf returns the JSON value inside a structured string, recorded as
 // the invocation's output_data.
 func payloadOf(structured []byte) json.RawMessage {
+	if p, ok := runnerPayload(structured); ok {
+		return p
+	}
 	var v struct{ Payload string }
 	if json.Unmarshal(structured, &v) != nil || !json.Valid([]byte(v.Payload)) {
 		return nil
 	}
 	return json.RawMessage(v.Payload)
+}
+
+// runnerPayload is payloadOf's fast path for the runner's own encoding,
+// `{"type": "T", "payload": "JSON"}` (pyrunner's structured_bytes): the
+// payload string's body unescaped without decoding the object. ok is false
+// for anything else, which the general path then reads.
+func runnerPayload(b []byte) (json.RawMessage, bool) {
+	const head, mid = `{"type": "`, `", "payload": "`
+	if !bytes.HasPrefix(b, []byte(head)) || !bytes.HasSuffix(b, []byte(`"}`)) {
+		return nil, false
+	}
+	i := bytes.Index(b[len(head):], []byte(mid))
+	if i < 0 || bytes.IndexByte(b[len(head):len(head)+i], '\\') >= 0 {
+		return nil, false
+	}
+	lit := b[len(head)+i+len(mid)-1 : len(b)-1] // the payload's string literal, quotes included
+	var out []byte
+	if bytes.IndexByte(lit, '\\') < 0 {
+		out = lit[1 : len(lit)-1]
+	} else {
+		var s string
+		if json.Unmarshal(lit, &s) != nil {
+			return nil, false
+		}
+		out = []byte(s)
+	}
+	if !json.Valid(out) {
+		return nil, false
+	}
+	return out, true
 }
