@@ -1,5 +1,8 @@
 """Python client for RunAgent servers (wire protocol v1)."""
-from .client import AsyncRunAgentClient, AsyncStream, RunAgentClient, RunOptions, Stream, __version__, is_stream_tag
+from .client import (
+    AsyncResumableStream, AsyncRunAgentClient, AsyncStream, ResumableStream, RunAgentClient, RunOptions, Stream,
+    __version__, is_stream_tag,
+)
 from .config import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, local_registry_path
 from .errors import (
     AGENT_CRASHED, AUTHENTICATION_ERROR, CANCELLED, CONNECTION_ERROR, INTERNAL_ERROR, NOT_FOUND, OVERLOADED,
@@ -15,6 +18,7 @@ __all__ = [
     "AGENT_CRASHED",
     "AUTHENTICATION_ERROR",
     "AgentCrashedError",
+    "AsyncResumableStream",
     "AsyncRunAgentClient",
     "AsyncStream",
     "AuthenticationError",
@@ -37,6 +41,7 @@ __all__ = [
     "PermissionError_",
     "RATE_LIMIT_EXCEEDED",
     "RateLimitError",
+    "ResumableStream",
     "RetryPolicy",
     "RunOptions",
     "RunAgentCancelledError",

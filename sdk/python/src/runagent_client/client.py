@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import socket
 import ssl
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
-from urllib.parse import quote
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, TypeVar, Union
+from urllib.parse import quote, unquote
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -20,8 +21,8 @@ from .errors import (
 )
 from .retry import Clock, Retrier, RetryPolicy
 from .wire import (
-    close_error, decode_data, encode_request, frame_error, http_error, parse_envelope, parse_frame,
-    retryable_status,
+    _loads_value, classify_message, close_error, decode_data, encode_request, frame_error, http_error,
+    parse_envelope, parse_frame, retryable_status,
 )
 
 __version__ = "0.1.0"
@@ -105,6 +106,20 @@ def _check_chunk_mode(mode: str) -> str:
     return mode
 
 
+# What a stream's frame or event stands for, beside a value or a ChunkError.
+_SKIP = object()  # nothing to yield
+_END = object()   # the stream completed
+
+
+def _chunk_item(mode: str, ce: ChunkError) -> Any:
+    """The item of a lost chunk under on_chunk_error ``mode``: ``ce``, _SKIP, or raised."""
+    if mode == "raise":
+        raise ce
+    if mode == "skip":
+        return _SKIP
+    return ce
+
+
 _C = TypeVar("_C", bound="_Base")
 
 RUN_ENDED = ("completed", "failed", "cancelled", "timeout")
@@ -121,27 +136,6 @@ class RunOptions:
 
     idempotency_key: Optional[str] = None
     webhook: Optional[str] = None
-
-
-def _sse_events(lines: Iterator[str]) -> Iterator[Dict[str, str]]:
-    """Server-Sent Events from lines (comments skipped)."""
-    ev: Dict[str, str] = {}
-    data: list = []
-    for line in lines:
-        if line == "":
-            if ev or data:
-                ev["data"] = "\n".join(data)
-                yield ev
-            ev, data = {}, []
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name in ("event", "id"):
-                ev[name] = value
 
 
 class _Base:
@@ -199,6 +193,11 @@ class _Base:
             req["webhook"] = opts.webhook
         key = opts.idempotency_key or str(uuid.uuid4())
         return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), {"Idempotency-Key": key}
+
+    def _resumable_body(self, args: tuple, kwargs: dict) -> bytes:
+        req = json.loads(self._stream_request(args, kwargs))
+        req["on_disconnect"] = "continue"
+        return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def _run_url(self, run_id: str, tail: str = "") -> str:
         return self._cfg.base_url + _config.API_PREFIX + "/runs/" + quote(run_id, safe="") + tail
@@ -308,64 +307,22 @@ class RunAgentClient(_Base):
         """Cancel a run: it ends ``cancelled`` (or as it had ended before)."""
         return self._request("POST", self._run_url(run_id, "/cancel"), None, self._handle_data)
 
-    def run_stream_resumable(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def run_stream_resumable(self, *args: Any, **kwargs: Any) -> "ResumableStream":
         """Stream ``fn(*args, **kwargs)`` over Server-Sent Events, re-joining
         the stream after a dropped connection from the last chunk received
-        (runagent server: the stream runs on while the client is away)."""
-        req = json.loads(self._stream_request(args, kwargs))
-        req["on_disconnect"] = "continue"
-        body = json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        run_id: Optional[str] = None
-        last: Optional[str] = None
-        retrier = Retrier(self._retry, self._clock, None)
-        while True:
-            got = False
-            try:
-                headers = {**self._headers, "Accept": "text/event-stream"}
-                if run_id is None:
-                    cm = self._http.stream("POST", self._cfg.agent_url + "/run-stream", content=body,
-                                           headers={**headers, "Content-Type": "application/json"},
-                                           timeout=httpx.Timeout(None, connect=30.0))
-                else:
-                    if last is not None:
-                        headers["Last-Event-ID"] = last
-                    cm = self._http.stream("GET", self._run_url(run_id, "/stream"), headers=headers,
-                                           timeout=httpx.Timeout(None, connect=30.0))
-                with cm as resp:
-                    if resp.status_code != 200:
-                        raise http_error(resp.status_code, resp.headers, resp.read())
-                    loc = resp.headers.get("content-location", "")
-                    if run_id is None and loc.startswith(_config.API_PREFIX + "/runs/"):
-                        run_id = loc[len(_config.API_PREFIX + "/runs/"):]
-                    for ev in _sse_events(resp.iter_lines()):
-                        kind = ev.get("event")
-                        if kind == "chunk":
-                            got, last = True, ev.get("id", last)
-                            yield json.loads(ev["data"])
-                        elif kind == "chunk_error":
-                            got, last = True, ev.get("id", last)
-                            ce = ChunkError(INTERNAL_ERROR, json.loads(ev["data"]).get("message", "chunk error"))
-                            if self._on_chunk_error == "raise":
-                                raise error_for(INTERNAL_ERROR, str(ce))
-                            if self._on_chunk_error == "yield":
-                                yield ce
-                        elif kind == "done":
-                            return
-                        elif kind == "error":
-                            e = json.loads(ev["data"])
-                            raise error_for(e.get("code") or INTERNAL_ERROR, e.get("message", "stream failed"))
-                if run_id is None:
-                    raise error_for(INTERNAL_ERROR, "the server named no run to re-join (is it runagent server?)")
-                raise error_for(CONNECTION_ERROR, "the stream ended before its last event")
-            except httpx.TransportError as exc:
-                err = _transport_error(exc)
-            except RunAgentError as e:
-                if e.code != CONNECTION_ERROR and not retryable_status(e.status or 0):
-                    raise
-                err = e
-            if got:
-                retrier = Retrier(self._retry, self._clock, None)  # progress: a fresh budget
-            retrier.wait(err)
+        (runagent server: the stream runs on while the client is away). The
+        request is made at the first ``next()`` (or ``open()``); the stream's
+        ``run_id`` and ``last_event_id`` let :meth:`join_stream` re-join it
+        later, also from another process. Closing it does not stop the run
+        (``cancel_run(stream.run_id)`` does)."""
+        return ResumableStream(self, self._resumable_body(args, kwargs), None, None)
+
+    def join_stream(self, run_id: str, last_event_id: Optional[Union[str, int]] = None) -> "ResumableStream":
+        """Re-join the stream of run ``run_id`` (begun by ``run_stream_resumable``,
+        here or elsewhere): the chunks after event ``last_event_id`` (all of
+        them without it), then the live ones, as ``run_stream_resumable``
+        yields them. A run without an event log is NOT_FOUND."""
+        return ResumableStream(self, None, *_join_args(run_id, last_event_id))
 
     def health(self) -> Dict[str, Any]:
         """GET /api/v1/health."""
@@ -446,8 +403,8 @@ class _StreamState:
             raise fe
         return False
 
-    _SKIP = object()
-    _END = object()
+    _SKIP = _SKIP
+    _END = _END
 
     def _item(self, fr: dict) -> Any:
         """The item for a frame: a value, a ChunkError, _SKIP or _END; raises a stream error."""
@@ -477,11 +434,7 @@ class _StreamState:
         return self._SKIP  # unknown frame types are ignored
 
     def _chunk_error(self, ce: ChunkError) -> Any:
-        if self._mode == "raise":
-            raise ce
-        if self._mode == "skip":
-            return self._SKIP
-        return ce
+        return _chunk_item(self._mode, ce)
 
 
 class Stream(_StreamState):
@@ -621,6 +574,17 @@ class AsyncRunAgentClient(_Base):
         """An async iterator of decoded chunks; the socket opens at the first
         iteration, or at ``await client.run_stream(...)``."""
         return AsyncStream(self, self._stream_request(args, kwargs))
+
+    def run_stream_resumable(self, *args: Any, **kwargs: Any) -> "AsyncResumableStream":
+        """The async twin of RunAgentClient.run_stream_resumable: ``async for
+        chunk in client.run_stream_resumable(...)``; the request is made at the
+        first iteration, or at ``await client.run_stream_resumable(...)``."""
+        return AsyncResumableStream(self, self._resumable_body(args, kwargs), None, None)
+
+    def join_stream(self, run_id: str, last_event_id: Optional[Union[str, int]] = None) -> "AsyncResumableStream":
+        """Re-join the stream of run ``run_id`` after ``last_event_id`` (see
+        RunAgentClient.join_stream)."""
+        return AsyncResumableStream(self, None, *_join_args(run_id, last_event_id))
 
     async def health(self) -> Dict[str, Any]:
         def handle(status: int, h: Any, b: bytes) -> Any:
@@ -809,3 +773,458 @@ class AsyncStream(_StreamState):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+# --- re-joinable streams over Server-Sent Events (runagent server) ---------
+#
+# As sdk/go/resumable.go: POST /agents/{id}/run-stream with "on_disconnect":
+# "continue" starts the stream; after a lost connection the client re-joins
+# with GET /runs/{id}/stream and Last-Event-ID. The SSE parsing, the event
+# handling and the retry decisions live in _ResumableState, shared by the
+# sync and async streams; those only do the I/O.
+
+_RUNS_PATH = _config.API_PREFIX + "/runs/"
+_SSE_TIMEOUT = httpx.Timeout(None, connect=30.0)  # a stream is bounded by the server, not by the client's timeout
+_EVENT_ID = re.compile(r"-?[0-9]+\Z")
+_HEARTBEAT = object()  # _SSEParser.feed: a comment line (the server's heartbeat)
+
+
+class _SSEEvent(NamedTuple):
+    kind: str           # the event field ("" when it had none)
+    id: Optional[str]   # the id field, None when it had none
+    data: str           # the data lines joined with "\n"
+
+
+class _SSEParser:
+    """Server-Sent Events from lines (without their line ends), one line at
+    a time. An event is dispatched at the blank line after it: one cut off
+    by the end of a connection is never delivered (reset() between
+    connections)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._kind: str = ""
+        self._id: Optional[str] = None
+        self._data: list = []
+        self._seen = False
+
+    def feed(self, line: str) -> Any:
+        """An _SSEEvent when ``line`` ends one, _HEARTBEAT for a comment, else None."""
+        if line == "":
+            if not self._seen:
+                return None
+            ev = _SSEEvent(self._kind, self._id, "\n".join(self._data))
+            self.reset()
+            return ev
+        if line.startswith(":"):
+            return _HEARTBEAT
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._kind = value
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+        else:
+            return None  # retry and unknown fields are ignored
+        self._seen = True
+        return None
+
+
+def _join_args(run_id: Any, last_event_id: Any) -> Tuple[str, Optional[str]]:
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise error_for(VALIDATION_ERROR, "a run id is required to join a stream")
+    if last_event_id is None:
+        return run_id, None
+    if isinstance(last_event_id, int) and not isinstance(last_event_id, bool):
+        last_event_id = str(last_event_id)
+    if not isinstance(last_event_id, str) or not _EVENT_ID.match(last_event_id):
+        raise error_for(VALIDATION_ERROR, "last_event_id must be an event id (a whole number), got %r" % (last_event_id,))
+    return run_id, last_event_id
+
+
+def _at_or_before(a: str, b: Optional[str]) -> bool:
+    """Whether event id a is at or before b (both chunk numbers)."""
+    return b is not None and bool(_EVENT_ID.match(a)) and bool(_EVENT_ID.match(b)) and int(a) <= int(b)
+
+
+def _run_id_from_location(loc: str) -> Optional[str]:
+    """RUN_ID of a Content-Location .../api/v1/runs/RUN_ID."""
+    i = loc.find(_RUNS_PATH)
+    if i < 0:
+        return None
+    rid = re.split(r"[/?#]", loc[i + len(_RUNS_PATH):], maxsplit=1)[0]
+    return unquote(rid) or None
+
+
+def _event_json(data: str) -> Dict[str, Any]:
+    try:
+        d = json.loads(data)
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _event_fields(data: str) -> Tuple[str, str]:
+    """The {"code", "message"} of an error or chunk_error event."""
+    d = _event_json(data)
+    if not d:
+        return "", data.strip()
+    code, msg = d.get("code"), d.get("message")
+    return (code if isinstance(code, str) else ""), (msg if isinstance(msg, str) else "")
+
+
+def _event_error(ev: _SSEEvent) -> RunAgentError:
+    """The error an ``error`` event ends the stream with: the server's code
+    (else one classified from the message, as for WebSocket frames). Only
+    one that is not in the run's event log (no id) and says the connection
+    failed (the server could not read the log) is retried, by re-joining:
+    one in the log is the run's end."""
+    code, msg = _event_fields(ev.data)
+    if not msg.strip():
+        msg = "stream failed"
+    code = code or classify_message(msg)
+    return error_for(code, msg, retryable=ev.id is None and code == CONNECTION_ERROR)
+
+
+class _ResumableState:
+    """What the sync and async re-joinable streams share: the request of
+    each attempt, the answer's checks, the events' handling and when to
+    re-join (as sdk/go/resumable.go)."""
+
+    def __init__(self, client: _Base, body: Optional[bytes], run_id: Optional[str],
+                 last_event_id: Optional[str]) -> None:
+        self._client = client
+        self._body = body                 # the POST that starts the stream; None: join_stream
+        self._started = body is None      # a 200 answered: the run exists, never POST again
+        self._mode = client._on_chunk_error
+        self._parser = _SSEParser()
+        self._retrier: Optional[Retrier] = None
+        self._fresh = True                # the next failure starts a fresh retry budget
+        self._resp: Any = None
+        self._lines: Any = None
+        self._done = False
+        #: The run's id (for get_run, cancel_run and join_stream), once the server named it.
+        self.run_id: Optional[str] = run_id
+        #: The id of the last chunk (or chunk error) received: a re-join goes on after it.
+        self.last_event_id: Optional[str] = last_event_id
+        self.invocation_id: Optional[str] = None
+        #: The number of chunks the server said it sent, once the stream is done.
+        self.total_chunks: Optional[int] = None
+        #: The error that ended the stream, if one did.
+        self.error: Optional[RunAgentError] = None
+        #: How many times the stream was re-joined after a lost connection.
+        self.reconnects = 0
+
+    def _request(self) -> httpx.Request:
+        c = self._client
+        headers = {**c._headers, "Accept": "text/event-stream"}
+        if not self._started:
+            headers["Content-Type"] = "application/json"
+            return c._http.build_request("POST", c._cfg.agent_url + "/run-stream", content=self._body,
+                                         headers=headers, timeout=_SSE_TIMEOUT)
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        return c._http.build_request("GET", c._run_url(self.run_id or "", "/stream"), headers=headers,
+                                     timeout=_SSE_TIMEOUT)
+
+    def _check_answer(self, resp: httpx.Response) -> None:
+        """After a 200: the answer must be an event stream; it may name the run."""
+        ctype = resp.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "text/event-stream":
+            raise error_for(INTERNAL_ERROR, "the server did not answer an event stream (Content-Type %r)" % ctype,
+                            resp.status_code)
+        self._started = True
+        if self.run_id is None:
+            self.run_id = _run_id_from_location(resp.headers.get("content-location", ""))
+        self._parser.reset()
+
+    def _set_ids(self, data: str, done: bool) -> None:
+        d = _event_json(data)
+        rid, inv = d.get("run_id"), d.get("invocation_id")
+        if isinstance(rid, str) and rid and self.run_id is None:
+            self.run_id = rid
+        if isinstance(inv, str) and inv:
+            self.invocation_id = inv
+        n = d.get("total_chunks")
+        if done and isinstance(n, int) and not isinstance(n, bool):
+            self.total_chunks = n
+
+    def _line(self, line: str) -> Any:
+        """The item of one line: a chunk, a ChunkError, _SKIP or _END; raises
+        the error an error event (or a chunk error in "raise" mode) ends the stream with."""
+        ev = self._parser.feed(line)
+        if ev is None:
+            return _SKIP
+        if ev is _HEARTBEAT:
+            self._fresh = True  # the connection is alive
+            return _SKIP
+        if ev.kind in ("chunk", "chunk_error"):
+            if ev.id is not None:
+                if _at_or_before(ev.id, self.last_event_id):
+                    return _SKIP  # sent again by a server that replayed too much
+                self.last_event_id = ev.id
+            self._fresh = True
+            if ev.kind == "chunk":
+                try:
+                    return _loads_value(ev.data)
+                except ValueError as exc:
+                    return _chunk_item(self._mode, ChunkError(INTERNAL_ERROR, "undecodable stream chunk: %s" % exc))
+            code, msg = _event_fields(ev.data)
+            return _chunk_item(self._mode, ChunkError(code or INTERNAL_ERROR, msg or "chunk error"))
+        if ev.kind == "start":
+            self._set_ids(ev.data, False)
+            return _SKIP
+        if ev.kind == "done":
+            self._set_ids(ev.data, True)
+            return _END
+        if ev.kind == "error":
+            raise _event_error(ev)
+        return _SKIP  # unknown events are ignored
+
+    def _ended_early(self) -> RunAgentError:
+        return error_for(CONNECTION_ERROR, "the stream ended before its last event", retryable=True)
+
+    def _retrier_for(self, e: RunAgentError) -> Retrier:
+        """After the failure ``e`` of an attempt: the retrier to wait on
+        before the next one; raises when the stream must end."""
+        if not e.retryable:
+            raise e
+        if self._started and self.run_id is None:
+            # Posting again would start the stream a second time.
+            raise error_for(INTERNAL_ERROR, "the server named no run to re-join (is it runagent server?) after: "
+                            + e.message, e.status) from e
+        if self._fresh or self._retrier is None:
+            self._retrier, self._fresh = Retrier(self._client._retry, self._client._clock), False
+        return self._retrier
+
+
+class ResumableStream(_ResumableState):
+    """An iterator over the decoded chunks of a re-joinable stream
+    (``run_stream_resumable``, ``join_stream``): each chunk once, in order,
+    however often the connection drops. Per-chunk errors follow
+    ``on_chunk_error`` as in :class:`Stream`; an error ending the stream is
+    raised from ``next()``. ``close()``, ``with`` or dropping it closes the
+    connection, not the run: re-join it with
+    ``join_stream(stream.run_id, stream.last_event_id)`` or stop it with
+    ``cancel_run(stream.run_id)``."""
+
+    def open(self) -> "ResumableStream":
+        """Make the request now rather than at the first ``next()``: after
+        it ``run_id`` is known, and errors before the stream (an unknown run,
+        entrypoint or agent) are raised here."""
+        self._advance(True)
+        return self
+
+    def __iter__(self) -> "ResumableStream":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._advance(False)
+        if item is _END:
+            raise StopIteration
+        return item
+
+    def _advance(self, open_only: bool) -> Any:
+        while not self._done:
+            try:
+                if self._resp is None:
+                    self._connect()
+                if open_only:
+                    return None
+                for line in self._lines:
+                    item = self._line(line)
+                    if item is _END:
+                        self._finish(None)
+                        return _END
+                    if item is not _SKIP:
+                        return item
+                raise self._ended_early()
+            except httpx.TransportError as exc:
+                err = _transport_error(exc)
+            except RunAgentError as e:
+                err = e
+            self._drop()
+            if self._done:
+                break  # closed meanwhile
+            try:
+                self._retrier_for(err).wait(err)
+            except RunAgentError as final:
+                self._finish(final)
+                raise
+            if self._started:
+                self.reconnects += 1
+        return _END
+
+    def _connect(self) -> None:
+        http = self._client._http
+        resp = http.send(self._request(), stream=True)
+        self._resp = resp  # closed by _drop when the checks below fail
+        if resp.status_code != 200:
+            raise http_error(resp.status_code, resp.headers, resp.read())
+        self._check_answer(resp)
+        self._lines = resp.iter_lines()
+
+    def _finish(self, e: Optional[RunAgentError]) -> None:
+        self._done = True
+        self.error = e
+        self._drop()
+
+    def _drop(self) -> None:
+        resp, self._resp, self._lines = self._resp, None, None
+        if resp is not None:
+            try:
+                resp.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Close the connection; the run goes on on the server (see cancel_run)."""
+        self._done = True
+        self._drop()
+
+    def __enter__(self) -> "ResumableStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._drop()
+        except Exception:
+            pass
+
+
+_CLOSING: set = set()  # the tasks closing dropped async streams' responses
+
+
+def _close_later(resp: Any) -> None:
+    t = asyncio.ensure_future(resp.aclose())
+    _CLOSING.add(t)
+    t.add_done_callback(_CLOSING.discard)
+
+
+class AsyncResumableStream(_ResumableState):
+    """The async iterator of a re-joinable stream (see ResumableStream):
+    ``async for chunk in client.run_stream_resumable(...)``. ``aclose()``,
+    ``async with`` or cancelling the task reading it closes the connection;
+    the run goes on on the server."""
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    async def open(self) -> "AsyncResumableStream":
+        """Make the request now rather than at the first iteration (see ResumableStream.open)."""
+        await self._guard(True)
+        return self
+
+    def __await__(self):
+        return self.open().__await__()
+
+    def __aiter__(self) -> "AsyncResumableStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._guard(False)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+    async def _guard(self, open_only: bool) -> Any:
+        try:
+            return await self._advance(open_only)
+        except asyncio.CancelledError:
+            # The caller's task was cancelled: drop the connection without
+            # waiting (the run goes on on the server).
+            self._done = True
+            self._drop_later()
+            raise
+
+    async def _advance(self, open_only: bool) -> Any:
+        while not self._done:
+            try:
+                if self._resp is None:
+                    await self._connect()
+                if open_only:
+                    return None
+                async for line in self._lines:
+                    item = self._line(line)
+                    if item is _END:
+                        await self._finish(None)
+                        return _END
+                    if item is not _SKIP:
+                        return item
+                raise self._ended_early()
+            except httpx.TransportError as exc:
+                err = _transport_error(exc)
+            except RunAgentError as e:
+                err = e
+            await self._drop()
+            if self._done:
+                break  # closed meanwhile
+            try:
+                await self._retrier_for(err).async_wait(err)
+            except RunAgentError as final:
+                await self._finish(final)
+                raise
+            if self._started:
+                self.reconnects += 1
+        return _END
+
+    async def _connect(self) -> None:
+        http = self._client._http
+        self._loop = asyncio.get_running_loop()
+        resp = await http.send(self._request(), stream=True)
+        self._resp = resp  # closed by _drop when the checks below fail
+        if resp.status_code != 200:
+            raise http_error(resp.status_code, resp.headers, await resp.aread())
+        self._check_answer(resp)
+        self._lines = resp.aiter_lines()
+
+    async def _finish(self, e: Optional[RunAgentError]) -> None:
+        self._done = True
+        self.error = e
+        await self._drop()
+
+    async def _drop(self) -> None:
+        resp, self._resp, self._lines = self._resp, None, None
+        if resp is not None:
+            try:
+                await resp.aclose()
+            except Exception:
+                pass
+
+    def _drop_later(self) -> None:
+        """Close the response from its event loop, without waiting (from a
+        cancelled task, or __del__ in any thread)."""
+        resp, self._resp, self._lines = self._resp, None, None
+        loop = self._loop
+        if resp is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(_close_later, resp)
+            except RuntimeError:
+                pass  # the loop is closed: so is the connection
+
+    async def aclose(self) -> None:
+        """Close the connection; the run goes on on the server (see cancel_run)."""
+        self._done = True
+        await self._drop()
+
+    async def __aenter__(self) -> "AsyncResumableStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Dropped without aclose() (e.g. a break out of `async for`).
+        try:
+            self._drop_later()
+        except Exception:
+            pass
