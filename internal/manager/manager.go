@@ -776,7 +776,16 @@ func (m *Manager) versions() []*version {
 }
 
 func (m *Manager) tick(now time.Time) {
-	pools := m.pools()
+	tickPools(now, m.pools())
+	for _, v := range m.versions() {
+		if v.users != nil {
+			v.users.reap(now)
+		}
+	}
+}
+
+// tickPools ticks pools with one /proc reading for all of them.
+func tickPools(now time.Time, pools []*Pool) {
 	var pids []int
 	for _, p := range pools {
 		pids = append(pids, p.PIDs()...)
@@ -784,11 +793,6 @@ func (m *Manager) tick(now time.Time) {
 	usage := SampleGroups(pids)
 	for _, p := range pools {
 		p.Tick(now, usage)
-	}
-	for _, v := range m.versions() {
-		if v.users != nil {
-			v.users.reap(now)
-		}
 	}
 }
 

@@ -292,15 +292,7 @@ func (u *UserPools) Run(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			pools := u.list()
-			var pids []int
-			for _, p := range pools {
-				pids = append(pids, p.PIDs()...)
-			}
-			usage := SampleGroups(pids)
-			for _, p := range pools {
-				p.Tick(now, usage)
-			}
+			tickPools(now, u.list())
 			u.reap(now)
 		}
 	}
