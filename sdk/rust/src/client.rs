@@ -3,6 +3,8 @@ use crate::decode::{decode_data, parse_json};
 use crate::error::{classify_message, parse_retry_after, Code, Error};
 use crate::retry::{Retrier, RetryPolicy};
 use futures_util::{SinkExt, Stream, StreamExt};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
 use serde_json::{Map, Value};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +29,16 @@ pub const DEFAULT_LOCAL_PORT: u16 = 8450;
 /// `local` (`RUNAGENT_LOCAL=true`), `host`/`port` (`RUNAGENT_HOST`,
 /// `RUNAGENT_PORT`, default 127.0.0.1:8450), `timeout` (`RUNAGENT_TIMEOUT`
 /// seconds, default 300 s).
+///
+/// `user_id` and `persistent_memory` have no environment variable: with a
+/// `user_id`, every run the client makes (`run`, `run_stream`,
+/// `run_stream_resumable`, `start_run`) carries `"user_id"` and
+/// `"persistent_memory"` in its body. `persistent_memory: true` asks the
+/// server to run each call on an instance of that user's own, which sees the
+/// user's persistent folders (the agent's `persistent_folders`); it needs a
+/// `user_id`: without one `Client::new` refuses the config
+/// (`VALIDATION_ERROR`). Without it the `user_id` is sent but the call runs
+/// on the agent's shared instances.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub agent_id: String,
@@ -38,31 +50,41 @@ pub struct Config {
     pub api_key: Option<String>,
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// The user the client's runs are for.
+    pub user_id: Option<String>,
+    /// Run the calls on an instance that sees `user_id`'s persistent folders.
+    pub persistent_memory: bool,
 }
 
 #[derive(Debug, Clone)]
-struct Inner {
-    agent_id: String,
-    tag: String,
-    http: reqwest::Client,
+pub(crate) struct Inner {
+    pub(crate) agent_id: String,
+    pub(crate) tag: String,
+    pub(crate) http: reqwest::Client,
+    /// `scheme://host[:port]/api/v1`.
+    pub(crate) api_base: String,
+    /// `api_base/agents/{id}`.
+    pub(crate) agent_url: String,
     run_url: String,
     ws_url: String,
-    api_key: Option<String>,
-    timeout: Duration,
-    retry: RetryPolicy,
+    pub(crate) api_key: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    /// The user sent in every run body, with its persistent_memory flag.
+    pub(crate) user: Option<(String, bool)>,
 }
 
 /// An async RunAgent client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-fn invalid(msg: String) -> Error {
+pub(crate) fn invalid(msg: String) -> Error {
     Error::new(Code::Validation, msg)
 }
 
@@ -74,6 +96,11 @@ impl Client {
         }
         if cfg.entrypoint_tag.trim().is_empty() {
             return Err(invalid("entrypoint_tag is required".into()));
+        }
+        let user_id = cfg.user_id.clone().filter(|u| !u.is_empty());
+        if cfg.persistent_memory && user_id.is_none() {
+            return Err(invalid(
+                "persistent_memory needs a user_id: the user whose persistent folders the agent's runs see".into()));
         }
         let api_key = cfg.api_key.clone().filter(|k| !k.is_empty()).or_else(|| env("RUNAGENT_API_KEY"));
         let mut local = cfg.local;
@@ -123,8 +150,9 @@ impl Client {
             }
             s.strip_suffix("/api/v1").map(str::to_string).unwrap_or(s)
         };
-        let id = url::form_urlencoded::byte_serialize(cfg.agent_id.as_bytes()).collect::<String>().replace('+', "%20");
-        let api = format!("{base}/api/v1/agents/{id}");
+        let id = path_escape(&cfg.agent_id);
+        let api_base = format!("{base}/api/v1");
+        let api = format!("{api_base}/agents/{id}");
         let run_url = format!("{api}/run");
         let mut ws_url = format!("{api}/run-stream");
         ws_url = if let Some(rest) = ws_url.strip_prefix("https://") { format!("wss://{rest}") } else { ws_url.replacen("http://", "ws://", 1) };
@@ -141,11 +169,14 @@ impl Client {
                 agent_id: cfg.agent_id,
                 tag: cfg.entrypoint_tag,
                 http,
+                api_base,
+                agent_url: api,
                 run_url,
                 ws_url,
                 api_key,
                 timeout,
                 retry: cfg.retry,
+                user: user_id.map(|u| (u, cfg.persistent_memory)),
             }),
         })
     }
@@ -170,14 +201,36 @@ impl Client {
         &self.inner.tag
     }
 
-    fn request_body(&self, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Vec<u8>, Error> {
+    /// The user the runs are for (`Config::user_id`), if any.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user.as_ref().map(|(u, _)| u.as_str())
+    }
+
+    /// Whether the runs see the user's persistent folders (`Config::persistent_memory`).
+    pub fn persistent_memory(&self) -> bool {
+        self.inner.user.as_ref().is_some_and(|(_, pm)| *pm)
+    }
+
+    /// The body of a run: the entrypoint, the input, `timeout_seconds`
+    /// (when given) and the client's user.
+    pub(crate) fn request_map(&self, args: Vec<Value>, kwargs: Map<String, Value>, timeout: bool) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("entrypoint_tag".into(), Value::String(self.inner.tag.clone()));
         m.insert("input_args".into(), Value::Array(args));
         m.insert("input_kwargs".into(), Value::Object(kwargs));
-        let secs = self.inner.timeout.as_secs_f64().ceil().max(1.0) as u64;
-        m.insert("timeout_seconds".into(), Value::from(secs));
-        serde_json::to_vec(&Value::Object(m)).map_err(|e| invalid(format!("cannot encode the input: {e}")))
+        if timeout {
+            let secs = self.inner.timeout.as_secs_f64().ceil().max(1.0) as u64;
+            m.insert("timeout_seconds".into(), Value::from(secs));
+        }
+        if let Some((user, pm)) = &self.inner.user {
+            m.insert("user_id".into(), Value::String(user.clone()));
+            m.insert("persistent_memory".into(), Value::Bool(*pm));
+        }
+        m
+    }
+
+    fn request_body(&self, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Vec<u8>, Error> {
+        encode_body(self.request_map(args, kwargs, true))
     }
 
     /// Runs a non-streaming entrypoint (`POST /run`) and returns its decoded
@@ -188,11 +241,32 @@ impl Client {
                 "entrypoint {:?} is a streaming entrypoint: use run_stream", self.inner.tag)));
         }
         let body = self.request_body(args, kwargs)?;
-        let deadline = Instant::now() + self.inner.timeout;
+        self.call(Method::POST, &self.inner.run_url, Some(&body), &[], self.inner.timeout, |status, h, b| {
+            parse_envelope(status, retry_after(h), b)
+        }).await
+    }
+
+    /// Makes the request under the retry policy until `parse` accepts an
+    /// answer, the policy gives up, or `bound` (retries included) has passed
+    /// (`TIMEOUT`). `parse` gets each answer's status, headers and body.
+    pub(crate) async fn call<T>(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&[u8]>,
+        headers: &[(&'static str, &str)],
+        bound: Duration,
+        parse: impl Fn(u16, &HeaderMap, &[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + bound;
         let work = async {
             let mut retrier = Retrier::new(self.inner.retry, Some(deadline));
             loop {
-                match self.run_once(&body).await {
+                let r = match self.send_once(method.clone(), url, body, headers).await {
+                    Ok((status, h, b)) => parse(status, &h, &b),
+                    Err(e) => Err(e),
+                };
+                match r {
                     Ok(v) => return Ok(v),
                     Err(e) => retrier.wait(e).await?,
                 }
@@ -200,25 +274,33 @@ impl Client {
         };
         match tokio::time::timeout_at(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Err(Error::new(Code::Timeout, format!("deadline exceeded ({:?})", self.inner.timeout))),
+            Err(_) => Err(Error::new(Code::Timeout, format!("deadline exceeded ({bound:?})"))),
         }
     }
 
-    async fn run_once(&self, body: &[u8]) -> Result<Value, Error> {
-        let mut req = self.inner.http.post(&self.inner.run_url)
-            .header("Content-Type", "application/json")
-            .body(body.to_vec());
+    /// One request: the answer's status, headers and body.
+    async fn send_once(&self, method: Method, url: &str, body: Option<&[u8]>, headers: &[(&'static str, &str)])
+        -> Result<(u16, HeaderMap, Vec<u8>), Error> {
+        let post = method == Method::POST;
+        let mut req = self.inner.http.request(method, url);
+        req = match body {
+            Some(b) => req.header("Content-Type", "application/json").body(b.to_vec()),
+            None if post => req.body(Vec::new()), // Content-Length: 0
+            None => req,
+        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(k) = &self.inner.api_key {
             req = req.bearer_auth(k);
         }
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let h = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| {
             Error::new(Code::Connection, format!("reading the response failed: {e}"))
         })?;
-        parse_envelope(status, retry_after, &bytes)
+        Ok((status, h, bytes.to_vec()))
     }
 
     /// Runs a streaming entrypoint over the WebSocket. Returns once the
@@ -493,7 +575,25 @@ pub(crate) fn frame_error(fr: &Value) -> Error {
     e
 }
 
-fn transport_error(e: reqwest::Error) -> Error {
+/// Encodes a request body.
+pub(crate) fn encode_body(m: Map<String, Value>) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(&Value::Object(m)).map_err(|e| invalid(format!("cannot encode the input: {e}")))
+}
+
+/// Percent-encodes one path segment (`/` too, a space as `%20`).
+pub(crate) fn path_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+/// The server's Retry-After, when it sent one.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+pub(crate) fn transport_error(e: reqwest::Error) -> Error {
+    if e.is_builder() {
+        return invalid(format!("cannot build the request: {e}"));
+    }
     if e.is_timeout() {
         return Error::new(Code::Timeout, format!("request timed out: {e}"));
     }
@@ -532,6 +632,12 @@ fn read_error(e: tungstenite::Error) -> Error {
 /// Parses the response of an enveloped route: the decoded `data` on
 /// success, else the error the envelope or status describes.
 pub(crate) fn parse_envelope(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, Error> {
+    decode_data(&envelope_data(status, retry_after, body)?)
+}
+
+/// Like [`parse_envelope`], with `data` as it came (not decoded as a
+/// structured string).
+pub(crate) fn envelope_data(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Value, Error> {
     if !(200..300).contains(&status) {
         return Err(http_error(status, retry_after, body));
     }
@@ -542,7 +648,10 @@ pub(crate) fn parse_envelope(status: u16, retry_after: Option<Duration>, body: &
         e
     })?;
     match v.get("success").and_then(Value::as_bool) {
-        Some(true) => decode_data(v.get("data").unwrap_or(&Value::Null)),
+        Some(true) => Ok(match v {
+            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }),
         Some(false) => {
             let mut e = envelope_error(&v);
             e.status = Some(status);

@@ -110,7 +110,7 @@ fn depth(b: &[u8]) -> usize {
 
 /// Rewrites the bare tokens NaN, Infinity, -Infinity outside strings as
 /// null, 1e999, -1e999. None when nothing changed.
-fn replace_non_finite(s: &str) -> Option<String> {
+pub(crate) fn replace_non_finite(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len() + 8);
     let (mut last, mut i, mut in_str, mut changed) = (0, 0, false, false);

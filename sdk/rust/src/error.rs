@@ -17,6 +17,10 @@ pub enum Code {
     Overloaded,
     Internal,
     Cancelled,
+    /// `RESOURCE_ALREADY_EXISTS` (HTTP 409): a background run's create
+    /// refused: its Idempotency-Key was used by a run with another
+    /// entrypoint or input, or its thread has a run queued or running.
+    AlreadyExists,
     Other(String),
 }
 
@@ -35,6 +39,7 @@ impl Code {
             Code::Overloaded => "OVERLOADED",
             Code::Internal => "INTERNAL_ERROR",
             Code::Cancelled => "CANCELLED",
+            Code::AlreadyExists => "RESOURCE_ALREADY_EXISTS",
             Code::Other(s) => s,
         }
     }
@@ -53,6 +58,7 @@ impl Code {
             "OVERLOADED" => Code::Overloaded,
             "INTERNAL_ERROR" => Code::Internal,
             "CANCELLED" => Code::Cancelled,
+            "RESOURCE_ALREADY_EXISTS" => Code::AlreadyExists,
             other => Code::Other(other.to_string()),
         }
     }
@@ -63,6 +69,7 @@ impl Code {
             401 => Code::Authentication,
             403 => Code::Permission,
             404 => Code::NotFound,
+            409 => Code::AlreadyExists,
             400 | 413 | 422 => Code::Validation,
             429 => Code::RateLimitExceeded,
             503 => Code::Overloaded,

@@ -107,6 +107,7 @@ fn http_status_mapping() {
         (400, Code::Validation), (401, Code::Authentication), (403, Code::Permission), (404, Code::NotFound),
         (413, Code::Validation), (422, Code::Validation), (429, Code::RateLimitExceeded), (500, Code::Internal),
         (502, Code::AgentCrashed), (503, Code::Overloaded), (504, Code::Timeout), (418, Code::Internal),
+        (409, Code::AlreadyExists),
     ];
     for (status, code) in cases {
         let e = http_error(status, None, b"");
@@ -132,7 +133,8 @@ fn http_status_mapping() {
 #[test]
 fn code_round_trip() {
     for c in ["AUTHENTICATION_ERROR", "PERMISSION_ERROR", "VALIDATION_ERROR", "NOT_FOUND", "RATE_LIMIT_EXCEEDED",
-              "TIMEOUT", "CONNECTION_ERROR", "AGENT_CRASHED", "OVERLOADED", "INTERNAL_ERROR", "CANCELLED"] {
+              "TIMEOUT", "CONNECTION_ERROR", "AGENT_CRASHED", "OVERLOADED", "INTERNAL_ERROR", "CANCELLED",
+              "RESOURCE_ALREADY_EXISTS"] {
         let code = Code::parse(c);
         assert!(!matches!(code, Code::Other(_)), "{c}");
         assert_eq!(code.as_str(), c);
