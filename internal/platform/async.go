@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -266,6 +267,39 @@ func (ar *asyncRunner) push(j domain.AsyncJob) {
 	}
 	ar.mu.Unlock()
 	ar.wake.Signal()
+}
+
+// drop takes a waiting job out of the queue (its run was cancelled before
+// it started) and gives its backlog place back. It is false when no queue
+// holds it: a worker has it, or it waits to be queued again (later), and
+// that one gives the place back when it finds the run gone.
+func (ar *asyncRunner) drop(id string) bool {
+	ar.mu.Lock()
+	defer ar.mu.Unlock()
+	for _, t := range ar.tenants {
+		i := slices.IndexFunc(t.jobs, func(j domain.AsyncJob) bool { return j.ID == id })
+		if i < 0 {
+			continue
+		}
+		j := t.jobs[i]
+		t.jobs = slices.Delete(t.jobs, i, i+1)
+		if len(t.jobs) == 0 && t.inRing {
+			k := slices.Index(ar.ring, t)
+			ar.ring = slices.Delete(ar.ring, k, k+1)
+			t.inRing = false
+			if k < ar.turn {
+				ar.turn--
+			}
+			if len(ar.ring) > 0 {
+				ar.turn %= len(ar.ring)
+			} else {
+				ar.turn = 0
+			}
+		}
+		ar.unreserveLocked(j.Tenant, j.AgentID)
+		return true
+	}
+	return false
 }
 
 // take waits for the next job a worker may run: the oldest of the next

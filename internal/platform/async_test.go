@@ -163,3 +163,30 @@ func TestFinishAsyncRetriesTheStore(t *testing.T) {
 		})
 	}
 }
+
+// A cancelled waiting job leaves the queue at once, its backlog place
+// given back; the others are taken in turn as before.
+func TestAsyncDrop(t *testing.T) {
+	ar := testAsyncRunner(AsyncLimits{Workers: 4, TenantWorkers: 4})
+	for _, j := range []domain.AsyncJob{job("a0", "a", "x"), job("b0", "b", "y"), job("a1", "a", "x"), job("c0", "c", "z")} {
+		ar.reserve(j.Tenant, j.AgentID)
+		ar.push(j)
+	}
+	if !ar.drop("b0") || ar.drop("b0") || ar.drop("nope") {
+		t.Fatal("drop: want true for a waiting job, then false")
+	}
+	if ar.total != 3 || ar.agents["y"] != 0 || ar.tenants["b"] != nil {
+		t.Fatalf("after the drop: total %d, agent y %d, tenant b %v; want 3, 0, gone", ar.total, ar.agents["y"], ar.tenants["b"])
+	}
+	var order []string
+	for range 3 {
+		j, _, ok := ar.take()
+		if !ok {
+			t.Fatal("take: closed")
+		}
+		order = append(order, j.ID)
+	}
+	if got := strings.Join(order, ","); got != "a0,c0,a1" {
+		t.Fatalf("taken %s, want a0,c0,a1", got)
+	}
+}

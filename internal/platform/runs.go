@@ -199,6 +199,9 @@ func (p *Platform) cancelRun(ctx context.Context, run domain.Run) (domain.Run, e
 	err := p.db.CancelQueuedAsync(ctx, inv)
 	switch {
 	case err == nil:
+		if p.async != nil {
+			p.async.drop(run.ID) // its backlog place is free now, not when a worker would have found it gone
+		}
 		p.runEnded(run.ID, run.Webhook)
 		return p.db.Run(ctx, run.ID)
 	case !errors.Is(err, domain.ErrNotFound):
