@@ -99,3 +99,12 @@ func RequestOf(ctx context.Context) Request {
 	r, _ := ctx.Value(requestKey{}).(Request)
 	return r
 }
+
+// UserElsewhere is the error of a call with a user's persistent memory
+// that reached a node other than the one holding the user's folders: the
+// caller sends it again to Node. The call did not run.
+type UserElsewhere struct{ Node string }
+
+func (e *UserElsewhere) Error() string {
+	return "this user's persistent folders are held by node " + e.Node
+}

@@ -37,6 +37,9 @@ type Client struct {
 	mu    sync.Mutex
 	calls map[string]*call
 
+	holdersMu sync.Mutex
+	holders   map[userOf]string // the node last seen holding a user's folders
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -58,7 +61,7 @@ type call struct {
 // NewClient returns the dispatcher over nc. Close it before nc.
 func NewClient(nc *nats.Conn, o Options) (*Client, error) {
 	o = o.withDefaults()
-	c := &Client{nc: nc, opts: o, prefix: nc.NewRespInbox(), calls: map[string]*call{}, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &Client{nc: nc, opts: o, prefix: nc.NewRespInbox(), calls: map[string]*call{}, holders: map[userOf]string{}, stop: make(chan struct{}), done: make(chan struct{})}
 	// NewRespInbox is "_INBOX.<conn>.<random>": the calls hang below it.
 	sub, err := nc.Subscribe(c.prefix+".*", c.route)
 	if err != nil {
@@ -213,19 +216,83 @@ func (c *Client) removeSpilled(req *nats.Msg) {
 
 // Call implements domain.Dispatcher.
 func (c *Client) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
-	out, _, err := c.do(ctx, t, modeCall, tag, args, kwargs, nil, nil)
+	out, _, err := c.sendCall(ctx, t, modeCall, tag, args, kwargs, nil, nil)
 	return out, err
 }
 
 // Stream implements domain.Dispatcher.
 func (c *Client) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
-	_, n, err := c.do(ctx, t, modeStream, tag, args, kwargs, started, fn)
+	_, n, err := c.sendCall(ctx, t, modeStream, tag, args, kwargs, started, fn)
 	return n, err
 }
 
-func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (_ []byte, produced int, _ error) {
+// userOf names a user of an agent, for the holders cache.
+type userOf struct{ agent, user string }
+
+// maxHolders bounds the holders cache; past it, it starts afresh (a miss
+// costs one redirect).
+const maxHolders = 100_000
+
+// maxRedirects bounds how often a user's call follows the node holding
+// the user's folders before it gives up.
+const maxRedirects = 3
+
+// sendCall sends a call: a user's to the node holding the user's folders (the
+// last one seen, or the one a node redirects it to; the queue group when
+// none is known or the one known is gone), any other to the queue group.
+func (c *Client) sendCall(ctx context.Context, t domain.Target, mode, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) ([]byte, int, error) {
+	if t.User == "" {
+		out, n, _, err := c.do(ctx, t, "", mode, tag, args, kwargs, started, fn)
+		return out, n, err
+	}
+	u := userOf{t.AgentID, t.User}
+	if started != nil { // a node that redirects the call has started it too
+		var once sync.Once
+		announce := started
+		started = func() { once.Do(announce) }
+	}
+	for redirects := 0; ; redirects++ {
+		c.holdersMu.Lock()
+		to := c.holders[u]
+		c.holdersMu.Unlock()
+		out, n, node, err := c.do(ctx, t, to, mode, tag, args, kwargs, started, fn)
+		ue := (*domain.UserElsewhere)(nil)
+		switch {
+		case errors.As(err, &ue) && redirects < maxRedirects:
+			c.setHolder(u, ue.Node)
+			continue
+		case to != "" && errors.Is(err, ErrNoNode) && redirects < maxRedirects:
+			c.setHolder(u, "") // gone, or no longer serving the version: a node of the group takes the user over
+			continue
+		case errors.As(err, &ue):
+			return nil, n, &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second, Err: err,
+				Message: "this user's persistent folders are moving between nodes; retry in a moment"}
+		}
+		if node != "" && err == nil {
+			c.setHolder(u, node)
+		}
+		return out, n, err
+	}
+}
+
+func (c *Client) setHolder(u userOf, node string) {
+	c.holdersMu.Lock()
+	defer c.holdersMu.Unlock()
+	if node == "" {
+		delete(c.holders, u)
+		return
+	}
+	if len(c.holders) >= maxHolders {
+		clear(c.holders)
+	}
+	c.holders[u] = node
+}
+
+// do sends a call to the queue group of its version, or to node's direct
+// subject; node is the node that answered.
+func (c *Client) do(ctx context.Context, t domain.Target, to, mode, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (_ []byte, produced int, node string, _ error) {
 	if err := context.Cause(ctx); err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	id := nuid.Next()
 	cl := &call{id: id, msgs: make(chan *nats.Msg, c.opts.WindowChunks+8), dead: make(chan struct{})}
@@ -240,7 +307,11 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 		}
 	}()
 
-	req := nats.NewMsg(CallSubject(c.opts.Prefix, t))
+	subject := CallSubject(c.opts.Prefix, t)
+	if to != "" {
+		subject = DirectSubject(c.opts.Prefix, to, t)
+	}
+	req := nats.NewMsg(subject)
 	req.Reply = c.prefix + "." + id
 	h := req.Header
 	h.Set(hMode, mode)
@@ -270,23 +341,22 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 	}
 	req.Data = append(append(make([]byte, 0, len(args)+len(kwargs)), args...), kwargs...)
 	if err := c.opts.spillIfLarge(ctx, c.nc, req); err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
 	if err := c.nc.PublishMsg(req); err != nil {
-		return nil, 0, &domain.Error{Code: domain.CodeConnection, Message: "the cluster's message bus is not reachable; retry shortly", Err: err, RetryAfter: time.Second}
+		return nil, 0, "", &domain.Error{Code: domain.CodeConnection, Message: "the cluster's message bus is not reachable; retry shortly", Err: err, RetryAfter: time.Second}
 	}
 
 	var (
-		node          string
 		seq           int64
 		takenChunks   int64 // since the last credit
 		takenBytes    int64
 		creditChunks  = max(1, int64(c.opts.WindowChunks)/4)
 		creditBytes   = max(1, c.opts.WindowBytes/4)
-		stopWithError = func(err error) ([]byte, int, error) {
+		stopWithError = func(err error) ([]byte, int, string, error) {
 			handedOver = true
 			c.cancel(cl)
-			return nil, int(seq), err
+			return nil, int(seq), node, err
 		}
 	)
 	for {
@@ -316,7 +386,7 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 				c.removeSpilled(req)
 				e := dispatch.NotRunning(t)
 				e.Err = ErrNoNode
-				return nil, 0, e
+				return nil, 0, "", e
 			}
 			switch kindOf(m) {
 			case kindStart:
@@ -353,15 +423,17 @@ func (c *Client) do(ctx context.Context, t domain.Target, mode, tag string, args
 				if err != nil {
 					return stopWithError(err)
 				}
-				return body, 0, nil
+				return body, 0, node, nil
 			case kindEnd:
 				n, _ := strconv.Atoi(m.Header.Get(hCount))
-				return nil, n, nil
+				return nil, n, node, nil
+			case kindRedirect:
+				return nil, 0, node, &domain.UserElsewhere{Node: m.Header.Get(hNode)}
 			case kindError:
 				if err := context.Cause(ctx); err != nil {
-					return nil, int(seq), err // the caller's own reason first
+					return nil, int(seq), node, err // the caller's own reason first
 				}
-				return nil, int(seq), decodeError(node, m.Data)
+				return nil, int(seq), node, decodeError(node, m.Data)
 			}
 		}
 	}

@@ -564,3 +564,113 @@ func TestLargeBodiesSpill(t *testing.T) {
 		})
 	}
 }
+
+// holderNode runs a user's calls only when it holds the user (holder
+// names who does, as a lease would); otherwise it says who does.
+type holderNode struct {
+	name   string
+	holder *atomicString
+}
+
+type atomicString struct {
+	mu sync.Mutex
+	s  string
+}
+
+func (a *atomicString) get() string  { a.mu.Lock(); defer a.mu.Unlock(); return a.s }
+func (a *atomicString) set(s string) { a.mu.Lock(); a.s = s; a.mu.Unlock() }
+
+func (h holderNode) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
+	if t.User == "" {
+		return []byte(h.name), nil
+	}
+	if who := h.holder.get(); who != h.name {
+		return nil, &domain.UserElsewhere{Node: who}
+	}
+	return []byte(h.name + " " + t.User), nil
+}
+
+func (h holderNode) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
+	if _, err := h.Call(ctx, t, tag, args, kwargs); err != nil {
+		return 0, err
+	}
+	return 1, fn(domain.Chunk{Body: []byte(h.name)})
+}
+
+// A user's calls reach the node holding the user: another node redirects
+// them there, and the client goes there directly after; when the holder
+// stops serving, the queue group's node that takes the user over gets them.
+func TestUserCallsFollowTheirHolder(t *testing.T) {
+	s := runNATS(t)
+	holder := &atomicString{s: "b"}
+	nodes := map[string]*natsdispatch.Node{}
+	for _, name := range []string{"a", "b", "c"} {
+		n, err := natsdispatch.NewNode(connect(t, s, name), name, holderNode{name, holder}, nil, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		n.Serve(target)
+		nodes[name] = n
+	}
+	client, err := natsdispatch.NewClient(connect(t, s, "gateway"), fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	user := target
+	user.User = "alice"
+	call := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := client.Call(ctx, user, "x", nil, nil)
+		return string(out), err
+	}
+	for i := range 20 {
+		if got, err := call(); err != nil || got != "b alice" {
+			t.Fatalf("call %d: %q %v; want it on b", i, got, err)
+		}
+	}
+	var chunks []string
+	if _, err := client.Stream(context.Background(), user, "x", nil, nil, nil, func(c domain.Chunk) error {
+		chunks = append(chunks, string(c.Body))
+		return nil
+	}); err != nil || strings.Join(chunks, ",") != "b" {
+		t.Fatalf("a stream: %v %v; want one chunk from b", chunks, err)
+	}
+	// The holder's pings: b answers for the version, a node that serves
+	// nothing does not.
+	if !nodes["a"].Alive(context.Background(), "b", target) || nodes["a"].Alive(context.Background(), "nobody", target) {
+		t.Fatal("Alive: want b alive and nobody not")
+	}
+	// b stops serving; whichever node the group picks takes alice over.
+	nodes["b"].Unserve(target)
+	if nodes["a"].Alive(context.Background(), "b", target) {
+		t.Fatal("b no longer serves the version but is alive for it")
+	}
+	holder.set("c")
+	for i := range 10 {
+		if got, err := call(); err != nil || got != "c alice" {
+			t.Fatalf("after b left, call %d: %q %v; want it on c", i, got, err)
+		}
+	}
+	// A user no node will take (each says another holds it) is a retry.
+	holder.set("nobody")
+	if _, err := call(); domain.CodeOf(err) != domain.CodeOverloaded && domain.CodeOf(err) != domain.CodeNotFound {
+		t.Fatalf("a user whose holder serves nothing: %v", err)
+	}
+	// Other calls still spread over the queue group.
+	plain := map[string]bool{}
+	for range 40 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := client.Call(ctx, target, "x", nil, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain[string(out)] = true
+	}
+	if len(plain) != 2 {
+		t.Fatalf("plain calls over a and c reached %v", plain)
+	}
+}

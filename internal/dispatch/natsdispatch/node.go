@@ -2,6 +2,7 @@ package natsdispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -28,7 +29,7 @@ type Node struct {
 	ctlSub  *nats.Subscription
 
 	mu     sync.Mutex
-	served map[domain.Target]*nats.Subscription
+	served map[domain.Target]subscriptions
 	wanted map[domain.Target]bool // what Serve was told (paused: not subscribed)
 	paused bool
 	calls  map[string]*serving
@@ -37,6 +38,10 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
+
+// subscriptions are a version's: its queue group's subject, and the
+// node's direct one.
+type subscriptions struct{ group, direct *nats.Subscription }
 
 // serving is one call the node runs.
 type serving struct {
@@ -60,7 +65,7 @@ func NewNode(nc *nats.Conn, id string, local domain.Dispatcher, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{nc: nc, opts: o, id: id, local: local, log: log, control: o.Prefix + ".ctl." + id,
-		served: map[domain.Target]*nats.Subscription{}, wanted: map[domain.Target]bool{}, calls: map[string]*serving{}}
+		served: map[domain.Target]subscriptions{}, wanted: map[domain.Target]bool{}, calls: map[string]*serving{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	sub, err := nc.Subscribe(n.control+".*", n.onControl)
 	if err != nil {
@@ -99,15 +104,21 @@ func (n *Node) flush() error {
 }
 
 func (n *Node) subscribeLocked(t domain.Target) error {
-	if n.served[t] != nil {
+	if n.served[t].group != nil {
 		return nil
 	}
-	sub, err := n.nc.QueueSubscribe(CallSubject(n.opts.Prefix, t), QueueGroup, n.onCall)
+	group, err := n.nc.QueueSubscribe(CallSubject(n.opts.Prefix, t), QueueGroup, n.onCall)
 	if err != nil {
 		return fmt.Errorf("serve version %d of agent %s: %w", t.Version, t.AgentID, err)
 	}
-	sub.SetPendingLimits(-1, -1)
-	n.served[t] = sub
+	direct, err := n.nc.Subscribe(DirectSubject(n.opts.Prefix, n.id, t), n.onCall)
+	if err != nil {
+		group.Unsubscribe()
+		return fmt.Errorf("serve version %d of agent %s: %w", t.Version, t.AgentID, err)
+	}
+	group.SetPendingLimits(-1, -1)
+	direct.SetPendingLimits(-1, -1)
+	n.served[t] = subscriptions{group, direct}
 	return nil
 }
 
@@ -167,22 +178,39 @@ func (n *Node) InFlight() int {
 
 func (n *Node) unsubscribe(t domain.Target) {
 	n.mu.Lock()
-	sub := n.served[t]
+	subs, ok := n.served[t]
 	delete(n.served, t)
 	n.mu.Unlock()
-	if sub == nil {
+	if !ok {
 		return
 	}
-	if err := sub.Drain(); err != nil {
-		sub.Unsubscribe()
-		return
+	for _, sub := range []*nats.Subscription{subs.group, subs.direct} {
+		if err := sub.Drain(); err != nil {
+			sub.Unsubscribe()
+		}
 	}
 	// The drain ends once the server has confirmed the unsubscribe and
 	// the messages it delivered before it are handed over.
 	deadline := time.Now().Add(n.opts.Liveness)
-	for sub.IsValid() && time.Now().Before(deadline) {
+	for (subs.group.IsValid() || subs.direct.IsValid()) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Alive says whether node serves t on its direct subject (the node
+// holding a user's folders is asked before another takes them over). A
+// node that does not answer within a second counts as alive: only one
+// that NATS knows is gone (no responders) is not.
+func (n *Node) Alive(ctx context.Context, node string, t domain.Target) bool {
+	if node == n.id {
+		return true
+	}
+	m := nats.NewMsg(DirectSubject(n.opts.Prefix, node, t))
+	m.Header.Set(hMode, modePing)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := n.nc.RequestMsgWithContext(ctx, m)
+	return !errors.Is(err, nats.ErrNoResponders)
 }
 
 // Leave stops taking calls, lets the ones in flight finish for up to
@@ -213,6 +241,10 @@ func (n *Node) Close() {
 
 func (n *Node) onCall(m *nats.Msg) {
 	if m.Reply == "" {
+		return
+	}
+	if m.Header.Get(hMode) == modePing {
+		m.Respond(nil)
 		return
 	}
 	n.wg.Add(1)
@@ -364,6 +396,13 @@ func (n *Node) publish(s *serving, m *nats.Msg) error {
 // answerErrorOf sends err, or why ctx ended when it did (the caller went
 // away, the node is closing, the deadline passed).
 func (n *Node) answerErrorOf(s *serving, ctx context.Context, err error) {
+	if ue := (*domain.UserElsewhere)(nil); errors.As(err, &ue) && ctx.Err() == nil {
+		msg := nats.NewMsg(s.reply)
+		msg.Header.Set(hKind, kindRedirect)
+		msg.Header.Set(hNode, ue.Node)
+		n.publish(s, msg)
+		return
+	}
 	if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
 		err = cause
 		if cause == context.Canceled {

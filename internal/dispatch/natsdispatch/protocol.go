@@ -116,11 +116,16 @@ const (
 	kindHB     = "hb"
 	kindCredit = "credit"
 	kindCancel = "cancel"
+	// redirect: the call is a user's whose persistent folders another node
+	// holds (hNode); it did not run, the caller sends it there.
+	kindRedirect = "redirect"
 )
 
 const (
 	modeCall   = "call"
 	modeStream = "stream"
+	// ping asks whether a node serves a version on its direct subject.
+	modePing = "ping"
 )
 
 // QueueGroup is the queue group of the nodes on a version's subject: one
@@ -169,6 +174,13 @@ func (o Options) withDefaults() Options {
 // CallSubject is the subject of an agent version's calls.
 func CallSubject(prefix string, t domain.Target) string {
 	return prefix + ".call." + t.AgentID + "." + strconv.Itoa(t.Version)
+}
+
+// DirectSubject is a node's own subject for a version's calls: the calls
+// of a user whose persistent folders the node holds go there, not to the
+// queue group.
+func DirectSubject(prefix, node string, t domain.Target) string {
+	return prefix + ".ucall." + node + "." + t.AgentID + "." + strconv.Itoa(t.Version)
 }
 
 // wireError is an error as it crosses NATS.
