@@ -98,6 +98,11 @@ type ClusterHooks struct {
 	// calls here (a node's NATS subscriptions).
 	Serve   func(t domain.Target) error
 	Unserve func(t domain.Target)
+	// Users keeps users' persistent folders across the nodes (a node's:
+	// leases and saved folders; a gateway's: deletion). Node is this
+	// server's node id.
+	Users UserStore
+	Node  string
 }
 
 // BundleStore keeps bundles (their zip) by SHA-256.
@@ -557,6 +562,7 @@ func (m *Manager) bringUpWith(ctx context.Context, agentID, tenant string, vrec 
 		if v.users, err = NewUserPools(UserPoolsConfig{
 			AgentID: agentID, Version: vrec.Version, Dir: filepath.Join(m.cfg.DataDir, "users", agentID), Bundle: folder.Dir,
 			Folders: folder.Config.PersistentFolders, Spec: spec, Pool: pc, QuotaMB: dep.PersistentQuotaMB, MaxUsers: dep.MaxInstances, Obs: m.cfg.Obs,
+			Store: m.userStore(),
 		}); err != nil {
 			pool.Close()
 			return nil, err
@@ -656,6 +662,11 @@ func (m *Manager) Delete(ctx context.Context, agentID string) error {
 		return err
 	}
 	m.changed(agentID)
+	if us := m.userStore(); us != nil {
+		if err := us.RemoveAgent(ctx, agentID); err != nil {
+			m.log.Warn("could not delete the agent's users' persistent folders from the cluster's store", "agent_id", agentID, "error", err)
+		}
+	}
 	if err := os.RemoveAll(filepath.Join(m.cfg.DataDir, "users", agentID)); err != nil {
 		return err
 	}
@@ -664,17 +675,43 @@ func (m *Manager) Delete(ctx context.Context, agentID string) error {
 
 // DeleteUserData removes what a user's runs wrote to the agent's
 // persistent folders, once the user's instances (of every version) have
-// stopped. Nothing there is not an error: deleting twice is fine.
+// stopped. Nothing there is not an error: deleting twice is fine. In a
+// cluster the node holding the user stops its instances and deletes the
+// folders, saved ones included.
 func (m *Manager) DeleteUserData(ctx context.Context, agentID, user string) error {
-	st := m.state(agentID)
-	if st == nil {
+	if m.state(agentID) == nil {
 		return &domain.Error{Code: domain.CodeNotFound, Message: fmt.Sprintf("Agent %s not found", agentID)}
 	}
 	key := userKey(user)
+	if us := m.userStore(); us != nil {
+		holder, err := us.Holder(ctx, agentID, key)
+		if err != nil {
+			return err
+		}
+		if holder != "" && holder != m.cfg.Cluster.Node {
+			if err := us.AskDelete(ctx, holder, agentID, key); err != nil {
+				return err
+			}
+		}
+	}
+	return m.DeleteUserKey(ctx, agentID, key)
+}
+
+// DeleteUserKey is DeleteUserData on this server, for the user's folder
+// key: a node answering a gateway's request (cluster.Users.ServeDelete).
+func (m *Manager) DeleteUserKey(ctx context.Context, agentID, key string) error {
 	var users []*UserPools
 	for _, v := range m.versions() {
 		if v.users != nil && v.agent.ID == agentID {
 			users = append(users, v.users)
+		}
+	}
+	us := m.userStore()
+	if us != nil && len(users) > 0 {
+		// Held through the deletion, so that no other node takes the user
+		// up from what is being deleted.
+		if _, err := us.Hold(ctx, domain.Target{AgentID: agentID, Version: users[0].version}, key); err == nil {
+			defer us.Release(agentID, key)
 		}
 	}
 	for _, u := range users {
@@ -685,7 +722,20 @@ func (m *Manager) DeleteUserData(ctx context.Context, agentID, user string) erro
 			u.unblock(key)
 		}
 	}()
-	return os.RemoveAll(UserDir(filepath.Join(m.cfg.DataDir, "users"), agentID, user))
+	if us != nil {
+		if err := us.Remove(ctx, agentID, key); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(filepath.Join(m.cfg.DataDir, "users", agentID, key))
+}
+
+// userStore is the cluster's store of users' folders (nil alone).
+func (m *Manager) userStore() UserStore {
+	if m.cfg.Cluster == nil {
+		return nil
+	}
+	return m.cfg.Cluster.Users
 }
 
 // AgentStatus is a snapshot of an agent's serving state.
@@ -847,11 +897,9 @@ func (m *Manager) Invoker(t domain.Target) (domain.Invoker, error) {
 		return nil, err
 	}
 	if t.User != "" && v.users != nil {
-		if m.cfg.Cluster != nil {
-			// A user's folders live on one machine's disk; another node
-			// would not see them.
+		if m.cfg.Cluster != nil && m.userStore() == nil {
 			return nil, &domain.Error{Code: domain.CodeValidation, Field: "persistent_memory", Message: fmt.Sprintf(
-				"agent %s has persistent_folders, but a cluster does not keep users' persistent folders yet: run it on a single server (runagent server without --role), or call it without persistent_memory", t.AgentID)}
+				"agent %s has persistent_folders, but this cluster server has no store for users' folders", t.AgentID)}
 		}
 		return v.users.Invoker(t.User), nil
 	}

@@ -5,7 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io/fs"
+	"io"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -37,9 +38,12 @@ type UserPools struct {
 	obs     Observer
 	start   func(InstanceSpec) StartFunc
 
+	store UserStore // a cluster's (nil: the folders stay on this machine)
+
 	mu      sync.Mutex
 	pools   map[string]*userPool
-	blocked map[string]bool // users whose data is being deleted
+	opening map[string]chan struct{} // users whose pool is being made
+	blocked map[string]bool          // users whose data is being deleted
 	closed  bool
 }
 
@@ -48,6 +52,14 @@ type userPool struct {
 	inflight int
 	used     time.Time
 	bytes    int64 // what the user's folders held after the last call
+
+	// In a cluster: the user's lease, lost when another node takes it;
+	// the digest of the folders as last saved.
+	lost       <-chan struct{}
+	saveMu     sync.Mutex
+	saved      string
+	retired    chan struct{} // closed once the pool is retired
+	retireOnce sync.Once
 }
 
 // userKey names a user's folder: a hash, so that any user id is a safe
@@ -55,11 +67,6 @@ type userPool struct {
 func userKey(user string) string {
 	h := sha256.Sum256([]byte(user))
 	return hex.EncodeToString(h[:16])
-}
-
-// UserDir is the folder of an agent's user under root.
-func UserDir(root, agentID, user string) string {
-	return filepath.Join(root, agentID, userKey(user))
 }
 
 // persistentFolders cleans the config's folders and drops any inside
@@ -96,6 +103,8 @@ type UserPoolsConfig struct {
 	// Start, when set, replaces Spec.StartFunc (tests): it gets the user's
 	// spec, with its mounts.
 	Start func(InstanceSpec) StartFunc
+	// Store, in a cluster, holds users' leases and saved folders.
+	Store UserStore
 }
 
 // NewUserPools prepares the per-user instances of a version; none runs
@@ -103,7 +112,7 @@ type UserPoolsConfig struct {
 func NewUserPools(c UserPoolsConfig) (*UserPools, error) {
 	u := &UserPools{agentID: c.AgentID, version: c.Version, dir: c.Dir, bundle: c.Bundle, folders: persistentFolders(c.Folders),
 		spec: c.Spec, pc: c.Pool, quota: int64(c.QuotaMB) << 20, max: max(1, c.MaxUsers), obs: c.Obs,
-		pools: map[string]*userPool{}, blocked: map[string]bool{}, start: c.Start}
+		pools: map[string]*userPool{}, opening: map[string]chan struct{}{}, blocked: map[string]bool{}, start: c.Start, store: c.Store}
 	if u.start == nil {
 		u.start = InstanceSpec.StartFunc
 	}
@@ -126,7 +135,7 @@ type userInvoker struct {
 }
 
 func (i userInvoker) Call(ctx context.Context, tag string, args, kwargs []byte) ([]byte, error) {
-	up, key, err := i.u.acquire(i.user)
+	up, key, err := i.u.acquire(ctx, i.user)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +144,7 @@ func (i userInvoker) Call(ctx context.Context, tag string, args, kwargs []byte) 
 }
 
 func (i userInvoker) Stream(ctx context.Context, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
-	up, key, err := i.u.acquire(i.user)
+	up, key, err := i.u.acquire(ctx, i.user)
 	if err != nil {
 		return 0, err
 	}
@@ -143,44 +152,79 @@ func (i userInvoker) Stream(ctx context.Context, tag string, args, kwargs []byte
 	return up.pool.Stream(ctx, tag, args, kwargs, started, fn)
 }
 
-// acquire finds or makes the user's pool and counts a call on it.
-func (u *UserPools) acquire(user string) (*userPool, string, error) {
+// acquire finds or makes the user's pool and counts a call on it. A pool
+// is made outside the lock (in a cluster it takes the user's lease and
+// loads the user's folders over the network), one per user at a time.
+func (u *UserPools) acquire(ctx context.Context, user string) (*userPool, string, error) {
 	key := userKey(user)
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.closed {
-		return nil, "", errPoolClosed
-	}
-	if u.blocked[key] {
-		return nil, "", &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second,
-			Message: "this user's persistent data is being deleted; retry in a moment"}
-	}
-	up := u.pools[key]
-	if up == nil {
-		if len(u.pools) >= u.max && !u.evictLocked() {
+	for {
+		u.mu.Lock()
+		if u.closed {
+			u.mu.Unlock()
+			return nil, "", errPoolClosed
+		}
+		if u.blocked[key] {
+			u.mu.Unlock()
+			return nil, "", &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second,
+				Message: "this user's persistent data is being deleted; retry in a moment"}
+		}
+		if up := u.pools[key]; up != nil {
+			defer u.mu.Unlock()
+			if u.quota > 0 && up.bytes > u.quota {
+				return nil, "", &domain.Error{Code: domain.CodeResourceLimit, Limit: domain.LimitDisk, Message: fmt.Sprintf(
+					"this user's persistent folders hold %s, over agent %s's quota of %s (deployment.persistent_quota_mb): delete some of it, or all of it with DELETE /api/v1/agents/%s/users/{user_id}",
+					sandbox.MiB(up.bytes), u.agentID, sandbox.MiB(u.quota), u.agentID)}
+			}
+			up.inflight++
+			up.used = time.Now()
+			return up, key, nil
+		}
+		if wait := u.opening[key]; wait != nil {
+			u.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, "", context.Cause(ctx)
+			}
+		}
+		if len(u.pools)+len(u.opening) >= u.max && !u.evictLocked() {
+			u.mu.Unlock()
 			return nil, "", &domain.Error{Code: domain.CodeOverloaded, RetryAfter: time.Second, Message: fmt.Sprintf(
 				"all %d instances of agent %s are busy with other users' calls (with persistent_memory every user has an instance of their own); retry, or raise deployment.max_instances",
 				u.max, u.agentID)}
 		}
-		var err error
-		if up, err = u.openLocked(user, key); err != nil {
+		done := make(chan struct{})
+		u.opening[key] = done
+		u.mu.Unlock()
+		up, err := u.open(ctx, key)
+		u.mu.Lock()
+		delete(u.opening, key)
+		close(done)
+		if err == nil && (u.closed || u.blocked[key]) {
+			go u.retire(key, up)
+			err = errPoolClosed
+		}
+		if err != nil {
+			u.mu.Unlock()
 			return nil, "", err
 		}
 		u.pools[key] = up
+		u.mu.Unlock()
+		if up.lost != nil {
+			go u.watchLease(key, up)
+		}
 	}
-	if u.quota > 0 && up.bytes > u.quota {
-		return nil, "", &domain.Error{Code: domain.CodeResourceLimit, Limit: domain.LimitDisk, Message: fmt.Sprintf(
-			"this user's persistent folders hold %s, over agent %s's quota of %s (deployment.persistent_quota_mb): delete some of it, or all of it with DELETE /api/v1/agents/%s/users/{user_id}",
-			sandbox.MiB(up.bytes), u.agentID, sandbox.MiB(u.quota), u.agentID)}
-	}
-	up.inflight++
-	up.used = time.Now()
-	return up, key, nil
 }
 
-// release ends a call and measures the user's folders for the quota.
+// release ends a call and measures the user's folders for the quota; in a
+// cluster, folders the call changed are saved before the call returns, so
+// that the next node to hold the user has them even if this one dies.
 func (u *UserPools) release(key string, up *userPool) {
-	n := dirBytes(filepath.Join(u.dir, key))
+	digest, n := folderDigest(filepath.Join(u.dir, key))
+	if u.store != nil {
+		u.save(key, up, digest)
+	}
 	u.mu.Lock()
 	up.inflight--
 	up.used = time.Now()
@@ -188,14 +232,61 @@ func (u *UserPools) release(key string, up *userPool) {
 	u.mu.Unlock()
 }
 
-// openLocked prepares the user's folders (the bundle's content seeds a new
-// one) and a pool whose instances mount them.
-func (u *UserPools) openLocked(user, key string) (*userPool, error) {
+// save saves the user's folders unless they are as last saved; a failure
+// is logged and retried after the next call.
+func (u *UserPools) save(key string, up *userPool, digest string) {
+	up.saveMu.Lock()
+	defer up.saveMu.Unlock()
+	if digest == up.saved {
+		return
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(writeArchive(pw, filepath.Join(u.dir, key, "folders"))) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := u.store.Save(ctx, u.agentID, key, pr)
+	pr.CloseWithError(err) // the writer stops if the store did
+	if err != nil {
+		u.logger().Warn("could not save a user's persistent folders to the cluster; saving again after the user's next call", "agent_id", u.agentID, "user", key, "error", err)
+		return
+	}
+	up.saved = digest
+}
+
+func (u *UserPools) logger() *slog.Logger {
+	if u.spec.Log != nil {
+		return u.spec.Log
+	}
+	return slog.Default()
+}
+
+// open prepares the user's folders (the bundle's content seeds a new one;
+// in a cluster, the user's lease is taken and the saved folders loaded
+// first) and a pool whose instances mount them.
+func (u *UserPools) open(ctx context.Context, key string) (*userPool, error) {
 	root := filepath.Join(u.dir, key)
+	up := &userPool{used: time.Now(), retired: make(chan struct{})}
+	if u.store != nil {
+		if u.spec.Driver != nil && u.spec.Driver.Name() == "microvm" {
+			return nil, &domain.Error{Code: domain.CodeValidation, Field: "persistent_memory", Message: fmt.Sprintf(
+				"agent %s runs in the microvm sandbox, which keeps a user's folders on a disk of the node's: a cluster cannot move them between nodes yet; use the namespace or gvisor sandbox, or a single server", u.agentID)}
+		}
+		lost, err := u.store.Hold(ctx, domain.Target{AgentID: u.agentID, Version: u.version}, key)
+		if err != nil {
+			return nil, err
+		}
+		up.lost = lost
+		if err := u.load(ctx, key); err != nil {
+			u.store.Release(u.agentID, key)
+			return nil, err
+		}
+		up.saved, _ = folderDigest(root)
+	}
 	var mounts []sandbox.Mount
 	for _, f := range u.folders {
 		dst := filepath.Join(root, "folders", filepath.FromSlash(f))
 		if err := seedFolder(dst, filepath.Join(u.bundle, filepath.FromSlash(f))); err != nil {
+			u.releaseLease(key, up)
 			return nil, &domain.Error{Code: domain.CodeInternal, Message: "could not prepare this user's persistent folders", Err: err}
 		}
 		mounts = append(mounts, sandbox.Mount{Source: dst, Target: f})
@@ -209,9 +300,88 @@ func (u *UserPools) openLocked(user, key string) (*userPool, error) {
 	spec.NamePrefix += "u" + key[:8] + "-"
 	pool, err := NewPool(u.agentID, u.version, u.pc, u.start(spec), u.obs, u.spec.Log)
 	if err != nil {
+		u.releaseLease(key, up)
 		return nil, err
 	}
-	return &userPool{pool: pool, used: time.Now(), bytes: dirBytes(root)}, nil
+	up.pool = pool
+	_, up.bytes = folderDigest(root)
+	return up, nil
+}
+
+// load replaces this node's copy of the user's folders with the cluster's
+// (none saved: the copy goes, and the bundle seeds the folders again).
+func (u *UserPools) load(ctx context.Context, key string) error {
+	root := filepath.Join(u.dir, key)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return &domain.Error{Code: domain.CodeInternal, Message: "could not prepare this user's persistent folders", Err: err}
+	}
+	tmp, err := os.MkdirTemp(root, ".load-")
+	if err != nil {
+		return &domain.Error{Code: domain.CodeInternal, Message: "could not prepare this user's persistent folders", Err: err}
+	}
+	defer os.RemoveAll(tmp)
+	archive := filepath.Join(tmp, "archive")
+	f, err := os.Create(archive)
+	if err != nil {
+		return &domain.Error{Code: domain.CodeInternal, Message: "could not prepare this user's persistent folders", Err: err}
+	}
+	found, err := u.store.Load(ctx, u.agentID, key, f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	folders := filepath.Join(root, "folders")
+	if !found {
+		return os.RemoveAll(folders)
+	}
+	f, err = os.Open(archive)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := readArchive(f, filepath.Join(tmp, "folders")); err != nil {
+		return &domain.Error{Code: domain.CodeInternal, Message: "could not unpack this user's persistent folders", Err: err}
+	}
+	if err := os.RemoveAll(folders); err != nil {
+		return err
+	}
+	return os.Rename(filepath.Join(tmp, "folders"), folders)
+}
+
+// watchLease stops the user's pool here when another node takes the user
+// over (this node was cut off, or stopped serving the version).
+func (u *UserPools) watchLease(key string, up *userPool) {
+	select {
+	case <-up.lost:
+	case <-up.retired:
+		return
+	}
+	u.mu.Lock()
+	if u.pools[key] == up {
+		delete(u.pools, key)
+	}
+	u.mu.Unlock()
+	up.pool.Close()
+}
+
+// retire stops a user's pool and gives its lease back.
+func (u *UserPools) retire(key string, up *userPool) {
+	up.pool.Close()
+	u.releaseLease(key, up)
+}
+
+func (u *UserPools) releaseLease(key string, up *userPool) {
+	up.retireOnce.Do(func() {
+		close(up.retired)
+		if u.store == nil || up.lost == nil {
+			return
+		}
+		select {
+		case <-up.lost: // gone already: another node holds it
+		default:
+			u.store.Release(u.agentID, key)
+		}
+	})
 }
 
 // seedFolder makes dst, the first time with a copy of what the bundle has
@@ -252,9 +422,9 @@ func (u *UserPools) evictLocked() bool {
 	if oldest == "" {
 		return false
 	}
-	p := u.pools[oldest].pool
+	up := u.pools[oldest]
 	delete(u.pools, oldest)
-	go p.Close()
+	go u.retire(oldest, up)
 	return true
 }
 
@@ -277,7 +447,7 @@ func (u *UserPools) reap(now time.Time) {
 	for k, up := range u.pools {
 		if up.inflight == 0 && now.Sub(up.used) > up.pool.Config().Scale.ScaleToZeroGrace && len(up.pool.Status().Instances) == 0 {
 			delete(u.pools, k)
-			go up.pool.Close()
+			go u.retire(k, up)
 		}
 	}
 }
@@ -315,7 +485,7 @@ func (u *UserPools) drop(key string) {
 	delete(u.pools, key)
 	u.mu.Unlock()
 	if up != nil {
-		up.pool.Close()
+		u.retire(key, up)
 	}
 }
 
@@ -333,8 +503,8 @@ func (u *UserPools) Close() {
 	u.pools = map[string]*userPool{}
 	u.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, up := range pools {
-		wg.Go(up.pool.Close)
+	for k, up := range pools {
+		wg.Go(func() { u.retire(k, up) })
 	}
 	wg.Wait()
 }
@@ -342,17 +512,3 @@ func (u *UserPools) Close() {
 // mountsDiskName is the disk image a microvm instance keeps a user's
 // folders in; its size is the quota, which the disk itself enforces.
 const mountsDiskName = "microvm.ext4"
-
-// dirBytes is what the files under dir hold (the microvm disk aside).
-func dirBytes(dir string) int64 {
-	var n int64
-	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() && d.Name() != mountsDiskName {
-			if info, err := d.Info(); err == nil {
-				n += info.Size()
-			}
-		}
-		return nil
-	})
-	return n
-}

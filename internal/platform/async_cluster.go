@@ -239,9 +239,16 @@ func (p *Platform) runDelivery(ctx context.Context, d cluster.Delivery) {
 // the one running it; else anywhere in the cluster.
 type localFirst struct{ local, cluster domain.Dispatcher }
 
+// elsewhere: the call runs on another node (its version does not run
+// here, or its user's folders are held by another node).
+func elsewhere(err error) bool {
+	ue := (*domain.UserElsewhere)(nil)
+	return errors.Is(err, dispatch.ErrNotHere) || errors.As(err, &ue)
+}
+
 func (l localFirst) Call(ctx context.Context, t domain.Target, tag string, args, kwargs []byte) ([]byte, error) {
 	out, err := l.local.Call(ctx, t, tag, args, kwargs)
-	if errors.Is(err, dispatch.ErrNotHere) {
+	if elsewhere(err) {
 		return l.cluster.Call(ctx, t, tag, args, kwargs)
 	}
 	return out, err
@@ -249,7 +256,7 @@ func (l localFirst) Call(ctx context.Context, t domain.Target, tag string, args,
 
 func (l localFirst) Stream(ctx context.Context, t domain.Target, tag string, args, kwargs []byte, started func(), fn domain.ChunkFunc) (int, error) {
 	n, err := l.local.Stream(ctx, t, tag, args, kwargs, started, fn)
-	if errors.Is(err, dispatch.ErrNotHere) {
+	if elsewhere(err) {
 		return l.cluster.Stream(ctx, t, tag, args, kwargs, started, fn)
 	}
 	return n, err

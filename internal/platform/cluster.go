@@ -44,6 +44,7 @@ type clusterParts struct {
 	async  *nodeAsync                 // a node's
 	ops    *nodeOps                   // a node's
 	share  *rateShare                 // a gateway's
+	users  *cluster.Users             // users' persistent folders: their leases, their saved archives
 	stops  []func()
 }
 
@@ -107,7 +108,17 @@ func connectCluster(ctx context.Context, cfg Config) (*clusterParts, error) {
 		cl.Close()
 		return nil, err
 	}
-	return &clusterParts{cl: cl, queue: q, table: table}, nil
+	c := &clusterParts{cl: cl, queue: q, table: table}
+	// Another node is asked whether it still serves a version before its
+	// users are taken over; a gateway takes none over.
+	c.users, err = cl.Users(ctx, cfg.NodeID, func(ctx context.Context, node string, t domain.Target) bool {
+		return c.node == nil || c.node.Alive(ctx, node, t)
+	})
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // clusterHooks tie the manager to the cluster: a gateway's runs nothing
@@ -119,10 +130,11 @@ func (p *Platform) clusterHooks() *manager.ClusterHooks {
 	}
 	if p.cfg.Role == RoleGateway {
 		return &manager.ClusterHooks{Remote: true, Prepare: p.placeNew, Bundles: c.cl,
-			Changed: func(id string) { c.cl.Changed(cluster.ChangeAgent, id) }}
+			Changed: func(id string) { c.cl.Changed(cluster.ChangeAgent, id) },
+			Users:   c.users, Node: p.cfg.NodeID}
 	}
 	node := p.cfg.NodeID
-	return &manager.ClusterHooks{Bundles: c.cl,
+	return &manager.ClusterHooks{Bundles: c.cl, Users: c.users, Node: node,
 		Placed: func(agentID string, version int) bool { return c.table.Has(agentID, version, node) },
 		Serve: func(t domain.Target) error {
 			defer c.ops.changed()
@@ -191,6 +203,9 @@ func (p *Platform) joinCluster(ctx context.Context) error {
 		c.ops.stopPrepare = stopPrepare
 		c.table.OnChange(func(id string) { go p.reconcile(id) })
 		if err := on(c.cl.ServeNodeControl(p.cfg.NodeID, p.nodeControl)); err != nil {
+			return err
+		}
+		if err := on(c.users.ServeDelete(p.mgr.DeleteUserKey)); err != nil {
 			return err
 		}
 		if err := on(c.cl.OnChange(cluster.ChangeCancel, func(id string) { p.running.cancel(id) })); err != nil {
@@ -324,7 +339,7 @@ func (g gatewayDispatch) untilTaken(ctx context.Context, t *domain.Target, send 
 		}
 		if g.p.mgr.Reconcile(ctx, t.AgentID) == nil {
 			if a, _, _ := g.p.mgr.Lookup(t.AgentID); a != nil && a.Version != t.Version {
-				*t = domain.Target{AgentID: t.AgentID, Version: a.Version}
+				*t = domain.Target{AgentID: t.AgentID, Version: a.Version, User: t.User}
 				continue
 			} else if a == nil {
 				return err // deleted, or no longer serving: NOT_FOUND
@@ -455,6 +470,7 @@ func (p *Platform) leaveCluster() {
 
 func (p *Platform) closeCluster() {
 	if p.cluster != nil {
+		p.cluster.users.Close() // after the manager's Close: its users' leases are given back
 		p.cluster.cl.Close()
 	}
 }
