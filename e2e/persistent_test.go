@@ -19,7 +19,8 @@ INSTANCE = os.urandom(8).hex()  # pids repeat across pid namespaces
 def remember(text=""):
     with open("memory/notes.txt", "a") as f:
         f.write(text)
-    return {"notes": open("memory/notes.txt").read(), "seed": open("memory/seed.txt").read(), "instance": INSTANCE}
+    return {"notes": open("memory/notes.txt").read(), "seed": open("memory/seed.txt").read(), "instance": INSTANCE,
+            "home": os.environ.get("HOME", "")}
 
 def peek():
     path = "memory/notes.txt"
